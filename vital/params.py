@@ -1,0 +1,270 @@
+"""Typed pipeline parameters, validated when a stage starts.
+
+``params.yaml`` has one section per stage. Every section is a pydantic model with
+``extra="forbid"``, so a misspelled key or an out-of-range value fails at load with a
+message naming the dotted key (e.g. ``selector.human_weight``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ParamsError(ValueError):
+    """Invalid params.yaml; the message names the file and every offending key."""
+
+
+# ---------------------------------------------------------------- demo world (data.dvc, not a stage)
+class WorldParams(Section):
+    """Size and difficulty of the synthetic demo world built by ``vital world``."""
+
+    figures: int = Field(1200, ge=10)
+    vqa_figures: int = Field(200, ge=5)
+    image_size: int = Field(64, ge=32, le=512)
+    caption_omits_side: float = Field(0.35, ge=0, le=1, description="captions that do not state the side")
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- foundation / base model
+class FoundationParams(Section):
+    """Image/text encoders. ``demo`` pretrains a tiny CLIP on the corpus; ``pretrained`` records checkpoints."""
+
+    backend: Literal["demo", "pretrained"] = "demo"
+    clip: str = Field("vital-tiny-clip", description="open_clip model name, 'hf-hub:<id>' or local dir")
+    clip_pretrained: str | None = Field(None, description="local checkpoint file for `clip`")
+    image_size: int = Field(64, ge=16)
+    embed_dim: int = Field(64, ge=8)
+    width: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    patch_size: int = Field(8, ge=2)
+    context_length: int = Field(64, ge=8)
+    vocab_size: int = Field(2000, ge=100, description="tokenizer trained on the corpus (demo)")
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+
+
+class AlignParams(Section):
+    """Base LLaVA model. ``demo`` assembles a tiny LLaVA and aligns it on captions (LLaVA-Med stage 1)."""
+
+    backend: Literal["demo", "pretrained"] = "demo"
+    model: str = Field("models/base", description="hub id or local dir of a LlavaForConditionalGeneration")
+    hidden_size: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    steps: int = Field(400, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- data
+class SampleParams(Section):
+    per_domain: int = Field(120, ge=1, description="figures drawn per domain (fewer if the domain has fewer)")
+    domains: list[str] = Field(default_factory=lambda: ["chest_xray", "ct_scan", "mri", "histology", "gross"])
+    seed: int = 0
+
+
+class ClientParams(Section):
+    """How model-facing calls are made (shared by generate and judge)."""
+
+    base_url: str | None = Field(None, description="OpenAI-compatible server; None = api.openai.com")
+    api_version: str | None = Field(None, description="Azure OpenAI API version")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key")
+    concurrency: int = Field(16, ge=1, le=1024)
+    rpm: int = Field(500, ge=1, description="requests per minute budget (client side)")
+    tpm: int = Field(200_000, ge=1, description="tokens per minute budget (client side)")
+    max_retries: int = Field(6, ge=0)
+    timeout_s: float = Field(120, gt=0)
+    cache_dir: str | None = Field(None, description="request cache; default .vital/cache")
+
+
+class Price(Section):
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+
+class GenerateParams(Section):
+    backend: Literal["template", "openai", "azure"] = "template"
+    model: str = "template-v1"
+    mode: Literal["online", "batch"] = "online"
+    candidates: int = Field(4, ge=1, le=32, description="conversations generated per figure")
+    demos_per_prompt: int = Field(2, ge=0)
+    max_image_side: int = Field(512, ge=32)
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(1024, ge=16)
+    min_rounds: int = Field(1, ge=1)
+    max_invalid_retries: int = Field(2, ge=0)
+    seed: int = 0
+    client: ClientParams = Field(default_factory=ClientParams)
+    prices: dict[str, Price] = Field(default_factory=dict, description="USD per 1M tokens, by model")
+
+
+class JudgeParams(Section):
+    backend: Literal["heuristic", "openai", "azure"] = "heuristic"
+    model: str = "heuristic-v1"
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(256, ge=16)
+    noise: float = Field(1.5, ge=0, description="heuristic judge only: score noise (std, 0-10 scale)")
+    seed: int = 0
+    client: ClientParams = Field(default_factory=ClientParams)
+
+
+class LabelsParams(Section):
+    backend: Literal["simulated", "files"] = "simulated"
+    figures: int = Field(120, ge=1, description="simulated: figures shown to clinicians")
+    per_task: int = Field(2, ge=2, description="simulated: candidates compared per task (2 = pairwise)")
+    clinicians: int = Field(2, ge=1)
+    overlap: float = Field(0.2, ge=0, le=1, description="fraction of tasks labelled by two clinicians")
+    error_rate: float = Field(0.05, ge=0, le=0.5, description="simulated clinician's slip rate")
+    seed: int = 0
+
+
+class PairsParams(Section):
+    model_pairs_per_figure: int = Field(6, ge=0)
+    min_score_gap: float = Field(0.5, gt=0, description="judge-score gap below which no model pair is made")
+    heldout_fraction: float = Field(0.3, ge=0, lt=1, description="human-labelled figures held out")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="training figures kept for early stopping")
+    seed: int = 0
+
+
+class EmbedParams(Section):
+    backbone: str = Field("foundation", description="'foundation', an open_clip name, or 'hf-hub:<id>'")
+    pretrained: str | None = Field(None, description="local checkpoint for an open_clip name")
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    device: str = "cpu"
+
+
+class SelectorParams(Section):
+    human_weight: float = Field(400, ge=0, description="weight of a human pair relative to a model pair")
+    loss: Literal["hinge", "logistic"] = "hinge"
+    margin: float = Field(1.0, gt=0)
+    hidden: int = Field(128, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(8, ge=1)
+    seed: int = 0
+
+
+class CurateParams(Section):
+    keep: list[float] = Field(default_factory=lambda: [0.1, 0.4, 0.8, 0.9])
+    policy: Literal["best_per_figure", "all"] = "best_per_figure"
+    mix: dict[str, list[str]] = Field(default_factory=dict, description="named mixtures of instruction files")
+
+    @model_validator(mode="after")
+    def _keep_in_range(self):
+        for i, k in enumerate(self.keep):
+            if not 0 < k <= 1:
+                raise ValueError(f"keep[{i}]={k} must be in (0, 1]")
+        return self
+
+
+class LoraParams(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class TuneParams(Section):
+    base: str = Field("models/base", description="hub id or local dir of a LlavaForConditionalGeneration")
+    keep: float = Field(0.4, gt=0, le=1, description="which curated subset to tune on (one of curate.keep)")
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraParams = Field(default_factory=LoraParams)
+    freeze_vision: bool = True
+    epochs: float = Field(3, gt=0)
+    max_steps: int = Field(-1, ge=-1)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    checkpoint_every: int = Field(100, ge=1)
+    max_length: int = Field(256, ge=16)
+    seed: int = 0
+
+
+class EvalSet(Section):
+    name: str
+    format: Literal["demo", "vqa_rad", "slake", "pathvqa", "llava_med_qa"]
+    path: str
+    images: str | None = None
+
+
+class EvaluateParams(Section):
+    sets: list[EvalSet] = Field(
+        default_factory=lambda: [EvalSet(name="demo", format="demo", path="data/vqa/demo/questions.jsonl")]
+    )
+    max_new_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class MlflowParams(Section):
+    experiment: str = "vital"
+    registered_model: str = "vital-llava"
+
+
+class Params(Section):
+    world: WorldParams = Field(default_factory=WorldParams)
+    foundation: FoundationParams = Field(default_factory=FoundationParams)
+    align: AlignParams = Field(default_factory=AlignParams)
+    sample: SampleParams = Field(default_factory=SampleParams)
+    generate: GenerateParams = Field(default_factory=GenerateParams)
+    judge: JudgeParams = Field(default_factory=JudgeParams)
+    labels: LabelsParams = Field(default_factory=LabelsParams)
+    pairs: PairsParams = Field(default_factory=PairsParams)
+    embed: EmbedParams = Field(default_factory=EmbedParams)
+    selector: SelectorParams = Field(default_factory=SelectorParams)
+    curate: CurateParams = Field(default_factory=CurateParams)
+    tune: TuneParams = Field(default_factory=TuneParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    mlflow: MlflowParams = Field(default_factory=MlflowParams)
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.tune.keep not in self.curate.keep:
+            raise ValueError(f"tune.keep={self.tune.keep} is not one of curate.keep={self.curate.keep}")
+        return self
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid parameters"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (misspelled?)")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"  {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_params(data: dict, path: Path | str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(data or {})
+    except ValidationError as e:
+        raise ParamsError(_describe(e, Path(path))) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the repository root)") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({e})") from None
+    return parse_params(data, path)
