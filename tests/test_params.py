@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vital.params import Params, ParamsError, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_file_is_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.selector.human_weight == 400
+
+
+def test_misspelled_key_is_named():
+    with pytest.raises(ParamsError, match=r"selector\.human_wieght: unknown key"):
+        parse_params({"selector": {"human_wieght": 10}})
+
+
+def test_out_of_range_value_is_named_with_the_value():
+    with pytest.raises(ParamsError, match=r"selector\.human_weight: .*greater than or equal to 0.*-1"):
+        parse_params({"selector": {"human_weight": -1}})
+
+
+def test_wrong_backend_is_named():
+    with pytest.raises(ParamsError, match=r"generate\.backend"):
+        parse_params({"generate": {"backend": "gpt5"}})
+
+
+def test_tune_keep_must_be_a_curated_subset():
+    with pytest.raises(ParamsError, match=r"tune\.keep=0\.5 is not one of curate\.keep"):
+        parse_params({"tune": {"keep": 0.5}})
+
+
+def test_curate_keep_fractions_are_checked():
+    with pytest.raises(ParamsError, match=r"keep\[1\]=40"):
+        parse_params({"curate": {"keep": [0.1, 40]}})
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("selector: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_empty_file_means_defaults(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("")
+    assert load_params(f) == Params()
+
+
+def test_every_params_section_is_a_dvc_param_of_some_stage():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    declared = {
+        p if isinstance(p, str) else next(iter(p)) for s in stages.values() for p in s.get("params", [])
+    }
+    sections = set(Params.model_fields) - {"world"}  # world feeds data.dvc, not a stage
+    assert sections <= {d.split(".")[0] for d in declared}

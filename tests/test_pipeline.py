@@ -1,0 +1,152 @@
+"""End to end: the real dvc.yaml and stage scripts on a tiny world, in a temporary git + DVC repo.
+
+Checks what users rely on: a full `dvc repro`, a second one that runs nothing, a param change that
+reruns exactly the stages downstream of it, `dvc exp run -S`, and a bad param that fails naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "world": {"figures": 150, "vqa_figures": 20},
+    "foundation": {"steps": 30, "batch_size": 32},
+    "align": {"steps": 20, "batch_size": 16},
+    "sample": {"per_domain": 16},
+    "labels": {"figures": 30},
+    "selector": {"epochs": 5},
+    "tune": {"max_steps": 12, "batch_size": 8, "checkpoint_every": 6},
+}
+ALL_STAGES = {
+    "foundation",
+    "align",
+    "sample",
+    "generate",
+    "judge",
+    "labels",
+    "pairs",
+    "embed",
+    "select",
+    "curate",
+    "tune",
+    "evaluate",
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return base
+
+
+def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        VITAL_PROGRESS="off",
+        MLFLOW_TRACKING_URI=f"sqlite:///{cwd / 'mlflow.db'}",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and out.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+        )
+    return out
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w@.-]+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    for item in ("dvc.yaml", "stages", "vital"):
+        src = REPO / item
+        (
+            shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+            if src.is_dir()
+            else shutil.copy(src, root / item)
+        )
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / ".gitignore").write_text("/.vital/\n/mlflow.db\n/mlruns/\n__pycache__/\n")
+    sh(root, "git", "init", "-q")
+    sh(root, "dvc", "init", "-q")
+    sh(root, "vital", "world", "--out", "data")
+    sh(root, "dvc", "add", "-q", "data")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "tiny world")
+    first = sh(root, "dvc", "repro")
+    (root / "first_repro.log").write_text(first.stdout + first.stderr)
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "repro")
+    return root
+
+
+def test_first_repro_runs_every_stage_and_writes_metrics(repo):
+    assert ran_stages((repo / "first_repro.log").read_text()) == ALL_STAGES
+    for stage in ("generate", "select", "evaluate"):
+        assert (repo / "metrics" / f"{stage}.json").exists()
+    shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
+    flat = json.dumps(shown)
+    for name in ("generate.json", "select.json", "evaluate.json"):
+        assert name in flat
+
+
+def test_second_repro_runs_nothing(repo):
+    out = sh(repo, "dvc", "repro")
+    assert ran_stages(out.stdout) == set()
+    assert sh(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+
+
+def test_human_weight_change_reruns_exactly_downstream(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["selector"]["human_weight"] = 10
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = sh(repo, "dvc", "repro")
+        assert ran_stages(out.stdout) == {"select", "curate", "tune", "evaluate"}
+    finally:
+        sh(repo, "git", "checkout", "params.yaml")
+        sh(repo, "dvc", "checkout", "-q")
+
+
+def test_exp_run_sweeps_a_param_beside_the_baseline(repo):
+    out = sh(repo, "dvc", "exp", "run", "-S", "selector.human_weight=0", "-n", "hw0")
+    # a sweep over the selector head never recomputes features or regenerates data
+    assert ran_stages(out.stdout) == {"select", "curate", "tune", "evaluate"}
+    shown = sh(repo, "dvc", "exp", "show", "--json").stdout
+    assert "hw0" in shown and "workspace" in shown
+
+
+def test_bad_param_fails_at_stage_start_naming_the_key(repo):
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["selector"]["human_wieght"] = params["selector"].pop("human_weight")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = sh(repo, "python", "stages/select.py", check=False)
+        assert out.returncode != 0
+        assert "selector.human_wieght: unknown key" in out.stderr
+    finally:
+        (repo / "params.yaml").write_text(original)

@@ -1,0 +1,97 @@
+"""The ``vital`` command line.
+
+vital world                build the synthetic demo world into data/
+vital params               validate params.yaml and print the resolved values
+vital run STAGE            run one pipeline stage (same as `python stages/STAGE.py`)
+vital generate --dry-run   count requests, estimate tokens and cost; send nothing
+vital judge --dry-run      the same for judging
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import sys
+from pathlib import Path
+
+from vital.params import ParamsError, load_params
+from vital.paths import Paths
+
+
+def _world(args) -> int:
+    from vital.world import build_world
+
+    params = load_params(args.params)
+    summary = build_world(Path(args.out), params.world)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _params(args) -> int:
+    params = load_params(args.params)
+    print(json.dumps(params.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _run(args) -> int:
+    script = Path("stages") / f"{args.stage}.py"
+    if not script.exists():
+        known = sorted(p.stem for p in Path("stages").glob("*.py") if not p.stem.startswith("_"))
+        print(f"vital: unknown stage {args.stage!r}; stages here: {', '.join(known)}", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def _dry_run(module: str):
+    def handler(args) -> int:
+        if not args.dry_run:
+            print(f"vital {module}: run the stage with `dvc repro {module}`; this command only has --dry-run")
+            return 2
+        import importlib
+
+        estimate = importlib.import_module(f"vital.{module}").dry_run(load_params(args.params), Paths())
+        print(json.dumps(estimate, indent=2))
+        return 0
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vital", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    world = sub.add_parser("world", help="build the synthetic demo world")
+    world.add_argument("--out", default="data", help="output folder (default: data)")
+    world.set_defaults(func=_world)
+
+    sub.add_parser("params", help="validate and print parameters").set_defaults(func=_params)
+
+    run = sub.add_parser("run", help="run one stage")
+    run.add_argument("stage")
+    run.add_argument("rest", nargs=argparse.REMAINDER)
+    run.set_defaults(func=_run)
+
+    for name in ("generate", "judge"):
+        p = sub.add_parser(name, help=f"{name}: --dry-run estimates requests, tokens and cost")
+        p.add_argument("--dry-run", action="store_true")
+        p.set_defaults(func=_dry_run(name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ParamsError as e:
+        print(f"vital: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
