@@ -1,0 +1,141 @@
+"""sample stage: stratified, seeded, stable sampling; bad records counted and listed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vital.io import read_json, read_jsonl
+from vital.params import ParamsError, SampleParams, parse_params
+from vital.sample import run
+from vital.schema import DOMAINS
+
+
+def _record(i: int, domain: str = "ct_scan", **over) -> dict:
+    rec = {
+        "pair_id": f"PMC{1000 + i}_F1",
+        "pmid": str(i),
+        "fig_label": "Figure 1",
+        "fig_caption": f"Axial CT image {i}.",
+        "in_text_mention": [{"tokens": "see Figure 1"}],
+        "domain": {d: d == domain for d in DOMAINS},
+        "image": f"images/{domain}/PMC{1000 + i}_F1.png",
+    }
+    rec.update(over)
+    return rec
+
+
+def _corpus(root: Path, records: list, extra_lines: tuple[str, ...] = ()) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for r in records:
+        if isinstance(r, dict) and isinstance(r.get("image"), str) and not r.get("_no_file"):
+            (root / r["image"]).parent.mkdir(parents=True, exist_ok=True)
+            (root / r["image"]).write_bytes(b"png")
+    lines = [json.dumps({k: v for k, v in r.items() if k != "_no_file"}) for r in records]
+    path = root / "figures.jsonl"
+    path.write_text("\n".join([*lines, *extra_lines]) + "\n")
+    return path
+
+
+def _balanced(n_per_domain: int) -> list[dict]:
+    return [_record(i * 10 + j, d) for i in range(n_per_domain) for j, d in enumerate(DOMAINS)]
+
+
+def _run(tmp_path: Path, figures: Path, cfg: SampleParams, tag: str = "a") -> tuple[list[dict], dict]:
+    out, metrics = tmp_path / tag / "sample.jsonl", tmp_path / tag / "sample.json"
+    result = run(figures, out, metrics, cfg)
+    assert read_json(metrics) == result
+    return list(read_jsonl(out)), result
+
+
+def test_stratified_and_reproducible(tmp_path):
+    figures = _corpus(tmp_path / "corpus", _balanced(10))
+    cfg = SampleParams(per_domain=4, seed=1)
+    recs, result = _run(tmp_path, figures, cfg)
+    assert result["sampled"] == 20 and result["read"] == 50 and result["skipped"] == 0
+    assert all(result["per_domain"][d] == {"available": 10, "sampled": 4} for d in DOMAINS)
+    again, _ = _run(tmp_path, figures, cfg, "b")
+    assert again == recs
+    assert (tmp_path / "a" / "sample.jsonl").read_bytes() == (tmp_path / "b" / "sample.jsonl").read_bytes()
+    other, _ = _run(tmp_path, figures, SampleParams(per_domain=4, seed=2), "c")
+    assert {r["pair_id"] for r in other} != {r["pair_id"] for r in recs}
+    assert recs[0]["in_text_mention"] == [{"tokens": "see Figure 1"}]  # records pass through unchanged
+
+
+def test_selection_is_stable_when_unselected_records_go(tmp_path):
+    records = _balanced(10)
+    cfg = SampleParams(per_domain=3)
+    recs, _ = _run(tmp_path, _corpus(tmp_path / "full", records), cfg)
+    chosen = {r["pair_id"] for r in recs}
+    fewer = [r for i, r in enumerate(records) if r["pair_id"] in chosen or i % 2]
+    recs2, _ = _run(tmp_path, _corpus(tmp_path / "fewer", fewer), cfg, "b")
+    assert {r["pair_id"] for r in recs2} == chosen
+
+
+def test_domain_subset_and_short_domains(tmp_path):
+    records = _balanced(2) + [_record(900 + i, "mri") for i in range(5)]
+    recs, result = _run(
+        tmp_path, _corpus(tmp_path / "c", records), SampleParams(per_domain=4, domains=["mri", "gross"])
+    )
+    assert [r["domain"]["mri"] for r in recs] == [True] * 4 + [False] * 2
+    assert result["short_domains"] == ["gross"]
+    assert result["not_selected_domains"] == {"chest_xray": 2, "ct_scan": 2, "histology": 2}
+
+
+def test_bad_records_are_counted_and_listed(tmp_path):
+    good = _balanced(2)
+    bad = [
+        _record(500, fig_caption="   "),
+        _record(501, domain="other"),
+        {**_record(502), "_no_file": True},
+        {"pmid": "1", "fig_caption": "x", "image": "a.png"},  # no pair_id
+        good[0],  # duplicate pair_id
+    ]
+    figures = _corpus(tmp_path / "c", good + bad, extra_lines=("{not json", "[1, 2]"))
+    recs, result = _run(tmp_path, figures, SampleParams(per_domain=5))
+    assert len(recs) == 10
+    assert result["skipped_by_reason"] == {
+        "duplicate_pair_id": 1,
+        "empty_caption": 1,
+        "invalid_json": 1,
+        "invalid_record": 2,
+        "missing_image": 1,
+        "unknown_domain": 1,
+    }
+    assert result["skipped"] == 7 and result["read"] == 17
+    where = {p["reason"]: p["where"] for p in result["problems"]}
+    assert where["invalid_json"] == f"{figures}:16"
+    assert where["missing_image"] == f"{figures}:13"
+    assert any("pair_id" in p["detail"] for p in result["problems"] if p["reason"] == "invalid_record")
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="figures.jsonl"):
+        run(tmp_path / "figures.jsonl", tmp_path / "o.jsonl", tmp_path / "m.json", SampleParams())
+    figures = _corpus(tmp_path / "c", [_record(1, fig_caption="")])
+    with pytest.raises(ValueError, match="no usable figures"):
+        run(figures, tmp_path / "o.jsonl", tmp_path / "m.json", SampleParams())
+    with pytest.raises(ParamsError, match="sample"):
+        parse_params({"sample": {"domains": ["ct_scan", "xray"]}})
+
+
+def test_stage_script_runs_from_a_project_root(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    _corpus(tmp_path / "data" / "corpus", _balanced(3))
+    (tmp_path / "params.yaml").write_text("sample:\n  per_domain: 2\n")
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "VITAL_PROGRESS": "off"}
+    proc = subprocess.run(
+        [sys.executable, str(repo / "stages" / "sample.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(read_jsonl(tmp_path / "artifacts" / "sample.jsonl"))) == 10
+    assert read_json(tmp_path / "metrics" / "sample.json")["sampled"] == 10

@@ -1,0 +1,175 @@
+"""The demo world: layout, determinism, visible findings, captions, VQA balance, demonstrations."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vital.demo.claims import agreement, extract_claims
+from vital.io import read_json, read_jsonl
+from vital.params import WorldParams
+from vital.schema import DOMAINS, FigureRecord
+from vital.world import build_world, load_truth
+
+SMALL = WorldParams(figures=60, vqa_figures=15, seed=3)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("world")
+    return out, build_world(out, SMALL)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_layout_and_records(world):
+    out, summary = world
+    assert summary["figures"] == 60 and summary["vqa_figures"] == 15
+    assert sum(summary[f"domain_{d}"] for d in DOMAINS) == 60
+    records = [FigureRecord.model_validate(r) for r in read_jsonl(out / "corpus" / "figures.jsonl")]
+    assert len(records) == len({r.pair_id for r in records}) == 60
+    for r in records:
+        assert set(r.domain) == set(DOMAINS) and sum(r.domain.values()) == 1
+        assert r.image == f"images/{r.primary_domain}/{r.pair_id}.png"
+        assert r.fig_caption.strip() and r.fig_label.startswith("Figure ")
+        with Image.open(out / "corpus" / r.image) as img:
+            assert img.size == (64, 64)
+    raw = next(read_jsonl(out / "corpus" / "figures.jsonl"))
+    assert all(isinstance(m, dict) and "tokens" in m for m in raw["in_text_mention"])  # LLaVA-Med format
+    assert (out / "labels" / "README.md").read_text().count('"ranking"') >= 1
+    assert read_json(out / "world.json")["params"]["seed"] == 3
+
+
+def test_truth_matches_records(world):
+    out, _ = world
+    truth = load_truth(out / "corpus" / "truth.jsonl")
+    for r in read_jsonl(out / "corpus" / "figures.jsonl"):
+        t = truth[r["pair_id"]]
+        assert t["domain"] == FigureRecord.model_validate(r).primary_domain
+        if t["lesion"]:
+            assert t["side"] in ("left", "right") and 1 <= t["count"] == len(t["lesions"]) <= 3
+            assert t["size"] in ("small", "large")
+        else:
+            assert t["side"] is None and t["count"] == 0 and not t["lesions"]
+
+
+def test_same_params_give_identical_bytes(world, tmp_path):
+    out, _ = world
+    build_world(tmp_path, SMALL)
+    assert _digest(tmp_path) == _digest(out)
+
+
+def test_other_seed_gives_other_world(world, tmp_path):
+    out, _ = world
+    build_world(tmp_path, SMALL.model_copy(update={"seed": 4}))
+    assert (tmp_path / "corpus" / "truth.jsonl").read_bytes() != (out / "corpus" / "truth.jsonl").read_bytes()
+
+
+def test_lesions_are_visible_on_their_side(world):
+    """The pixel at a lesion centre differs clearly from the mirrored point in the other half."""
+    out, _ = world
+    for t in load_truth(out / "corpus" / "truth.jsonl").values():
+        img = np.asarray(Image.open(out / "corpus" / t["image"]).convert("L"), dtype=float)
+        for x, y, _r in t["lesions"]:
+            assert (x < 0.5) == (t["side"] == "left")
+            px, py = int(x * 64), int(y * 64)
+            mirror = int((1 - x) * 64)
+            assert abs(img[py, px] - img[py, mirror]) > 30, (t["pair_id"], x, y)
+
+
+def test_captions_state_side_only_when_allowed(tmp_path):
+    for omit, states in ((0.0, True), (1.0, False)):
+        out = tmp_path / str(omit)
+        build_world(out, WorldParams(figures=40, vqa_figures=5, caption_omits_side=omit))
+        truth = load_truth(out / "corpus" / "truth.jsonl")
+        for r in read_jsonl(out / "corpus" / "figures.jsonl"):
+            t = truth[r["pair_id"]]
+            text = " ".join([r["fig_caption"], *(m["tokens"] for m in r["in_text_mention"])])
+            side = extract_claims(text).get("side")
+            assert side is None or side == t["side"]  # a caption never contradicts the truth
+            if not states:
+                assert side is None and not t["caption_states_side"]
+        if states:
+            assert any(t["caption_states_side"] for t in truth.values())
+
+
+def test_vqa_is_separate_and_balanced(world):
+    out, _ = world
+    qs = list(read_jsonl(out / "vqa" / "demo" / "questions.jsonl"))
+    assert 3 * 15 <= len(qs) <= 4 * 15
+    assert len({q["question_id"] for q in qs}) == len(qs)
+    corpus_ids = {r["pair_id"] for r in read_jsonl(out / "corpus" / "figures.jsonl")}
+    for q in qs:
+        assert set(q) >= {"question_id", "image", "question", "answer", "answer_type", "domain"}
+        assert (out / "vqa" / "demo" / q["image"]).is_file()
+        assert Path(q["image"]).stem not in corpus_ids
+        if q["answer_type"] == "CLOSED":
+            assert q["answer"] in ("yes", "no")
+        else:
+            assert q["answer_type"] == "OPEN" and q["answer"]
+    closed = [q for q in qs if q["answer_type"] == "CLOSED"]
+    assert 0.3 <= sum(q["answer"] == "yes" for q in closed) / len(closed) <= 0.7
+
+
+def test_vqa_answers_follow_the_truth(tmp_path):
+    build_world(tmp_path, WorldParams(figures=10, vqa_figures=40))
+    by_image: dict[str, list[dict]] = {}
+    for q in read_jsonl(tmp_path / "vqa" / "demo" / "questions.jsonl"):
+        by_image.setdefault(q["image"], []).append(q)
+    for qs in by_image.values():
+        answers = {q["question"]: q["answer"] for q in qs}
+        side = answers.get("Which side of the image is the lesion on?")
+        if side and "Is there a lesion on the left side of the image?" in answers:
+            assert answers["Is there a lesion on the left side of the image?"] == (
+                "yes" if side == "left" else "no"
+            )
+        if answers.get("How many lesions are there?") == "0":
+            assert answers.get("Is there a lesion in this image?", "no") == "no"
+
+
+def test_demonstrations(world):
+    out, summary = world
+    for d in DOMAINS:
+        demos = read_json(out / "demonstrations" / f"{d}.json")
+        assert 3 <= len(demos) <= 5
+        for demo in demos:
+            assert set(demo) == {"id", "fig_caption", "in_text_mention", "conversations"}
+            turns = demo["conversations"]
+            assert turns[0]["from"] == "human" and turns[0]["value"].startswith("<image>\n")
+            assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+            said = extract_claims(" ".join(t["value"] for t in turns if t["from"] == "gpt"))
+            assert agreement(said, extract_claims(demo["fig_caption"])) == 1.0  # demonstrations are correct
+    assert summary["demonstrations"] == sum(
+        len(read_json(p)) for p in (out / "demonstrations").glob("*.json")
+    )
+
+
+def test_bytes_per_figure_keep_default_world_small(world):
+    out, _ = world
+    images = sum(p.stat().st_size for p in (out / "corpus" / "images").rglob("*.png"))
+    # default world: 1200 + 200 figures must stay well under ~12 MB
+    assert images / 60 * 1400 < 10e6
+
+
+def test_load_truth_missing_file_names_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="truth.jsonl"):
+        load_truth(tmp_path / "truth.jsonl")
+
+
+def test_lesion_rate_and_vague_captions(tmp_path):
+    build_world(tmp_path, WorldParams(figures=20, vqa_figures=5, lesion_rate=0.0, caption_vague=1.0))
+    assert not any(t["lesion"] for t in load_truth(tmp_path / "corpus" / "truth.jsonl").values())
+    for r in read_jsonl(tmp_path / "corpus" / "figures.jsonl"):
+        assert set(extract_claims(r["fig_caption"])) <= {"modality"}  # vague: states no findings
+    answers = {q["answer"] for q in read_jsonl(tmp_path / "vqa" / "demo" / "questions.jsonl")}
+    assert "left" not in answers and "right" not in answers

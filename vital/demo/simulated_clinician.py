@@ -1,0 +1,82 @@
+"""Offline stand-in for a clinician labelling candidates (human preference): the ``simulated`` clinician.
+
+A clinician looks at the image, so it judges against the hidden truth: wrong findings weigh heavily,
+hedging, leaning on the caption and truncated answers are penalised, and more correct detail is
+mildly preferred. With probability ``error_rate`` per task it slips (swaps two neighbours in its
+ranking); slips are seeded by annotator, so two annotators disagree now and then, measurably.
+"""
+
+from __future__ import annotations
+
+from vital.demo.claims import check_claims, extract_claims, gpt_text, style_flags
+from vital.schema import Candidate, FigureRecord
+from vital.world.seeding import rng_for
+
+TIE = 1e-9
+
+
+def truth_utility(conversation: list[dict], truth: dict) -> float:
+    """How good a conversation is against the hidden truth (higher is better); the world's quality metric."""
+    correct, checked = check_claims(extract_claims(gpt_text(conversation)), truth)
+    flags = style_flags(conversation)
+    return (
+        0.15 * correct
+        - 1.0 * (checked - correct)
+        - 0.6 * min(flags["hedges"], 2)
+        - 0.6 * min(flags["leaks"], 2)
+        - 0.5 * flags["truncated"]
+        - 0.3 * flags["short"]
+    )
+
+
+def is_accurate(conversation: list[dict], truth: dict) -> bool:
+    """No wrong finding, no hedging, leakage or truncation."""
+    correct, checked = check_claims(extract_claims(gpt_text(conversation)), truth)
+    flags = style_flags(conversation)
+    return correct == checked and not (flags["hedges"] or flags["leaks"] or flags["truncated"])
+
+
+def _conversation(c: Candidate) -> list[dict]:
+    return [t.model_dump(by_alias=True) for t in c.conversations]
+
+
+class SimulatedClinician:
+    name = "simulated"
+
+    def __init__(self, truth: dict[str, dict], annotator: str, error_rate: float = 0.05, seed: int = 0):
+        if not 0 <= error_rate <= 1:
+            raise ValueError(f"simulated clinician: error_rate must be in [0, 1] (got {error_rate})")
+        self.truth = truth
+        self.annotator = annotator
+        self.error_rate = error_rate
+        self.seed = seed
+
+    def rank(self, record: FigureRecord, candidates: list[Candidate]) -> list[str]:
+        """Candidate ids, best first."""
+        return self.rank_with_ties(record, candidates)[0]
+
+    def rank_with_ties(
+        self, record: FigureRecord, candidates: list[Candidate]
+    ) -> tuple[list[str], list[list[str]]]:
+        """(ranking best first, groups of ids the clinician finds equally good)."""
+        truth = self.truth.get(record.pair_id)
+        if truth is None:
+            raise KeyError(f"simulated clinician: no hidden truth for figure {record.pair_id!r}")
+        if len(candidates) < 2:
+            raise ValueError(f"simulated clinician: figure {record.pair_id} needs >= 2 candidates to rank")
+        rng = rng_for(self.seed, "clinician", self.annotator, record.pair_id, *(c.id for c in candidates))
+        utility = {c.id: truth_utility(_conversation(c), truth) for c in candidates}
+        # equal utilities are ordered by an annotator-specific coin, like a human picking among equals
+        jitter = {c.id: float(rng.random()) for c in candidates}
+        ranking = sorted(utility, key=lambda cid: (-utility[cid], jitter[cid]))
+        if rng.random() < self.error_rate:
+            i = int(rng.integers(len(ranking) - 1))
+            ranking[i], ranking[i + 1] = ranking[i + 1], ranking[i]
+        return ranking, _ties(ranking, utility)
+
+
+def _ties(ranking: list[str], utility: dict[str, float]) -> list[list[str]]:
+    groups: dict[float, list[str]] = {}
+    for cid in ranking:
+        groups.setdefault(round(utility[cid] / TIE) * TIE, []).append(cid)
+    return [g for g in groups.values() if len(g) > 1]
