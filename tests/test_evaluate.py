@@ -1,0 +1,206 @@
+"""The evaluate stage: models x sets -> predictions and metrics/evaluate.json; seed summaries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from vital.evaluate import evaluate_models, resolve_model, run, seed_difference, summarize_seeds
+from vital.params import parse_params
+from vital.paths import Paths
+from vital.vqa.loaders import load_set
+
+REPO = Path(__file__).resolve().parents[1]
+
+QUESTIONS = [
+    # id, question, answer, type, domain
+    ("d0", "Is there a lesion?", "yes", "CLOSED", "ct_scan"),
+    ("d1", "Is there a lesion?", "no", "CLOSED", "ct_scan"),
+    ("d2", "Is the lesion on the left?", "no", "CLOSED", "mri"),
+    ("d3", "Is the lesion on the left?", "yes", "CLOSED", "mri"),
+    ("d4", "Which side is the lesion on?", "left", "OPEN", "mri"),
+    ("d5", "How many lesions are there?", "two", "OPEN", "ct_scan"),
+]
+
+
+def write_demo_set(root: Path) -> Path:
+    folder = root / "data" / "vqa" / "demo"
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for i, (qid, q, a, kind, domain) in enumerate(QUESTIONS):
+        Image.new("RGB", (32, 32), (40 * i, 100, 100)).save(folder / "images" / f"{qid}.png")
+        rows.append(
+            {
+                "question_id": qid,
+                "image": f"images/{qid}.png",
+                "question": q,
+                "answer": a,
+                "answer_type": kind,
+            }
+            | {"domain": domain}
+        )
+    path = folder / "questions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+class ScriptedAnswerer:
+    """Stands in for a model: answers from a table keyed by question id."""
+
+    def __init__(self, model_id: str, table: dict[str, str]):
+        self.model_id = model_id
+        self.table = table
+        self.calls = 0
+
+    def answer(self, items, batch_size, max_new_tokens, desc):
+        self.calls += 1
+        return [self.table.get(i.question_id, "") for i in items]
+
+
+# "tuned" is right everywhere; "base" says "normal"/"No, ..." styles that split legacy from corrected
+TUNED = {"d0": "Yes.", "d1": "No", "d2": "no,", "d3": "yes", "d4": "The left side", "d5": "2 lesions"}
+BASE = {"d0": "normal", "d1": "normal", "d2": "yes", "d3": "Yes, no doubt", "d4": "right", "d5": "one"}
+
+
+def _factory(model):
+    name = Path(str(model)).name
+    return ScriptedAnswerer(name, TUNED if name == "tuned" else BASE)
+
+
+def _fake_checkpoints(root: Path) -> None:
+    for name in ("tuned", "base"):
+        (root / "models" / name).mkdir(parents=True)
+        (root / "models" / name / "config.json").write_text("{}")
+
+
+def test_run_writes_metrics_and_predictions_hand_computed(tmp_path):
+    write_demo_set(tmp_path)
+    _fake_checkpoints(tmp_path)
+    params = parse_params({})
+    out = run(params, Paths(tmp_path), answerer=_factory)
+
+    on_file = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    assert on_file == json.loads(json.dumps(out))
+    demo = on_file["demo"]
+    tuned, base = demo["tuned"], demo["base"]
+    assert (tuned["n_closed"], tuned["n_open"]) == (4, 2)
+    assert tuned["closed_accuracy"] == 1.0 and tuned["closed_accuracy_legacy"] == 1.0
+    assert tuned["open_recall"] == 1.0  # "left" in "the left side"; "two" -> "2" in "2 lesions"
+    # base: d0 "normal" vs yes: miss both; d1 "normal" vs no: legacy hit ("no" in "normal"), corrected miss;
+    # d2 "yes" vs no: miss both; d3 "Yes, no doubt" vs yes: hit both
+    assert base["closed_accuracy"] == pytest.approx(1 / 4)
+    assert base["closed_accuracy_legacy"] == pytest.approx(2 / 4)
+    # d4 "right" vs "left": 0; d5 "one" -> "1" vs "2": 0
+    assert base["open_recall"] == 0.0
+    assert base["by_domain"]["ct_scan"]["closed_accuracy_legacy"] == pytest.approx(1 / 2)
+    assert demo["chance"] == {"n_closed": 4, "closed_chance": 0.5, "closed_majority": 0.5}
+    assert demo["data"]["n_items"] == 6 and demo["data"]["n_skipped"] == 0
+    assert on_file["_stage"]["models"] == {"tuned": "models/tuned", "base": "models/base"}
+    assert on_file["_stage"]["wall_time_s"] >= 0
+
+    rows = [
+        json.loads(x) for x in (tmp_path / "artifacts/predictions/base/demo.jsonl").read_text().splitlines()
+    ]
+    assert [r["question_id"] for r in rows] == [q[0] for q in QUESTIONS]
+    assert rows[1]["text"] == "normal" and rows[1]["answer"] == "no"
+    assert rows[1]["scores"] == {"closed_accuracy": 0.0, "closed_accuracy_legacy": 1.0}
+    assert (tmp_path / "artifacts/predictions/tuned/demo.jsonl").is_file()
+
+
+def test_each_model_is_loaded_once_for_all_sets(tmp_path):
+    path = write_demo_set(tmp_path)
+    sets = [load_set("a", "demo", path), load_set("b", "demo", path)]
+    made = []
+
+    def factory(model):
+        made.append(ScriptedAnswerer(str(model), TUNED))
+        return made[-1]
+
+    res = evaluate_models({"m1": "x", "m2": "y"}, sets, answerer=factory)
+    assert [a.calls for a in made] == [2, 2]
+    assert set(res) == {"a", "b"} and set(res["a"]) == {"m1", "m2", "chance", "data"}
+    with pytest.raises(ValueError, match=r"\['chance'\] are reserved"):
+        evaluate_models({"chance": "x"}, sets, answerer=factory)
+
+
+def test_resolve_model(tmp_path):
+    assert resolve_model("base", "llava-hf/llava-1.5-13b-hf", tmp_path) == "llava-hf/llava-1.5-13b-hf"
+    with pytest.raises(
+        FileNotFoundError, match=r"evaluate\.models\.tuned: .*models/tuned is not a model checkpoint"
+    ):
+        resolve_model("tuned", "models/tuned", tmp_path)
+    _fake_checkpoints(tmp_path)
+    assert resolve_model("tuned", "models/tuned", tmp_path) == tmp_path / "models" / "tuned"
+
+
+def test_missing_eval_file_is_named(tmp_path):
+    _fake_checkpoints(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"set 'demo': question file not found: .*questions\.jsonl"):
+        run(parse_params({}), Paths(tmp_path), answerer=_factory)
+
+
+def test_duplicate_set_names_are_rejected_by_params():
+    from vital.params import ParamsError
+
+    s = {"name": "x", "format": "demo", "path": "a.jsonl"}
+    with pytest.raises(ParamsError, match=r"duplicate set names \['x'\]"):
+        parse_params({"evaluate": {"sets": [s, s]}})
+
+
+def test_summarize_seeds_and_difference_hand_computed():
+    topk = {
+        0: {"closed_accuracy": 0.8, "n_closed": 10, "by_domain": {"mri": {"closed_accuracy": 1.0}}},
+        1: {"closed_accuracy": 0.6, "n_closed": 10, "by_domain": {"mri": {"closed_accuracy": 0.5}}},
+        2: {"closed_accuracy": 0.7, "n_closed": 10, "by_domain": {}},
+    }
+    s = summarize_seeds(topk)
+    assert s["closed_accuracy"]["mean"] == pytest.approx(0.7)
+    assert s["closed_accuracy"]["std"] == pytest.approx(0.1)  # sample std of .8/.6/.7
+    assert (s["closed_accuracy"]["min"], s["closed_accuracy"]["max"], s["closed_accuracy"]["n"]) == (
+        0.6,
+        0.8,
+        3,
+    )
+    assert s["by_domain"]["mri"]["closed_accuracy"]["mean"] == pytest.approx(0.75)
+    assert s["by_domain"]["mri"]["closed_accuracy"]["n"] == 2
+    assert s["n_closed"]["std"] == 0.0
+
+    random = {0: {"closed_accuracy": 0.7}, 1: {"closed_accuracy": 0.6}, 2: {"closed_accuracy": 0.5}, 3: {}}
+    d = seed_difference(topk, random, "closed_accuracy")
+    assert d["mean"] == pytest.approx((0.1 + 0.0 + 0.2) / 3)
+    assert (d["n"], d["wins"], d["ties"]) == (3, 2, 1)
+    with pytest.raises(ValueError, match="no seeds"):
+        summarize_seeds({})
+
+
+def test_stage_script_reports_a_missing_model_clearly(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"batch_size": 4}}))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "evaluate.py")], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "[evaluate] error: evaluate.models.tuned:" in proc.stderr and "no config.json" in proc.stderr
+
+
+@pytest.mark.slow
+def test_run_end_to_end_with_tiny_llava_checkpoints(tmp_path):
+    from test_vqa_inference import build_tiny_llava
+
+    write_demo_set(tmp_path)
+    build_tiny_llava(tmp_path / "models" / "tuned", seed=0)
+    build_tiny_llava(tmp_path / "models" / "base", seed=1)
+    params = parse_params({"evaluate": {"batch_size": 4, "max_new_tokens": 4, "device": "cpu"}})
+    out = run(params, Paths(tmp_path))
+    for model in ("tuned", "base"):
+        summary = out["demo"][model]
+        assert (summary["n_closed"], summary["n_open"]) == (4, 2)
+        for key in ("closed_accuracy", "closed_accuracy_legacy", "open_recall", "open_f1"):
+            assert 0.0 <= summary[key] <= 1.0
+        rows = (tmp_path / "artifacts" / "predictions" / model / "demo.jsonl").read_text().splitlines()
+        assert len(rows) == 6 and json.loads(rows[0])["model_id"].endswith(model)

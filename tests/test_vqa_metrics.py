@@ -1,0 +1,172 @@
+"""LLaVA-Med metric definitions, checked against hand-computed cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vital.vqa.items import VQAItem
+from vital.vqa.metrics import (
+    closed_baselines,
+    closed_hit,
+    exact_match,
+    exact_match_legacy,
+    first_yes_no,
+    normalize_answer,
+    score_item,
+    substring_hit,
+    summarize,
+    token_scores,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # "yes," vs "yes": a comma glued to a word becomes a space, one before a space is deleted
+        ("yes,", "yes"),
+        ("Yes, it is.", "yes it is"),
+        ("YES", "yes"),
+        # articles dropped, case folded
+        ("The left lung", "left lung"),
+        ("an axial CT", "axial ct"),
+        # number words -> digits, incl. LLaVA-Med's "none" -> "0"
+        ("Two lesions!", "2 lesions"),
+        ("none", "0"),
+        ("ten", "10"),
+        # a digit,digit group deletes every listed punctuation mark instead of spacing it
+        ("1,000 cells", "1000 cells"),
+        ("1,000 cells-left", "1000 cellsleft"),
+        # periods: dropped unless a digit follows
+        ("3.5 cm.", "3.5 cm"),
+        ("No.", "no"),
+        ("e.g. the CT", "eg ct"),
+        # slash/hyphen/brackets: spaced when glued, deleted when next to a space
+        ("left/right", "left right"),
+        ("left / right", "left right"),
+        ("x-ray", "x ray"),
+        ("(CT)", "ct"),
+        ("mass (left)", "mass left"),
+        # colons and apostrophes are not in LLaVA-Med's list and survive
+        ("answer: yes", "answer: yes"),
+        # contractions restored
+        ("dont know", "don't know"),
+        ("isnt", "isn't"),
+        ("couldntve", "couldn't've"),
+        ("", ""),
+    ],
+)
+def test_normalize_answer(raw, expected):
+    assert normalize_answer(raw) == expected
+
+
+def test_only_first_32_periods_are_dropped_like_llava_med():
+    # LLaVA-Med passes re.UNICODE (32) as re.sub's count: the 33rd period survives
+    text = "a." * 33
+    assert normalize_answer(text) == "a" * 32 + "a."
+
+
+def test_token_scores_hand_computed():
+    # ref {left, lung}; pred {left, upper, lobe}: tp=1, fp=2, fn=1
+    s = token_scores("the left upper lobe", "left lung")
+    assert s.precision == pytest.approx(1 / 3)
+    assert s.recall == pytest.approx(1 / 2)
+    assert s.f1 == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+
+
+def test_token_scores_counts_prediction_multiplicity_like_llava_med():
+    # tp counts every predicted "left" (2), fn the missing "lung" (1): recall 2/3, not 1/2
+    s = token_scores("left left", "left lung")
+    assert s.recall == pytest.approx(2 / 3)
+    assert s.precision == 1.0
+
+
+def test_token_scores_normalises_before_counting():
+    assert token_scores("Two.", "2").recall == 1.0
+    assert token_scores("", "left").recall == 0.0
+    assert token_scores("right", "left").f1 == 0.0
+
+
+def test_exact_match_and_legacy():
+    assert exact_match("The liver.", "liver") == 1.0
+    assert exact_match("liver mass", "liver") == 0.0
+    # legacy: distinct reference words found (1) / predicted tokens (3)
+    assert exact_match_legacy("liver is enlarged", "liver") == pytest.approx(1 / 3)
+    assert exact_match_legacy("", "liver") == 0.0
+
+
+def test_legacy_closed_check_is_a_substring_test():
+    # microsoft/LLaVA-Med#12: "no" is a substring of "normal" and "not"
+    assert substring_hit("normal", "no") == 1.0
+    assert substring_hit("it is not clear", "no") == 1.0
+    assert substring_hit("yes and no", "yes") == 1.0
+
+
+def test_corrected_closed_check_uses_first_yes_no_word():
+    assert closed_hit("normal", "no") == 0.0
+    assert closed_hit("No, it is normal.", "no") == 1.0
+    assert closed_hit("yes,", "Yes") == 1.0
+    assert closed_hit("yes and no", "no") == 0.0
+    assert closed_hit("nothing abnormal", "no") == 0.0
+    assert closed_hit("none", "no") == 0.0  # "none" normalises to "0"
+    assert first_yes_no("Well, no. Yes?") == "no"
+    assert first_yes_no("unclear") is None
+
+
+def test_corrected_closed_check_for_non_yes_no_answers_is_whole_word():
+    assert closed_hit("the lesion is on the left", "Left") == 1.0
+    assert closed_hit("leftover contrast", "left") == 0.0
+    assert substring_hit("leftover contrast", "left") == 1.0
+    assert closed_hit("right lung", "left lung") == 0.0
+    assert closed_hit("CT scan", "CT") == 1.0
+
+
+def _item(qid, answer, kind, domain=None):
+    return VQAItem(qid, Path("x.png"), "q?", answer, kind, domain=domain)
+
+
+def test_score_item_uses_the_answer_type():
+    assert set(score_item(_item("1", "yes", "CLOSED"), "yes")) == {
+        "closed_accuracy",
+        "closed_accuracy_legacy",
+    }
+    assert "open_recall" in score_item(_item("2", "left", "OPEN"), "left")
+
+
+def test_summarize_hand_computed():
+    items = [
+        _item("c1", "no", "CLOSED", "ct_scan"),  # "normal": legacy hit, corrected miss
+        _item("c2", "yes", "CLOSED", "ct_scan"),  # "yes,": both hit
+        _item("c3", "no", "CLOSED", "mri"),  # "yes": both miss
+        _item("o1", "left lung", "OPEN", "mri"),  # recall 1/2
+        _item("o2", "liver", "OPEN", "ct_scan"),  # recall 1
+    ]
+    preds = ["normal", "yes,", "yes", "the left kidney", "Liver."]
+    out = summarize(items, preds)
+    assert out["n_closed"] == 3 and out["n_open"] == 2
+    assert out["closed_accuracy"] == pytest.approx(1 / 3)
+    assert out["closed_accuracy_legacy"] == pytest.approx(2 / 3)
+    assert out["open_recall"] == pytest.approx((0.5 + 1.0) / 2)
+    assert out["open_exact_match"] == pytest.approx(0.5)
+    ct = out["by_domain"]["ct_scan"]
+    assert ct["n_closed"] == 2 and ct["closed_accuracy"] == pytest.approx(0.5)
+    assert ct["closed_accuracy_legacy"] == 1.0 and ct["open_recall"] == 1.0
+    mri = out["by_domain"]["mri"]
+    assert mri["closed_accuracy"] == 0.0 and mri["open_recall"] == pytest.approx(0.5)
+    assert "by_question_type" not in out  # no item records one
+
+
+def test_summarize_omits_scores_of_empty_groups_and_checks_lengths():
+    out = summarize([_item("c", "yes", "CLOSED")], ["yes"])
+    assert out["n_open"] == 0 and "open_recall" not in out
+    with pytest.raises(ValueError, match="1 items but 2 predictions"):
+        summarize([_item("c", "yes", "CLOSED")], ["yes", "no"])
+
+
+def test_closed_baselines():
+    items = [_item(str(i), a, "CLOSED") for i, a in enumerate(["yes", "Yes.", "yes", "no"])]
+    items.append(_item("o", "liver", "OPEN"))
+    b = closed_baselines(items)
+    assert b == {"n_closed": 4, "closed_chance": 0.5, "closed_majority": 0.75}
+    assert closed_baselines([_item("o", "liver", "OPEN")]) == {"n_closed": 0}

@@ -1,0 +1,221 @@
+"""The evaluate stage: answer every evaluation set with every model and score the answers.
+
+``metrics/evaluate.json`` is shaped for ``dvc metrics diff``::
+
+    {"<set>": {"<model>": {"closed_accuracy": ..., "closed_accuracy_legacy": ..., "open_recall": ...,
+                           "n_closed": ..., "n_open": ..., "by_domain": {...}},
+               "chance": {"closed_chance": 0.5, "closed_majority": ...},
+               "data": {"n_items": ..., "n_skipped": ..., "skipped": [...], "filtered": {...}}},
+     "_stage": {"wall_time_s": ..., "models": {"<model>": "<dir or hub id>"}}}
+
+Predictions go to ``artifacts/predictions/<model>/<set>.jsonl`` (LLaVA-Med answer-file fields plus
+the reference and per-question scores). :func:`evaluate_models` takes any ``{name: model dir}``, so
+seeds and selection-vs-random tunes are evaluated the same way; :func:`summarize_seeds` and
+:func:`seed_difference` turn several such results into mean and spread.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from vital.io import write_json, write_jsonl
+from vital.params import EvaluateParams, Params
+from vital.paths import Paths
+from vital.vqa.items import LoadedSet, VQAItem
+from vital.vqa.loaders import SetOptions, load_set
+from vital.vqa.metrics import closed_baselines, score_item, summarize
+
+RESERVED = ("chance", "data")
+
+
+class Answerer(Protocol):
+    model_id: str
+
+    def answer(
+        self, items: Sequence[VQAItem], batch_size: int, max_new_tokens: int, desc: str
+    ) -> list[str]: ...
+
+
+AnswererFactory = Callable[[str | Path], Answerer]
+
+
+def _llava_factory(device: str, dtype: str) -> AnswererFactory:
+    from vital.llava.inference import LlavaAnswerer  # torch/transformers only when a model is run
+
+    return lambda model: LlavaAnswerer(model, device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------ inputs
+def load_sets(ev: EvaluateParams, root: Path) -> list[LoadedSet]:
+    """Every set in ``evaluate.sets``; paths are relative to ``root`` unless absolute."""
+    out = []
+    for s in ev.sets:
+        opts = SetOptions(split=s.split, limit=s.limit, max_invalid_fraction=ev.max_invalid_fraction)
+        images = root / s.images if s.images is not None else None
+        out.append(load_set(s.name, s.format, root / s.path, images, opts))
+    return out
+
+
+def resolve_model(name: str, spec: str, root: Path) -> str | Path:
+    """A local checkpoint directory under ``root``, or a hub id (``owner/name``) passed through."""
+    local = root / spec
+    first = Path(spec).parts[0] if Path(spec).parts else ""
+    is_local = (
+        local.exists()
+        or Path(spec).is_absolute()
+        or spec.startswith(".")
+        or spec.count("/") != 1
+        or first == "models"
+        or (root / first).is_dir()
+    )
+    if not is_local:
+        return spec
+    if not (local / "config.json").is_file():
+        raise FileNotFoundError(f"evaluate.models.{name}: {local} is not a model checkpoint (no config.json)")
+    return local
+
+
+# ------------------------------------------------------------------ evaluation
+def _prediction_rows(items: Sequence[VQAItem], preds: Sequence[str], model_id: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "question_id": item.question_id,
+            "prompt": item.question,
+            "text": pred,
+            "answer": item.answer,
+            "answer_type": item.answer_type,
+            "domain": item.domain,
+            "question_type": item.question_type,
+            "model_id": model_id,
+            "scores": score_item(item, pred),
+        }
+        for item, pred in zip(items, preds, strict=True)
+    ]
+
+
+def evaluate_models(
+    model_dirs: Mapping[str, str | Path],
+    sets: Sequence[LoadedSet],
+    predictions_dir: Path | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 16,
+    device: str = "auto",
+    dtype: str = "auto",
+    answerer: AnswererFactory | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Answer and score every set with every model: ``{set: {model: summary, "chance", "data"}}``.
+
+    Models are loaded one at a time and released before the next, so a 13B tuned model and its
+    base never share the accelerator.
+    """
+    clash = sorted(set(model_dirs) & set(RESERVED))
+    if clash:
+        raise ValueError(f"model names {clash} are reserved in metrics/evaluate.json (use other names)")
+    factory = answerer or _llava_factory(device, dtype)
+    results: dict[str, dict[str, Any]] = {
+        s.name: {"chance": closed_baselines(s.items), "data": s.report()} for s in sets
+    }
+    for name, model_dir in model_dirs.items():
+        model = factory(model_dir)
+        for s in sets:
+            preds = model.answer(s.items, batch_size, max_new_tokens, f"{name}/{s.name}")
+            if predictions_dir is not None:
+                write_jsonl(
+                    Path(predictions_dir) / name / f"{s.name}.jsonl",
+                    _prediction_rows(s.items, preds, str(model.model_id)),
+                )
+            results[s.name][name] = summarize(s.items, preds)
+        del model
+        _release_memory()
+    return results
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -> dict:
+    """The evaluate stage: all ``evaluate.models`` on all ``evaluate.sets``; writes metrics/evaluate.json."""
+    start = time.perf_counter()
+    ev = params.evaluate
+    models = {name: resolve_model(name, spec, paths.root) for name, spec in ev.models.items()}
+    sets = load_sets(ev, paths.root)
+    clash = sorted({s.name for s in sets} & {"_stage"})
+    if clash:
+        raise ValueError(f"evaluate.sets: set name {clash[0]!r} is reserved")
+    results: dict[str, Any] = evaluate_models(
+        models,
+        sets,
+        predictions_dir=paths.predictions,
+        batch_size=ev.batch_size,
+        max_new_tokens=ev.max_new_tokens,
+        device=ev.device,
+        dtype=ev.dtype,
+        answerer=answerer,
+    )
+    results["_stage"] = {
+        "wall_time_s": round(time.perf_counter() - start, 3),
+        "models": {k: str(v) for k, v in ev.models.items()},
+        "sets": {s.name: {"format": s.format, "path": str(s.path)} for s in sets},
+    }
+    write_json(paths.metric("evaluate"), results)
+    return results
+
+
+# ------------------------------------------------------------------ several seeds
+def _spread(values: list[float]) -> dict[str, float | int]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def summarize_seeds(per_seed: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean, sample std, min, max and n of every numeric entry across seeds, nesting kept.
+
+    ``per_seed`` maps a seed (or run name) to one summary, e.g. ``results["demo"]["topk"]`` of each
+    seed's :func:`evaluate_models`. An entry missing from some seeds is summarised over the others.
+    """
+    if not per_seed:
+        raise ValueError("summarize_seeds: no seeds given")
+    runs = list(per_seed.values())
+    keys = list(dict.fromkeys(k for r in runs for k in r))
+    out: dict[str, Any] = {}
+    for key in keys:
+        present = [r[key] for r in runs if key in r]
+        if all(isinstance(v, Mapping) for v in present):
+            out[key] = summarize_seeds(dict(enumerate(present)))
+        elif all(_is_number(v) for v in present):
+            out[key] = _spread([float(v) for v in present])
+    return out
+
+
+def seed_difference(
+    a: Mapping[Any, Mapping[str, Any]], b: Mapping[Any, Mapping[str, Any]], key: str
+) -> dict[str, float | int]:
+    """Per-seed ``a[key] - b[key]`` over the seeds both have: mean and spread, plus how often a wins."""
+    seeds = [s for s in a if s in b and _is_number(a[s].get(key)) and _is_number(b[s].get(key))]
+    if not seeds:
+        raise ValueError(f"seed_difference: no seed has a numeric {key!r} in both runs")
+    diffs = [float(a[s][key]) - float(b[s][key]) for s in seeds]
+    return {**_spread(diffs), "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs)}
