@@ -1,0 +1,133 @@
+"""Judge stage: the same engine, structured output, tolerant score parsing, offline heuristic backend."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.llm_world import KEY, KEY_ENV, api_params, make_world
+from tests.openai_server import FakeOpenAIServer
+from vital import generate, judge
+from vital.io import read_jsonl
+from vital.llm.parse import InvalidOutput, parse_score
+from vital.paths import Paths
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.setenv("VITAL_PROGRESS", "off")
+
+
+@pytest.fixture
+def judged_world(tmp_path):
+    make_world(tmp_path)
+    with FakeOpenAIServer() as server:
+        generate.run(api_params(server.base_url, tmp_path), Paths(tmp_path))
+    return tmp_path
+
+
+def test_judges_every_candidate_with_structured_output(judged_world):
+    bodies = []
+
+    def reply(body):
+        bodies.append(body)
+        return json.dumps({"score": 8, "rationale": "specific and correct"})
+
+    with FakeOpenAIServer(content_fn=reply) as server:
+        m = judge.run(api_params(server.base_url, judged_world), Paths(judged_world))
+    js = list(read_jsonl(judged_world / "artifacts" / "judgments.jsonl"))
+    assert len(js) == 8 and m["judged"] == 8 and m["unjudged"] == 0 and m["score_mean"] == 8
+    assert js[0]["score"] == 8 and js[0]["judge"]["backend"] == "openai" and js[0]["judge"]["request"]
+    assert bodies[0]["response_format"]["type"] == "json_schema"
+    system = bodies[0]["messages"][0]["content"]
+    assert "rubric" in system and "0 (unusable) to 10" in system
+    assert bodies[0]["messages"][1]["content"][1]["image_url"]["url"].startswith("data:image/png")
+    assert m["requests_sent"] == 8 and m["estimated_cost_usd"] > 0
+
+
+def test_unparseable_scores_are_reasked_then_listed(judged_world):
+    def reply(body):
+        text = json.dumps(body["messages"])
+        if "PMC0003" in text or "lesion 3" in text:
+            return "I would rather not say."
+        if "lesion 4" in text:
+            return "Score: 6/10 - mostly fine"
+        return json.dumps({"score": 9, "rationale": "ok"})
+
+    with FakeOpenAIServer(content_fn=reply) as server:
+        m = judge.run(api_params(server.base_url, judged_world), Paths(judged_world))
+    assert m["judged"] == 6 and m["unjudged_by_reason"] == {"unparseable_score": 2}
+    assert {f["candidate_id"] for f in m["unjudged_list"]} == {"PMC0003_F1#0", "PMC0003_F1#1"}
+    scores = {
+        j["candidate_id"]: j["score"] for j in read_jsonl(judged_world / "artifacts" / "judgments.jsonl")
+    }
+    assert scores["PMC0004_F1#0"] == 6
+    assert m["requests_sent"] == 8 + 2
+
+
+def test_judge_rerun_is_free_and_dry_run_sends_nothing(judged_world):
+    with FakeOpenAIServer() as server:
+        p = api_params(server.base_url, judged_world)
+        est = judge.dry_run(p, Paths(judged_world))
+        assert est["requests_to_send"] == 8 and server.log == []
+        judge.run(p, Paths(judged_world))
+        m = judge.run(p, Paths(judged_world))
+        assert m["requests_sent"] == 0 and m["cache_hits"] == 8
+        assert judge.dry_run(p, Paths(judged_world))["cached"] == 8
+
+
+def test_judge_batch_mode(judged_world):
+    with FakeOpenAIServer() as server:
+        p = api_params(server.base_url, judged_world)
+        p.judge.mode = "batch"
+        m = judge.run(p, Paths(judged_world))
+        assert m["judged"] == 8 and server.chat_requests() == []
+        assert [e["path"] for e in server.log].count("batch_create") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "score"),
+    [
+        ('{"score": 7, "rationale": "x"}', 7),
+        ('```json\n{"score": 3.5}\n```', 3.5),
+        ("Score: 8/10. Good.", 8),
+        ("Rating = 4", 4),
+        ("I give it 9/10", 9),
+        ("6", 6),
+    ],
+)
+def test_parse_score_is_tolerant(text, score):
+    assert parse_score(text)[0] == score
+
+
+@pytest.mark.parametrize("text", ["no number here", '{"score": 14}', "Score: 11/10", '{"score": "high"}'])
+def test_parse_score_rejects(text):
+    with pytest.raises(InvalidOutput):
+        parse_score(text)
+
+
+def test_heuristic_backend_runs_offline(tmp_path):
+    pytest.importorskip("vital.demo.heuristic_judge")
+    recs = make_world(tmp_path, n=3, bad=False)
+    cands = [
+        {
+            "id": f"{r['pair_id']}#0",
+            "pair_id": r["pair_id"],
+            "image": r["image"],
+            "domain": "ct_scan",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is shown?"},
+                {"from": "gpt", "value": "An axial CT image with a lesion."},
+            ],
+        }
+        for r in recs
+    ]
+    (tmp_path / "artifacts" / "candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cands))
+    from vital.params import parse_params
+
+    m = judge.run(parse_params({}), Paths(tmp_path))
+    assert m["judged"] == 3 and m["requests_sent"] == 0
+    js = list(read_jsonl(tmp_path / "artifacts" / "judgments.jsonl"))
+    assert all(0 <= j["score"] <= 10 for j in js) and js[0]["judge"]["backend"] == "heuristic"

@@ -1,0 +1,197 @@
+"""The engine against a real local OpenAI-compatible server (the SDK's httpx2 cannot be mocked)."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+
+from tests.openai_server import FakeOpenAIServer
+from vital.llm.cache import RequestCache, request_key
+from vital.llm.client import redact
+from vital.llm.engine import Engine, FatalAPIError, Request, RetryPolicy, message_content
+from vital.llm.limiter import RateLimiter, parse_duration, retry_after_s, shared_limiter
+from vital.params import ClientParams
+
+KEY = "sk-test-abcdefghijklmnop"
+
+
+def _client(server: FakeOpenAIServer, timeout: float = 2.0) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key=KEY, base_url=server.base_url, timeout=timeout, max_retries=0)
+
+
+def _requests(n: int, tag: str = "") -> list[Request]:
+    return [
+        Request(
+            {"model": "test-model", "messages": [{"role": "user", "content": f"q{tag}{i}"}], "seed": i},
+            est_tokens=50,
+            tag=i,
+        )
+        for i in range(n)
+    ]
+
+
+def _engine(server, tmp_path, *, concurrency=4, retries=4, rpm=60_000, timeout=2.0) -> Engine:
+    return Engine(
+        _client(server, timeout),
+        RateLimiter(rpm, 10_000_000),
+        RequestCache(tmp_path / "cache"),
+        concurrency=concurrency,
+        retry=RetryPolicy(max_retries=retries, base_s=0.01, max_s=0.05),
+    )
+
+
+def test_all_answered_then_rerun_sends_nothing(tmp_path):
+    with FakeOpenAIServer(latency=0.01) as server:
+        eng = _engine(server, tmp_path)
+        out = eng.run(_requests(20))
+        assert all(o.ok for o in out) and [o.request.tag for o in out] == list(range(20))
+        assert eng.usage.requests_sent == 20 and eng.usage.cache_hits == 0
+        assert eng.usage.input_tokens > 0 and eng.usage.output_tokens > 0
+        eng2 = _engine(server, tmp_path)
+        out2 = eng2.run(_requests(20))
+        assert all(o.ok and o.cached for o in out2)
+        assert eng2.usage.requests_sent == 0 and eng2.usage.cache_hits == 20
+        assert len(server.chat_requests()) == 20
+
+
+def test_duplicate_requests_in_one_run_are_sent_once(tmp_path):
+    with FakeOpenAIServer() as server:
+        reqs = _requests(3) + _requests(3)
+        out = _engine(server, tmp_path).run(reqs)
+        assert all(o.ok for o in out) and len(out) == 6
+        assert len(server.chat_requests()) == 3
+
+
+def test_faults_are_retried_and_counted_without_repeating_completed_requests(tmp_path):
+    with FakeOpenAIServer() as server:
+        server.slow_s = 1.0
+        server.script.extend(["429", "500", "503", "malformed", "slow", None, "500"])
+        eng = _engine(server, tmp_path, concurrency=2, timeout=0.3)
+        out = eng.run(_requests(12))
+        assert all(o.ok for o in out), [o.error for o in out if not o.ok]
+        r = eng.usage.retries
+        assert (
+            r["rate_limited"] == 1 and r["server_error"] == 3 and r["bad_response"] == 1 and r["timeout"] == 1
+        )
+        completed = server.completed_keys()
+        assert len(completed) == len(set(completed)) == 12
+        assert eng.usage.requests_sent == 12 + 6
+
+
+def test_429_retry_after_pauses_the_shared_limiter(tmp_path):
+    with FakeOpenAIServer() as server:
+        server.retry_after_s = "0.5"
+        server.script.append("429")
+        eng = _engine(server, tmp_path, concurrency=1)
+        t0 = time.monotonic()
+        out = eng.run(_requests(2))
+        assert all(o.ok for o in out)
+        assert time.monotonic() - t0 >= 0.45
+        assert eng.limiter.pauses == 1
+
+
+def test_retries_exhausted_is_a_recorded_failure(tmp_path):
+    with FakeOpenAIServer() as server:
+        server.fault_fn = lambda n, body: "503" if body["seed"] == 1 else None
+        eng = _engine(server, tmp_path, retries=2)
+        out = eng.run(_requests(3))
+        assert [o.ok for o in out] == [True, False, True]
+        assert out[1].error == "server_error" and eng.usage.failures["server_error"] == 1
+        assert eng.usage.retries["server_error"] == 2
+        assert request_key(out[1].request.body) not in eng.cache
+
+
+def test_server_dies_mid_run_then_resume_loses_nothing(tmp_path):
+    server = FakeOpenAIServer(latency=0.01).start()
+    port = server.port
+    server.die_after = 5
+    eng = _engine(server, tmp_path, concurrency=1, retries=1)
+    out = eng.run(_requests(10))
+    good = [o for o in out if o.ok]
+    assert len(good) == 5 and all(o.error == "connection" for o in out if not o.ok)
+    assert eng.usage.failures["connection"] == 5
+    first_completed = server.completed_keys()
+    with FakeOpenAIServer(port=port) as again:
+        eng2 = _engine(again, tmp_path, concurrency=3)
+        out2 = eng2.run(_requests(10))
+        assert all(o.ok for o in out2)
+        assert eng2.usage.cache_hits == 5 and eng2.usage.requests_sent == 5
+        assert not set(again.completed_keys()) & set(first_completed)
+
+
+def test_auth_error_stops_the_run_without_leaking_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITAL_TEST_KEY", KEY)
+    with FakeOpenAIServer() as server:
+        server.fault_fn = lambda n, body: "401"
+        eng = _engine(server, tmp_path)
+        eng.client_params = ClientParams(api_key_env="VITAL_TEST_KEY")
+        with pytest.raises(FatalAPIError) as err:
+            eng.run(_requests(30))
+        assert "401" in str(err.value) and KEY not in str(err.value)
+        assert len(server.chat_requests()) <= 4  # stops at once, not after 30 refusals
+
+
+def test_finish_reason_length_and_empty_content_are_failures():
+    ok = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}
+    assert message_content(ok) == ("hi", None)
+    assert message_content({"choices": [{"message": {"content": "hi"}, "finish_reason": "length"}]}) == (
+        None,
+        "finish_length",
+    )
+    assert (
+        message_content({"choices": [{"message": {"content": ""}, "finish_reason": "content_filter"}]})[1]
+        == "finish_content_filter"
+    )
+    assert (
+        message_content({"choices": [{"message": {"content": " "}, "finish_reason": "stop"}]})[1]
+        == "empty_content"
+    )
+
+
+def test_limiter_holds_requests_per_minute(tmp_path):
+    with FakeOpenAIServer() as server:
+        eng = _engine(server, tmp_path, concurrency=16, rpm=1200)  # 20/s, burst 20
+        t0 = time.monotonic()
+        out = eng.run(_requests(50))
+        elapsed = time.monotonic() - t0
+        assert all(o.ok for o in out)
+        assert elapsed >= (50 - 20) / 20 * 0.95
+
+
+def test_limiter_primed_from_ratelimit_headers(tmp_path):
+    with FakeOpenAIServer(rpm=600) as server:
+        eng = _engine(server, tmp_path, rpm=60_000)
+        eng.run(_requests(3))
+        assert eng.limiter.rpm == 600
+
+
+def test_shared_limiter_is_one_object_per_scope():
+    a = shared_limiter("test|x", 100, 1000)
+    b = shared_limiter("test|x", 50, 2000)
+    assert a is b and a.rpm == 50 and a.tpm == 1000
+    assert shared_limiter("test|y", 100, 1000) is not a
+
+
+def test_header_parsing():
+    assert parse_duration("6m0s") == 360 and parse_duration("20ms") == pytest.approx(0.02)
+    assert parse_duration("1.5s") == 1.5 and parse_duration("2") == 2.0 and parse_duration("x") is None
+    assert retry_after_s({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after_s({"retry-after": "3"}) == 3.0 and retry_after_s({}) is None
+
+
+def test_cache_is_append_only_and_order_independent(tmp_path):
+    c = RequestCache(tmp_path)
+    k = request_key({"a": 1, "b": [1, 2]})
+    assert k == request_key({"b": [1, 2], "a": 1}) and k != request_key({"a": 1, "b": [2, 1]})
+    assert c.put(k, {"v": 1}) and not c.put(k, {"v": 2})
+    c.close()
+    assert RequestCache(tmp_path).get(k) == {"v": 1}
+
+
+def test_redact_removes_key(monkeypatch):
+    monkeypatch.setenv("MY_KEY", "secret-value-123")
+    cp = ClientParams(api_key_env="MY_KEY")
+    assert "secret-value-123" not in redact("bad key secret-value-123", cp)
+    assert "sk-abcdef" not in redact("Incorrect API key provided: sk-abcdef***wxyz")

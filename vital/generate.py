@@ -1,0 +1,389 @@
+"""Generate stage: N candidate LLaVA conversations per sampled figure.
+
+Backends are a registry: ``template`` (offline demo stand-in built on the world's hidden truth) and
+``openai``/``azure`` (any OpenAI-compatible endpoint through :mod:`vital.llm`). Every backend goes
+through the same validation, accounting and outputs. Invalid or failed candidates stay out of
+``candidates.jsonl`` and are listed with their reason in ``generate_failures.jsonl`` and counted in
+``metrics/generate.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vital.io import read_jsonl, write_json, write_jsonl
+from vital.llm.batch import BatchLimits
+from vital.llm.cache import RequestCache
+from vital.llm.engine import Outcome, Request, message_content
+from vital.llm.parse import InvalidOutput, parse_conversation, validate_conversation
+from vital.llm.prompts import (
+    ImageError,
+    check_image,
+    derived_seed,
+    estimate_image_tokens,
+    estimate_text_tokens,
+    generation_messages,
+    image_data_url,
+    load_demonstrations,
+    pick_demonstrations,
+)
+from vital.llm.runtime import LLMRuntime
+from vital.params import GenerateParams, Params
+from vital.paths import Paths
+from vital.progress import progress
+from vital.schema import Candidate, FigureRecord
+
+FIGURES_PER_CHUNK = 128  # bounds memory: image data URLs of one chunk are held at once
+
+
+@dataclass
+class Result:
+    """One candidate slot: a validated conversation, or the reason there is none."""
+
+    record: FigureRecord
+    k: int
+    turns: list[dict] | None
+    reason: str | None = None
+    detail: str = ""
+    provenance: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- inputs
+def load_figures(
+    path: Path, corpus: Path, check_images: bool = True
+) -> tuple[list[FigureRecord], list[dict]]:
+    """Sampled figures plus the skipped ones ({pair_id, reason}); record problems never abort the stage."""
+    figures, skipped = [], []
+    for i, raw in enumerate(read_jsonl(path), 1):
+        try:
+            rec = FigureRecord.model_validate(raw)
+        except ValueError as e:
+            skipped.append(
+                {
+                    "pair_id": raw.get("pair_id", f"{path}:{i}"),
+                    "reason": "invalid_record",
+                    "detail": str(e)[:200],
+                }
+            )
+            continue
+        if not rec.fig_caption.strip():
+            skipped.append({"pair_id": rec.pair_id, "reason": "empty_caption"})
+            continue
+        if check_images:
+            try:
+                check_image(corpus / rec.image)
+            except ImageError as e:
+                reason = "missing_image" if "not found" in str(e) else "corrupt_image"
+                skipped.append({"pair_id": rec.pair_id, "reason": reason, "detail": str(e)})
+                continue
+        figures.append(rec)
+    return figures, skipped
+
+
+# ---------------------------------------------------------------- backends
+class TemplateBackend:
+    """Offline stand-in: the demo world's template generator (free, no requests)."""
+
+    name = "template"
+
+    def __init__(self, params: Params, paths: Paths) -> None:
+        self.gp, self.paths = params.generate, paths
+        self.generator = None
+
+    def preflight(self) -> None:
+        from vital.demo.template_generator import TemplateGenerator
+        from vital.world import load_truth
+
+        if not self.paths.truth.exists():
+            raise FileNotFoundError(
+                f"{self.paths.truth}: the template backend needs the demo world (run `vital world`)"
+            )
+        self.generator = TemplateGenerator(load_truth(self.paths.truth), self.gp.seed)
+
+    def generate(self, figures: list[FigureRecord]) -> Iterator[Result]:
+        prov = {"backend": "template", "model": self.gp.model}
+        for rec in progress(figures, desc="generate (template)", total=len(figures)):
+            convs = self.generator.generate(rec, self.gp.candidates)
+            for k in range(self.gp.candidates):
+                if k >= len(convs):
+                    yield Result(rec, k, None, "not_generated")
+                    continue
+                yield _validated(rec, k, convs[k], self.gp.min_rounds, prov)
+
+    def metrics(self) -> dict:
+        return {
+            "mode": "offline",
+            "requests_sent": 0,
+            "cache_hits": 0,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "estimated_cost_usd": 0.0,
+        }
+
+
+class OpenAIBackend:
+    """GPT-4V/4o-style generation through the shared engine (``openai`` or ``azure``)."""
+
+    def __init__(self, params: Params, paths: Paths) -> None:
+        gp = self.gp = params.generate
+        self.paths = paths
+        self.runtime = LLMRuntime(
+            "generate",
+            gp.backend,
+            gp.model,
+            gp.client,
+            gp.prices,
+            paths.request_cache,
+            gp.mode,
+            BatchLimits(
+                max_lines=gp.batch_max_lines,
+                max_bytes=int(gp.batch_max_mb * 2**20),
+                poll_s=gp.batch_poll_s,
+                rounds=gp.batch_rounds,
+            ),
+        )
+        self.demos: dict[str, list[dict]] = {}
+        self.image_skips: list[dict] = []
+
+    def preflight(self) -> None:
+        self.demos = load_demonstrations(self.paths.demonstrations)
+        self.runtime.preflight()
+
+    def request(self, rec: FigureRecord, image_url: str, k: int, attempt: int) -> Request:
+        gp = self.gp
+        demos = pick_demonstrations(self.demos, rec.primary_domain, gp.demos_per_prompt, gp.seed, rec.pair_id)
+        messages = generation_messages(rec, image_url, demos, gp.min_rounds)
+        body = {
+            "model": gp.model,
+            "messages": messages,
+            "temperature": gp.temperature,
+            "max_tokens": gp.max_tokens,
+            "seed": derived_seed(gp.seed, rec.pair_id, k, attempt),
+        }
+        if gp.json_mode:
+            body["response_format"] = {"type": "json_object"}
+        est = estimate_text_tokens(messages) + estimate_image_tokens(gp.max_image_side) + gp.max_tokens
+        return Request(body, est_tokens=est, tag=(rec, k, attempt, [d.get("id") for d in demos]))
+
+    def images(self, chunk: list[FigureRecord]) -> dict[str, str]:
+        urls = {}
+        for rec in chunk:
+            try:
+                urls[rec.pair_id] = image_data_url(self.paths.corpus / rec.image, self.gp.max_image_side)
+            except ImageError as e:
+                reason = "missing_image" if "not found" in str(e) else "corrupt_image"
+                self.image_skips.append({"pair_id": rec.pair_id, "reason": reason, "detail": str(e)})
+        return urls
+
+    def generate(self, figures: list[FigureRecord]) -> Iterator[Result]:
+        for start in range(0, len(figures), FIGURES_PER_CHUNK):
+            chunk = figures[start : start + FIGURES_PER_CHUNK]
+            urls = self.images(chunk)
+            pending = [(rec, k) for rec in chunk if rec.pair_id in urls for k in range(self.gp.candidates)]
+            for attempt in range(self.gp.max_invalid_retries + 1):
+                reqs = [self.request(rec, urls[rec.pair_id], k, attempt) for rec, k in pending]
+                desc = f"generate {start + len(chunk)}/{len(figures)} figs" + (
+                    f" (retry {attempt})" if attempt else ""
+                )
+                outcomes = self.runtime.send(reqs, desc)
+                pending = []
+                for o in outcomes:
+                    res = self._result(o, attempt)
+                    if (
+                        res.turns is None
+                        and res.reason in RETRYABLE
+                        and attempt < self.gp.max_invalid_retries
+                    ):
+                        pending.append((res.record, res.k))
+                    else:
+                        yield res
+                if not pending:
+                    break
+
+    def _result(self, o: Outcome, attempt: int) -> Result:
+        rec, k, _, demo_ids = o.request.tag
+        prov = {
+            "backend": self.gp.backend,
+            "model": self.gp.model,
+            "mode": self.gp.mode,
+            "attempt": attempt,
+            "request": o.request.key,
+            "demos": demo_ids,
+        }
+        if not o.ok:
+            return Result(rec, k, None, f"request_{o.error}", o.detail, prov)
+        content, why = message_content(o.response)
+        if why:
+            return Result(rec, k, None, why, "", prov)
+        try:
+            turns = parse_conversation(content)
+        except InvalidOutput as e:
+            return Result(rec, k, None, e.reason, str(e), prov)
+        return _validated(rec, k, turns, self.gp.min_rounds, prov)
+
+    def metrics(self) -> dict:
+        return self.runtime.metrics()
+
+
+RETRYABLE = {
+    "finish_length",
+    "finish_content_filter",
+    "empty_content",
+    "unparseable",
+    "not_alternating",
+    "empty_turn",
+    "unanswered",
+    "too_few_rounds",
+    "leakage",
+    "empty",
+}
+
+GENERATORS: dict[str, type] = {"template": TemplateBackend, "openai": OpenAIBackend, "azure": OpenAIBackend}
+
+
+def _validated(rec: FigureRecord, k: int, turns: list[dict], min_rounds: int, prov: dict) -> Result:
+    try:
+        return Result(rec, k, validate_conversation(turns, min_rounds), provenance=prov)
+    except InvalidOutput as e:
+        return Result(rec, k, None, e.reason, str(e), prov)
+
+
+def backend_for(params: Params, paths: Paths):
+    name = params.generate.backend
+    if name not in GENERATORS:
+        from vital.llm.client import ConfigError
+
+        raise ConfigError(f"generate.backend: unknown backend {name!r}; choose one of {sorted(GENERATORS)}")
+    return GENERATORS[name](params, paths)
+
+
+# ---------------------------------------------------------------- stage
+def run(params: Params, paths: Paths) -> dict:
+    """Write candidates.jsonl, generate_failures.jsonl and metrics/generate.json; return the metrics."""
+    t0 = time.monotonic()
+    gp = params.generate
+    backend = backend_for(params, paths)
+    backend.preflight()  # config errors surface here, before any request
+    figures, skipped = load_figures(paths.sample, paths.corpus, check_images=gp.backend == "template")
+    candidates, failures = [], []
+    for res in backend.generate(figures):
+        cid = f"{res.record.pair_id}#{res.k}"
+        if res.turns is None:
+            failures.append(
+                {"id": cid, "pair_id": res.record.pair_id, "reason": res.reason, "detail": res.detail}
+            )
+            continue
+        candidates.append(
+            Candidate(
+                id=cid,
+                pair_id=res.record.pair_id,
+                image=res.record.image,
+                domain=res.record.primary_domain,
+                conversations=res.turns,
+                generator=res.provenance,
+            )
+        )
+    total = len(figures) + len(skipped)
+    late = getattr(backend, "image_skips", [])  # images found unreadable while encoding
+    skipped += late
+    candidates.sort(key=lambda c: (c.pair_id, int(c.id.rsplit("#", 1)[1])))
+    write_jsonl(paths.candidates, candidates)
+    write_jsonl(paths.artifacts / "generate_failures.jsonl", failures)
+    metrics = {
+        "backend": gp.backend,
+        "model": gp.model,
+        "figures": total,
+        "figures_used": len(figures) - len(late),
+        "figures_skipped": len(skipped),
+        "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)),
+        "skipped": skipped,
+        "candidates_requested": (len(figures) - len(late)) * gp.candidates,
+        "candidates": len(candidates),
+        "candidates_failed": len(failures),
+        "failures_by_reason": dict(Counter(f["reason"] for f in failures)),
+        "failures_file": str(paths.artifacts / "generate_failures.jsonl"),
+        **backend.metrics(),
+        "wall_s": round(time.monotonic() - t0, 3),
+    }
+    write_json(paths.metric("generate"), metrics)
+    return metrics
+
+
+def dry_run(params: Params, paths: Paths) -> dict:
+    """Requests that would be sent, cache hits, estimated tokens and cost; sends nothing."""
+    gp = params.generate
+    if gp.backend == "template":
+        return {
+            "backend": "template",
+            "requests": 0,
+            "estimated_cost_usd": 0.0,
+            "note": "offline template generator: no requests, no cost",
+        }
+    backend = backend_for(params, paths)
+    backend.demos = load_demonstrations(paths.demonstrations)
+    cache = backend.runtime.open_cache()
+    figures, skipped = load_figures(paths.sample, paths.corpus, check_images=False)
+    return _estimate(
+        (
+            backend.request(rec, url, k, 0)
+            for chunk in _chunks(figures)
+            for rec, url in _urls(backend, chunk)
+            for k in range(gp.candidates)
+        ),
+        cache,
+        backend.runtime.price,
+        gp,
+        len(figures),
+        skipped + backend.image_skips,
+        "generate",
+    )
+
+
+def _chunks(figures: list[FigureRecord]) -> Iterator[list[FigureRecord]]:
+    for i in range(0, len(figures), FIGURES_PER_CHUNK):
+        yield figures[i : i + FIGURES_PER_CHUNK]
+
+
+def _urls(backend: OpenAIBackend, chunk: list[FigureRecord]) -> list[tuple[FigureRecord, str]]:
+    urls = backend.images(chunk)
+    return [(rec, urls[rec.pair_id]) for rec in chunk if rec.pair_id in urls]
+
+
+def _estimate(
+    requests, cache: RequestCache, price, sp: GenerateParams, figures: int, skipped: list[dict], section: str
+) -> dict:
+    """Shared by generate and judge dry runs."""
+    n = hits = tok_in = tok_out = 0
+    for req in requests:
+        if req.key in cache:
+            hits += 1
+            continue
+        n += 1
+        tok_out += sp.max_tokens
+        tok_in += req.est_tokens - sp.max_tokens
+    cost_in = None if price is None else tok_in / 1e6 * price.input_per_1m
+    cost_out = None if price is None else tok_out / 1e6 * price.output_per_1m
+    return {
+        "stage": section,
+        "backend": sp.backend,
+        "model": sp.model,
+        "mode": sp.mode,
+        "figures": figures,
+        "figures_skipped": len(skipped),
+        "skipped": skipped,
+        "requests_to_send": n,
+        "cached": hits,
+        "estimated_input_tokens": tok_in,
+        "estimated_output_tokens_max": tok_out,
+        "estimated_cost_usd_max": None if price is None else round(cost_in + cost_out, 4),
+        "estimated_cost_usd_input": None if price is None else round(cost_in, 4),
+        "price": None if price is None else price.model_dump(),
+        "note": (
+            "first attempts only (invalid-output retries come on top); output at max_tokens is an upper bound"
+            + ("" if price else f"; no price for {sp.model!r} in {section}.prices, so no cost")
+        ),
+    }

@@ -1,0 +1,254 @@
+"""Judge stage: the model preference, a 0-10 score per candidate on a clinician-written rubric.
+
+Backends are a registry: ``heuristic`` (offline demo stand-in, noisy agreement with the hidden
+truth) and ``openai``/``azure`` through the same engine as generation (structured output where
+the backend supports it, a tolerant parser otherwise). Unscored candidates are counted and listed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+from vital.generate import _estimate
+from vital.io import read_jsonl, write_json, write_jsonl
+from vital.llm.batch import BatchLimits
+from vital.llm.client import ConfigError
+from vital.llm.engine import Request, message_content
+from vital.llm.parse import InvalidOutput, parse_score
+from vital.llm.prompts import (
+    JUDGE_SCHEMA,
+    ImageError,
+    derived_seed,
+    estimate_image_tokens,
+    estimate_text_tokens,
+    image_data_url,
+    judge_messages,
+)
+from vital.llm.runtime import LLMRuntime
+from vital.params import Params
+from vital.paths import Paths
+from vital.progress import progress
+from vital.schema import Candidate, FigureRecord, Judgment
+
+CANDIDATES_PER_CHUNK = 512
+
+
+def load_inputs(paths: Paths) -> tuple[list[Candidate], dict[str, FigureRecord]]:
+    figures = {}
+    for raw in read_jsonl(paths.sample):
+        rec = FigureRecord.model_validate(raw)
+        figures[rec.pair_id] = rec
+    cands = [Candidate.model_validate(raw) for raw in read_jsonl(paths.candidates)]
+    return cands, figures
+
+
+def _turns(c: Candidate) -> list[dict]:
+    return [t.model_dump(by_alias=True) for t in c.conversations]
+
+
+class HeuristicBackend:
+    """Offline stand-in for the model judge (demo world only)."""
+
+    def __init__(self, params: Params, paths: Paths) -> None:
+        self.jp, self.paths = params.judge, paths
+        self.judge = None
+
+    def preflight(self) -> None:
+        from vital.demo.heuristic_judge import HeuristicJudge
+
+        self.judge = HeuristicJudge(self.jp.noise, self.jp.seed)
+
+    def score(
+        self, items: list[tuple[Candidate, FigureRecord]]
+    ) -> Iterator[tuple[Candidate, float | None, str, str]]:
+        for cand, rec in progress(items, desc="judge (heuristic)", total=len(items)):
+            score, rationale = self.judge.score(rec, _turns(cand))
+            yield cand, float(score), rationale, ""
+
+    def provenance(self) -> dict:
+        return {"backend": "heuristic", "model": self.jp.model, "noise": self.jp.noise}
+
+    def metrics(self) -> dict:
+        return {
+            "mode": "offline",
+            "requests_sent": 0,
+            "cache_hits": 0,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "estimated_cost_usd": 0.0,
+        }
+
+
+class OpenAIJudge:
+    def __init__(self, params: Params, paths: Paths) -> None:
+        jp = self.jp = params.judge
+        self.paths = paths
+        self.runtime = LLMRuntime(
+            "judge",
+            jp.backend,
+            jp.model,
+            jp.client,
+            jp.prices,
+            paths.request_cache,
+            jp.mode,
+            BatchLimits(poll_s=jp.batch_poll_s),
+        )
+        self._urls: dict[str, str | None] = {}
+
+    def preflight(self) -> None:
+        self.runtime.preflight()
+
+    def image(self, rec: FigureRecord) -> str | None:
+        if rec.pair_id not in self._urls:
+            try:
+                self._urls[rec.pair_id] = image_data_url(
+                    self.paths.corpus / rec.image, self.jp.max_image_side
+                )
+            except ImageError:
+                self._urls[rec.pair_id] = None
+        return self._urls[rec.pair_id]
+
+    def request(self, cand: Candidate, rec: FigureRecord, url: str, attempt: int) -> Request:
+        jp = self.jp
+        messages = judge_messages(rec, url, _turns(cand))
+        body = {
+            "model": jp.model,
+            "messages": messages,
+            "temperature": jp.temperature,
+            "max_tokens": jp.max_tokens,
+            "seed": derived_seed(jp.seed, cand.id, attempt),
+        }
+        if jp.structured:
+            body["response_format"] = JUDGE_SCHEMA
+        est = estimate_text_tokens(messages) + estimate_image_tokens(jp.max_image_side) + jp.max_tokens
+        return Request(body, est_tokens=est, tag=cand)
+
+    def score(
+        self, items: list[tuple[Candidate, FigureRecord]]
+    ) -> Iterator[tuple[Candidate, float | None, str, str]]:
+        for start in range(0, len(items), CANDIDATES_PER_CHUNK):
+            chunk = items[start : start + CANDIDATES_PER_CHUNK]
+            pending = []
+            for cand, rec in chunk:
+                url = self.image(rec)
+                if url is None:
+                    yield cand, None, "corrupt_image", f"{rec.image}"
+                else:
+                    pending.append((cand, rec, url))
+            self._urls.clear()
+            for attempt in range(self.jp.max_invalid_retries + 1):
+                outcomes = self.runtime.send(
+                    [self.request(c, r, u, attempt) for c, r, u in pending],
+                    f"judge {start + len(chunk)}/{len(items)}",
+                )
+                retry = []
+                for o, item in zip(outcomes, pending, strict=True):
+                    cand = item[0]
+                    if not o.ok:
+                        yield cand, None, f"request_{o.error}", o.detail
+                        continue
+                    content, why = message_content(o.response)
+                    try:
+                        if why:
+                            raise InvalidOutput(why)
+                        score, rationale = parse_score(content)
+                    except InvalidOutput as e:
+                        if attempt < self.jp.max_invalid_retries:
+                            retry.append(item)
+                        else:
+                            yield cand, None, e.reason, str(e)[:200]
+                        continue
+                    yield cand, score, rationale, o.request.key
+                pending = retry
+                if not pending:
+                    break
+
+    def provenance(self) -> dict:
+        return {"backend": self.jp.backend, "model": self.jp.model, "mode": self.jp.mode}
+
+    def metrics(self) -> dict:
+        return self.runtime.metrics()
+
+
+JUDGES: dict[str, type] = {"heuristic": HeuristicBackend, "openai": OpenAIJudge, "azure": OpenAIJudge}
+
+
+def backend_for(params: Params, paths: Paths):
+    name = params.judge.backend
+    if name not in JUDGES:
+        raise ConfigError(f"judge.backend: unknown backend {name!r}; choose one of {sorted(JUDGES)}")
+    return JUDGES[name](params, paths)
+
+
+def _pairs(cands: list[Candidate], figures: dict[str, FigureRecord]) -> tuple[list, list[dict]]:
+    items, missing = [], []
+    for c in cands:
+        if c.pair_id in figures:
+            items.append((c, figures[c.pair_id]))
+        else:
+            missing.append({"candidate_id": c.id, "reason": "figure_not_in_sample", "detail": c.pair_id})
+    return items, missing
+
+
+def run(params: Params, paths: Paths) -> dict:
+    """Write judgments.jsonl and metrics/judge.json; return the metrics."""
+    t0 = time.monotonic()
+    backend = backend_for(params, paths)
+    backend.preflight()
+    cands, figures = load_inputs(paths)
+    items, failed = _pairs(cands, figures)
+    prov = backend.provenance()
+    judgments = []
+    for cand, score, rationale, detail in backend.score(items):
+        if score is None:
+            failed.append({"candidate_id": cand.id, "reason": rationale, "detail": detail})
+            continue
+        judge = {**prov, "request": detail} if detail else prov
+        judgments.append(
+            Judgment(
+                candidate_id=cand.id, pair_id=cand.pair_id, score=score, rationale=rationale, judge=judge
+            )
+        )
+    write_jsonl(paths.judgments, judgments)
+    scores = [j.score for j in judgments]
+    metrics = {
+        "backend": params.judge.backend,
+        "model": params.judge.model,
+        "candidates": len(cands),
+        "judged": len(judgments),
+        "unjudged": len(failed),
+        "unjudged_by_reason": dict(Counter(f["reason"] for f in failed)),
+        "unjudged_list": failed,
+        "score_mean": round(sum(scores) / len(scores), 4) if scores else None,
+        **backend.metrics(),
+        "wall_s": round(time.monotonic() - t0, 3),
+    }
+    write_json(paths.metric("judge"), metrics)
+    return metrics
+
+
+def dry_run(params: Params, paths: Paths) -> dict:
+    jp = params.judge
+    if jp.backend == "heuristic":
+        return {
+            "backend": "heuristic",
+            "requests": 0,
+            "estimated_cost_usd": 0.0,
+            "note": "offline heuristic judge: no requests, no cost",
+        }
+    backend = backend_for(params, paths)
+    cache = backend.runtime.open_cache()
+    cands, figures = load_inputs(paths)
+    items, missing = _pairs(cands, figures)
+
+    def requests():
+        for cand, rec in items:
+            url = backend.image(rec)
+            if url is not None:
+                yield backend.request(cand, rec, url, 0)
+
+    est = _estimate(requests(), cache, backend.runtime.price, jp, len(figures), missing, "judge")
+    est["candidates"] = len(cands)
+    return est

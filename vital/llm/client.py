@@ -1,0 +1,105 @@
+"""Client construction for every model-facing call (a registry of backends, not if/else).
+
+``openai`` covers api.openai.com and any OpenAI-compatible server (vLLM, …) through
+``client.base_url``; ``azure`` is Azure OpenAI (``base_url`` = the resource endpoint,
+``api_version`` required, ``model`` = the deployment name). The API key is read only from the
+environment variable named by ``client.api_key_env`` and is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+from openai import AsyncAzureOpenAI, AsyncOpenAI
+
+from vital.params import ClientParams, ParamsError
+
+
+class ConfigError(ParamsError):
+    """A configuration problem found before any paid request; the message names what to fix."""
+
+
+def api_key(cp: ClientParams, section: str) -> str:
+    key = os.environ.get(cp.api_key_env, "").strip()
+    if not key:
+        raise ConfigError(
+            f"{section}.client.api_key_env: environment variable {cp.api_key_env} is not set; "
+            f"export it (the key is read only from the environment, never from params)"
+        )
+    return key
+
+
+def _openai(cp: ClientParams, key: str, section: str) -> AsyncOpenAI:
+    return AsyncOpenAI(api_key=key, base_url=cp.base_url, timeout=cp.timeout_s, max_retries=0)
+
+
+def _azure(cp: ClientParams, key: str, section: str) -> AsyncOpenAI:
+    if not cp.base_url:
+        raise ConfigError(
+            f"{section}.client.base_url: Azure needs the resource endpoint (https://<name>.openai.azure.com)"
+        )
+    if not cp.api_version:
+        raise ConfigError(f"{section}.client.api_version: Azure needs an API version (e.g. 2024-10-21)")
+    return AsyncAzureOpenAI(
+        azure_endpoint=cp.base_url,
+        api_version=cp.api_version,
+        api_key=key,
+        timeout=cp.timeout_s,
+        max_retries=0,
+    )
+
+
+CLIENT_BACKENDS: dict[str, Callable[[ClientParams, str, str], AsyncOpenAI]] = {
+    "openai": _openai,
+    "azure": _azure,
+}
+
+
+def make_client(backend: str, cp: ClientParams, section: str) -> AsyncOpenAI:
+    """Build the SDK client with the SDK's own retries off: the engine retries so the limiter sees them."""
+    if backend not in CLIENT_BACKENDS:
+        raise ConfigError(
+            f"{section}.backend: unknown API backend {backend!r}; choose one of {sorted(CLIENT_BACKENDS)}"
+        )
+    return CLIENT_BACKENDS[backend](cp, api_key(cp, section), section)
+
+
+def endpoint(cp: ClientParams) -> str:
+    return cp.base_url or "https://api.openai.com/v1"
+
+
+def limiter_scope(backend: str, cp: ClientParams) -> str:
+    """Callers that share a scope share one rate limiter (same endpoint, same key)."""
+    return f"{backend}|{endpoint(cp)}|{cp.api_key_env}"
+
+
+def check_reachable(cp: ClientParams, section: str, timeout: float = 5.0) -> None:
+    """Open (and close) a TCP connection to the endpoint: no request, no cost."""
+    url = urlparse(endpoint(cp))
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"{section}.client.base_url: {cp.base_url!r} is not an http(s) URL")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"{section}.client.base_url: cannot reach {url.scheme}://{url.hostname}:{port} ({e.__class__.__name__}: {e}); "
+            "check the URL and that the server is running"
+        ) from None
+
+
+_SECRETISH = re.compile(r"(sk-[A-Za-z0-9_\-*]{4,}|Bearer\s+\S+)")
+
+
+def redact(text: str, cp: ClientParams | None = None) -> str:
+    """Remove the API key (and anything key-shaped) from text bound for logs, metrics or errors."""
+    if cp is not None:
+        key = os.environ.get(cp.api_key_env, "").strip()
+        if key:
+            text = text.replace(key, "***")
+    return _SECRETISH.sub("***", text)

@@ -1,0 +1,170 @@
+"""One client-side rate limiter per endpoint, shared by every caller in the process.
+
+Requests-per-minute and tokens-per-minute budgets are token buckets with about one second of
+burst. ``acquire`` reserves capacity and sleeps only the calling task until its reservation is
+due (no global sleeps). Budgets tighten from ``x-ratelimit-*`` response headers, and a 429's
+``retry-after``/``retry-after-ms`` pauses every caller of the same endpoint until it has passed.
+
+The limiter holds no asyncio primitive, so one instance may serve several event loops in turn
+(e.g. the generate and judge stages run in one process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Mapping
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Parse OpenAI's reset durations ('1s', '6m0s', '20ms', '0.5') into seconds."""
+    if text is None:
+        return None
+    text = str(text).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(v) * scale[u] for v, u in parts)
+
+
+def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds form), if present."""
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    sec = headers.get("retry-after")
+    if sec is not None:
+        try:
+            return max(0.0, float(sec))
+        except ValueError:
+            return None
+    return None
+
+
+class _Bucket:
+    """Token bucket whose level may go negative: a negative level is a queue of reservations."""
+
+    def __init__(self, per_minute: float, burst_s: float) -> None:
+        self.burst_s = burst_s
+        self.level = 0.0
+        self.stamp = time.monotonic()
+        self.set_rate(per_minute)
+        self.level = self.capacity
+
+    def set_rate(self, per_minute: float) -> None:
+        self.per_minute = float(per_minute)
+        self.rate = self.per_minute / 60.0
+        self.capacity = max(1.0, self.rate * self.burst_s)
+        self.level = min(self.level, self.capacity)
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def reserve(self, amount: float, now: float) -> float:
+        """Take ``amount`` now; return how long the caller must wait before using it."""
+        self._refill(now)
+        self.level -= amount
+        return 0.0 if self.level >= 0 else -self.level / self.rate
+
+    def give_back(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self.level = min(self.capacity, self.level + amount)
+
+
+class RateLimiter:
+    def __init__(self, rpm: float, tpm: float, burst_s: float = 1.0) -> None:
+        self.configured_rpm = float(rpm)
+        self.configured_tpm = float(tpm)
+        self.requests = _Bucket(rpm, burst_s)
+        self.tokens = _Bucket(tpm, burst_s)
+        self.paused_until = 0.0
+        self.pauses = 0
+
+    @property
+    def rpm(self) -> float:
+        return self.requests.per_minute
+
+    @property
+    def tpm(self) -> float:
+        return self.tokens.per_minute
+
+    async def acquire(self, tokens: int = 0) -> None:
+        """Wait until one request of ``tokens`` estimated tokens fits both budgets."""
+        while True:
+            now = time.monotonic()
+            if self.paused_until > now:
+                await asyncio.sleep(self.paused_until - now)
+                continue
+            wait = max(self.requests.reserve(1, now), self.tokens.reserve(tokens, now))
+            if wait > 0:
+                await asyncio.sleep(wait)
+            return
+
+    def settle(self, estimated: int, actual: int) -> None:
+        """Correct a token reservation once the response reports real usage."""
+        now = time.monotonic()
+        if actual < estimated:
+            self.tokens.give_back(estimated - actual, now)
+        elif actual > estimated:
+            self.tokens.reserve(actual - estimated, now)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller (a 429 from the server) until ``seconds`` from now."""
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+        self.pauses += 1
+
+    def update_from_headers(self, headers: Mapping[str, str]) -> None:
+        """Tighten budgets to the server's ``x-ratelimit-*`` limits (never loosen past params)."""
+        for kind, bucket, configured in (
+            ("requests", self.requests, self.configured_rpm),
+            ("tokens", self.tokens, self.configured_tpm),
+        ):
+            limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
+            if limit and limit < bucket.per_minute and limit <= configured:
+                bucket.set_rate(limit)
+            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+            if remaining is not None and remaining <= 0:
+                reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+                if reset:
+                    self.pause(reset)
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+_SHARED: dict[str, RateLimiter] = {}
+
+
+def shared_limiter(scope: str, rpm: float, tpm: float) -> RateLimiter:
+    """The process-wide limiter for one endpoint; a second caller tightens it to the lower budget."""
+    lim = _SHARED.get(scope)
+    if lim is None:
+        lim = _SHARED[scope] = RateLimiter(rpm, tpm)
+        return lim
+    if rpm < lim.configured_rpm:
+        lim.configured_rpm = rpm
+        lim.requests.set_rate(rpm)
+    if tpm < lim.configured_tpm:
+        lim.configured_tpm = tpm
+        lim.tokens.set_rate(tpm)
+    return lim

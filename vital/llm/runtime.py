@@ -1,0 +1,77 @@
+"""Everything a stage needs to send model-facing requests: checked config, client, cache, shared
+limiter, and the online engine or the batch runner, with one set of accounting."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from vital.llm.accounting import Usage, price_for
+from vital.llm.batch import BatchLimits, BatchRunner
+from vital.llm.cache import RequestCache
+from vital.llm.client import check_reachable, limiter_scope, make_client
+from vital.llm.engine import Engine, Outcome, Request, RetryPolicy
+from vital.llm.limiter import shared_limiter
+from vital.params import ClientParams, Price
+
+
+class LLMRuntime:
+    def __init__(
+        self,
+        section: str,
+        backend: str,
+        model: str,
+        client: ClientParams,
+        prices: dict[str, Price],
+        cache_dir: Path,
+        mode: str = "online",
+        batch: BatchLimits | None = None,
+    ) -> None:
+        self.section, self.backend, self.model, self.cp, self.mode = section, backend, model, client, mode
+        self.price = price_for(prices, model)
+        self.cache_dir = Path(client.cache_dir) if client.cache_dir else Path(cache_dir)
+        self.batch_limits = batch or BatchLimits()
+        self.usage = Usage()
+        self.cache: RequestCache | None = None
+
+    def open_cache(self) -> RequestCache:
+        if self.cache is None:
+            self.cache = RequestCache(self.cache_dir)
+        return self.cache
+
+    def preflight(self) -> None:
+        """Fail before the first paid request: key present, backend known, endpoint reachable, cache writable."""
+        make_client(
+            self.backend, self.cp, self.section
+        )  # key present, backend known, Azure settings complete
+        check_reachable(self.cp, self.section)
+        self.open_cache()
+
+    def send(self, requests: list[Request], desc: str) -> list[Outcome]:
+        """Answer requests (cache, then API); one event loop and one SDK client per call."""
+        assert self.cache is not None, "call preflight() first"
+        return asyncio.run(self._send(requests, desc))
+
+    async def _send(self, requests: list[Request], desc: str) -> list[Outcome]:
+        # the SDK's connection pool belongs to the loop it first ran in, so each loop gets its own client
+        async with make_client(self.backend, self.cp, self.section) as client:
+            if self.mode == "batch":
+                if self.backend == "azure":
+                    self.batch_limits.url = "/chat/completions"
+                manifest = self.cache_dir / "batches" / f"{self.section}.json"
+                runner = BatchRunner(client, self.cache, manifest, self.batch_limits, self.usage)
+                return await runner.arun(requests)
+            engine = Engine(
+                client,
+                shared_limiter(limiter_scope(self.backend, self.cp), self.cp.rpm, self.cp.tpm),
+                self.cache,
+                concurrency=self.cp.concurrency,
+                retry=RetryPolicy(max_retries=self.cp.max_retries),
+                usage=self.usage,
+                client_params=self.cp,
+                cost_fn=lambda u: u.cost(self.price),
+            )
+            return await engine.arun(requests, desc=desc)
+
+    def metrics(self) -> dict:
+        return {"mode": self.mode, **self.usage.to_dict(self.price), "price_known": self.price is not None}
