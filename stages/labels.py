@@ -1,18 +1,18 @@
 """labels: clinicians' preferences over candidates (simulated clinicians or real label files)."""
 
-from vital.labels import run
-from vital.params import load_params
-from vital.paths import Paths
+from vital.labels import LabelsError, run
+from vital.stage import run_stage
 
 
 def main() -> None:
-    p = load_params()
-    paths = Paths()
-    result = run(p.labels, paths)
-    print(
-        f"labels ({result['backend']}): {result['labels']} preferences on {result['tasks']} figures, "
-        f"{result['skipped']} skipped -> {paths.labels}"
-    )
+    def labels(p, paths):
+        result = run(p.labels, paths)
+        print(
+            f"labels ({result['backend']}): {result['labels']} preferences on {result['tasks']} figures, "
+            f"{result['skipped']} skipped -> {paths.labels}"
+        )
+
+    run_stage("labels", labels, errors=(LabelsError,))
 
 
 if __name__ == "__main__":
