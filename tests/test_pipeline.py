@@ -33,6 +33,7 @@ TINY = {
 }
 ALL_STAGES = {
     "foundation",
+    "chat_eval",
     "align",
     "sample",
     "generate",
@@ -45,6 +46,8 @@ ALL_STAGES = {
     "tune",
     "evaluate",
 }
+
+DOWNSTREAM_OF_SELECTOR = {"select", "curate", "tune", "evaluate", "chat_eval"}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -125,7 +128,7 @@ def test_human_weight_change_reruns_exactly_downstream(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         out = sh(repo, "dvc", "repro")
-        assert ran_stages(out.stdout) == {"select", "curate", "tune", "evaluate"}
+        assert ran_stages(out.stdout) == DOWNSTREAM_OF_SELECTOR
     finally:
         sh(repo, "git", "checkout", "params.yaml")
         sh(repo, "dvc", "checkout", "-q")
@@ -134,7 +137,7 @@ def test_human_weight_change_reruns_exactly_downstream(repo):
 def test_exp_run_sweeps_a_param_beside_the_baseline(repo):
     out = sh(repo, "dvc", "exp", "run", "-S", "selector.human_weight=0", "-n", "hw0")
     # a sweep over the selector head never recomputes features or regenerates data
-    assert ran_stages(out.stdout) == {"select", "curate", "tune", "evaluate"}
+    assert ran_stages(out.stdout) == DOWNSTREAM_OF_SELECTOR
     shown = sh(repo, "dvc", "exp", "show", "--json").stdout
     assert "hw0" in shown and "workspace" in shown
 

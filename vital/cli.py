@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("rest", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)
 
-    for name in ("generate", "judge"):
+    for name in ("generate", "judge", "chat_eval"):
         p = sub.add_parser(name, help=f"{name}: --dry-run estimates requests, tokens and cost")
         p.add_argument("--dry-run", action="store_true")
         p.set_defaults(func=_dry_run(name))
