@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -30,6 +30,8 @@ class WorldParams(Section):
     vqa_figures: int = Field(200, ge=5)
     image_size: int = Field(64, ge=32, le=512)
     caption_omits_side: float = Field(0.35, ge=0, le=1, description="captions that do not state the side")
+    caption_vague: float = Field(0.08, ge=0, le=1, description="captions that state no findings at all")
+    lesion_rate: float = Field(0.8, ge=0, le=1, description="figures with at least one lesion")
     seed: int = 0
 
 
@@ -65,6 +67,23 @@ class AlignParams(Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
     seed: int = 0
+    vision_feature_layer: int = Field(-1, description="vision hidden state fed to the projector (-2 = LLaVA's)")
+    vision_feature_select_strategy: Literal["default", "full"] = Field(
+        "default", description="'default' drops the CLS token, as LLaVA-1.5"
+    )
+    max_length: int = Field(192, ge=16, description="tokens per caption example, image tokens included")
+    trainable: Literal["projector", "projector_lm"] = Field(
+        "projector_lm", description="stage-1 trains the projector (LLaVA) or also the random-init demo LM"
+    )
+    instructions: list[str] = Field(
+        default_factory=lambda: [
+            "Describe the image concisely.",
+            "Provide a brief description of the given image.",
+            "Write a terse but informative summary of the figure.",
+            "What is shown in this image?",
+        ],
+        description="stage-1 prompts (LLaVA-Med style); one is drawn per caption",
+    )
 
 
 # ---------------------------------------------------------------- data
@@ -72,6 +91,19 @@ class SampleParams(Section):
     per_domain: int = Field(120, ge=1, description="figures drawn per domain (fewer if the domain has fewer)")
     domains: list[str] = Field(default_factory=lambda: ["chest_xray", "ct_scan", "mri", "histology", "gross"])
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_domains(self):
+        from vital.schema import DOMAINS
+
+        if not self.domains:
+            raise ValueError("domains must name at least one domain")
+        unknown = [d for d in self.domains if d not in DOMAINS]
+        if unknown:
+            raise ValueError(f"domains: unknown {unknown}; known domains are {list(DOMAINS)}")
+        if len(set(self.domains)) != len(self.domains):
+            raise ValueError(f"domains: listed twice in {self.domains}")
+        return self
 
 
 class ClientParams(Section):
@@ -107,6 +139,11 @@ class GenerateParams(Section):
     seed: int = 0
     client: ClientParams = Field(default_factory=ClientParams)
     prices: dict[str, Price] = Field(default_factory=dict, description="USD per 1M tokens, by model")
+    json_mode: bool = Field(False, description="send response_format json_object (if the server supports it)")
+    batch_poll_s: float = Field(30, gt=0, description="batch mode: seconds between status polls")
+    batch_max_lines: int = Field(50_000, ge=1, description="batch mode: requests per input file (API limit)")
+    batch_max_mb: float = Field(190, gt=0, description="batch mode: MB per input file (API limit 200)")
+    batch_rounds: int = Field(3, ge=1, description="batch mode: submissions of failed/expired lines")
 
 
 class JudgeParams(Section):
@@ -117,6 +154,12 @@ class JudgeParams(Section):
     noise: float = Field(1.5, ge=0, description="heuristic judge only: score noise (std, 0-10 scale)")
     seed: int = 0
     client: ClientParams = Field(default_factory=ClientParams)
+    mode: Literal["online", "batch"] = "online"
+    max_image_side: int = Field(512, ge=32)
+    max_invalid_retries: int = Field(1, ge=0, description="re-asks when a score cannot be parsed")
+    structured: bool = Field(True, description="ask for a JSON-schema response (structured output)")
+    prices: dict[str, Price] = Field(default_factory=dict, description="USD per 1M tokens, by model")
+    batch_poll_s: float = Field(30, gt=0)
 
 
 class LabelsParams(Section):
@@ -143,6 +186,9 @@ class EmbedParams(Section):
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     device: str = "cpu"
+    text_order: Literal["paper", "qa_first"] = Field(
+        "paper", description="paper: caption+mention+Q&A, tail cut at the context length; qa_first: Q&A first"
+    )
 
 
 class SelectorParams(Section):
@@ -157,12 +203,27 @@ class SelectorParams(Section):
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(8, ge=1)
     seed: int = 0
+    compare_weights: list[float] = Field(
+        default_factory=lambda: [0.0],
+        description="extra heads trained at these human weights in the same run (agreement vs weight)",
+    )
+
+    @model_validator(mode="after")
+    def _weights_nonnegative(self):
+        bad = [w for w in self.compare_weights if w < 0]
+        if bad:
+            raise ValueError(f"compare_weights: weights must be >= 0 (got {bad})")
+        return self
 
 
 class CurateParams(Section):
     keep: list[float] = Field(default_factory=lambda: [0.1, 0.4, 0.8, 0.9])
     policy: Literal["best_per_figure", "all"] = "best_per_figure"
-    mix: dict[str, list[str]] = Field(default_factory=dict, description="named mixtures of instruction files")
+    mix: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="named mixtures: curated subsets (e.g. 'top80') and/or LLaVA JSON files, concatenated",
+    )
+    seed: int = Field(0, description="seed of the same-size random baseline subsets")
 
     @model_validator(mode="after")
     def _keep_in_range(self):
@@ -185,7 +246,7 @@ class TuneParams(Section):
     method: Literal["lora", "full"] = "lora"
     lora: LoraParams = Field(default_factory=LoraParams)
     freeze_vision: bool = True
-    epochs: float = Field(3, gt=0)
+    epochs: float = Field(8, gt=0, description="passes over the curated set (demo sets are small)")
     max_steps: int = Field(-1, ge=-1)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -194,26 +255,87 @@ class TuneParams(Section):
     checkpoint_every: int = Field(100, ge=1)
     max_length: int = Field(256, ge=16)
     seed: int = 0
+    load_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the base weights are loaded in (bfloat16 for 13B on GPUs)"
+    )
 
 
 class EvalSet(Section):
+    """One evaluation set as its users download it (docs/evaluation.md lists the formats and layouts)."""
+
     name: str
-    format: Literal["demo", "vqa_rad", "slake", "pathvqa", "llava_med_qa"]
-    path: str
-    images: str | None = None
+    format: Literal["demo", "vqa_rad", "slake", "pathvqa", "llava_med_vqa", "llava_med_qa"]
+    path: str = Field(description="question file, relative to the repository root or absolute")
+    images: str | None = Field(None, description="image folder; default: the release's own layout")
+    split: Literal["test", "train", "all"] = Field("test", description="vqa_rad: which phrase_type split")
+    limit: int | None = Field(None, ge=1, description="evaluate only the first N questions (smoke runs)")
 
 
 class EvaluateParams(Section):
     sets: list[EvalSet] = Field(
         default_factory=lambda: [EvalSet(name="demo", format="demo", path="data/vqa/demo/questions.jsonl")]
     )
+    models: dict[str, str] = Field(
+        default_factory=lambda: {"tuned": "models/tuned", "base": "models/base"},
+        description="name -> local LLaVA checkpoint dir (relative to the repo root) or hub id",
+    )
     max_new_tokens: int = Field(16, ge=1)
     batch_size: int = Field(32, ge=1)
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU")
+    max_invalid_fraction: float = Field(
+        0.05, ge=0, le=1, description="invalid records tolerated per set (skipped and listed) before failing"
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [s.name for s in self.sets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sets: duplicate set names {dupes}")
+        if not self.models:
+            raise ValueError("models: at least one model to evaluate")
+        return self
+
+
+class ChatEvalParams(Section):
+    """Judge-scored open visual chat on the evaluate stage's predictions (docs/evaluation.md)."""
+
+    backend: Literal["heuristic", "openai", "azure"] = Field(
+        "heuristic", description="heuristic = offline stand-in scoring against the reference answer"
+    )
+    model: str = "heuristic-answer-v1"
+    sets: list[str] | None = Field(
+        None, description="names of evaluate.sets to score (their OPEN questions); None = every set"
+    )
+    compare: list[str] = Field(
+        default_factory=lambda: ["tuned", "base"],
+        description="two evaluate.models names: win rate of the first over the second",
+    )
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(256, ge=16)
+    client: ClientParams = Field(default_factory=ClientParams)
+    prices: dict[str, Price] = Field(default_factory=dict, description="USD per 1M tokens, by model")
+
+    @field_validator("compare")
+    @classmethod
+    def _two_models(cls, v: list[str]) -> list[str]:
+        if len(v) != 2 or v[0] == v[1]:
+            raise ValueError("name two different models of evaluate.models")
+        return v
+
+    @field_validator("sets")
+    @classmethod
+    def _distinct_sets(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("a set is listed twice")
+        return v
 
 
 class MlflowParams(Section):
     experiment: str = "vital"
     registered_model: str = "vital-llava"
+    enabled: bool = Field(True, description="log tune runs and register models (tracking URI: MLFLOW_TRACKING_URI)")
 
 
 class Params(Section):
@@ -230,6 +352,7 @@ class Params(Section):
     curate: CurateParams = Field(default_factory=CurateParams)
     tune: TuneParams = Field(default_factory=TuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    chat_eval: ChatEvalParams = Field(default_factory=ChatEvalParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
 
     @model_validator(mode="after")
