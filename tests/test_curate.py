@@ -1,0 +1,95 @@
+"""Curate: top-k% by score, same-size random baselines, provenance, mixtures, per-domain counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vital.curate import run
+from vital.io import RecordError, write_jsonl
+from vital.params import CurateParams
+from vital.paths import Paths
+
+
+def make(root: Path, figures: int = 20, k: int = 3) -> Paths:
+    paths = Paths(root)
+    cands, scores = [], []
+    for f in range(figures):
+        dom = ["ct_scan", "mri"][f % 2]
+        for c in range(k):
+            cid = f"F{f:02d}#{c}"
+            conv = [
+                {"from": "human", "value": "<image>\nWhat is shown?"},
+                {"from": "gpt", "value": f"answer {cid}"},
+            ]
+            cands.append(
+                {
+                    "id": cid,
+                    "pair_id": f"F{f:02d}",
+                    "image": f"images/{dom}/F{f}.png",
+                    "domain": dom,
+                    "conversations": conv,
+                    "generator": {"model": "template-v1"},
+                }
+            )
+            if cid != "F19#2":  # one unscored candidate
+                scores.append({"candidate_id": cid, "pair_id": f"F{f:02d}", "score": f + c / 10})
+    write_jsonl(paths.candidates, cands)
+    write_jsonl(paths.scores, scores)
+    return paths
+
+
+def load(paths: Paths, name: str) -> list[dict]:
+    return json.loads((paths.curated / f"{name}.json").read_text())
+
+
+def test_best_per_figure_top_and_random(tmp_path: Path):
+    paths = make(tmp_path)
+    m = run(CurateParams(keep=[0.1, 0.5]), paths)
+    top10, top50, rnd50 = load(paths, "top10"), load(paths, "top50"), load(paths, "random50")
+    assert m["pool"] == 20 and m["dropped"] == {"unscored_candidate": 1}
+    assert [r["id"] for r in top10] == ["F19#1", "F18#2"]  # F19#2 has no score
+    assert len(top50) == len(rnd50) == 10
+    assert len({r["provenance"]["pair_id"] for r in top50}) == 10  # one per figure
+    r = top10[0]
+    assert r["conversations"][0]["from"] == "human" and "<image>" in r["conversations"][0]["value"]
+    assert r["provenance"] == {"pair_id": "F19", "candidate": "F19#1", "generator": {"model": "template-v1"}}
+    assert m["subsets"]["top50"]["mean_score"] > m["subsets"]["random50"]["mean_score"]
+    assert sum(m["subsets"]["top50"]["by_domain"].values()) == 10
+    run(CurateParams(keep=[0.1, 0.5]), paths)
+    assert load(paths, "random50") == rnd50  # seeded
+
+
+def test_all_policy_and_mixture(tmp_path: Path):
+    paths = make(tmp_path)
+    ext = tmp_path / "llava_med_10k.json"
+    ext.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "ext1",
+                    "image": "a.jpg",
+                    "domain": {"chest_xray": True},
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nQ"},
+                        {"from": "gpt", "value": "A"},
+                    ],
+                },
+                {"id": "ext2", "image": "b.jpg", "conversations": "broken"},
+            ]
+        )
+    )
+    m = run(CurateParams(keep=[0.4], policy="all", mix={"mix": ["top40", str(ext)]}), paths)
+    assert m["pool"] == 59 and m["subsets"]["top40"]["records"] == 24
+    mix = load(paths, "mix")
+    assert len(mix) == 25 and mix[-1]["provenance"] == {"source": str(ext)}
+    assert m["mixtures"]["mix"]["by_domain"]["chest_xray"] == 1
+    assert m["dropped"]["invalid_external_record"] == 1
+
+
+def test_bad_mix_part(tmp_path: Path):
+    paths = make(tmp_path)
+    with pytest.raises(RecordError, match="top33"):
+        run(CurateParams(keep=[0.4], mix={"m": ["top33"]}), paths)

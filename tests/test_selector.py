@@ -1,0 +1,134 @@
+"""Selector: learns a preference from features, weights human pairs, scores everything, reports evidence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vital.embed import save_embeddings
+from vital.io import write_jsonl
+from vital.pairs import run as make_pairs
+from vital.params import PairsParams, SelectorParams
+from vital.paths import Paths
+from vital.schema import Pair, Preference
+from vital.selector import (
+    agreement,
+    clinician_agreement,
+    kendall_tau,
+    load_selector,
+    pair_loss,
+    pooled_auc,
+    run,
+)
+
+torch.set_num_threads(1)
+
+
+def synthetic(root: Path, figures: int = 120, k: int = 4, dim: int = 16, seed: int = 0) -> Paths:
+    """Candidates whose true quality is a direction in text-feature space; the judge sees a different,
+    noisier mix of it and of a nuisance direction; clinicians see the truth."""
+    rng = np.random.default_rng(seed)
+    paths = Paths(root)
+    img = rng.normal(size=(figures, dim)).astype(np.float32)
+    text = rng.normal(size=(figures * k, dim)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)  # the head sees L2-normalised features
+    truth = text[:, 0]
+    judge = 0.5 * truth + 1.0 * text[:, 1] + rng.normal(scale=0.1, size=len(truth))
+    ids = [f"F{f}#{c}" for f in range(figures) for c in range(k)]
+    save_embeddings(
+        paths.embeddings,
+        [f"F{f}" for f in range(figures)],
+        img,
+        ids,
+        np.repeat(np.arange(figures), k),
+        text,
+        {"backbone": "synthetic", "fingerprint": "x"},
+    )
+    jscore = np.clip(5 + 8 * judge, 0, 10).round(2)
+    write_jsonl(
+        paths.judgments,
+        [
+            {"candidate_id": c, "pair_id": c.split("#")[0], "score": float(s)}
+            for c, s in zip(ids, jscore, strict=True)
+        ],
+    )
+    labels = []
+    for f in range(0, figures, 2):  # half the figures get a full clinician ranking
+        cs = [f"F{f}#{c}" for c in range(k)]
+        ranking = sorted(cs, key=lambda c: -truth[ids.index(c)])
+        labels.append({"pair_id": f"F{f}", "annotator": "c1", "ranking": ranking})
+        if f % 10 == 0:
+            labels.append({"pair_id": f"F{f}", "annotator": "c2", "ranking": ranking[:2][::-1] + ranking[2:]})
+    write_jsonl(paths.labels, labels)
+    make_pairs(PairsParams(model_pairs_per_figure=6, min_score_gap=0.5, heldout_fraction=0.3), paths)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Paths:
+    return synthetic(tmp_path_factory.mktemp("sel"))
+
+
+def test_human_pairs_beat_judge_and_weight_zero(world: Paths):
+    m = run(
+        SelectorParams(human_weight=50, epochs=60, patience=15, lr=3e-3, hidden=32, compare_weights=[0]),
+        world,
+    )
+    h = m["heldout_human"]
+    assert h["pairs"] > 50
+    assert h["selector"]["agreement"] > h["judge"]["agreement"] + 0.1
+    assert h["selector"]["agreement"] > m["heldout_human_agreement_by_weight"]["0"] + 0.05
+    assert abs(h["random"]["agreement"] - 0.5) < 0.05
+    assert h["selector"]["rankings"] > 0 and h["selector"]["kendall_tau"] > 0.3
+    assert m["clinician_vs_clinician_all"]["compared_pairs"] > 0
+    # every candidate scored, the model and curves saved
+    scores = [json.loads(x) for x in world.scores.read_text().splitlines()]
+    assert len(scores) == 480 and {"candidate_id", "pair_id", "score"} <= set(scores[0])
+    head, cfg = load_selector(world.selector)
+    assert cfg["in_dim"] == 48 and cfg["params"]["human_weight"] == 50
+    curve = (world.plots / "select_curve.csv").read_text().splitlines()
+    assert curve[0] == "epoch,train_loss,val_agreement" and len(curve) == m["epochs_run"] + 1
+    assert (world.plots / "select_weights.csv").read_text().splitlines()[1].startswith("0,")
+
+
+def test_weight_zero_learns_the_judge(world: Paths):
+    m = run(
+        SelectorParams(
+            human_weight=0, loss="logistic", epochs=40, patience=10, hidden=32, compare_weights=[]
+        ),
+        world,
+    )
+    assert m["pairs_train"]["human"] > 0  # present but weight 0
+    assert m["heldout_model"]["selector"]["agreement"] > 0.75
+
+
+def test_losses():
+    d = torch.tensor([-1.0, 0.0, 0.5, 3.0])
+    assert torch.allclose(pair_loss(d, "hinge", 1.0), torch.tensor([2.0, 1.0, 0.5, 0.0]))
+    bt = pair_loss(d, "logistic", 1.0)
+    assert torch.allclose(bt, -torch.log(torch.sigmoid(d))) and bool((bt > 0).all())
+
+
+def test_metrics_helpers():
+    s = {"a": 3.0, "b": 2.0, "c": 1.0, "d": 1.0}
+    pairs = [
+        Pair(winner="a", loser="b", pair_id="F", source="human", split="heldout"),
+        Pair(winner="d", loser="c", pair_id="F", source="human", split="heldout"),
+    ]
+    assert agreement(s, pairs) == 0.75  # a tie counts one half
+    assert pooled_auc(s, pairs[:1]) == 1.0
+    assert kendall_tau([3, 2, 1], [0, 1, 2]) == 1.0 and kendall_tau([1, 2, 3], [0, 1, 2]) == -1.0
+    prefs = [
+        Preference(pair_id="F", annotator="x", ranking=["a", "b", "c"]),
+        Preference(pair_id="F", annotator="y", ranking=["b", "a", "c"]),
+    ]
+    assert clinician_agreement(prefs) == {"agreement": round(2 / 3, 4), "compared_pairs": 3}
+
+
+def test_missing_embeddings_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="run the embed stage"):
+        run(SelectorParams(), Paths(tmp_path))

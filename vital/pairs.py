@@ -1,0 +1,215 @@
+"""Training and evaluation pairs for the selector, from judge scores (model) and clinician labels (human).
+
+Splits are by figure: a figure's candidates are all train, all val or all held out. Held-out figures are
+the ``pairs.heldout_fraction`` of the human-labelled figures; their model pairs are held out too, so both
+"agreement with held-out clinicians" and "agreement with the judge" are measured on unseen figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from vital.io import RecordError, read_jsonl, write_json, write_jsonl
+from vital.params import PairsParams
+from vital.paths import Paths
+from vital.schema import Judgment, Pair, Preference
+
+MAX_LISTED = 50
+
+
+@dataclass
+class Problems:
+    by_reason: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, reason: str, detail: str) -> None:
+        self.by_reason[reason].append(detail)
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "dropped": {k: len(v) for k, v in self.by_reason.items()},
+            "dropped_examples": {k: v[:MAX_LISTED] for k, v in self.by_reason.items()},
+        }
+
+
+def read_judgments(path: Path, problems: Problems) -> dict[str, Judgment]:
+    """candidate_id -> judgment; a second judgment of the same candidate is dropped and counted."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the judge stage first)")
+    out: dict[str, Judgment] = {}
+    for i, raw in enumerate(read_jsonl(path), 1):
+        try:
+            j = Judgment.model_validate(raw)
+        except ValidationError as e:
+            problems.add("invalid_judgment", f"{path}:{i}: {e.errors()[0]['loc']} {e.errors()[0]['msg']}")
+            continue
+        if j.candidate_id in out:
+            problems.add("duplicate_judgment", f"{path}:{i}: {j.candidate_id}")
+            continue
+        out[j.candidate_id] = j
+    if not out:
+        raise RecordError(f"{path}: no valid judgments")
+    return out
+
+
+def read_labels(path: Path, known: dict[str, Judgment], problems: Problems) -> list[Preference]:
+    """Clinician preferences whose candidates all exist and belong to the labelled figure."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the labels stage first)")
+    prefs = []
+    for i, raw in enumerate(read_jsonl(path), 1):
+        try:
+            p = Preference.model_validate(raw)
+        except ValidationError as e:
+            problems.add("invalid_label", f"{path}:{i}: {e.errors()[0]['loc']} {e.errors()[0]['msg']}")
+            continue
+        unknown = [c for c in p.ranking if c not in known]
+        if unknown:
+            problems.add("label_unknown_candidate", f"{path}:{i}: {p.annotator} names unknown {unknown}")
+            continue
+        foreign = [c for c in p.ranking if known[c].pair_id != p.pair_id]
+        if foreign:
+            problems.add(
+                "label_candidate_of_other_figure", f"{path}:{i}: {foreign} not of figure {p.pair_id}"
+            )
+            continue
+        if len(set(p.ranking)) != len(p.ranking):
+            problems.add("label_repeats_candidate", f"{path}:{i}: {p.ranking}")
+            continue
+        prefs.append(p)
+    return prefs
+
+
+def ranking_pairs(pref: Preference) -> tuple[list[tuple[str, str]], int]:
+    """(winner, loser) pairs of a best-first ranking, k(k-1)/2 of them minus pairs inside a tie group."""
+    tie_group = {c: g for g, group in enumerate(pref.ties) for c in group}
+    pairs, tied = [], 0
+    for a, b in combinations(pref.ranking, 2):
+        if a in tie_group and tie_group.get(a) == tie_group.get(b):
+            tied += 1
+            continue
+        pairs.append((a, b))
+    return pairs, tied
+
+
+def _figure_rng(seed: int, pair_id: str) -> random.Random:
+    # per-figure stream: adding or removing one figure leaves every other figure's sampled pairs unchanged
+    return random.Random(int(hashlib.sha256(f"{seed}:{pair_id}".encode()).hexdigest()[:16], 16))
+
+
+def model_pairs(
+    judgments: dict[str, Judgment], pp: PairsParams, counts: dict[str, int]
+) -> dict[str, list[tuple[str, str]]]:
+    """Per figure, up to ``model_pairs_per_figure`` (winner, loser) pairs with a judge-score gap of at
+    least ``min_score_gap``; equal-score and small-gap pairs are never made, only counted."""
+    by_fig: dict[str, list[Judgment]] = defaultdict(list)
+    for j in judgments.values():
+        by_fig[j.pair_id].append(j)
+    out = {}
+    for pid in sorted(by_fig):
+        eligible = []
+        for a, b in combinations(sorted(by_fig[pid], key=lambda j: j.candidate_id), 2):
+            gap = abs(a.score - b.score)
+            if gap == 0:
+                counts["equal_score_pairs"] += 1
+            elif gap < pp.min_score_gap:
+                counts["below_gap_pairs"] += 1
+            else:
+                win, lose = (a, b) if a.score > b.score else (b, a)
+                eligible.append((win.candidate_id, lose.candidate_id))
+        counts["eligible_model_pairs"] += len(eligible)
+        rng = _figure_rng(pp.seed, pid)
+        out[pid] = rng.sample(eligible, min(pp.model_pairs_per_figure, len(eligible)))
+    return out
+
+
+def split_figures(human_figs: set[str], all_figs: set[str], pp: PairsParams) -> dict[str, str]:
+    """pair_id -> train/val/heldout, seeded; held-out figures are drawn from the human-labelled ones."""
+    rng = random.Random(pp.seed)
+    human = sorted(human_figs)
+    rng.shuffle(human)
+    n_held = round(len(human) * pp.heldout_fraction)
+    if pp.heldout_fraction > 0 and len(human) >= 2:
+        n_held = max(1, min(n_held, len(human) - 1))
+    split = {pid: "heldout" for pid in human[:n_held]}
+    rest = sorted(all_figs - set(split))
+    rng.shuffle(rest)
+    n_val = round(len(rest) * pp.val_fraction)
+    if pp.val_fraction > 0 and len(rest) >= 2:
+        n_val = max(1, n_val)
+    split.update({pid: "val" for pid in rest[:n_val]})
+    split.update({pid: "train" for pid in rest[n_val:]})
+    return split
+
+
+def build_pairs(
+    judgments: dict[str, Judgment], prefs: list[Preference], pp: PairsParams
+) -> tuple[list[Pair], dict[str, Any]]:
+    counts: dict[str, int] = defaultdict(int)
+    per_fig = model_pairs(judgments, pp, counts)
+    human_figs = {p.pair_id for p in prefs}
+    split = split_figures(human_figs, {j.pair_id for j in judgments.values()}, pp)
+    pairs = [
+        Pair(winner=w, loser=lo, pair_id=pid, source="model", split=split[pid])
+        for pid, fig_pairs in per_fig.items()
+        for w, lo in fig_pairs
+    ]
+    for pref in prefs:
+        made, tied = ranking_pairs(pref)
+        counts["tied_human_pairs"] += tied
+        pairs += [
+            Pair(
+                winner=w,
+                loser=lo,
+                pair_id=pref.pair_id,
+                source="human",
+                split=split[pref.pair_id],
+                annotator=pref.annotator,
+            )
+            for w, lo in made
+        ]
+    table = defaultdict(int)
+    for p in pairs:
+        table[f"{p.source}_{p.split}"] += 1
+    figs = defaultdict(int)
+    for s in split.values():
+        figs[s] += 1
+    stats = {
+        "pairs": len(pairs),
+        "by_source_split": dict(sorted(table.items())),
+        "figures_by_split": dict(sorted(figs.items())),
+        "human_labelled_figures": len(human_figs),
+        "labels_used": len(prefs),
+        **dict(sorted(counts.items())),
+    }
+    return pairs, stats
+
+
+def run(pp: PairsParams, paths: Paths) -> dict[str, Any]:
+    """The pairs stage: ``artifacts/pairs.jsonl`` and ``metrics/pairs.json``."""
+    start = time.perf_counter()
+    problems = Problems()
+    judgments = read_judgments(paths.judgments, problems)
+    prefs = read_labels(paths.labels, judgments, problems)
+    warnings = []
+    if not prefs:
+        warnings.append(
+            f"{paths.labels}: no usable clinician labels; only model pairs are made, so the selector "
+            "trains as human_weight=0 and agreement with held-out clinicians cannot be measured"
+        )
+        print(f"[pairs] warning: {warnings[-1]}", file=sys.stderr)
+    pairs, stats = build_pairs(judgments, prefs, pp)
+    write_jsonl(paths.pairs, pairs)
+    metrics = {**stats, **problems.metrics(), "warnings": warnings}
+    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
+    write_json(paths.metric("pairs"), metrics)
+    return metrics
