@@ -52,6 +52,9 @@ class FoundationParams(Section):
     steps: int = Field(600, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0)
+    mirror_augment: bool = Field(
+        True, description="flip half of each batch horizontally, swapping 'left'/'right' in its caption"
+    )
     seed: int = 0
 
 
@@ -63,11 +66,13 @@ class AlignParams(Section):
     hidden_size: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
-    steps: int = Field(400, ge=0)
-    batch_size: int = Field(32, ge=1)
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0)
     seed: int = 0
-    vision_feature_layer: int = Field(-1, description="vision hidden state fed to the projector (-2 = LLaVA's)")
+    vision_feature_layer: int = Field(
+        -1, description="vision hidden state fed to the projector (-2 = LLaVA's)"
+    )
     vision_feature_select_strategy: Literal["default", "full"] = Field(
         "default", description="'default' drops the CLS token, as LLaVA-1.5"
     )
@@ -188,6 +193,11 @@ class EmbedParams(Section):
     device: str = "cpu"
     text_order: Literal["paper", "qa_first"] = Field(
         "paper", description="paper: caption+mention+Q&A, tail cut at the context length; qa_first: Q&A first"
+    )
+    text_mode: Literal["joint", "rounds"] = Field(
+        "rounds",
+        description="joint: one text per candidate (text_order); rounds: each Q&A round embedded on its own "
+        "and pooled (mean, max), plus the caption+mention once per figure",
     )
 
 
@@ -335,7 +345,9 @@ class ChatEvalParams(Section):
 class MlflowParams(Section):
     experiment: str = "vital"
     registered_model: str = "vital-llava"
-    enabled: bool = Field(True, description="log tune runs and register models (tracking URI: MLFLOW_TRACKING_URI)")
+    enabled: bool = Field(
+        True, description="log tune runs and register models (tracking URI: MLFLOW_TRACKING_URI)"
+    )
 
 
 class Params(Section):

@@ -1,0 +1,124 @@
+"""MLflow lineage: a registered tuned model leads back to the DVC digests of everything that made it."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import yaml
+
+from vital.llava import lineage
+from vital.params import MlflowParams
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A repo after `dvc repro` up to curate: dvc.lock + data.dvc + the files they name."""
+    (tmp_path / "artifacts" / "curated").mkdir(parents=True)
+    curated = b'[{"id": "a#0", "image": "images/a.png", "conversations": []}]'
+    (tmp_path / "artifacts" / "curated" / "top40.json").write_bytes(curated)
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    (tmp_path / "models" / "base" / "config.json").write_text("{}")
+    (tmp_path / "models" / "tuned").mkdir(parents=True)
+
+    def out(path, md5):
+        return {"path": path, "hash": "md5", "md5": md5}
+
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "sample": {
+                "deps": [out("data/corpus/figures.jsonl", "f1")],
+                "outs": [out("artifacts/sample.jsonl", "s1")],
+            },
+            "labels": {
+                "deps": [out("artifacts/sample.jsonl", "s1")],
+                "outs": [out("artifacts/labels.jsonl", "l1")],
+            },
+            "select": {
+                "deps": [out("artifacts/labels.jsonl", "l1"), out("models/foundation", "fd.dir")],
+                "outs": [out("models/selector", "sel.dir"), out("artifacts/scores.jsonl", "sc1")],
+            },
+            "curate": {
+                "deps": [out("artifacts/scores.jsonl", "sc1")],
+                "outs": [out("artifacts/curated", "cur.dir")],
+            },
+            "align": {"deps": [out("models/foundation", "fd.dir")], "outs": [out("models/base", "base.dir")]},
+        },
+    }
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    (tmp_path / "data.dvc").write_text(yaml.safe_dump({"outs": [{"path": "data", "md5": "raw.dir"}]}))
+    return tmp_path, _md5(curated)
+
+
+def test_lineage_walks_dvc_lock_upstream(repo):
+    root, curated_md5 = repo
+    arts = {a.path: a for a in lineage.lineage(["artifacts/curated/top40.json", "models/base"], root)}
+    assert arts["artifacts/curated/top40.json"].md5 == curated_md5  # the file itself, as DVC hashes files
+    assert arts["artifacts/curated/top40.json"].stage == "curate"
+    assert arts["artifacts/curated"].md5 == "cur.dir"
+    assert arts["models/base"].md5 == "base.dir" and arts["models/base"].source == "dvc.lock"
+    for path, md5 in [
+        ("models/selector", "sel.dir"),
+        ("artifacts/scores.jsonl", "sc1"),
+        ("artifacts/labels.jsonl", "l1"),
+        ("artifacts/sample.jsonl", "s1"),
+        ("models/foundation", None),  # a dependency no stage in this lock produces: not claimed
+    ]:
+        assert path in arts
+        if md5:
+            assert arts[path].md5 == md5
+    assert arts["data/corpus/figures.jsonl"].md5 == "f1"  # as the sample stage locked it
+    assert arts["data"].md5 == "raw.dir" and arts["data"].source == "data.dvc"  # raw data holding it
+
+
+def test_lineage_without_dvc_lock_computes_digests(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.txt").write_text("x")
+    arts = lineage.lineage(["d", "missing.json", "llava-hf/llava-1.5-13b-hf"], tmp_path)
+    by = {a.path: a for a in arts}
+    assert by["d"].source == "computed" and by["d"].md5.endswith(".dir")
+    assert by["missing.json"].source == "missing" and by["missing.json"].md5 is None
+    assert by["llava-hf/llava-1.5-13b-hf"].source == "hub"
+
+
+def test_log_tune_registers_model_with_input_digests(repo, monkeypatch):
+    root, curated_md5 = repo
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
+    mp = MlflowParams(experiment="test", registered_model="vital-llava-test")
+    inputs = {"base": "models/base", "curated": root / "artifacts/curated/top40.json"}
+    rec = lineage.log_tune(
+        {"method": "lora", "lora": {"r": 4}},
+        {"final_loss": 0.5, "steps": 3, "method": "lora"},
+        inputs,
+        root / "models/tuned",
+        mp,
+        root,
+    )
+    assert rec["version"] == "1"
+    back = lineage.walk_back("vital-llava-test", rec["version"], root)
+    assert back["run_id"] == rec["run_id"]
+    assert back["source"] == str((root / "models/tuned").resolve())
+    assert back["params"]["lora.r"] == "4"
+    assert back["tags"]["dvc.curated.artifacts/curated/top40.json"].startswith(curated_md5)
+    assert back["tags"]["dvc.base.models/base"] == "base.dir (dvc.lock)"
+    assert back["tags"]["dvc.select.models/selector"] == "sel.dir (dvc.lock)"
+    assert "git_commit" in back["tags"]
+    inputs_by_path = {i["path"]: i for i in back["inputs"]}
+    assert inputs_by_path["artifacts/labels.jsonl"]["md5"] == "l1"
+    assert inputs_by_path["artifacts/labels.jsonl"]["role"] == "labels"
+    assert inputs_by_path["artifacts/curated/top40.json"]["role"] == "curated"
+    # A second tune registers version 2 of the same model.
+    rec2 = lineage.log_tune({"method": "full"}, {}, inputs, root / "models/tuned", mp, root)
+    assert rec2["version"] == "2"
+
+
+def test_tracking_uri_default_and_override(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert lineage.tracking_uri(tmp_path) == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert lineage.tracking_uri(tmp_path) == "http://127.0.0.1:5000"

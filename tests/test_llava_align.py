@@ -1,0 +1,86 @@
+"""Stage 1 (align): foundation dir -> tiny LLaVA trained on captions -> complete models/base checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from vital.foundation.clip import build_tiny_clip, load_clip, save_clip, tiny_clip_config
+from vital.llava import align
+from vital.llava.testing import side_records
+from vital.llava.tokenizer import train_tokenizer
+from vital.params import AlignParams, FoundationParams
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("align")
+    fp = FoundationParams(width=32, embed_dim=32, patch_size=16, seed=2)
+    clip, _, _ = build_tiny_clip(fp)
+    save_clip(clip, tiny_clip_config(fp), root / "foundation" / "clip")
+    records = side_records(root / "corpus", 12)
+    figures = [
+        {
+            "pair_id": r["id"],
+            "pmid": "1",
+            "fig_caption": f"Axial CT, lesion on the {r['conversations'][1]['value']}.",
+            "image": r["image"],
+        }
+        for r in records
+    ]
+    figures.append({"pair_id": "gone", "pmid": "1", "fig_caption": "x", "image": "images/gone.png"})
+    (root / "corpus" / "figures.jsonl").write_text("\n".join(json.dumps(f) for f in figures) + "\n")
+    train_tokenizer((f["fig_caption"] for f in figures), 300, root / "foundation" / "tokenizer")
+    return root
+
+
+def _run(world, **kw):
+    ap = AlignParams(hidden_size=32, heads=2, steps=6, batch_size=4, seed=0, **kw)
+    return align.run(
+        world / "foundation",
+        world / "corpus" / "figures.jsonl",
+        world / "corpus",
+        world / "base",
+        ap,
+        checkpoint_dir=world / "ckpt",
+        metrics_path=world / "align.json",
+        curve_path=world / "align.csv",
+    )
+
+
+def test_align_builds_a_loadable_base_and_trains_projector_and_lm(world):
+    m = _run(world)
+    assert m["examples"] == 12 and m["dropped"] == 1 and m["drop_reasons"] == {"image file missing": 1}
+    assert m["steps"] == 6 and m["final_loss"] < m["first_loss"]
+    assert len((world / "align.csv").read_text().splitlines()) == 7
+    model = LlavaForConditionalGeneration.from_pretrained(world / "base")
+    processor = AutoProcessor.from_pretrained(world / "base")
+    assert processor.tokenizer.image_token == "<image>"
+    assert model.config.vision_feature_layer == -1
+    # The frozen vision tower is still the foundation encoder.
+    clip, _, _ = load_clip(world / "foundation" / "clip")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        pooled = model.model.vision_tower(pixel_values=x).pooler_output @ clip.visual.proj
+        torch.testing.assert_close(pooled, clip.visual(x), atol=1e-5, rtol=1e-4)
+
+
+def test_projector_only_alignment_keeps_the_language_model(world):
+    m = _run(world, trainable="projector")
+    assert m["trainable_params"] < 10_000
+
+
+def test_missing_foundation_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="foundation stage"):
+        align.run(tmp_path, tmp_path / "f.jsonl", tmp_path, tmp_path / "b", AlignParams(), tmp_path / "c")
+
+
+def test_caption_conversations_pick_instructions_deterministically(world):
+    figs = world / "corpus" / "figures.jsonl"
+    a = list(align.caption_conversations(figs, ["one?", "two?"], seed=0))
+    b = list(align.caption_conversations(figs, ["one?", "two?"], seed=0))
+    assert a == b and {r["conversations"][0]["value"] for r in a} == {"<image>\none?", "<image>\ntwo?"}
+    assert a[0]["conversations"][1]["value"].startswith("Axial CT")

@@ -1,0 +1,167 @@
+"""Instruction tuning through the from_pretrained path: LoRA/full, frozen vision, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from vital.llava import tune
+from vital.llava.testing import side_records, tiny_base, write_llava_json
+from vital.llava.trainer import latest_checkpoint
+from vital.params import TuneParams
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    tiny_base(root / "base", width=32, patch_size=16)
+    records = side_records(root / "corpus", 24, size=64)
+    records.append(
+        {"id": "no-image-file", "image": "images/missing.png", "conversations": records[0]["conversations"]}
+    )
+    records.append(
+        {
+            "id": "no-placeholder",
+            "image": records[0]["image"],
+            "conversations": [{"from": "human", "value": "Which side?"}, {"from": "gpt", "value": "left"}],
+        }
+    )
+    write_llava_json(root / "data.json", records)
+    return root
+
+
+def _params(**kw) -> TuneParams:
+    base = {"max_steps": STEPS, "batch_size": 6, "checkpoint_every": 3, "lr": 5e-3, "seed": 7}
+    return TuneParams(**{**base, **kw})
+
+
+def _tune(world, name, tp, on_step=None):
+    return tune.run(
+        base=world / "base",
+        data=world / "data.json",
+        image_root=world / "corpus",
+        out=world / name,
+        tp=tp,
+        checkpoint_dir=world / f"ckpt-{name}",
+        metrics_path=world / f"{name}.json",
+        curve_path=world / f"{name}.csv",
+        on_step=on_step,
+    )
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def lora_run(world):
+    return _tune(world, "lora", _params())
+
+
+def test_lora_tune_writes_complete_checkpoint(world, lora_run):
+    m = lora_run
+    assert m["examples"] == 24 and m["dropped"] == 2
+    assert m["drop_reasons"] == {"image file missing": 1, "first human turn has no <image> placeholder": 1}
+    assert m["steps"] == STEPS and m["final_loss"] < m["first_loss"]
+    assert json.loads((world / "lora.json").read_text())["steps"] == STEPS
+    assert (world / "lora.csv").read_text().splitlines()[0] == "step,loss"
+    out = world / "lora"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    processor = AutoProcessor.from_pretrained(out)
+    assert not any("lora" in k for k in model.state_dict())
+    # Frozen vision tower: byte-identical to the base; language model and projector changed.
+    base, tuned = _weights(world / "base"), _weights(out)
+    vision = [k for k in base if "vision_tower" in k]
+    assert vision and all(torch.equal(base[k], tuned[k]) for k in vision)
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert any("multi_modal_projector" in k for k in changed)
+    assert any("self_attn.q_proj" in k for k in changed)
+    assert (
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}],
+            add_generation_prompt=True,
+        )
+        == "USER: <image>\nq ASSISTANT:"
+    )
+    assert not (world / "ckpt-lora").exists()  # checkpoints are removed after success
+
+
+def test_full_tune_with_unfrozen_vision_changes_vision(world):
+    m = _tune(world, "full", _params(method="full", freeze_vision=False, max_steps=2))
+    assert m["trainable_params"] == m["total_params"]
+    base, tuned = _weights(world / "base"), _weights(world / "full")
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if "vision_tower" in k)
+    assert not (world / "full" / "adapter").exists()
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_killed_tune_resumes_to_the_same_result(world, lora_run):
+    """Kill after step 5 (checkpoint at 3), resume: same curve and weights as the uninterrupted run."""
+
+    def kill(step, loss):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _tune(world, "resumed", _params(), on_step=kill)
+    ckpt = latest_checkpoint(world / "ckpt-resumed")
+    assert ckpt is not None and ckpt.name == "step-3"
+    # The checkpoint holds the trainable tensors only (adapter + projector), not the frozen base.
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert saved and all("lora_" in k or "multi_modal_projector" in k for k in saved)
+    m = _tune(world, "resumed", _params())
+    assert m["resumed_from"] == 3 and m["steps"] == STEPS
+    ref = [tuple(r.split(",")) for r in (world / "lora.csv").read_text().splitlines()[1:]]
+    got = [tuple(r.split(",")) for r in (world / "resumed.csv").read_text().splitlines()[1:]]
+    assert [s for s, _ in got] == [s for s, _ in ref]
+    # Tolerance: 1e-6 absolute on each step's loss and 1e-6 on every weight (CPU runs are bit-identical).
+    for (_, a), (_, b) in zip(got, ref, strict=True):
+        assert abs(float(a) - float(b)) <= 1e-6
+    a, b = _weights(world / "resumed"), _weights(world / "lora")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_stale_checkpoint_of_other_params_is_not_resumed(world):
+    def kill(step, loss):
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _tune(world, "stale", _params(max_steps=4), on_step=kill)
+    assert latest_checkpoint(world / "ckpt-stale") is not None
+    m = _tune(world, "stale", _params(max_steps=4, lr=1e-3))
+    assert m["resumed_from"] == 0
+
+
+def test_bad_inputs_name_the_problem(world, tmp_path):
+    with pytest.raises(FileNotFoundError, match="curated instruction file"):
+        tune.read_llava_json(tmp_path / "none.json")
+    (tmp_path / "obj.json").write_text('{"id": 1}')
+    with pytest.raises(ValueError, match="expected a JSON list"):
+        tune.read_llava_json(tmp_path / "obj.json")
+    with pytest.raises(ValueError, match="matched no module"):
+        model = LlavaForConditionalGeneration.from_pretrained(world / "base")
+        tune.prepare_model(model, _params(lora={"target_modules": ["nope_proj"]}))
+
+
+def test_lora_targets_only_the_language_model_when_vision_is_frozen():
+    pattern = tune.lora_target_pattern(["q_proj", "v_proj"], freeze_vision=True)
+    import re
+
+    assert re.fullmatch(pattern, "model.language_model.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(pattern, "model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj")
+    assert re.fullmatch(
+        tune.lora_target_pattern(["q_proj"], freeze_vision=False),
+        "model.vision_tower.encoder.layers.0.self_attn.q_proj",
+    )

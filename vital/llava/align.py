@@ -1,0 +1,115 @@
+"""LLaVA-Med stage 1: align the vision features to the language model on figure–caption pairs.
+
+Each figure becomes a one-turn conversation: a brief-description instruction with the image, answered by
+the caption. The vision tower stays frozen; the projector is trained (LLaVA), and for the demo's randomly
+initialised Llama the language model too (``align.trainable``). The result is ``models/base``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vital.io import RecordError, read_jsonl, write_json
+from vital.llava.build import build_from_foundation, load_llava, save_llava
+from vital.llava.conversation import Collator, ConversationDataset
+from vital.llava.trainer import LoopConfig, train, write_curve
+from vital.params import AlignParams
+
+
+def _pick(pair_id: str, options: list[str], seed: int) -> str:
+    h = hashlib.sha256(f"{seed}:{pair_id}".encode()).digest()
+    return options[int.from_bytes(h[:4], "big") % len(options)]
+
+
+def caption_conversations(figures: Path, instructions: list[str], seed: int = 0) -> Iterator[dict[str, Any]]:
+    """Figure records as LLaVA conversations (instruction + image -> caption)."""
+    if not instructions:
+        raise ValueError("align.instructions is empty")
+    for n, rec in enumerate(read_jsonl(figures), 1):
+        pair_id = rec.get("pair_id")
+        if pair_id is None:
+            raise RecordError(f"{figures}:{n}: figure record has no pair_id")
+        caption = (rec.get("fig_caption") or "").strip()
+        yield {
+            "id": str(pair_id),
+            "image": rec.get("image"),
+            "conversations": [
+                {"from": "human", "value": f"<image>\n{_pick(str(pair_id), instructions, seed)}"},
+                {"from": "gpt", "value": caption},
+            ],
+        }
+
+
+def set_trainable(model: torch.nn.Module, trainable: str) -> int:
+    """Freeze the vision tower (and the LM unless ``projector_lm``); returns the trainable count."""
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    if trainable == "projector_lm":
+        model.model.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def run(
+    foundation_dir: Path,
+    figures: Path,
+    corpus_root: Path,
+    out: Path,
+    ap: AlignParams,
+    checkpoint_dir: Path,
+    metrics_path: Path | None = None,
+    curve_path: Path | None = None,
+) -> dict[str, Any]:
+    """Build (demo) or load (pretrained) the base LLaVA, align it on captions, save it to ``out``."""
+    start = time.perf_counter()
+    if ap.backend == "demo":
+        model, processor = build_from_foundation(foundation_dir, ap)
+    else:
+        model, processor = load_llava(ap.model)
+    metrics: dict[str, Any] = {"backend": ap.backend, "trainable": ap.trainable}
+    if ap.steps > 0:
+        data = ConversationDataset(
+            caption_conversations(figures, ap.instructions, ap.seed),
+            processor,
+            corpus_root,
+            ap.max_length,
+            source=str(figures),
+        )
+        metrics.update(examples=len(data), **data.problems.as_dict())
+        metrics["trainable_params"] = set_trainable(model, ap.trainable)
+        cfg = LoopConfig(
+            checkpoint_dir=checkpoint_dir,
+            max_steps=ap.steps,
+            batch_size=ap.batch_size,
+            lr=ap.lr,
+            checkpoint_every=max(1, ap.steps // 4),
+            seed=ap.seed,
+            desc="align",
+            fingerprint={"stage": "align", "params": ap.model_dump(), "examples": len(data)},
+        )
+        model, result, accelerator = train(model, data, Collator(processor.tokenizer.pad_token_id), cfg)
+        model = accelerator.unwrap_model(model)
+        metrics.update(
+            steps=result.steps,
+            final_loss=round(result.final_loss, 5),
+            first_loss=round(result.losses[0][1], 5) if result.losses else None,
+            tokens_per_s=round(result.tokens_per_s, 1),
+            train_wall_s=round(result.wall_s, 2),
+            resumed_from=result.resumed_from,
+        )
+        if curve_path is not None:
+            write_curve(curve_path, result.losses)
+    model.requires_grad_(False)
+    save_llava(model.eval(), processor, out)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    metrics["wall_s"] = round(time.perf_counter() - start, 2)
+    if metrics_path is not None:
+        write_json(metrics_path, metrics)
+    return metrics

@@ -1,0 +1,220 @@
+"""LLaVA conversations -> model inputs, with the loss on assistant turns only.
+
+The prompt text comes from the processor's own chat template (the one saved with the checkpoint), so a
+model is trained on exactly the format ``processor.apply_chat_template(..., add_generation_prompt=True)``
+gives at evaluation. Assistant spans are found by rendering the conversation turn by turn: the text added
+by each assistant message, after the generation prompt, is what the model must learn to produce.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+IGNORE_INDEX = -100
+_ROLES = {"human": "user", "gpt": "assistant"}
+
+
+class ConversationError(ValueError):
+    """A record whose conversation cannot be used (the message says why)."""
+
+
+def llava_to_messages(conversations: list[dict[str, Any]], has_image: bool = True) -> list[dict[str, Any]]:
+    """LLaVA ``conversations`` ([{from: human|gpt, value}]) -> HF chat messages with an image part.
+
+    The ``<image>`` placeholder is removed from the first human turn's text and becomes an image part,
+    the shape evaluation prompts use: ``[{"type": "image"}, {"type": "text", "text": q}]``.
+    """
+    if not conversations:
+        raise ConversationError("empty conversation")
+    messages = []
+    for i, turn in enumerate(conversations):
+        role = _ROLES.get(turn.get("from", ""))
+        if role is None:
+            raise ConversationError(f"turn {i}: 'from' must be human or gpt, got {turn.get('from')!r}")
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            raise ConversationError(
+                f"turn {i}: expected a {expected} turn (turns must alternate, human first)"
+            )
+        value = turn.get("value")
+        if not isinstance(value, str) or not value.strip():
+            raise ConversationError(f"turn {i}: empty value")
+        parts: list[dict[str, Any]] = []
+        if i == 0 and has_image:
+            if "<image>" not in value:
+                raise ConversationError("first human turn has no <image> placeholder")
+            parts.append({"type": "image"})
+            value = value.replace("<image>", "").strip()
+        elif "<image>" in value:
+            raise ConversationError(f"turn {i}: <image> outside the first human turn")
+        parts.append({"type": "text", "text": value})
+        messages.append({"role": role, "content": parts})
+    if messages[-1]["role"] != "assistant":
+        messages = messages[:-1]
+    if not messages:
+        raise ConversationError("no assistant turn")
+    return messages
+
+
+def assistant_spans(processor, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendered text and the character spans produced by assistant turns."""
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = processor.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=False)
+        upto = processor.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not upto.startswith(prompt):
+            raise ConversationError(
+                "chat template does not render the generation prompt as a prefix of the assistant turn"
+            )
+        spans.append((len(prompt), len(upto)))
+    text = processor.apply_chat_template(messages, tokenize=False)
+    return text, spans
+
+
+def num_image_tokens(processor) -> int:
+    """How many placeholder tokens one image expands to (the processor's own rule)."""
+    crop = processor.image_processor.crop_size
+    patch = processor.patch_size
+    n = (crop["height"] // patch) * (crop["width"] // patch) + processor.num_additional_image_tokens
+    return n - 1 if processor.vision_feature_select_strategy == "default" else n
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode(processor, messages: list[dict[str, Any]], max_length: int) -> Encoded:
+    """Token ids with each image placeholder expanded, and labels masked outside assistant turns."""
+    tok = processor.tokenizer
+    text, spans = assistant_spans(processor, messages)
+    enc = tok(text, return_offsets_mapping=True, add_special_tokens=True)
+    image_id = tok.convert_tokens_to_ids(processor.image_token)
+    n_img = num_image_tokens(processor)
+    ids: list[int] = []
+    labels: list[int] = []
+    for tid, (start, end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+        if tid == image_id:
+            ids.extend([image_id] * n_img)
+            labels.extend([IGNORE_INDEX] * n_img)
+            continue
+        target = end > start and any(a <= start < b for a, b in spans)
+        ids.append(tid)
+        labels.append(tid if target else IGNORE_INDEX)
+    if len(ids) > max_length:
+        last_image = max((i for i, t in enumerate(ids) if t == image_id), default=-1)
+        if last_image >= max_length:
+            raise ConversationError(f"image tokens reach past max_length={max_length}")
+        ids, labels = ids[:max_length], labels[:max_length]
+    if all(t == IGNORE_INDEX for t in labels):
+        raise ConversationError(f"no assistant tokens within max_length={max_length}")
+    return Encoded(ids, labels)
+
+
+@dataclass
+class Problems:
+    """Records skipped while building a dataset: counted by reason, first few listed."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    limit: int = 20
+
+    def add(self, reason: str, where: str) -> None:
+        self.counts[reason] += 1
+        if len(self.examples) < self.limit:
+            self.examples.append(f"{where}: {reason}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dropped": self.total, "drop_reasons": dict(self.counts), "dropped_examples": self.examples}
+
+
+def _reason(err: Exception) -> str:
+    msg = str(err)
+    return msg.split(": ", 1)[1] if msg.startswith("turn ") else msg
+
+
+class ConversationDataset(torch.utils.data.Dataset):
+    """Encoded (image, conversation) examples; images are loaded and preprocessed once, on first use."""
+
+    def __init__(
+        self,
+        records: Iterable[dict[str, Any]],
+        processor,
+        image_root: Path,
+        max_length: int,
+        source: str = "records",
+    ):
+        self.processor = processor
+        self.image_root = Path(image_root)
+        self.items: list[tuple[str, Path, Encoded]] = []
+        self.problems = Problems()
+        self._pixels: dict[int, torch.Tensor] = {}
+        for n, rec in enumerate(records):
+            rid = str(rec.get("id", n))
+            where = f"{source} record {rid}"
+            image = rec.get("image")
+            if not image:
+                self.problems.add("no image", where)
+                continue
+            path = self.image_root / image
+            if not path.is_file():
+                self.problems.add("image file missing", f"{where} ({path})")
+                continue
+            try:
+                enc = encode(processor, llava_to_messages(rec.get("conversations") or []), max_length)
+            except ConversationError as e:
+                self.problems.add(_reason(e), where)
+                continue
+            self.items.append((rid, path, enc))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def pixels(self, i: int) -> torch.Tensor:
+        if i not in self._pixels:
+            with Image.open(self.items[i][1]) as im:
+                px = self.processor.image_processor(images=[im.convert("RGB")], return_tensors="pt")
+            self._pixels[i] = px["pixel_values"][0]
+        return self._pixels[i]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        _, _, enc = self.items[i]
+        return {"input_ids": enc.input_ids, "labels": enc.labels, "pixel_values": self.pixels(i)}
+
+    @property
+    def n_target_tokens(self) -> int:
+        return sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for _, _, e in self.items)
+
+
+class Collator:
+    """Right-pads a batch of encoded examples; padding is masked from attention and loss."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            mask[i, :n] = 1
+        pixels = torch.stack([b["pixel_values"] for b in batch])
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels}

@@ -1,0 +1,193 @@
+"""Stage 2: visual instruction tuning of any HF LLaVA checkpoint on a curated LLaVA JSON file.
+
+LoRA (``peft``) or full fine-tuning, the vision tower frozen or not, ``accelerate`` for devices, mixed
+precision, gradient accumulation and multi-GPU/DeepSpeed (``accelerate launch``). The output directory is
+a complete checkpoint (LoRA merged) with the processor, plus ``adapter/`` for LoRA runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import LlavaForConditionalGeneration
+
+from vital.io import RecordError, read_json, write_json
+from vital.llava.build import load_llava
+from vital.llava.conversation import Collator, ConversationDataset
+from vital.llava.trainer import LoopConfig, LoopResult, train, write_curve
+from vital.params import TuneParams
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def read_llava_json(path: Path) -> list[dict[str, Any]]:
+    """A LLaVA instruction file (JSON list); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: curated instruction file not found")
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise RecordError(f"{path}: expected a JSON list of LLaVA records, got {type(data).__name__}")
+    bad = [i for i, r in enumerate(data) if not isinstance(r, dict)]
+    if bad:
+        raise RecordError(f"{path}: records {bad[:5]} are not JSON objects")
+    return data
+
+
+def lora_target_pattern(modules: list[str], freeze_vision: bool) -> str:
+    """Regex for peft: LoRA on the language model's ``modules`` (and the vision tower's if it trains)."""
+    names = "|".join(sorted(modules))
+    scope = "language_model" if freeze_vision else "(language_model|vision_tower)"
+    return rf".*{scope}.*\.({names})"
+
+
+def prepare_model(model: LlavaForConditionalGeneration, tp: TuneParams) -> torch.nn.Module:
+    """Freeze/wrap the model for ``tp.method``; the projector always trains (as in LLaVA)."""
+    if tp.method == "full":
+        model.requires_grad_(True)
+        if tp.freeze_vision:
+            model.model.vision_tower.requires_grad_(False)
+        return model
+    config = LoraConfig(
+        r=tp.lora.r,
+        lora_alpha=tp.lora.alpha,
+        lora_dropout=tp.lora.dropout,
+        target_modules=lora_target_pattern(tp.lora.target_modules, tp.freeze_vision),
+        modules_to_save=["multi_modal_projector"],
+        bias="none",
+    )
+    missing = f"tune.lora.target_modules={tp.lora.target_modules} matched no module of the model"
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:
+        if "No modules were targeted" in str(e):
+            raise ValueError(missing) from None
+        raise
+    if not any("lora_" in n for n, _ in peft_model.named_parameters()):
+        raise ValueError(missing)
+    return peft_model
+
+
+def is_main_process() -> bool:
+    """True on the process that should write shared outputs (always, without ``accelerate launch``)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def _file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _save_outputs(model, accelerator, processor, base: str, out: Path, tp: TuneParams) -> None:
+    """Write the merged checkpoint (+ adapter) with weights gathered from every process."""
+    state = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    if out.exists() and accelerator.is_main_process:
+        shutil.rmtree(out)
+    accelerator.wait_for_everyone()
+    if tp.method == "full":
+        unwrapped.save_pretrained(out, state_dict=state, is_main_process=accelerator.is_main_process)
+    else:
+        unwrapped.save_pretrained(
+            out / "adapter", state_dict=state, is_main_process=accelerator.is_main_process
+        )
+    if accelerator.is_main_process:
+        if tp.method == "lora":
+            # Merge from what was saved, on one process: the adapter on disk is what the model is made of.
+            merge_adapter(base, out / "adapter", out, dtype=_DTYPES[tp.load_dtype])
+        processor.save_pretrained(out)
+    accelerator.wait_for_everyone()
+
+
+def merge_adapter(base: str | Path, adapter: Path, out: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Load ``base``, apply the LoRA ``adapter``, merge and save the full model to ``out``."""
+    model = LlavaForConditionalGeneration.from_pretrained(str(base), dtype=dtype)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(out)
+    return out
+
+
+def run(
+    base: str | Path,
+    data: Path,
+    image_root: Path,
+    out: Path,
+    tp: TuneParams,
+    checkpoint_dir: Path,
+    metrics_path: Path | None = None,
+    curve_path: Path | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Tune ``base`` (hub id or dir) on the LLaVA JSON ``data``; write the checkpoint to ``out``."""
+    start = time.perf_counter()
+    data, out = Path(data), Path(out)
+    records = read_llava_json(data)
+    torch.manual_seed(tp.seed)
+    model, processor = load_llava(base, dtype=_DTYPES[tp.load_dtype])
+    dataset = ConversationDataset(records, processor, image_root, tp.max_length, source=str(data))
+    model = prepare_model(model, tp)
+    trainable, total = count_params(model)
+    cfg = LoopConfig(
+        checkpoint_dir=Path(checkpoint_dir),
+        epochs=tp.epochs,
+        max_steps=tp.max_steps,
+        batch_size=tp.batch_size,
+        grad_accum=tp.grad_accum,
+        lr=tp.lr,
+        mixed_precision=tp.mixed_precision,
+        checkpoint_every=tp.checkpoint_every,
+        seed=tp.seed,
+        desc=f"tune {data.stem}",
+        fingerprint={"base": str(base), "data_md5": _file_md5(data), "params": tp.model_dump()},
+    )
+    model, result, accelerator = train(
+        model, dataset, Collator(processor.tokenizer.pad_token_id), cfg, on_step
+    )
+    _save_outputs(model, accelerator, processor, str(base), out, tp)
+    metrics = _metrics(tp, dataset, result, trainable, total, records)
+    metrics["wall_s"] = round(time.perf_counter() - start, 2)
+    if accelerator.is_main_process:
+        if curve_path is not None:
+            write_curve(curve_path, result.losses)
+        if metrics_path is not None:
+            write_json(metrics_path, metrics)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return metrics
+
+
+def _metrics(tp, dataset, result: LoopResult, trainable: int, total: int, records: list) -> dict[str, Any]:
+    return {
+        "method": tp.method,
+        "freeze_vision": tp.freeze_vision,
+        "seed": tp.seed,
+        "records": len(records),
+        "examples": len(dataset),
+        **dataset.problems.as_dict(),
+        "target_tokens_per_epoch": dataset.n_target_tokens,
+        "trainable_params": trainable,
+        "total_params": total,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "first_loss": round(result.losses[0][1], 6) if result.losses else None,
+        "final_loss": round(result.final_loss, 6),
+        "tokens": result.tokens,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "train_wall_s": round(result.wall_s, 2),
+    }
