@@ -15,17 +15,17 @@ from vital.stage import run_stage
 def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="curated LLaVA JSON (default: artifacts/curated/top<keep%%>.json)")
-    ap.add_argument("--out", help="output checkpoint dir (default: models/tuned)")
+    ap.add_argument("--out", help="output checkpoint dir (default: models/tuned/top-s<seed>)")
     ap.add_argument("--seed", type=int, help="overrides tune.seed")
-    ap.add_argument("--metrics", help="metrics JSON (default: metrics/tune.json)")
-    ap.add_argument("--plot", help="loss curve CSV (default: metrics/plots/tune_loss.csv)")
+    ap.add_argument("--metrics", help="metrics JSON (default: metrics/tune/<out name>.json)")
+    ap.add_argument("--plot", help="loss curve CSV (default: metrics/plots/tune/<out name>.csv)")
     return ap.parse_args()
 
 
 def _run(p: Params, paths: Paths, a: argparse.Namespace) -> None:
     tp = p.tune if a.seed is None else p.tune.model_copy(update={"seed": a.seed})
-    data = a.data or paths.curated / f"top{round(tp.keep * 100)}.json"
-    out = a.out or paths.tuned
+    data = a.data or paths.curated / f"top{tp.keep}.json"
+    out = a.out or paths.tuned / f"top-s{tp.seed}"
     metrics = tune.run(
         base=tp.base,
         data=data,
@@ -33,8 +33,8 @@ def _run(p: Params, paths: Paths, a: argparse.Namespace) -> None:
         out=out,
         tp=tp,
         checkpoint_dir=paths.root / ".vital" / "checkpoints" / "tune" / str(out).replace("/", "_"),
-        metrics_path=a.metrics or paths.metric("tune"),
-        curve_path=a.plot or paths.plots / "tune_loss.csv",
+        metrics_path=a.metrics or paths.metrics / "tune" / f"{out.name}.json",
+        curve_path=a.plot or paths.plots / "tune" / f"{out.name}.csv",
     )
     if p.mlflow.enabled and tune.is_main_process():
         inputs = {"base": tp.base, "curated": data, "images": paths.corpus / "images"}

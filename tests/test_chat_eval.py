@@ -74,13 +74,17 @@ def make_eval_world(root: Path, base: dict[str, str] = BASE, base_extra: list[di
         for i, d, k, q, a, t in QUESTIONS
     ]
     (folder / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    _predictions(root, "tuned", TUNED)
+    _predictions(root, "top-s0", TUNED)
     _predictions(root, "base", base, base_extra)
 
 
 def params(**chat: object) -> Params:
     sets = [{"name": "demo", "format": "demo", "path": "data/vqa/demo/questions.jsonl"}]
-    return parse_params({"evaluate": {"sets": sets}, "chat_eval": chat})
+    chat = {"compare": ["top-s0", "base"], **chat}
+    # one tuned model, named as the tune stage's matrix names it
+    return parse_params(
+        {"evaluate": {"sets": sets}, "tune": {"subsets": ["top"], "seeds": [0]}, "chat_eval": chat}
+    )
 
 
 # ------------------------------------------------------------------ the heuristic answer judge
@@ -112,7 +116,7 @@ def test_heuristic_stage_end_to_end(tmp_path):
     make_eval_world(tmp_path, base_extra=[{"text": "orphan"}, {"question_id": "q9", "text": "unknown q"}])
     m = chat_eval.run(params(), Paths(tmp_path))
     demo = m["demo"]
-    tuned, base = demo["relative"]["tuned"], demo["relative"]["base"]
+    tuned, base = demo["relative"]["top-s0"], demo["relative"]["base"]
     # reference answers score 10; correct answers 10, off-topic ones 1
     assert tuned["relative_score"] == pytest.approx(82.0) and tuned["n"] == 5 and tuned["n_failed"] == 0
     assert base["relative_score"] == pytest.approx(28.0)
@@ -121,7 +125,7 @@ def test_heuristic_stage_end_to_end(tmp_path):
     assert tuned["by_question_type"]["side"]["relative_score"] == pytest.approx(55.0)
     assert "presence" not in tuned["by_question_type"]  # the closed question is not judged
     w = demo["win_rate"]
-    assert (w["a"], w["b"], w["n"], w["wins"], w["ties"], w["losses"]) == ("tuned", "base", 5, 3, 2, 0)
+    assert (w["a"], w["b"], w["n"], w["wins"], w["ties"], w["losses"]) == ("top-s0", "base", 5, 3, 2, 0)
     assert w["win_rate"] == pytest.approx(0.8)
     assert w["position_consistency"] == 1.0 and w["n_both_orders"] == 5
     assert w["by_order"]["ab"] == {"a_higher": 3, "b_higher": 0, "tie": 2, "failed": 0}
@@ -134,9 +138,9 @@ def test_heuristic_stage_end_to_end(tmp_path):
     assert len(rows) == 3 * 5 * 2 and m["_stage"]["judgments"] == 30 and m["_stage"]["unscored"] == 0
     first = rows[0]
     assert (first["comparison"], first["order"], first["shown_first"]) == (
-        "tuned_vs_reference",
+        "top-s0_vs_reference",
         "ab",
-        "tuned",
+        "top-s0",
     )
     assert first["verdict"].startswith("10 10")
     assert read_json(tmp_path / "metrics" / "chat_eval.json")["demo"]["win_rate"]["wins"] == 3
@@ -145,8 +149,8 @@ def test_heuristic_stage_end_to_end(tmp_path):
 def test_missing_answers_are_counted_and_left_out(tmp_path):
     make_eval_world(tmp_path, base={k: v for k, v in BASE.items() if k != "q5"})
     m = chat_eval.run(params(sets=["demo"]), Paths(tmp_path))["demo"]
-    assert m["data"]["missing_predictions"] == {"tuned": 0, "base": 1}
-    assert m["relative"]["base"]["n"] == 4 and m["relative"]["tuned"]["n"] == 5
+    assert m["data"]["missing_predictions"] == {"top-s0": 0, "base": 1}
+    assert m["relative"]["base"]["n"] == 4 and m["relative"]["top-s0"]["n"] == 5
     assert m["win_rate"]["n"] == 4 and m["win_rate"]["wins"] == 2
 
 
@@ -166,9 +170,9 @@ def test_bad_params_and_inputs_name_what_to_fix(tmp_path):
     with pytest.raises(ParamsError, match=r"chat_eval\.sets: \['vqa_rad'\]"):
         chat_eval.run(params(sets=["vqa_rad"]), Paths(tmp_path))
     with pytest.raises(ParamsError, match=r"chat_eval\.compare: \['topk'\]"):
-        chat_eval.run(params(compare=["tuned", "topk"]), Paths(tmp_path))
+        chat_eval.run(params(compare=["top-s0", "topk"]), Paths(tmp_path))
     with pytest.raises(ParamsError, match="chat_eval.compare"):
-        params(compare=["tuned", "tuned"])
+        params(compare=["top-s0", "top-s0"])
     (tmp_path / "artifacts" / "predictions" / "base" / "demo.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match=r"base/demo\.jsonl \(run the evaluate stage first\)"):
         chat_eval.run(params(), Paths(tmp_path))
@@ -223,7 +227,7 @@ def test_openai_backend_both_orders_cache_and_unparseable(tmp_path):
         q2 = "What imaging modality is shown?"
         assert {(q2, "ct", "no idea"), (q2, "no idea", "ct"), (q2, "ct", "ct")} <= set(judge.shown)
         demo = m["demo"]
-        tuned = demo["relative"]["tuned"]
+        tuned = demo["relative"]["top-s0"]
         # q5's verdicts have no scores: counted as failed, left out of the means (not scored zero)
         assert tuned["n"] == 4 and tuned["n_failed"] == 2 and tuned["n_questions"] == 5
         assert any("q5 (ab): no_scores_on_first_line" in f for f in tuned["failed"])

@@ -47,7 +47,7 @@ def load(paths: Paths, name: str) -> list[dict]:
 
 def test_best_per_figure_top_and_random(tmp_path: Path):
     paths = make(tmp_path)
-    m = run(CurateParams(keep=[0.1, 0.5]), paths)
+    m = run(CurateParams(keep=[10, 50]), paths)
     top10, top50, rnd50 = load(paths, "top10"), load(paths, "top50"), load(paths, "random50")
     assert m["pool"] == 20 and m["dropped"] == {"unscored_candidate": 1}
     assert [r["id"] for r in top10] == ["F19#1", "F18#2"]  # F19#2 has no score
@@ -58,7 +58,7 @@ def test_best_per_figure_top_and_random(tmp_path: Path):
     assert r["provenance"] == {"pair_id": "F19", "candidate": "F19#1", "generator": {"model": "template-v1"}}
     assert m["subsets"]["top50"]["mean_score"] > m["subsets"]["random50"]["mean_score"]
     assert sum(m["subsets"]["top50"]["by_domain"].values()) == 10
-    run(CurateParams(keep=[0.1, 0.5]), paths)
+    run(CurateParams(keep=[10, 50]), paths)
     assert load(paths, "random50") == rnd50  # seeded
 
 
@@ -81,7 +81,7 @@ def test_all_policy_and_mixture(tmp_path: Path):
             ]
         )
     )
-    m = run(CurateParams(keep=[0.4], policy="all", mix={"mix": ["top40", str(ext)]}), paths)
+    m = run(CurateParams(keep=[40], policy="all", mix={"mix": ["top40", str(ext)]}), paths)
     assert m["pool"] == 59 and m["subsets"]["top40"]["records"] == 24
     mix = load(paths, "mix")
     assert len(mix) == 25 and mix[-1]["provenance"] == {"source": str(ext)}
@@ -92,4 +92,21 @@ def test_all_policy_and_mixture(tmp_path: Path):
 def test_bad_mix_part(tmp_path: Path):
     paths = make(tmp_path)
     with pytest.raises(RecordError, match="top33"):
-        run(CurateParams(keep=[0.4], mix={"m": ["top33"]}), paths)
+        run(CurateParams(keep=[40], mix={"m": ["top33"]}), paths)
+
+
+def test_random_baseline_ignores_the_selector(tmp_path: Path):
+    """A retrained selector must not change the baseline (so DVC keeps the baseline models), and the
+    baseline draws from every figure's candidates, not from the selector's best ones."""
+    paths = make(tmp_path)
+    run(CurateParams(keep=[50]), paths)
+    before = (paths.curated / "random50.json").read_bytes()
+    reversed_scores = [
+        {**r, "score": -r["score"]} for r in map(json.loads, paths.scores.read_text().splitlines())
+    ]
+    write_jsonl(paths.scores, reversed_scores)
+    run(CurateParams(keep=[50]), paths)
+    assert (paths.curated / "random50.json").read_bytes() == before
+    chosen = {r["id"].split("#")[1] for r in load(paths, "random50")}
+    assert len(chosen) > 1  # not always the same candidate slot per figure
+    assert all(r["score"] is None for r in load(paths, "random50"))

@@ -11,7 +11,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from vital.evaluate import evaluate_models, resolve_model, run, seed_difference, summarize_seeds
+from vital.evaluate import (
+    compare_subsets,
+    evaluate_models,
+    resolve_model,
+    run,
+    seed_difference,
+    summarize_seeds,
+)
 from vital.params import parse_params
 from vital.paths import Paths
 from vital.vqa.loaders import load_set
@@ -70,25 +77,29 @@ BASE = {"d0": "normal", "d1": "normal", "d2": "yes", "d3": "Yes, no doubt", "d4"
 
 def _factory(model):
     name = Path(str(model)).name
-    return ScriptedAnswerer(name, TUNED if name == "tuned" else BASE)
+    return ScriptedAnswerer(name, TUNED if name == "top-s0" else BASE)
 
 
 def _fake_checkpoints(root: Path) -> None:
-    for name in ("tuned", "base"):
+    for name in ("tuned/top-s0", "base"):
         (root / "models" / name).mkdir(parents=True)
         (root / "models" / name / "config.json").write_text("{}")
+
+
+# one tuned model, named and placed as the tune stage's matrix does
+ONE_TUNE = {"tune": {"subsets": ["top"], "seeds": [0]}}
 
 
 def test_run_writes_metrics_and_predictions_hand_computed(tmp_path):
     write_demo_set(tmp_path)
     _fake_checkpoints(tmp_path)
-    params = parse_params({})
+    params = parse_params(ONE_TUNE)
     out = run(params, Paths(tmp_path), answerer=_factory)
 
     on_file = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert on_file == json.loads(json.dumps(out))
     demo = on_file["demo"]
-    tuned, base = demo["tuned"], demo["base"]
+    tuned, base = demo["top-s0"], demo["base"]
     assert (tuned["n_closed"], tuned["n_open"]) == (4, 2)
     assert tuned["closed_accuracy"] == 1.0 and tuned["closed_accuracy_legacy"] == 1.0
     assert tuned["open_recall"] == 1.0  # "left" in "the left side"; "two" -> "2" in "2 lesions"
@@ -101,7 +112,7 @@ def test_run_writes_metrics_and_predictions_hand_computed(tmp_path):
     assert base["by_domain"]["ct_scan"]["closed_accuracy_legacy"] == pytest.approx(1 / 2)
     assert demo["chance"] == {"n_closed": 4, "closed_chance": 0.5, "closed_majority": 0.5}
     assert demo["data"]["n_items"] == 6 and demo["data"]["n_skipped"] == 0
-    assert on_file["_stage"]["models"] == {"tuned": "models/tuned", "base": "models/base"}
+    assert on_file["_stage"]["models"] == {"top-s0": "models/tuned/top-s0", "base": "models/base"}
     assert on_file["_stage"]["wall_time_s"] >= 0
 
     rows = [
@@ -110,7 +121,7 @@ def test_run_writes_metrics_and_predictions_hand_computed(tmp_path):
     assert [r["question_id"] for r in rows] == [q[0] for q in QUESTIONS]
     assert rows[1]["text"] == "normal" and rows[1]["answer"] == "no"
     assert rows[1]["scores"] == {"closed_accuracy": 0.0, "closed_accuracy_legacy": 1.0}
-    assert (tmp_path / "artifacts/predictions/tuned/demo.jsonl").is_file()
+    assert (tmp_path / "artifacts/predictions/top-s0/demo.jsonl").is_file()
 
 
 def test_each_model_is_loaded_once_for_all_sets(tmp_path):
@@ -136,13 +147,13 @@ def test_resolve_model(tmp_path):
     ):
         resolve_model("tuned", "models/tuned", tmp_path)
     _fake_checkpoints(tmp_path)
-    assert resolve_model("tuned", "models/tuned", tmp_path) == tmp_path / "models" / "tuned"
+    assert resolve_model("t", "models/tuned/top-s0", tmp_path) == tmp_path / "models" / "tuned" / "top-s0"
 
 
 def test_missing_eval_file_is_named(tmp_path):
     _fake_checkpoints(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"set 'demo': question file not found: .*questions\.jsonl"):
-        run(parse_params({}), Paths(tmp_path), answerer=_factory)
+        run(parse_params(ONE_TUNE), Paths(tmp_path), answerer=_factory)
 
 
 def test_duplicate_set_names_are_rejected_by_params():
@@ -185,7 +196,7 @@ def test_stage_script_reports_a_missing_model_clearly(tmp_path):
         [sys.executable, str(REPO / "stages" / "evaluate.py")], cwd=tmp_path, capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert "[evaluate] error: evaluate.models.tuned:" in proc.stderr and "no config.json" in proc.stderr
+    assert "[evaluate] error: evaluate.models.base:" in proc.stderr and "no config.json" in proc.stderr
 
 
 @pytest.mark.slow
@@ -193,14 +204,31 @@ def test_run_end_to_end_with_tiny_llava_checkpoints(tmp_path):
     from test_vqa_inference import build_tiny_llava
 
     write_demo_set(tmp_path)
-    build_tiny_llava(tmp_path / "models" / "tuned", seed=0)
+    build_tiny_llava(tmp_path / "models" / "tuned" / "top-s0", seed=0)
     build_tiny_llava(tmp_path / "models" / "base", seed=1)
-    params = parse_params({"evaluate": {"batch_size": 4, "max_new_tokens": 4, "device": "cpu"}})
+    params = parse_params({"evaluate": {"batch_size": 4, "max_new_tokens": 4, "device": "cpu"}, **ONE_TUNE})
     out = run(params, Paths(tmp_path))
-    for model in ("tuned", "base"):
+    for model in ("top-s0", "base"):
         summary = out["demo"][model]
         assert (summary["n_closed"], summary["n_open"]) == (4, 2)
         for key in ("closed_accuracy", "closed_accuracy_legacy", "open_recall", "open_f1"):
             assert 0.0 <= summary[key] <= 1.0
         rows = (tmp_path / "artifacts" / "predictions" / model / "demo.jsonl").read_text().splitlines()
         assert len(rows) == 6 and json.loads(rows[0])["model_id"].endswith(model)
+
+
+def test_top_versus_random_over_seeds():
+    per_model = {
+        "top-s0": {"closed_accuracy": 0.8, "open_recall": 0.5},
+        "top-s1": {"closed_accuracy": 0.7, "open_recall": 0.5},
+        "random-s0": {"closed_accuracy": 0.6, "open_recall": 0.5},
+        "random-s1": {"closed_accuracy": 0.7, "open_recall": 0.4},
+        "base": {"closed_accuracy": 0.5, "open_recall": 0.0},
+    }
+    out = compare_subsets(per_model, ["top", "random"], [0, 1])
+    assert out["top_over_seeds"]["closed_accuracy"]["mean"] == pytest.approx(0.75)
+    assert out["random_over_seeds"]["closed_accuracy"]["n"] == 2
+    gain = out["top_minus_random"]["closed_accuracy"]
+    assert gain["mean"] == pytest.approx(0.1) and (gain["wins"], gain["ties"]) == (1, 1)
+    assert out["top_minus_random"]["open_recall"]["mean"] == pytest.approx(0.05)
+    assert "top_minus_random" not in compare_subsets(per_model, ["top"], [0, 1])

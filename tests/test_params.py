@@ -29,13 +29,13 @@ def test_wrong_backend_is_named():
 
 
 def test_tune_keep_must_be_a_curated_subset():
-    with pytest.raises(ParamsError, match=r"tune\.keep=0\.5 is not one of curate\.keep"):
-        parse_params({"tune": {"keep": 0.5}})
+    with pytest.raises(ParamsError, match=r"tune\.keep=50 is not one of curate\.keep"):
+        parse_params({"tune": {"keep": 50}})
 
 
-def test_curate_keep_fractions_are_checked():
-    with pytest.raises(ParamsError, match=r"keep\[1\]=40"):
-        parse_params({"curate": {"keep": [0.1, 40]}})
+def test_curate_keep_percentages_are_checked():
+    with pytest.raises(ParamsError, match=r"keep\[1\]=400 must be a percentage"):
+        parse_params({"curate": {"keep": [10, 400]}})
 
 
 def test_missing_and_malformed_files(tmp_path):
@@ -60,3 +60,8 @@ def test_every_params_section_is_a_dvc_param_of_some_stage():
     }
     sections = set(Params.model_fields) - {"world"}  # world feeds data.dvc, not a stage
     assert sections <= {d.split(".")[0] for d in declared}
+
+
+def test_params_yaml_is_the_demo_profile_and_the_code_defaults():
+    # one source of truth: the demo profile in params.yaml is exactly the defaults in vital/params.py
+    assert load_params(REPO / "params.yaml") == Params()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vital.demo.reference_judge import HeuristicAnswerJudge
-from vital.evaluate import load_sets
+from vital.evaluate import load_sets, tuned_models
 from vital.io import read_jsonl, write_json, write_jsonl
 from vital.llm.accounting import estimate_cost
 from vital.llm.client import ConfigError
@@ -270,7 +270,7 @@ def _chosen_sets(params: Params) -> list[str]:
 
 
 def _check_compare(params: Params) -> None:
-    models = list(params.evaluate.models)
+    models = [*tuned_models(params), *params.evaluate.models]
     bad = [m for m in params.chat_eval.compare if m not in models]
     if bad:
         raise ParamsError(f"chat_eval.compare: {bad} are not names of evaluate.models {models}")
@@ -355,7 +355,8 @@ def _load(params: Params, paths: Paths) -> list[ChatSet]:
     names = _chosen_sets(params)
     _check_compare(params)
     ev = params.evaluate.model_copy(update={"sets": [s for s in params.evaluate.sets if s.name in names]})
-    return [load_chat_set(s, list(ev.models), paths.predictions) for s in load_sets(ev, paths.root)]
+    models = [*tuned_models(params), *ev.models]
+    return [load_chat_set(s, models, paths.predictions) for s in load_sets(ev, paths.root)]
 
 
 def run(params: Params, paths: Paths) -> dict:

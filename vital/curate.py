@@ -24,8 +24,8 @@ from vital.schema import DOMAINS, Candidate
 MAX_LISTED = 50
 
 
-def subset_name(kind: str, keep: float) -> str:
-    return f"{kind}{round(keep * 100)}"
+def subset_name(kind: str, keep: int) -> str:
+    return f"{kind}{keep}"
 
 
 def read_scores(path: Path, problems: dict[str, list[str]]) -> dict[str, float]:
@@ -72,16 +72,37 @@ def pool(
     return sorted(scored, key=lambda cs: (-cs[1], cs[0].id))
 
 
+def baseline_pool(
+    cands: list[Candidate], scores: dict[str, float], policy: str, seed: int
+) -> list[Candidate]:
+    """The random baseline's pool: what selection chooses from, but drawn without the selector.
+
+    ``best_per_figure`` takes one random candidate per figure, ``all`` every candidate. It depends only on
+    the candidates and the seed, never on scores, so retraining the selector leaves ``random<k>.json``
+    byte-identical and DVC does not retrain the baseline models.
+    """
+    rng = random.Random(seed)
+    by_figure: dict[str, list[Candidate]] = defaultdict(list)
+    for c in sorted((c for c in cands if c.id in scores), key=lambda c: c.id):
+        by_figure[c.pair_id].append(c)
+    if policy == "best_per_figure":
+        chosen = [rng.choice(by_figure[f]) for f in sorted(by_figure)]
+    else:
+        chosen = [c for f in sorted(by_figure) for c in by_figure[f]]
+    rng.shuffle(chosen)
+    return chosen
+
+
 def _neg(s: str) -> tuple[int, ...]:
     return tuple(-ord(ch) for ch in s)
 
 
-def record(c: Candidate, score: float) -> dict[str, Any]:
-    """LLaVA conversation JSON plus score and provenance (figure, candidate, generator)."""
+def record(c: Candidate, score: float | None) -> dict[str, Any]:
+    """LLaVA conversation JSON plus score (None for the random baseline) and provenance."""
     return {
         **c.llava(),
         "domain": c.domain,
-        "score": round(score, 6),
+        "score": None if score is None else round(score, 6),
         "provenance": {"pair_id": c.pair_id, "candidate": c.id, "generator": c.generator},
     }
 
@@ -157,19 +178,17 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
     ranked = pool(cands, scores, cp.policy, problems)
     if not ranked:
         raise RecordError(f"{paths.scores}: no candidate of {paths.candidates} has a score")
-    rng = random.Random(cp.seed)
-    shuffled = ranked[:]
-    rng.shuffle(shuffled)
+    shuffled = [(c, None) for c in baseline_pool(cands, scores, cp.policy, cp.seed)]
     subsets: dict[str, list[dict]] = {}
     report: dict[str, Any] = {}
     for keep in sorted(set(cp.keep)):
-        n = max(1, round(keep * len(ranked)))
+        n = max(1, round(keep / 100 * len(ranked)))
         for kind, source in (("top", ranked[:n]), ("random", shuffled[:n])):
             name = subset_name(kind, keep)
             subsets[name] = [record(c, s) for c, s in source]
             report[name] = {
                 "records": n,
-                "mean_score": round(sum(s for _, s in source) / n, 4),
+                "mean_score": round(sum(scores[c.id] for c, _ in source) / n, 4),
                 "by_domain": domain_counts(subsets[name]),
             }
     paths.curated.mkdir(parents=True, exist_ok=True)

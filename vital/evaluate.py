@@ -31,7 +31,7 @@ from vital.vqa.items import LoadedSet, VQAItem
 from vital.vqa.loaders import SetOptions, load_set
 from vital.vqa.metrics import closed_baselines, score_item, summarize
 
-RESERVED = ("chance", "data")
+RESERVED = ("chance", "data", "top_over_seeds", "random_over_seeds", "top_minus_random")
 
 
 class Answerer(Protocol):
@@ -151,7 +151,8 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
     """The evaluate stage: all ``evaluate.models`` on all ``evaluate.sets``; writes metrics/evaluate.json."""
     start = time.perf_counter()
     ev = params.evaluate
-    models = {name: resolve_model(name, spec, paths.root) for name, spec in ev.models.items()}
+    specs = {**ev.models, **tuned_models(params)}
+    models = {name: resolve_model(name, spec, paths.root) for name, spec in specs.items()}
     sets = load_sets(ev, paths.root)
     clash = sorted({s.name for s in sets} & {"_stage"})
     if clash:
@@ -166,9 +167,11 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
         dtype=ev.dtype,
         answerer=answerer,
     )
+    for set_name in [s.name for s in sets]:
+        results[set_name].update(compare_subsets(results[set_name], params.tune.subsets, params.tune.seeds))
     results["_stage"] = {
         "wall_time_s": round(time.perf_counter() - start, 3),
-        "models": {k: str(v) for k, v in ev.models.items()},
+        "models": {k: str(v) for k, v in specs.items()},
         "sets": {s.name: {"format": s.format, "path": str(s.path)} for s in sets},
     }
     write_json(paths.metric("evaluate"), results)
@@ -176,6 +179,38 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
 
 
 # ------------------------------------------------------------------ several seeds
+CLAIM_METRICS = ("closed_accuracy", "open_recall")
+
+
+def tuned_models(params: Params) -> dict[str, str]:
+    """The tune stage's matrix: ``<subset>-s<seed>`` -> ``models/tuned/<subset>-s<seed>``."""
+    return {
+        f"{subset}-s{seed}": f"models/tuned/{subset}-s{seed}"
+        for subset in params.tune.subsets
+        for seed in params.tune.seeds
+    }
+
+
+def compare_subsets(per_model: Mapping[str, Any], subsets: Sequence[str], seeds: Sequence[int]) -> dict:
+    """Mean and spread over seeds per subset, and the per-seed gain of ``top`` over ``random``."""
+    runs = {
+        subset: {seed: per_model[f"{subset}-s{seed}"] for seed in seeds if f"{subset}-s{seed}" in per_model}
+        for subset in subsets
+    }
+    out: dict[str, Any] = {
+        f"{subset}_over_seeds": {k: v for k, v in summarize_seeds(r).items() if k in CLAIM_METRICS}
+        for subset, r in runs.items()
+        if r
+    }
+    if runs.get("top") and runs.get("random"):
+        out["top_minus_random"] = {
+            key: seed_difference(runs["top"], runs["random"], key)
+            for key in CLAIM_METRICS
+            if any(key in r for r in runs["top"].values())
+        }
+    return out
+
+
 def _spread(values: list[float]) -> dict[str, float | int]:
     return {
         "mean": statistics.fmean(values),

@@ -169,8 +169,8 @@ class JudgeParams(Section):
 
 class LabelsParams(Section):
     backend: Literal["simulated", "files"] = "simulated"
-    figures: int = Field(120, ge=1, description="simulated: figures shown to clinicians")
-    per_task: int = Field(2, ge=2, description="simulated: candidates compared per task (2 = pairwise)")
+    figures: int = Field(400, ge=1, description="simulated: figures shown to clinicians")
+    per_task: int = Field(4, ge=2, description="simulated: candidates compared per task (2 = pairwise)")
     clinicians: int = Field(2, ge=1)
     overlap: float = Field(0.2, ge=0, le=1, description="fraction of tasks labelled by two clinicians")
     error_rate: float = Field(0.05, ge=0, le=0.5, description="simulated clinician's slip rate")
@@ -180,7 +180,7 @@ class LabelsParams(Section):
 class PairsParams(Section):
     model_pairs_per_figure: int = Field(6, ge=0)
     min_score_gap: float = Field(0.5, gt=0, description="judge-score gap below which no model pair is made")
-    heldout_fraction: float = Field(0.3, ge=0, lt=1, description="human-labelled figures held out")
+    heldout_fraction: float = Field(0.4, ge=0, lt=1, description="human-labelled figures held out")
     val_fraction: float = Field(0.15, ge=0, lt=1, description="training figures kept for early stopping")
     seed: int = 0
 
@@ -198,6 +198,11 @@ class EmbedParams(Section):
         "rounds",
         description="joint: one text per candidate (text_order); rounds: each Q&A round embedded on its own "
         "and pooled (mean, max), plus the caption+mention once per figure",
+    )
+    side_features: bool = Field(
+        True,
+        description="rounds mode: the image's side score (left-minus-right patch tokens, probe fitted on "
+        "captions that state a side) and each answer's side vector (round minus its left/right-mirrored text)",
     )
 
 
@@ -227,7 +232,9 @@ class SelectorParams(Section):
 
 
 class CurateParams(Section):
-    keep: list[float] = Field(default_factory=lambda: [0.1, 0.4, 0.8, 0.9])
+    keep: list[int] = Field(
+        default_factory=lambda: [10, 40, 80, 90], description="top-k% subsets to write (percent, as in the paper)"
+    )
     policy: Literal["best_per_figure", "all"] = "best_per_figure"
     mix: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -238,8 +245,8 @@ class CurateParams(Section):
     @model_validator(mode="after")
     def _keep_in_range(self):
         for i, k in enumerate(self.keep):
-            if not 0 < k <= 1:
-                raise ValueError(f"keep[{i}]={k} must be in (0, 1]")
+            if not 0 < k <= 100:
+                raise ValueError(f"keep[{i}]={k} must be a percentage in (0, 100]")
         return self
 
 
@@ -252,7 +259,12 @@ class LoraParams(Section):
 
 class TuneParams(Section):
     base: str = Field("models/base", description="hub id or local dir of a LlavaForConditionalGeneration")
-    keep: float = Field(0.4, gt=0, le=1, description="which curated subset to tune on (one of curate.keep)")
+    keep: int = Field(40, gt=0, le=100, description="which curated subset to tune on (percent, one of curate.keep)")
+    subsets: list[Literal["top", "random"]] = Field(
+        default_factory=lambda: ["top", "random"],
+        description="tune on the selector's top-k% and on the same-size random baseline (the method's claim)",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one tune per seed")
     method: Literal["lora", "full"] = "lora"
     lora: LoraParams = Field(default_factory=LoraParams)
     freeze_vision: bool = True
@@ -286,8 +298,8 @@ class EvaluateParams(Section):
         default_factory=lambda: [EvalSet(name="demo", format="demo", path="data/vqa/demo/questions.jsonl")]
     )
     models: dict[str, str] = Field(
-        default_factory=lambda: {"tuned": "models/tuned", "base": "models/base"},
-        description="name -> local LLaVA checkpoint dir (relative to the repo root) or hub id",
+        default_factory=lambda: {"base": "models/base"},
+        description="extra models (name -> local dir or hub id); every tune.subsets x tune.seeds model is added",
     )
     max_new_tokens: int = Field(16, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -303,8 +315,6 @@ class EvaluateParams(Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"sets: duplicate set names {dupes}")
-        if not self.models:
-            raise ValueError("models: at least one model to evaluate")
         return self
 
 
@@ -319,8 +329,8 @@ class ChatEvalParams(Section):
         None, description="names of evaluate.sets to score (their OPEN questions); None = every set"
     )
     compare: list[str] = Field(
-        default_factory=lambda: ["tuned", "base"],
-        description="two evaluate.models names: win rate of the first over the second",
+        default_factory=lambda: ["top-s0", "random-s0"],
+        description="two evaluated models (evaluate.models or <subset>-s<seed>): win rate of the first",
     )
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(256, ge=16)
