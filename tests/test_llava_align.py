@@ -84,3 +84,21 @@ def test_caption_conversations_pick_instructions_deterministically(world):
     b = list(align.caption_conversations(figs, ["one?", "two?"], seed=0))
     assert a == b and {r["conversations"][0]["value"] for r in a} == {"<image>\none?", "<image>\ntwo?"}
     assert a[0]["conversations"][1]["value"].startswith("Axial CT")
+
+
+def test_pretrained_base_with_no_steps_is_recorded_not_copied(tmp_path):
+    from vital.llava import align
+    from vital.params import AlignParams
+
+    out = tmp_path / "models" / "base"
+    rec = align.run(
+        foundation_dir=tmp_path / "unused",
+        figures=tmp_path / "unused.jsonl",
+        corpus_root=tmp_path,
+        out=out,
+        ap=AlignParams(backend="pretrained", model="llava-hf/llava-1.5-13b-hf", steps=0),
+        checkpoint_dir=tmp_path / "ck",
+        metrics_path=tmp_path / "metrics" / "align.json",
+    )
+    assert rec["model"] == "llava-hf/llava-1.5-13b-hf"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.json"]

@@ -65,3 +65,13 @@ def test_every_params_section_is_a_dvc_param_of_some_stage():
 def test_params_yaml_is_the_demo_profile_and_the_code_defaults():
     # one source of truth: the demo profile in params.yaml is exactly the defaults in vital/params.py
     assert load_params(REPO / "params.yaml") == Params()
+
+
+def test_paper_profile_is_valid_and_names_the_real_backends():
+    params = load_params(REPO / "params-paper.yaml")
+    assert params.generate.backend == "openai" and params.labels.backend == "files"
+    assert params.embed.backbone.startswith("hf-hub:microsoft/BiomedCLIP")
+    assert params.tune.base == "llava-hf/llava-1.5-13b-hf"
+    # dvc.yaml templates these keys, so the file must spell them out
+    raw = yaml.safe_load((REPO / "params-paper.yaml").read_text())
+    assert {"keep", "subsets", "seeds"} <= set(raw["tune"])

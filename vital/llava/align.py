@@ -57,6 +57,18 @@ def set_trainable(model: torch.nn.Module, trainable: str) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _record_pretrained(ap: AlignParams, out: Path, metrics_path: Path | None) -> dict[str, Any]:
+    """An already aligned checkpoint (e.g. llava-hf/llava-1.5-13b-hf): record it instead of copying its weights."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    record = {"backend": "pretrained", "model": ap.model, "aligned_here": False}
+    write_json(out / "checkpoint.json", record)
+    if metrics_path is not None:
+        write_json(metrics_path, record)
+    return record
+
+
 def run(
     foundation_dir: Path,
     figures: Path,
@@ -69,6 +81,8 @@ def run(
 ) -> dict[str, Any]:
     """Build (demo) or load (pretrained) the base LLaVA, align it on captions, save it to ``out``."""
     start = time.perf_counter()
+    if ap.backend == "pretrained" and ap.steps == 0:
+        return _record_pretrained(ap, out, metrics_path)
     if ap.backend == "demo":
         model, processor = build_from_foundation(foundation_dir, ap)
     else:
