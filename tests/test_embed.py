@@ -107,3 +107,107 @@ def test_no_usable_candidates(tmp_path: Path):
     write_jsonl(paths.candidates, [])
     with pytest.raises(RecordError, match="no usable candidates"):
         run(EmbedParams(), paths)
+
+
+def test_rounds_mode_pools_rounds_and_keeps_context(tmp_path: Path):
+    paths = world(tmp_path)
+    m = run(EmbedParams(batch_size=4, text_mode="rounds"), paths)
+    emb = load_embeddings(paths.embeddings)
+    assert m["text_mode"] == "rounds" and emb.text_max is not None and emb.context is not None
+    assert emb.text_max.shape == emb.text.shape == emb.context.shape == (18, 16)
+    assert emb.round_sim.shape == (18, 4) and np.all(np.abs(emb.round_sim) <= 1 + 1e-5)
+    # one round per candidate: mean == max == the normalised round feature
+    assert np.allclose(emb.text, emb.text_max, atol=1e-6)
+    assert np.allclose(np.linalg.norm(emb.text, axis=1), 1.0, atol=1e-5)
+    # the caption embedding is the figure's, shared by its candidates
+    assert np.array_equal(emb.context[0], emb.context[2]) and not np.array_equal(
+        emb.context[0], emb.context[3]
+    )
+    # joint mode stores neither, and switching mode is a different fingerprint (recomputed, not skipped)
+    assert run(EmbedParams(text_mode="joint"), paths)["skipped"] is False
+    joint = load_embeddings(paths.embeddings)
+    assert joint.text_max is None and joint.context is None
+
+
+def test_pool_rounds_mean_and_max():
+    from vital.embed import pool_rounds
+
+    feats = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 0.0]], dtype=np.float32)
+    mean, mx = pool_rounds(feats, np.array([0, 0, 1]), 2)
+    assert np.allclose(mean, [[0.5, 0.5], [1.0, 0.0]]) and np.allclose(mx, [[1.0, 1.0], [1.0, 0.0]])
+    with pytest.raises(ValueError, match="no round"):
+        pool_rounds(feats, np.array([0, 0, 0]), 2)
+
+
+def test_round_texts_one_per_round():
+    from vital.embed import round_texts
+
+    cand = Candidate.model_validate(
+        {
+            "id": "F#0",
+            "pair_id": "F",
+            "image": "a.png",
+            "domain": "ct_scan",
+            "conversations": [
+                {"from": "human", "value": "<image>\nSide?"},
+                {"from": "gpt", "value": "Left."},
+                {"from": "human", "value": "How many?"},
+                {"from": "gpt", "value": "Two."},
+            ],
+        }
+    )
+    assert round_texts(cand) == ["Question: Side? Answer: Left.", "Question: How many? Answer: Two."]
+
+
+def test_stated_side_reads_one_side_only():
+    from vital.embed import stated_side
+
+    assert stated_side("Lesion in the LEFT lobe.") == 1.0
+    assert stated_side("right upper zone") == 0.0
+    assert stated_side("left and right lungs") is None
+    assert stated_side("no side here") is None
+
+
+def test_text_side_is_zero_without_side_words_and_signed_otherwise():
+    from vital.embed import text_side
+
+    feats = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], dtype=np.float32)
+    mirrored = np.array([[1.0, 0.0], [1.0, 0.0], [0.5, 0.5]], dtype=np.float32)  # round 1 named a side
+    out = text_side(feats, mirrored, np.array([0, 0, 1]), 2)
+    np.testing.assert_allclose(out[1], 0.0)
+    np.testing.assert_allclose(out[0], [-0.5, 0.5])
+
+
+def test_side_scores_are_crossfitted_and_learn_the_direction():
+    from vital.embed import side_scores
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    truth = (x[:, 0] > 0).astype(float)
+    labels = [float(t) if i < 150 else None for i, t in enumerate(truth)]  # the last 50 state no side
+    scores, info = side_scores(x, labels)
+    assert scores.shape == (200, 1) and np.all(np.abs(scores) <= 1)
+    assert info["side_probe_captions"] == 150 and info["side_probe_crossfit_accuracy"] > 0.85
+    assert ((scores[150:, 0] > 0) == (truth[150:] > 0.5)).mean() > 0.85
+
+
+def test_side_scores_skip_when_too_few_captions_state_a_side():
+    from vital.embed import side_scores
+
+    scores, info = side_scores(np.ones((5, 3), dtype=np.float32), [1.0, None, None, None, 0.0])
+    assert np.all(scores == 0) and "skipped" in info["side_probe"]
+
+
+def test_patch_side_flips_sign_with_the_mirrored_image():
+    from vital.embed import patch_side
+    from vital.foundation.clip import build_tiny_clip
+    from vital.params import FoundationParams
+
+    model, _, _ = build_tiny_clip(FoundationParams(width=32, layers=1, embed_dim=16))
+    model.eval()
+    img = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = patch_side(model, img), patch_side(model, img.flip(-1))
+    assert a.shape == (2, 32)
+    assert not torch.allclose(a, torch.zeros_like(a))
+    assert not torch.allclose(a, b)  # the feature depends on which side is which

@@ -135,3 +135,12 @@ def test_pretrained_backend_records_checkpoint(tmp_path: Path):
     rec = json.loads((paths.foundation / "clip" / "checkpoint.json").read_text())
     assert rec["checkpoint"] == str(ckpt) and rec["backend"] == "pretrained"
     assert json.loads(paths.metric("foundation").read_text())["open_clip_id"] == "vital-tiny-clip"
+
+
+def test_mirror_text_swaps_sides_keeps_case():
+    from vital.foundation.train import mirror_text
+
+    assert (
+        mirror_text("Left lesion in the right half; leftover.") == "Right lesion in the left half; leftover."
+    )
+    assert mirror_text("No lesion.") == "No lesion."

@@ -27,9 +27,9 @@ TINY = {
     "foundation": {"steps": 30, "batch_size": 32},
     "align": {"steps": 20, "batch_size": 16},
     "sample": {"per_domain": 16},
-    "labels": {"figures": 30},
+    "labels": {"figures": 40},
     "selector": {"epochs": 5},
-    "tune": {"max_steps": 12, "batch_size": 8, "checkpoint_every": 6},
+    "tune": {"seeds": [0], "max_steps": 12, "batch_size": 8, "checkpoint_every": 6},
 }
 ALL_STAGES = {
     "foundation",
@@ -43,11 +43,13 @@ ALL_STAGES = {
     "embed",
     "select",
     "curate",
-    "tune",
+    "tune@top-0",
+    "tune@random-0",
     "evaluate",
 }
 
-DOWNSTREAM_OF_SELECTOR = {"select", "curate", "tune", "evaluate", "chat_eval"}
+# the random-baseline tune is not among them: its data does not depend on the selector
+DOWNSTREAM_OF_SELECTOR = {"select", "curate", "tune@top-0", "evaluate", "chat_eval"}
 
 
 def _merge(base: dict, over: dict) -> dict:

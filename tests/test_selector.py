@@ -83,13 +83,15 @@ def test_human_pairs_beat_judge_and_weight_zero(world: Paths):
     assert h["selector"]["agreement"] > h["judge"]["agreement"] + 0.1
     assert h["selector"]["agreement"] > m["heldout_human_agreement_by_weight"]["0"] + 0.05
     assert abs(h["random"]["agreement"] - 0.5) < 0.05
+    gap0 = h["selector_minus_weight0"]
+    assert gap0["figures"] > 0 and gap0["ci95"][0] <= gap0["difference"] <= gap0["ci95"][1]
     assert h["selector"]["rankings"] > 0 and h["selector"]["kendall_tau"] > 0.3
     assert m["clinician_vs_clinician_all"]["compared_pairs"] > 0
     # every candidate scored, the model and curves saved
     scores = [json.loads(x) for x in world.scores.read_text().splitlines()]
     assert len(scores) == 480 and {"candidate_id", "pair_id", "score"} <= set(scores[0])
     head, cfg = load_selector(world.selector)
-    assert cfg["in_dim"] == 48 and cfg["params"]["human_weight"] == 50
+    assert cfg["in_dim"] == 64 and cfg["params"]["human_weight"] == 50
     curve = (world.plots / "select_curve.csv").read_text().splitlines()
     assert curve[0] == "epoch,train_loss,val_agreement" and len(curve) == m["epochs_run"] + 1
     assert (world.plots / "select_weights.csv").read_text().splitlines()[1].startswith("0,")
@@ -132,3 +134,18 @@ def test_metrics_helpers():
 def test_missing_embeddings_is_a_clear_error(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="run the embed stage"):
         run(SelectorParams(), Paths(tmp_path))
+
+
+def test_head_features_add_signed_side_terms():
+    from vital.selector import head_features
+
+    img, txt, ctx = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    base = head_features(img, txt, ctx)
+    side_t, side_i = torch.randn(3, 4), torch.tensor([[1.0], [-1.0], [0.0]])
+    full = head_features(img, txt, ctx, text_side=side_t, image_side=side_i)
+    assert full.shape[1] == base.shape[1] + 4 + 4 + 1
+    signed = full[:, base.shape[1] + 4 : base.shape[1] + 8]
+    assert torch.allclose(signed[0], side_t[0]) and torch.allclose(signed[1], -side_t[1])
+    assert torch.all(signed[2] == 0)
+    # one side input alone is ignored (both are written by the same embed run)
+    assert head_features(img, txt, ctx, text_side=side_t).shape == base.shape

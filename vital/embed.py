@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from vital.schema import Candidate, FigureRecord
 FEATURES = "features.npz"
 META = "meta.json"
 MAX_LISTED = 50
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)  # as the foundation's mirror augmentation
 
 
 # ---------------------------------------------------------------- text
@@ -51,6 +54,37 @@ def candidate_text(fig: FigureRecord, cand: Candidate, order: str = "paper") -> 
     context = f"{fig.fig_caption} {mention}".strip()
     parts = [*qa, context] if order == "qa_first" else [context, *qa]
     return " ".join(parts)
+
+
+def round_texts(cand: Candidate) -> list[str]:
+    """One text per Q&A round (``rounds`` mode): short enough that no answer is cut at a small context."""
+    turns = cand.conversations
+    return [
+        f"Question: {turns[i].value.replace('<image>', '').strip()} Answer: {turns[i + 1].value.strip()}"
+        for i in range(0, len(turns) - 1, 2)
+    ]
+
+
+def context_text(fig: FigureRecord) -> str:
+    """The figure's own text (caption + in-text mentions), shared by its candidates."""
+    return f"{fig.fig_caption} {' '.join(fig.in_text_mention)}".strip()
+
+
+def pool_rounds(feats: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and element-wise max of the L2-normalised round features of each of ``n`` candidates.
+
+    The mean is left unnormalised: its length shrinks as the rounds say different things. The max keeps
+    one odd round (a hedge, a wrong side) visible however many good rounds surround it.
+    """
+    unit = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-8)
+    mean = np.zeros((n, feats.shape[1]), dtype=np.float32)
+    mx = np.full((n, feats.shape[1]), -np.inf, dtype=np.float32)
+    count = np.bincount(owner, minlength=n).astype(np.float32)
+    np.add.at(mean, owner, unit)
+    np.maximum.at(mx, owner, unit)
+    if (count == 0).any():
+        raise ValueError(f"pool_rounds: {int((count == 0).sum())} candidates have no round")
+    return mean / count[:, None], mx
 
 
 # ---------------------------------------------------------------- inputs
@@ -138,22 +172,52 @@ def image_batches(ds: FigureImages, batch_size: int, num_workers: int) -> DataLo
     return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate, shuffle=False)
 
 
+def patch_side(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor | None:
+    """Mean of the last layer's left-half patch tokens minus the right-half ones (None if the tower
+    does not expose a square patch grid). The pooled embedding barely keeps laterality; the patch tokens
+    (what LLaVA reads) do."""
+    visual = getattr(model, "visual", None)
+    if visual is None or not hasattr(visual, "output_tokens"):
+        return None
+    old = visual.output_tokens
+    visual.output_tokens = True
+    try:
+        _, tokens = visual(images)
+    finally:
+        visual.output_tokens = old
+    g = math.isqrt(tokens.shape[1])
+    if g * g != tokens.shape[1]:
+        return None
+    grid = tokens.reshape(len(images), g, g, -1)
+    return grid[:, :, : g // 2].mean((1, 2)) - grid[:, :, g - g // 2 :].mean((1, 2))
+
+
 @torch.no_grad()
-def encode_images(model: torch.nn.Module, loader: DataLoader, n: int, device: str) -> tuple[np.ndarray, dict]:
-    """Image features (row i = figure i; NaN rows where the image failed) and failures by index."""
+def encode_images(
+    model: torch.nn.Module, loader: DataLoader, n: int, device: str, side: bool = False
+) -> tuple[np.ndarray, dict, np.ndarray | None]:
+    """Image features (row i = figure i; NaN rows where the image failed), failures by index and, with
+    ``side``, the left-minus-right patch features (None when the tower has no patch grid)."""
     feats: np.ndarray | None = None
+    sides: np.ndarray | None = None
     failed: dict[int, str] = {}
     for idx, batch, bad in progress(loader, desc="embed images", total=len(loader)):
         failed.update(bad)
         if batch is None:
             continue
-        out = model.encode_image(batch.to(device)).float().cpu().numpy()
+        batch = batch.to(device)
+        out = model.encode_image(batch).float().cpu().numpy()
         if feats is None:
             feats = np.full((n, out.shape[1]), np.nan, dtype=np.float32)
         feats[idx.numpy()] = out
+        ps = patch_side(model, batch) if side else None
+        if ps is not None:
+            if sides is None:
+                sides = np.zeros((n, ps.shape[1]), dtype=np.float32)
+            sides[idx.numpy()] = ps.float().cpu().numpy()
     if feats is None:
         raise RecordError(f"no figure image could be decoded ({len(failed)} failed)")
-    return feats, failed
+    return feats, failed, sides
 
 
 @torch.no_grad()
@@ -195,7 +259,7 @@ def _file_digest(path: Path) -> str:
 
 def fingerprint(ref: tuple[str, str | None], ep: EmbedParams, inputs: list[Path]) -> str:
     """Digest of everything the features depend on (not batch size, workers or device)."""
-    h = hashlib.sha256(json.dumps([ref[0], ref[1], ep.text_order]).encode())
+    h = hashlib.sha256(json.dumps([ref[0], ref[1], ep.text_order, ep.text_mode, ep.side_features]).encode())
     weights = [Path(ref[0]) / "open_clip_model.safetensors", Path(ref[1]) if ref[1] else None]
     for p in [*inputs, *(w for w in weights if w is not None and w.is_file())]:
         h.update(_file_digest(p).encode())
@@ -210,8 +274,13 @@ class Embeddings:
     candidate_ids: list[str]
     pair_ids: list[str]
     image: np.ndarray  # (N, D) per candidate, gathered from the per-figure table
-    text: np.ndarray  # (N, D)
+    text: np.ndarray  # (N, D): the whole text (joint) or the mean of its rounds (rounds)
     meta: dict[str, Any]
+    text_max: np.ndarray | None = None  # (N, D) rounds mode: element-wise max over rounds
+    context: np.ndarray | None = None  # (N, D) rounds mode: caption + mention, gathered per figure
+    round_sim: np.ndarray | None = None  # (N, 4) rounds mode: min/mean cos(round, image), cos(round, caption)
+    text_side: np.ndarray | None = None  # (N, D) side_features: mean over rounds of unit(r) - unit(mirror(r))
+    image_side: np.ndarray | None = None  # (N, 1) side_features: the figure's image side score in [-1, 1]
 
     def index(self) -> dict[str, int]:
         return {c: i for i, c in enumerate(self.candidate_ids)}
@@ -225,7 +294,9 @@ def save_embeddings(
     candidate_figure: np.ndarray,
     text_feats: np.ndarray,
     meta: dict[str, Any],
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
+    """``extra``: optional ``candidate_text_max`` (N, D) and ``figure_context`` (F, D) of rounds mode."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{FEATURES}.tmp.npz"
     np.savez(
@@ -235,6 +306,7 @@ def save_embeddings(
         candidate_ids=np.array(candidate_ids),
         candidate_figure=candidate_figure,
         candidate_text=text_feats,
+        **(extra or {}),
     )
     tmp.replace(out_dir / FEATURES)
     write_json(out_dir / META, meta)
@@ -254,6 +326,11 @@ def load_embeddings(emb_dir: str | Path) -> Embeddings:
         image=z["figure_image"][cf],
         text=z["candidate_text"],
         meta=read_json(meta),
+        text_max=z["candidate_text_max"] if "candidate_text_max" in z.files else None,
+        context=z["figure_context"][cf] if "figure_context" in z.files else None,
+        round_sim=z["candidate_round_sim"] if "candidate_round_sim" in z.files else None,
+        text_side=z["candidate_text_side"] if "candidate_text_side" in z.files else None,
+        image_side=z["figure_side"][cf] if "figure_side" in z.files else None,
     )
 
 
@@ -297,8 +374,9 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
     fig_ids = list(inputs.figures)
     ds = FigureImages(fig_ids, [inputs.figures[p].image for p in fig_ids], paths.corpus, preprocess)
     t0 = time.perf_counter()
-    fig_feats, failed = encode_images(
-        model, image_batches(ds, ep.batch_size, ep.num_workers), len(fig_ids), ep.device
+    want_side = ep.side_features and ep.text_mode == "rounds"
+    fig_feats, failed, fig_side = encode_images(
+        model, image_batches(ds, ep.batch_size, ep.num_workers), len(fig_ids), ep.device, side=want_side
     )
     image_s = time.perf_counter() - t0
     for i, err in failed.items():
@@ -310,22 +388,38 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
     cands = [c for c in inputs.candidates if c.pair_id not in bad_figs]
     if not cands:
         raise RecordError(f"{paths.candidates}: no candidate has a readable figure image")
-    texts = [candidate_text(inputs.figures[c.pair_id], c, ep.text_order) for c in cands]
     t0 = time.perf_counter()
-    text_feats, tokens = encode_texts(model, tokenizer, texts, ep.batch_size, ep.device)
+    extra: dict[str, np.ndarray] = {}
+    if ep.text_mode == "joint":
+        texts = [candidate_text(inputs.figures[c.pair_id], c, ep.text_order) for c in cands]
+        text_feats, tokens = encode_texts(model, tokenizer, texts, ep.batch_size, ep.device)
+        token_owner = [c.pair_id for c in cands]
+    else:
+        text_feats, tokens, token_owner, extra = _encode_rounds(
+            model, tokenizer, inputs.figures, fig_ids, fig_feats, cands, ep
+        )
     text_s = time.perf_counter() - t0
+    side_info: dict[str, Any] = {}
+    if want_side and fig_side is not None:
+        labels = [stated_side(context_text(inputs.figures[p])) for p in fig_ids]
+        for i in failed:
+            labels[i] = None
+        extra["figure_side"], side_info = side_scores(fig_side, labels, seed=0)
     row = {pid: i for i, pid in enumerate(fig_ids)}
     meta = {
         "fingerprint": fp,
         "backbone": ref[0],
         "pretrained": ref[1],
         "text_order": ep.text_order,
+        "text_mode": ep.text_mode,
         "context_length": int(tokens.shape[1]),
         "dim_image": int(fig_feats.shape[1]),
         "dim_text": int(text_feats.shape[1]),
         "figures": len(fig_ids) - len(failed),
         "candidates": len(cands),
-        **text_stats(tokens, [c.pair_id for c in cands]),
+        **text_stats(tokens, token_owner),
+        "side_features": bool(want_side and fig_side is not None),
+        **side_info,
         **_listed(inputs.problems),
         "image_seconds": round(image_s, 2),
         "text_seconds": round(text_s, 2),
@@ -339,10 +433,158 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
         np.array([row[c.pair_id] for c in cands], dtype=np.int64),
         text_feats,
         meta,
+        extra,
     )
     metrics = {**meta, "wall_seconds": round(time.perf_counter() - start, 2)}
     write_json(paths.metric("embed"), metrics)
     return metrics
+
+
+def _encode_rounds(
+    model: torch.nn.Module,
+    tokenizer: Callable,
+    figures: dict[str, FigureRecord],
+    fig_ids: list[str],
+    fig_feats: np.ndarray,
+    cands: list[Candidate],
+    ep: EmbedParams,
+) -> tuple[np.ndarray, torch.Tensor, list[str], dict[str, np.ndarray]]:
+    """Rounds mode: pooled round features, the round tokens (for truncation stats, keyed by candidate so
+    that 'identical texts' means identical conversations) and the extra arrays to save."""
+    texts: list[str] = []
+    owner: list[int] = []
+    for k, c in enumerate(cands):
+        rounds = round_texts(c)
+        texts += rounds
+        owner += [k] * len(rounds)
+    feats, tokens = encode_texts(model, tokenizer, texts, ep.batch_size, ep.device)
+    mean, mx = pool_rounds(feats, np.array(owner), len(cands))
+    context, _ = encode_texts(
+        model, tokenizer, [context_text(figures[p]) for p in fig_ids], ep.batch_size, ep.device
+    )
+    conv_tokens = _conversation_tokens(tokens, owner, len(cands))
+    row = {pid: i for i, pid in enumerate(fig_ids)}
+    sims = round_sims(feats, np.array(owner), len(cands), fig_feats, context, [row[c.pair_id] for c in cands])
+    extra = {"candidate_text_max": mx, "figure_context": context, "candidate_round_sim": sims}
+    if ep.side_features:
+        from vital.foundation.train import mirror_text
+
+        mirrored, _ = encode_texts(
+            model, tokenizer, [mirror_text(t) for t in texts], ep.batch_size, ep.device
+        )
+        extra["candidate_text_side"] = text_side(feats, mirrored, np.array(owner), len(cands))
+    return mean, conv_tokens, [c.pair_id for c in cands], extra
+
+
+def round_sims(
+    feats: np.ndarray,
+    owner: np.ndarray,
+    n: int,
+    image: np.ndarray,
+    context: np.ndarray,
+    figure_row: list[int],
+) -> np.ndarray:
+    """(n, 4) per candidate: min and mean over its rounds of each round's cosine with the figure's image
+    and with its caption (CLIP's own agreement score; the min flags the one round that disagrees)."""
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-8)
+
+    rows = np.array(figure_row)[owner]
+    r = unit(feats)
+    sims = np.stack([(r * unit(image)[rows]).sum(1), (r * unit(context)[rows]).sum(1)], 1).astype(np.float32)
+    mins = np.full((n, 2), np.inf, dtype=np.float32)
+    np.minimum.at(mins, owner, sims)
+    sums = np.zeros((n, 2), dtype=np.float32)
+    np.add.at(sums, owner, sims)
+    means = sums / np.maximum(np.bincount(owner, minlength=n), 1)[:, None]
+    return np.stack([mins[:, 0], means[:, 0], mins[:, 1], means[:, 1]], 1)
+
+
+def text_side(feats: np.ndarray, mirrored: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """(n, D) per candidate: mean over its rounds of unit(round) - unit(round with left/right swapped).
+
+    Exactly zero for a round that names no side, so the vector is what the text says about laterality
+    and nothing else; the head pairs it with the image's side score."""
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-8)
+
+    diff = unit(feats) - unit(mirrored)
+    out = np.zeros((n, feats.shape[1]), dtype=np.float32)
+    np.add.at(out, owner, diff)
+    return out / np.maximum(np.bincount(owner, minlength=n), 1)[:, None]
+
+
+def stated_side(text: str) -> float | None:
+    """1.0 / 0.0 when a caption names only the left / only the right side, else None."""
+    found = {m.lower() for m in _SIDE.findall(text)}
+    return None if len(found) != 1 else (1.0 if found == {"left"} else 0.0)
+
+
+def side_scores(
+    patch_side: np.ndarray, labels: list[float | None], folds: int = 2, seed: int = 0
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Image side score in [-1, 1] (+1 = left) of every figure from its left-minus-right patch features.
+
+    A logistic probe learns the direction from the figures whose own caption states one side
+    (self-supervision from the figure's text, never the hidden truth); it is cross-fitted, so a figure's
+    score never comes from a probe that saw its caption. Figures whose caption names no side are scored
+    by the mean of the fold probes: that is where the image knows more than the caption."""
+    n = len(patch_side)
+    ok = np.flatnonzero(np.array([lab is not None for lab in labels]))
+    if len(ok) < 4 * folds:
+        return np.zeros((n, 1), dtype=np.float32), {"side_probe": f"skipped: {len(ok)} captions state a side"}
+    y = torch.tensor([labels[i] for i in ok], dtype=torch.float32)
+    x = torch.from_numpy(np.ascontiguousarray(patch_side, dtype=np.float32))
+    fold = np.random.default_rng(seed).integers(0, folds, len(ok))
+    logit = np.zeros(n, dtype=np.float32)
+    unlabeled = np.setdiff1d(np.arange(n), ok)
+    correct = 0
+    for k in range(folds):
+        tr, te = ok[fold != k], ok[fold == k]
+        probe = _fit_probe(x[tr], y[fold != k], seed)
+        with torch.no_grad():
+            logit[te] = probe(x[te]).numpy()
+            logit[unlabeled] += probe(x[unlabeled]).numpy() / folds
+        correct += int(((logit[te] > 0) == (y[fold == k].numpy() > 0.5)).sum())
+    info = {"side_probe_captions": len(ok), "side_probe_crossfit_accuracy": round(correct / len(ok), 4)}
+    return np.tanh(logit / 2)[:, None].astype(np.float32), info
+
+
+def _fit_probe(
+    x: torch.Tensor, y: torch.Tensor, seed: int, steps: int = 300
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(x.shape[1], 1)
+    opt = torch.optim.Adam(lin.parameters(), lr=0.05, weight_decay=1e-3)
+    z = (x - mu) / sd
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(lin(z).squeeze(1), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return lambda q: lin((q - mu) / sd).squeeze(1)
+
+
+def _conversation_tokens(tokens: torch.Tensor, owner: list[int], n: int) -> torch.Tensor:
+    """One row per candidate: its round token rows side by side (zero-padded), for ``text_stats``.
+
+    A candidate counts as cut when any of its rounds filled the context."""
+    per: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    for row, k in zip(tokens, owner, strict=True):
+        per[k].append(row)
+    width = max(len(p) for p in per) * tokens.shape[1]
+    out = torch.zeros((n, width), dtype=tokens.dtype)
+    cut = torch.zeros(n, dtype=torch.bool)
+    for k, rows in enumerate(per):
+        flat = torch.cat(rows)
+        out[k, : len(flat)] = flat
+        cut[k] = any(bool(r[-1] != 0) for r in rows)
+    out[:, -1] = torch.where(cut, torch.ones_like(out[:, -1]), torch.zeros_like(out[:, -1]))
+    return out
 
 
 def iter_figure_batches(loader: DataLoader) -> Iterator[torch.Tensor]:

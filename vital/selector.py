@@ -34,16 +34,59 @@ CONFIG = "config.json"
 
 
 # ---------------------------------------------------------------- model
-def head_features(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """[image, text, image * text] of the L2-normalised CLIP features.
+def head_features(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    context: torch.Tensor | None = None,
+    text_max: torch.Tensor | None = None,
+    round_sim: torch.Tensor | None = None,
+    text_side: torch.Tensor | None = None,
+    image_side: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The head's input, built from CLIP features only.
 
-    The product lets a small head see image–text agreement (e.g. "left" in the answer, lesion on the
-    right in the figure) directly, as CLIP's own similarity does.
+    ``[img, txt, img*txt, |img-txt|]`` of the L2-normalised features: the products let a small head see
+    image–text agreement (e.g. "left" in the answer, lesion on the right in the figure) as CLIP's own
+    similarity does. With the embed stage's ``rounds`` features, ``text`` is the (unnormalised) mean of the
+    normalised rounds and ``text_max`` / ``context`` (caption + mention) add ``[ctx, ctx*txt, |ctx-txt|,
+    max, img*max, ctx*max]``: agreement with what the caption states, and the one odd round.
     """
-    image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    image = F.normalize(image, dim=-1)
+    text = text if text_max is not None else F.normalize(text, dim=-1)
     if image.shape[-1] != text.shape[-1]:
         return torch.cat([image, text], dim=-1)
-    return torch.cat([image, text, image * text], dim=-1)
+    parts = [image, text, image * text, (image - text).abs()]
+    if context is not None:
+        context = F.normalize(context, dim=-1)
+        parts += [context, context * text, (context - text).abs()]
+    if text_max is not None:
+        parts += [text_max, image * text_max]
+        if context is not None:
+            parts.append(context * text_max)
+    if round_sim is not None:
+        parts.append(round_sim)
+    if text_side is not None and image_side is not None:
+        # the answer's side vector signed by the image's side: one linear direction then reads "the
+        # answer names the side the image shows"
+        parts += [text_side, image_side * text_side, image_side]
+    return torch.cat(parts, dim=-1)
+
+
+def embedding_features(emb: Embeddings) -> torch.Tensor:
+    """``head_features`` of every candidate in ``emb`` (whichever text mode the embed stage used)."""
+
+    def t(a: np.ndarray | None) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    return head_features(
+        t(emb.image),
+        t(emb.text),
+        t(emb.context),
+        t(emb.text_max),
+        t(emb.round_sim),
+        t(emb.text_side),
+        t(emb.image_side),
+    )
 
 
 class RatingHead(torch.nn.Module):
@@ -371,8 +414,7 @@ def load_selector(path: str | Path) -> tuple[RatingHead, dict[str, Any]]:
 
 @torch.no_grad()
 def score_all(head: RatingHead, emb: Embeddings) -> np.ndarray:
-    x = head_features(torch.from_numpy(emb.image), torch.from_numpy(emb.text))
-    return head(x).numpy()
+    return head(embedding_features(emb)).numpy()
 
 
 # ---------------------------------------------------------------- stage
@@ -425,7 +467,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     by_split = read_pairs(paths.pairs, index, problems)
     if not by_split.get("train"):
         raise RecordError(f"{paths.pairs}: no training pairs with features")
-    x = head_features(torch.from_numpy(emb.image), torch.from_numpy(emb.text))
+    x = embedding_features(emb)
     train = to_pairset(by_split["train"], index, sp.human_weight)
     val = to_pairset(by_split.get("val", []), index, sp.human_weight)
     held = by_split.get("heldout", [])
@@ -439,6 +481,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
 
     # the same head at other human weights, on the same features and pairs: agreement vs weight in one run
     by_weight = {sp.human_weight: _human_agreement(result.head, x, emb.candidate_ids, held)}
+    weight0_scores: dict[str, float] | None = None
     for w in sp.compare_weights:
         if w not in by_weight:
             alt = sp.model_copy(update={"human_weight": w})
@@ -450,12 +493,15 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
                 desc=f"selector w={w:g}",
             )
             by_weight[w] = _human_agreement(res.head, x, emb.candidate_ids, held)
+            if w == 0:
+                with torch.no_grad():
+                    weight0_scores = dict(zip(emb.candidate_ids, res.head(x).tolist(), strict=True))
 
     config = {
         "in_dim": int(x.shape[1]),
         "hidden": sp.hidden,
         "dropout": sp.dropout,
-        "features": "concat(l2norm(image), l2norm(text), product)",
+        "features": _feature_names(emb),
         "backbone": emb.meta.get("backbone"),
         "backbone_pretrained": emb.meta.get("pretrained"),
         "embeddings_fingerprint": emb.meta.get("fingerprint"),
@@ -491,8 +537,26 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
         "dropped_examples": {k: v[:50] for k, v in problems.items()},
         "wall_seconds": round(time.perf_counter() - start, 2),
     }
+    if weight0_scores is not None:
+        human_held = [p for p in held if p.source == "human"]
+        metrics["heldout_human"]["selector_minus_weight0"] = bootstrap_gap(
+            selector_scores, weight0_scores, human_held, sp.seed
+        )
     write_json(paths.metric("select"), metrics)
     return metrics
+
+
+def _feature_names(emb: Embeddings) -> str:
+    names = ["img", "txt", "img*txt", "|img-txt|"]
+    if emb.context is not None:
+        names += ["ctx", "ctx*txt", "|ctx-txt|"]
+    if emb.text_max is not None:
+        names += ["max", "img*max"] + (["ctx*max"] if emb.context is not None else [])
+    if emb.round_sim is not None:
+        names += ["min/mean cos(round, img)", "min/mean cos(round, ctx)"]
+    if emb.text_side is not None and emb.image_side is not None:
+        names += ["txt_side", "img_side*txt_side", "img_side"]
+    return f"concat({', '.join(names)}) of l2-normalised CLIP features (text mode: {emb.meta.get('text_mode', 'joint')})"
 
 
 def _write_curve(path: Path, curve: list[dict[str, float]]) -> None:

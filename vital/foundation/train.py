@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,20 @@ class Corpus:
     images: torch.Tensor  # (N, 3, H, W), already preprocessed
     texts: list[str]
     problems: list[str]
+
+
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def mirror_text(text: str) -> str:
+    """The caption of the horizontally mirrored figure: 'left' and 'right' swap (case kept)."""
+
+    def swap(m: re.Match) -> str:
+        word = m.group(0)
+        other = "right" if word.lower() == "left" else "left"
+        return other.capitalize() if word[0].isupper() else other
+
+    return _SIDE.sub(swap, text)
 
 
 def clip_text(rec: FigureRecord) -> str:
@@ -95,9 +110,18 @@ def retrieval_top1(model: torch.nn.Module, images: torch.Tensor, tokens: torch.T
 
 
 def pretrain(
-    model: torch.nn.Module, corpus: Corpus, tokens: torch.Tensor, train_idx: list[int], fp: FoundationParams
+    model: torch.nn.Module,
+    corpus: Corpus,
+    tokens: torch.Tensor,
+    train_idx: list[int],
+    fp: FoundationParams,
+    mirrored: torch.Tensor | None = None,
 ) -> list[tuple[int, float]]:
-    """Contrastive (InfoNCE) training with open_clip's ``ClipLoss``; returns the (step, loss) curve."""
+    """Contrastive (InfoNCE) training with open_clip's ``ClipLoss``; returns the (step, loss) curve.
+
+    ``mirrored``: tokens of the mirrored captions (``mirror_text``); with them, half of every batch is
+    flipped horizontally together with its caption.
+    """
     torch.manual_seed(fp.seed)
     gen = torch.Generator().manual_seed(fp.seed)
     loss_fn = ClipLoss()
@@ -113,8 +137,15 @@ def pretrain(
     model.train()
     for step in progress(range(fp.steps), desc="pretrain clip"):
         sel = train[torch.randperm(len(train), generator=gen)[:batch]]
-        img = model.encode_image(corpus.images[sel], normalize=True)
-        txt = model.encode_text(tokens[sel], normalize=True)
+        images, text = corpus.images[sel], tokens[sel]
+        if mirrored is not None:
+            # mirror half the batch, image and caption together: a caption's "left" must match the pixels,
+            # which a contrastive loss on a few hundred figures otherwise barely enforces
+            flip = torch.rand(len(sel), generator=gen) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            text = torch.where(flip[:, None], mirrored[sel], text)
+        img = model.encode_image(images, normalize=True)
+        txt = model.encode_text(text, normalize=True)
         loss = loss_fn(img, txt, model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -233,7 +264,8 @@ def train_demo(
     held = torch.tensor(held_idx)
     before = retrieval_top1(model, corpus.images[held], tokens[held])
     t0 = time.perf_counter()
-    curve = pretrain(model, corpus, tokens, train_idx, fp)
+    mirrored = tokenizer([mirror_text(t) for t in corpus.texts]) if fp.mirror_augment else None
+    curve = pretrain(model, corpus, tokens, train_idx, fp, mirrored)
     train_s = time.perf_counter() - t0
     after = retrieval_top1(model, corpus.images[held], tokens[held])
     save_clip(model, tiny_clip_config(fp), out_dir)
@@ -248,6 +280,7 @@ def train_demo(
         "problems": corpus.problems,
         "steps": fp.steps,
         "batch_size": fp.batch_size,
+        "mirror_augment": fp.mirror_augment,
         "initial_loss": round(curve[0][1], 4),
         "final_loss": round(sum(tail) / len(tail), 4),
         "heldout_batch": len(held_idx),
