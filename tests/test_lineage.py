@@ -52,6 +52,7 @@ def repo(tmp_path):
     }
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     (tmp_path / "data.dvc").write_text(yaml.safe_dump({"outs": [{"path": "data", "md5": "raw.dir"}]}))
+    (tmp_path / ".dvc").mkdir()  # a real repo has the .dvc/ folder, which "*.dvc" also matches
     return tmp_path, _md5(curated)
 
 

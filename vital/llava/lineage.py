@@ -75,6 +75,8 @@ def read_dvc_graph(root: Path) -> DvcGraph:
             for o in entry.get("outs") or []:
                 outs[_norm(o["path"], root)] = (stage, o.get("md5"), "dvc.lock")
     for dvc_file in root.glob("*.dvc"):
+        if not dvc_file.is_file():  # pathlib's glob matches the .dvc/ folder itself
+            continue
         data = yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}
         for o in data.get("outs") or []:
             outs[_norm(o["path"], root)] = (None, o.get("md5"), dvc_file.name)
