@@ -75,3 +75,8 @@ def test_paper_profile_is_valid_and_names_the_real_backends():
     # dvc.yaml templates these keys, so the file must spell them out
     raw = yaml.safe_load((REPO / "params-paper.yaml").read_text())
     assert {"keep", "subsets", "seeds"} <= set(raw["tune"])
+
+
+def test_unquoted_no_from_dvc_exp_rewrite_means_no_mixed_precision():
+    # `dvc exp run -S` rewrites params.yaml; `mixed_precision: no` then loads as YAML false
+    assert parse_params(yaml.safe_load("tune:\n  mixed_precision: no\n")).tune.mixed_precision == "no"

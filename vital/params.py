@@ -281,6 +281,12 @@ class TuneParams(Section):
         "float32", description="dtype the base weights are loaded in (bfloat16 for 13B on GPUs)"
     )
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        # `dvc exp run -S` rewrites params.yaml and drops the quotes around "no", which YAML reads as false
+        return "no" if v is False else v
+
 
 class EvalSet(Section):
     """One evaluation set as its users download it (docs/evaluation.md lists the formats and layouts)."""
