@@ -155,7 +155,7 @@ def test_bad_param_fails_at_stage_start_naming_the_key(repo):
     params["selector"]["human_wieght"] = params["selector"].pop("human_weight")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        out = sh(repo, "python", "stages/select.py", check=False)
+        out = sh(repo, "python", "stages/selector.py", check=False)
         assert out.returncode != 0
         assert "selector.human_wieght: unknown key" in out.stderr
     finally:
