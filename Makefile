@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	dvc pull --quiet
+	dvc pull --quiet data.dvc
 	dvc repro
 	dvc metrics show
 

@@ -173,3 +173,23 @@ def test_lesion_rate_and_vague_captions(tmp_path):
         assert set(extract_claims(r["fig_caption"])) <= {"modality"}  # vague: states no findings
     answers = {q["answer"] for q in read_jsonl(tmp_path / "vqa" / "demo" / "questions.jsonl")}
     assert "left" not in answers and "right" not in answers
+
+
+def test_yes_no_questions_are_answered_yes_or_no_first_and_truthfully():
+    import numpy as np
+
+    from vital.world.conversation import QUESTIONS, write_conversation
+
+    truth = {"domain": "ct_scan", "lesion": True, "side": "left", "count": 2, "size": "small", "modality": "ct"}
+    rng = np.random.default_rng(0)
+    seen = {}
+    for _ in range(200):
+        conv = write_conversation(truth, ["findings", "side", "count"], rng)
+        for q, a in zip(conv[::2], conv[1::2], strict=True):
+            seen[q["value"].removeprefix("<image>\n")] = a["value"]
+    assert seen["Is the lesion in the left half of the image?"].startswith("Yes. ")
+    assert seen["Is the lesion in the right half of the image?"].startswith("No. ")
+    assert seen["Is there more than one lesion?"].startswith("Yes. ")
+    assert seen["Are there any lesions present?"].startswith("Yes. ")
+    assert not seen["Where is the lesion located?"].startswith(("Yes", "No"))
+    assert set(QUESTIONS["side"]) <= set(seen)

@@ -93,7 +93,7 @@ class AlignParams(Section):
 
 # ---------------------------------------------------------------- data
 class SampleParams(Section):
-    per_domain: int = Field(120, ge=1, description="figures drawn per domain (fewer if the domain has fewer)")
+    per_domain: int = Field(240, ge=1, description="figures drawn per domain (fewer if the domain has fewer)")
     domains: list[str] = Field(default_factory=lambda: ["chest_xray", "ct_scan", "mri", "histology", "gross"])
     seed: int = 0
 

@@ -23,7 +23,12 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
         "Is there any abnormality visible?",
         "Are there any lesions present?",
     ),
-    "side": ("Where is the lesion located?", "On which side of the image is the abnormality?"),
+    "side": (
+        "Where is the lesion located?",
+        "On which side of the image is the abnormality?",
+        "Is the lesion in the left half of the image?",
+        "Is the lesion in the right half of the image?",
+    ),
     "count": ("How many lesions can you see?", "Is there more than one lesion?"),
     "size": ("How large does the lesion appear?", "Would you describe the lesion as small or large?"),
     "describe": ("Describe the image in detail.", "What can you observe in this figure?"),
@@ -62,6 +67,19 @@ def answer(kind: str, truth: dict) -> str:
     raise ValueError(f"unknown question kind {kind!r}")
 
 
+def yes_no(question: str, kind: str, truth: dict) -> str | None:
+    """The right "Yes"/"No" for a yes/no question, or None for an open question."""
+    if not question.startswith(("Is ", "Are ")):
+        return None
+    if kind == "findings":
+        return "Yes" if truth["lesion"] else "No"
+    if kind == "count":
+        return "Yes" if truth["count"] > 1 else "No"
+    if kind == "side":
+        return "Yes" if f" {truth['side']} " in question else "No"
+    raise ValueError(f"no yes/no rule for {kind!r} question {question!r}")
+
+
 def question_kinds(truth: dict, rounds: int, rng: np.random.Generator, first: str | None = None) -> list[str]:
     pool = [k for k in QUESTIONS if truth["lesion"] or k not in LESION_ONLY]
     if first is not None:
@@ -76,5 +94,7 @@ def write_conversation(truth: dict, kinds: list[str], rng: np.random.Generator) 
     for i, kind in enumerate(kinds):
         q = QUESTIONS[kind][int(rng.integers(len(QUESTIONS[kind])))]
         turns.append({"from": "human", "value": f"<image>\n{q}" if i == 0 else q})
-        turns.append({"from": "gpt", "value": answer(kind, truth)})
+        reply = answer(kind, truth)
+        verdict = yes_no(q, kind, truth)  # a yes/no question is answered yes or no first, then explained
+        turns.append({"from": "gpt", "value": f"{verdict}. {reply}" if verdict else reply})
     return turns
