@@ -5,6 +5,7 @@ python stages/tune.py --data artifacts/curated/random40.json --out models/tuned/
 """
 
 import argparse
+from pathlib import Path
 
 from vital.llava import lineage, tune
 from vital.params import Params
@@ -25,7 +26,7 @@ def _args() -> argparse.Namespace:
 def _run(p: Params, paths: Paths, a: argparse.Namespace) -> None:
     tp = p.tune if a.seed is None else p.tune.model_copy(update={"seed": a.seed})
     data = a.data or paths.curated / f"top{tp.keep}.json"
-    out = a.out or paths.tuned / f"top-s{tp.seed}"
+    out = Path(a.out) if a.out else paths.tuned / f"top-s{tp.seed}"
     metrics = tune.run(
         base=tp.base,
         data=data,

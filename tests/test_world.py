@@ -178,18 +178,22 @@ def test_lesion_rate_and_vague_captions(tmp_path):
 def test_yes_no_questions_are_answered_yes_or_no_first_and_truthfully():
     import numpy as np
 
-    from vital.world.conversation import QUESTIONS, write_conversation
+    from vital.world.conversation import write_conversation
 
     truth = {"domain": "ct_scan", "lesion": True, "side": "left", "count": 2, "size": "small", "modality": "ct"}
     rng = np.random.default_rng(0)
     seen = {}
-    for _ in range(200):
-        conv = write_conversation(truth, ["findings", "side", "count"], rng)
+    for _ in range(300):
+        conv = write_conversation(truth, ["findings", "side", "count", "modality"], rng)
         for q, a in zip(conv[::2], conv[1::2], strict=True):
             seen[q["value"].removeprefix("<image>\n")] = a["value"]
     assert seen["Is the lesion in the left half of the image?"].startswith("Yes. ")
     assert seen["Is the lesion in the right half of the image?"].startswith("No. ")
+    assert seen["Does the abnormality lie on the right side of the image?"].startswith("No. ")
     assert seen["Is there more than one lesion?"].startswith("Yes. ")
+    assert seen["Is there only one lesion?"].startswith("No. ")
     assert seen["Are there any lesions present?"].startswith("Yes. ")
+    assert seen["Does the image appear normal?"].startswith("No. ")
+    assert seen["Is this image a CT scan?"].startswith("Yes. ")
+    assert seen["Is this image an MRI scan?"].startswith("No. ")
     assert not seen["Where is the lesion located?"].startswith(("Yes", "No"))
-    assert set(QUESTIONS["side"]) <= set(seen)

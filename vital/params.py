@@ -265,14 +265,16 @@ class TuneParams(Section):
         description="tune on the selector's top-k% and on the same-size random baseline (the method's claim)",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one tune per seed")
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "full"] = Field(
+        "full", description="full (the demo's 0.4M-parameter LLaVA) | lora (real checkpoints, see params-paper.yaml)"
+    )
     lora: LoraParams = Field(default_factory=LoraParams)
     freeze_vision: bool = True
     epochs: float = Field(8, gt=0, description="passes over the curated set (demo sets are small)")
     max_steps: int = Field(-1, ge=-1)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: int = Field(100, ge=1)
     max_length: int = Field(256, ge=16)

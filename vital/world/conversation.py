@@ -17,21 +17,41 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
         "What imaging modality is used in this image?",
         "What type of image is this?",
         "Can you identify the imaging technique shown?",
+        "Is this image {modality}?",
     ),
     "findings": (
         "What are the key findings in this image?",
         "Is there any abnormality visible?",
         "Are there any lesions present?",
+        "Does the image appear normal?",
     ),
     "side": (
         "Where is the lesion located?",
         "On which side of the image is the abnormality?",
-        "Is the lesion in the left half of the image?",
-        "Is the lesion in the right half of the image?",
+        "Is the lesion in the {side} half of the image?",
+        "Does the abnormality lie on the {side} side of the image?",
     ),
-    "count": ("How many lesions can you see?", "Is there more than one lesion?"),
+    "count": ("How many lesions can you see?", "Is there more than one lesion?", "Is there only one lesion?"),
     "size": ("How large does the lesion appear?", "Would you describe the lesion as small or large?"),
     "describe": ("Describe the image in detail.", "What can you observe in this figure?"),
+}
+# the truth of each yes/no question, given the figure's findings and the value put in its slot
+YES_NO: dict[str, object] = {
+    "Is this image {modality}?": lambda t, slot: slot == t["modality"],
+    "Is there any abnormality visible?": lambda t, slot: t["lesion"],
+    "Are there any lesions present?": lambda t, slot: t["lesion"],
+    "Does the image appear normal?": lambda t, slot: not t["lesion"],
+    "Is the lesion in the {side} half of the image?": lambda t, slot: slot == t["side"],
+    "Does the abnormality lie on the {side} side of the image?": lambda t, slot: slot == t["side"],
+    "Is there more than one lesion?": lambda t, slot: t["count"] > 1,
+    "Is there only one lesion?": lambda t, slot: t["count"] == 1,
+}
+MODALITY_ASKED = {
+    "x-ray": "an X-ray",
+    "ct": "a CT scan",
+    "mri": "an MRI scan",
+    "histology": "a histology section",
+    "gross": "a photograph of a gross specimen",
 }
 LESION_ONLY = frozenset({"side", "count", "size"})
 
@@ -67,17 +87,16 @@ def answer(kind: str, truth: dict) -> str:
     raise ValueError(f"unknown question kind {kind!r}")
 
 
-def yes_no(question: str, kind: str, truth: dict) -> str | None:
-    """The right "Yes"/"No" for a yes/no question, or None for an open question."""
-    if not question.startswith(("Is ", "Are ")):
-        return None
-    if kind == "findings":
-        return "Yes" if truth["lesion"] else "No"
-    if kind == "count":
-        return "Yes" if truth["count"] > 1 else "No"
-    if kind == "side":
-        return "Yes" if f" {truth['side']} " in question else "No"
-    raise ValueError(f"no yes/no rule for {kind!r} question {question!r}")
+def fill(template: str, truth: dict, rng: np.random.Generator) -> tuple[str, str | None]:
+    """The question text with its slot filled (half the time with the true value), and the slot value."""
+    if "{side}" in template:
+        slot = ("left", "right")[int(rng.integers(2))]
+        return template.format(side=slot), slot
+    if "{modality}" in template:
+        others = sorted(m for m in MODALITY_ASKED if m != truth["modality"])
+        slot = truth["modality"] if rng.random() < 0.5 else others[int(rng.integers(len(others)))]
+        return template.format(modality=MODALITY_ASKED[slot]), slot
+    return template, None
 
 
 def question_kinds(truth: dict, rounds: int, rng: np.random.Generator, first: str | None = None) -> list[str]:
@@ -92,9 +111,11 @@ def question_kinds(truth: dict, rounds: int, rng: np.random.Generator, first: st
 def write_conversation(truth: dict, kinds: list[str], rng: np.random.Generator) -> list[dict]:
     turns: list[dict] = []
     for i, kind in enumerate(kinds):
-        q = QUESTIONS[kind][int(rng.integers(len(QUESTIONS[kind])))]
+        template = QUESTIONS[kind][int(rng.integers(len(QUESTIONS[kind])))]
+        q, slot = fill(template, truth, rng)
         turns.append({"from": "human", "value": f"<image>\n{q}" if i == 0 else q})
         reply = answer(kind, truth)
-        verdict = yes_no(q, kind, truth)  # a yes/no question is answered yes or no first, then explained
-        turns.append({"from": "gpt", "value": f"{verdict}. {reply}" if verdict else reply})
+        if template in YES_NO:  # answered yes or no first, then explained, as vision LLMs do
+            reply = f"{'Yes' if YES_NO[template](truth, slot) else 'No'}. {reply}"
+        turns.append({"from": "gpt", "value": reply})
     return turns
