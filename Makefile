@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	dvc pull --quiet data.dvc
 	dvc repro
-	dvc metrics show
+	vital report
 
 test: install
 	pytest -q

@@ -34,6 +34,13 @@ def _params(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from vital.report import summary
+
+    print(summary(Paths()))
+    return 0
+
+
 def _run(args) -> int:
     script = Path("stages") / f"{args.stage}.py"
     if not script.exists():
@@ -71,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.set_defaults(func=_world)
 
     sub.add_parser("params", help="validate and print parameters").set_defaults(func=_params)
+    sub.add_parser("report", help="key numbers of the last run").set_defaults(func=_report)
 
     run = sub.add_parser("run", help="run one stage")
     run.add_argument("stage")

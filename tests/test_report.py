@@ -1,0 +1,28 @@
+import json
+
+from vital.io import write_json
+from vital.paths import Paths
+from vital.report import summary
+
+
+def test_summary_reads_the_stage_metrics(tmp_path):
+    paths = Paths(tmp_path)
+    assert "no metrics yet" in summary(paths)
+    write_json(paths.metric("select"), {"heldout_human": {"pairs": 12, "judge": {"agreement": 0.75}}})
+    write_json(
+        paths.metric("evaluate"),
+        {
+            "demo": {
+                "top-s0": {"closed_accuracy": 0.8, "closed_accuracy_legacy": 0.9, "open_recall": 0.5},
+                "top_over_seeds": {"closed_accuracy": {"mean": 0.8}},
+                "chance": {"closed_chance": 0.5, "closed_majority": 0.6},
+                "top_minus_random": {"closed_accuracy": {"mean": 0.1, "std": 0.0, "n": 1, "wins": 1}},
+            },
+            "_stage": {"wall_time_s": 1.0},
+        },
+    )
+    text = summary(paths)
+    assert "12 held-out clinician pairs" in text and "judge" in text and "0.750" in text
+    assert "top-s0      0.800 (0.900) / 0.500" in text
+    assert "top_over_seeds" not in text and "top - random closed_accuracy: 0.100" in text
+    assert json.loads((tmp_path / "metrics" / "select.json").read_text())
