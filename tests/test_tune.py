@@ -37,7 +37,14 @@ def world(tmp_path_factory):
 
 
 def _params(**kw) -> TuneParams:
-    base = {"method": "lora", "max_steps": STEPS, "batch_size": 6, "checkpoint_every": 3, "lr": 5e-3, "seed": 7}
+    base = {
+        "method": "lora",
+        "max_steps": STEPS,
+        "batch_size": 6,
+        "checkpoint_every": 3,
+        "lr": 5e-3,
+        "seed": 7,
+    }
     return TuneParams(**{**base, **kw})
 
 

@@ -180,7 +180,14 @@ def test_yes_no_questions_are_answered_yes_or_no_first_and_truthfully():
 
     from vital.world.conversation import write_conversation
 
-    truth = {"domain": "ct_scan", "lesion": True, "side": "left", "count": 2, "size": "small", "modality": "ct"}
+    truth = {
+        "domain": "ct_scan",
+        "lesion": True,
+        "side": "left",
+        "count": 2,
+        "size": "small",
+        "modality": "ct",
+    }
     rng = np.random.default_rng(0)
     seen = {}
     for _ in range(300):

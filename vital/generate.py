@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vital.io import read_jsonl, write_json, write_jsonl
+from vital.llm.accounting import offline_metrics
 from vital.llm.batch import BatchLimits
 from vital.llm.cache import RequestCache
 from vital.llm.engine import Outcome, Request, message_content
@@ -115,14 +116,7 @@ class TemplateBackend:
                 yield _validated(rec, k, convs[k], self.gp.min_rounds, prov)
 
     def metrics(self) -> dict:
-        return {
-            "mode": "offline",
-            "requests_sent": 0,
-            "cache_hits": 0,
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "estimated_cost_usd": 0.0,
-        }
+        return offline_metrics()
 
 
 class OpenAIBackend:

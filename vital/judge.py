@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from vital.generate import _estimate
 from vital.io import read_jsonl, write_json, write_jsonl
+from vital.llm.accounting import offline_metrics
 from vital.llm.batch import BatchLimits
 from vital.llm.client import ConfigError
 from vital.llm.engine import Request, message_content
@@ -71,14 +72,7 @@ class HeuristicBackend:
         return {"backend": "heuristic", "model": self.jp.model, "noise": self.jp.noise}
 
     def metrics(self) -> dict:
-        return {
-            "mode": "offline",
-            "requests_sent": 0,
-            "cache_hits": 0,
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "estimated_cost_usd": 0.0,
-        }
+        return offline_metrics()
 
 
 class OpenAIJudge:

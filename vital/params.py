@@ -233,7 +233,8 @@ class SelectorParams(Section):
 
 class CurateParams(Section):
     keep: list[int] = Field(
-        default_factory=lambda: [10, 40, 80, 90], description="top-k% subsets to write (percent, as in the paper)"
+        default_factory=lambda: [10, 40, 80, 90],
+        description="top-k% subsets to write (percent, as in the paper)",
     )
     policy: Literal["best_per_figure", "all"] = "best_per_figure"
     mix: dict[str, list[str]] = Field(
@@ -259,14 +260,17 @@ class LoraParams(Section):
 
 class TuneParams(Section):
     base: str = Field("models/base", description="hub id or local dir of a LlavaForConditionalGeneration")
-    keep: int = Field(40, gt=0, le=100, description="which curated subset to tune on (percent, one of curate.keep)")
+    keep: int = Field(
+        40, gt=0, le=100, description="which curated subset to tune on (percent, one of curate.keep)"
+    )
     subsets: list[Literal["top", "random"]] = Field(
         default_factory=lambda: ["top", "random"],
         description="tune on the selector's top-k% and on the same-size random baseline (the method's claim)",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one tune per seed")
     method: Literal["lora", "full"] = Field(
-        "full", description="full (the demo's 0.4M-parameter LLaVA) | lora (real checkpoints, see params-paper.yaml)"
+        "full",
+        description="full (the demo's 0.4M-parameter LLaVA) | lora (real checkpoints, see params-paper.yaml)",
     )
     lora: LoraParams = Field(default_factory=LoraParams)
     freeze_vision: bool = True

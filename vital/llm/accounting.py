@@ -57,3 +57,15 @@ def price_for(prices: dict[str, Price], model: str) -> Price | None:
         return prices[model]
     best = max((k for k in prices if model.startswith(k)), key=len, default=None)
     return prices[best] if best else None
+
+
+def offline_metrics() -> dict:
+    """Accounting of an offline stand-in backend: it sends nothing and costs nothing."""
+    return {
+        "mode": "offline",
+        "requests_sent": 0,
+        "cache_hits": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "estimated_cost_usd": 0.0,
+    }
