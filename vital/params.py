@@ -252,10 +252,12 @@ class CurateParams(Section):
 
 
 class LoraParams(Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    r: int = Field(64, ge=1)
+    alpha: int = Field(64, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
 
 
 class TuneParams(Section):
@@ -268,17 +270,14 @@ class TuneParams(Section):
         description="tune on the selector's top-k% and on the same-size random baseline (the method's claim)",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one tune per seed")
-    method: Literal["lora", "full"] = Field(
-        "full",
-        description="full (the demo's 0.4M-parameter LLaVA) | lora (real checkpoints, see params-paper.yaml)",
-    )
+    method: Literal["lora", "full"] = "lora"
     lora: LoraParams = Field(default_factory=LoraParams)
     freeze_vision: bool = True
-    epochs: float = Field(8, gt=0, description="passes over the curated set (demo sets are small)")
+    epochs: float = Field(16, gt=0, description="passes over the curated set (demo sets are small)")
     max_steps: int = Field(-1, ge=-1)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-2, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: int = Field(100, ge=1)
     max_length: int = Field(256, ge=16)
