@@ -70,7 +70,9 @@ def synthetic(root: Path, figures: int = 120, k: int = 4, dim: int = 16, seed: i
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Paths:
-    return synthetic(tmp_path_factory.mktemp("sel"))
+    # 300 figures: with fewer, the validation split is so small that early stopping can latch onto a
+    # lucky first epoch for some seeds
+    return synthetic(tmp_path_factory.mktemp("sel"), figures=300)
 
 
 def test_human_pairs_beat_judge_and_weight_zero(world: Paths):
@@ -89,7 +91,7 @@ def test_human_pairs_beat_judge_and_weight_zero(world: Paths):
     assert m["clinician_vs_clinician_all"]["compared_pairs"] > 0
     # every candidate scored, the model and curves saved
     scores = [json.loads(x) for x in world.scores.read_text().splitlines()]
-    assert len(scores) == 480 and {"candidate_id", "pair_id", "score"} <= set(scores[0])
+    assert len(scores) == 1200 and {"candidate_id", "pair_id", "score"} <= set(scores[0])
     head, cfg = load_selector(world.selector)
     assert cfg["in_dim"] == 64 and cfg["params"]["human_weight"] == 50
     curve = (world.plots / "select_curve.csv").read_text().splitlines()

@@ -218,6 +218,12 @@ class SelectorParams(Section):
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(8, ge=1)
     seed: int = 0
+    finetune_backbone: Literal["none", "text", "full"] = Field(
+        "none",
+        description="train the backbone with the head end to end (paper): none | text (text tower) | full",
+    )
+    backbone_lr: float = Field(1e-5, gt=0, description="learning rate of the backbone when it trains")
+    device: str = Field("cpu", description="torch device of selector training (cuda for a real backbone)")
     compare_weights: list[float] = Field(
         default_factory=lambda: [0.0],
         description="extra heads trained at these human weights in the same run (agreement vs weight)",

@@ -174,12 +174,50 @@ def to_pairset(pairs: list[Pair], index: dict[str, int], human_weight: float) ->
 
 
 # ---------------------------------------------------------------- training
+class FrozenFeatureRater(torch.nn.Module):
+    """``forward(candidate indices) -> ratings`` of the head on the embed stage's fixed features."""
+
+    def __init__(self, head: RatingHead, x: torch.Tensor):
+        super().__init__()
+        self.head, self.x = head, x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.x[idx.to(self.x.device)])
+
+    def to_device(self, device: str) -> FrozenFeatureRater:
+        self.to(device)
+        self.x = self.x.to(device)
+        return self
+
+    def backbone_parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+
 @dataclass
 class TrainResult:
-    head: RatingHead
+    rater: torch.nn.Module
     curve: list[dict[str, float]]
     best_epoch: int
     stopped_early: bool
+
+    @property
+    def head(self) -> RatingHead:
+        return self.rater.head
+
+
+@torch.no_grad()
+def rate_all(rater: torch.nn.Module, chunk: int = 512) -> torch.Tensor:
+    """Ratings of every candidate, in eval mode, on the CPU."""
+    was = rater.training
+    rater.eval()
+    out = torch.cat(
+        [rater(torch.arange(i, min(i + chunk, len(rater)))).cpu() for i in range(0, len(rater), chunk)]
+    )
+    rater.train(was)
+    return out
 
 
 def weighted_agreement(scores: torch.Tensor, ps: PairSet) -> float:
@@ -190,14 +228,27 @@ def weighted_agreement(scores: torch.Tensor, ps: PairSet) -> float:
     return float((correct * ps.weight).sum() / ps.weight.sum())
 
 
+def new_rater(x: torch.Tensor, sp: SelectorParams, build_backbone=None) -> torch.nn.Module:
+    """A fresh head on ``x``'s width, on frozen features or (``build_backbone(head)``) end to end."""
+    torch.manual_seed(sp.seed)
+    head = RatingHead(x.shape[1], sp.hidden, sp.dropout)
+    if sp.finetune_backbone == "none" or build_backbone is None:
+        return FrozenFeatureRater(head, x).to_device(sp.device)
+    return build_backbone(head)
+
+
 def train_head(
-    x: torch.Tensor, train: PairSet, val: PairSet, sp: SelectorParams, desc: str = "selector"
+    rater: torch.nn.Module, train: PairSet, val: PairSet, sp: SelectorParams, desc: str = "selector"
 ) -> TrainResult:
-    """Pairwise training with early stopping on weighted validation agreement."""
+    """Pairwise training of ``rater`` (head, and backbone when it has trainable parameters) with early
+    stopping on weighted validation agreement."""
     torch.manual_seed(sp.seed)
     gen = torch.Generator().manual_seed(sp.seed)
-    head = RatingHead(x.shape[1], sp.hidden, sp.dropout)
-    opt = torch.optim.AdamW(head.parameters(), lr=sp.lr, weight_decay=sp.weight_decay)
+    backbone = rater.backbone_parameters()
+    groups = [{"params": list(rater.head.parameters()), "lr": sp.lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": sp.backbone_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=sp.weight_decay)
     # Weighted mean over the whole training set, not per batch: each batch's sum of w*loss is divided by
     # (mean weight x batch size). The gradient scale is then independent of human_weight (400 human-pair
     # weight does not mean a 400x larger step), and batches that happen to hold more human pairs still
@@ -208,35 +259,37 @@ def train_head(
         raise RecordError("no training pair with positive weight (human_weight=0 and no model pairs?)")
     norm = float(train.weight.mean())
     best, best_state, best_epoch, bad, curve = -math.inf, None, 0, 0, []
+    rater.train()
     for epoch in progress(range(1, sp.epochs + 1), desc=desc):
-        head.train()
         perm = torch.randperm(len(train), generator=gen)
         total = 0.0
         for i in range(0, len(perm), sp.batch_size):
             b = perm[i : i + sp.batch_size]
-            d = head(x[train.winner[b]]) - head(x[train.loser[b]])
+            # one forward per distinct candidate: a backbone pass is the expensive part
+            both = torch.cat([train.winner[b], train.loser[b]])
+            uniq, inverse = torch.unique(both, return_inverse=True)
+            r = rater(uniq).cpu()[inverse]
+            d = r[: len(b)] - r[len(b) :]
             loss = (pair_loss(d, sp.loss, sp.margin) * train.weight[b]).sum() / (norm * len(b))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item() * len(b)
-        head.eval()
-        with torch.no_grad():
-            scores = head(x)
+        scores = rate_all(rater)
         val_agree = weighted_agreement(scores, val) if len(val) else weighted_agreement(scores, train)
         curve.append(
             {"epoch": epoch, "train_loss": round(total / len(train), 5), "val_agreement": round(val_agree, 5)}
         )
         if val_agree > best + 1e-6:
             best, best_epoch, bad = val_agree, epoch, 0
-            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in rater.state_dict().items()}
         else:
             bad += 1
             if bad >= sp.patience:
                 break
-    head.load_state_dict(best_state)
-    head.eval()
-    return TrainResult(head, curve, best_epoch, stopped_early=len(curve) < sp.epochs)
+    rater.load_state_dict(best_state)
+    rater.eval()
+    return TrainResult(rater, curve, best_epoch, stopped_early=len(curve) < sp.epochs)
 
 
 # ---------------------------------------------------------------- evidence
@@ -452,9 +505,8 @@ def _evidence(
     }
 
 
-def _human_agreement(head: RatingHead, x: torch.Tensor, ids: list[str], held: list[Pair]) -> float | None:
-    with torch.no_grad():
-        s = dict(zip(ids, head(x).tolist(), strict=True))
+def _human_agreement(rater: torch.nn.Module, ids: list[str], held: list[Pair]) -> float | None:
+    s = dict(zip(ids, rate_all(rater).tolist(), strict=True))
     return agreement(s, [p for p in held if p.source == "human"])
 
 
@@ -472,30 +524,36 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     val = to_pairset(by_split.get("val", []), index, sp.human_weight)
     held = by_split.get("heldout", [])
 
-    result = train_head(x, train, val, sp)
-    with torch.no_grad():
-        scores = result.head(x).numpy()
+    def build(w: float) -> torch.nn.Module:
+        spw = sp.model_copy(update={"human_weight": w})
+        if sp.finetune_backbone == "none":
+            return new_rater(x, spw)
+        from vital.selector_backbone import build_rater
+
+        return new_rater(x, spw, lambda head: build_rater(emb, head, spw, paths))
+
+    result = train_head(build(sp.human_weight), train, val, sp)
+    scores = rate_all(result.rater).numpy()
     selector_scores = dict(zip(emb.candidate_ids, scores.tolist(), strict=True))
     judge = read_scores_of_judge(paths.judgments)
     prefs = read_prefs(paths.labels)
 
     # the same head at other human weights, on the same features and pairs: agreement vs weight in one run
-    by_weight = {sp.human_weight: _human_agreement(result.head, x, emb.candidate_ids, held)}
+    by_weight = {sp.human_weight: _human_agreement(result.rater, emb.candidate_ids, held)}
     weight0_scores: dict[str, float] | None = None
     for w in sp.compare_weights:
         if w not in by_weight:
             alt = sp.model_copy(update={"human_weight": w})
             res = train_head(
-                x,
+                build(w),
                 to_pairset(by_split["train"], index, w),
                 to_pairset(by_split.get("val", []), index, w),
                 alt,
                 desc=f"selector w={w:g}",
             )
-            by_weight[w] = _human_agreement(res.head, x, emb.candidate_ids, held)
+            by_weight[w] = _human_agreement(res.rater, emb.candidate_ids, held)
             if w == 0:
-                with torch.no_grad():
-                    weight0_scores = dict(zip(emb.candidate_ids, res.head(x).tolist(), strict=True))
+                weight0_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
 
     config = {
         "in_dim": int(x.shape[1]),
@@ -509,6 +567,11 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
         "best_epoch": result.best_epoch,
     }
     save_selector(paths.selector, result.head, config)
+    if sp.finetune_backbone != "none":
+        from vital.selector_backbone import save_backbone
+
+        config.update(save_backbone(paths.selector, result.rater))
+        write_json(paths.selector / CONFIG, config)
     write_jsonl(
         paths.scores,
         (
@@ -521,6 +584,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     metrics = {
         "human_weight": sp.human_weight,
         "loss": sp.loss,
+        "finetune_backbone": sp.finetune_backbone,
         "pairs_train": {"human": train.source.count("human"), "model": train.source.count("model")},
         "pairs_val": len(val),
         "best_epoch": result.best_epoch,
