@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +20,7 @@ from vital.llava.testing import side_records, tiny_base, write_llava_json
 from vital.llava.trainer import latest_checkpoint
 from vital.params import TuneParams
 
+REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
 
 
@@ -64,6 +71,22 @@ def _tune(world, name, tp, on_step=None):
 
 def _weights(path):
     return load_file(str(path / "model.safetensors"))
+
+
+def _assert_same_run(world, name, ref):
+    """Run ``name`` logged the same loss at every step and ended with the same weights as run ``ref``.
+
+    Tolerance: 1e-6 absolute on each step's loss and on every weight (CPU runs are bit-identical).
+    """
+    curve = [tuple(r.split(",")) for r in (world / f"{name}.csv").read_text().splitlines()[1:]]
+    expected = [tuple(r.split(",")) for r in (world / f"{ref}.csv").read_text().splitlines()[1:]]
+    assert [s for s, _ in curve] == [s for s, _ in expected]
+    for (_, a), (_, b) in zip(curve, expected, strict=True):
+        assert abs(float(a) - float(b)) <= 1e-6
+    got, want = _weights(world / name), _weights(world / ref)
+    assert got.keys() == want.keys()
+    for k in got:
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +151,46 @@ def test_killed_tune_resumes_to_the_same_result(world, lora_run):
     assert saved and all("lora_" in k or "multi_modal_projector" in k for k in saved)
     m = _tune(world, "resumed", _params())
     assert m["resumed_from"] == 3 and m["steps"] == STEPS
-    ref = [tuple(r.split(",")) for r in (world / "lora.csv").read_text().splitlines()[1:]]
-    got = [tuple(r.split(",")) for r in (world / "resumed.csv").read_text().splitlines()[1:]]
-    assert [s for s, _ in got] == [s for s, _ in ref]
-    # Tolerance: 1e-6 absolute on each step's loss and 1e-6 on every weight (CPU runs are bit-identical).
-    for (_, a), (_, b) in zip(got, ref, strict=True):
-        assert abs(float(a) - float(b)) <= 1e-6
-    a, b = _weights(world / "resumed"), _weights(world / "lora")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    _assert_same_run(world, "resumed", "lora")
+
+
+def test_sigkilled_tune_process_resumes_to_the_same_result(world, lora_run):
+    """SIGKILL a tune running in another process after its first checkpoint; rerun: same as unbroken."""
+    name, ckpt_dir, log = "sigkilled", world / "ckpt-sigkilled", world / "sigkilled.log"
+    # This checkout's vital, not whichever one is installed.
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "VITAL_PROGRESS": "off"}
+    cmd = [sys.executable, str(REPO / "tests" / "tune_child.py"), str(world), name, "1.0"]
+    with log.open("w") as out:  # a file, not a pipe: a full pipe would stall the child
+        child = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 300
+        while latest_checkpoint(ckpt_dir) is None:
+            assert child.poll() is None, f"child exited with {child.returncode}:\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, "the child wrote no checkpoint in 300 s"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        code = child.wait(timeout=60)
+        assert code == -signal.SIGKILL, (
+            f"exit {code}, not killed (finished first?):\n{log.read_text()[-4000:]}"
+        )
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert not (world / name).exists() and not (world / f"{name}.json").exists()
+    step = int(latest_checkpoint(ckpt_dir).name.split("-")[1])
+    assert step in (3, 6) and step < STEPS
+    # What a kill during a save leaves (state file included): never resumed, removed on restart.
+    stray = ckpt_dir / ".tmp-step-9"
+    stray.mkdir()
+    (stray / "trainer_state.json").write_text(json.dumps({"step": 9}))
+    (stray / "model.safetensors").write_bytes(b"half a tensor")
+    strays = []
+    m = _tune(world, name, _params(), on_step=lambda s, _: strays.extend(ckpt_dir.glob(".tmp-step-*")))
+    assert m["resumed_from"] == step and m["steps"] == STEPS
+    assert strays == []
+    _assert_same_run(world, name, "lora")
 
 
 def test_stale_checkpoint_of_other_params_is_not_resumed(world):
