@@ -1,4 +1,4 @@
-"""Instruction tuning through the from_pretrained path: LoRA/full, frozen vision, checkpoints, resume."""
+"""Instruction tuning through the from_pretrained path: LoRA/QLoRA/full, frozen vision, checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from vital.llava import tune
 from vital.llava.testing import side_records, tiny_base, write_llava_json
 from vital.llava.trainer import latest_checkpoint
-from vital.params import TuneParams
+from vital.params import ParamsError, TuneParams
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -226,3 +227,92 @@ def test_lora_targets_only_the_language_model_when_vision_is_frozen():
         tune.lora_target_pattern(["q_proj"], freeze_vision=False),
         "model.vision_tower.encoder.layers.0.self_attn.q_proj",
     )
+
+
+def _spy_on_loaded_model(monkeypatch) -> dict[str, type]:
+    """Module name -> class of the model ``tune.run`` loads, recorded before it is wrapped."""
+    seen: dict[str, type] = {}
+    prepare = tune.prepare_model
+
+    def spy(model, tp):
+        seen.update((n, type(m)) for n, m in model.named_modules())
+        return prepare(model, tp)
+
+    monkeypatch.setattr(tune, "prepare_model", spy)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def qlora_run(world):
+    with pytest.MonkeyPatch.context() as mp:
+        layers = _spy_on_loaded_model(mp)
+        return _tune(world, "qlora", _params(method="qlora")), layers
+
+
+def test_qlora_tunes_a_4bit_language_model_and_saves_a_merged_checkpoint(world, qlora_run, lora_run):
+    import bitsandbytes as bnb
+
+    assert torch.cuda.is_available() or tune._bnb_4bit_runs_on_cpu()
+    m, layers = qlora_run
+    assert m["method"] == "qlora" and m["steps"] == STEPS
+    # The LLM's linear layers are 4-bit; the vision tower, projector and lm_head are not.
+    llm = [n for n in layers if ".language_model." in n and n.endswith("_proj")]
+    assert len(llm) == 14 and all(layers[n] is bnb.nn.Linear4bit for n in llm)
+    full = [n for n in layers if "vision_tower" in n or "multi_modal_projector" in n or n == "lm_head"]
+    linear = [n for n in full if issubclass(layers[n], torch.nn.Linear)]
+    assert linear and all(layers[n] is torch.nn.Linear for n in linear)
+    # 4-bit weights count at their real size: same totals as LoRA on the unquantised model.
+    for key in ("trainable_params", "total_params"):
+        assert m[key] == lora_run[key]
+    losses = [float(r.split(",")[1]) for r in (world / "qlora.csv").read_text().splitlines()[1:]]
+    assert m["final_loss"] < m["first_loss"] and losses[-1] < losses[0]
+    out = world / "qlora"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    # The deliverable is the adapter merged into the unquantised base (load_dtype), not a 4-bit model.
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    assert getattr(model.config, "quantization_config", None) is None
+    assert not any(isinstance(x, bnb.nn.Linear4bit) for x in model.modules())
+    base, tuned = _weights(world / "base"), _weights(out)
+    assert tuned.keys() == base.keys() and all(v.dtype == torch.float32 for v in tuned.values())
+    vision = [k for k in base if "vision_tower" in k]
+    assert vision and all(torch.equal(base[k], tuned[k]) for k in vision)
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert any("multi_modal_projector" in k for k in changed)
+    assert any("self_attn.q_proj" in k for k in changed)
+
+
+def test_killed_qlora_tune_resumes_to_the_same_result(world, qlora_run):
+    def kill(step, loss):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _tune(world, "qlora-resumed", _params(method="qlora"), on_step=kill)
+    m = _tune(world, "qlora-resumed", _params(method="qlora"))
+    assert m["resumed_from"] == 3 and m["steps"] == STEPS
+    _assert_same_run(world, "qlora-resumed", "qlora")
+
+
+def test_qlora_configuration_errors_come_before_any_loading(world, monkeypatch):
+    def no_loading(*a, **kw):
+        raise AssertionError("the model was loaded before the configuration was checked")
+
+    monkeypatch.setattr(tune, "load_llava", no_loading)
+    monkeypatch.setattr(tune, "read_llava_json", no_loading)
+
+    def fails(match):
+        with pytest.raises(ParamsError, match=match):
+            _tune(world, "qlora-error", _params(method="qlora"))
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` fail
+    fails(r"tune\.method=qlora needs bitsandbytes, which is not installed: pip install 'vital\[qlora\]'")
+    fake = types.ModuleType("bitsandbytes")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
+    fake.__version__ = "0.45.5"
+    fails(r"tune\.method=qlora needs bitsandbytes>=0\.46\.1 \(found 0\.45\.5\)")
+    fake.__version__ = "0.50.2"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(tune, "_bnb_4bit_runs_on_cpu", lambda: False)
+    fails(r"tune\.method=qlora: no CUDA device, and bitsandbytes 0\.50\.2 cannot run 4-bit layers on the CPU")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    fails(r"tune\.method=qlora does not run under DeepSpeed ZeRO-3")
