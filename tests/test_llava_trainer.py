@@ -92,3 +92,16 @@ def test_claim_checkpoint_dir_wipes_other_runs(tmp_path):
     assert claim_checkpoint_dir(cfg) and (tmp_path / "c" / "step-3").exists()
     cfg.fingerprint = {"lr": 2}
     assert not claim_checkpoint_dir(cfg) and not (tmp_path / "c" / "step-3").exists()
+
+
+def test_half_written_checkpoint_is_ignored_and_removed(tmp_path):
+    # A kill during a save leaves .tmp-step-N (even with its state file, written just before the rename).
+    cfg = LoopConfig(checkpoint_dir=tmp_path, fingerprint={"lr": 1})
+    claim_checkpoint_dir(cfg)
+    for name in ("step-3", ".tmp-step-6"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "trainer_state.json").write_text("{}")
+    (tmp_path / ".tmp-step-6" / "model.safetensors").write_bytes(b"half a tensor")
+    assert latest_checkpoint(tmp_path).name == "step-3"
+    assert claim_checkpoint_dir(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fingerprint.json", "step-3"]

@@ -1,8 +1,15 @@
-"""Instruction tuning through the from_pretrained path: LoRA/full, frozen vision, checkpoints, resume."""
+"""Instruction tuning through the from_pretrained path: LoRA/QLoRA/full, frozen vision, checkpoints, resume."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +19,9 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from vital.llava import tune
 from vital.llava.testing import side_records, tiny_base, write_llava_json
 from vital.llava.trainer import latest_checkpoint
-from vital.params import TuneParams
+from vital.params import ParamsError, TuneParams
 
+REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
 
 
@@ -64,6 +72,22 @@ def _tune(world, name, tp, on_step=None):
 
 def _weights(path):
     return load_file(str(path / "model.safetensors"))
+
+
+def _assert_same_run(world, name, ref):
+    """Run ``name`` logged the same loss at every step and ended with the same weights as run ``ref``.
+
+    Tolerance: 1e-6 absolute on each step's loss and on every weight (CPU runs are bit-identical).
+    """
+    curve = [tuple(r.split(",")) for r in (world / f"{name}.csv").read_text().splitlines()[1:]]
+    expected = [tuple(r.split(",")) for r in (world / f"{ref}.csv").read_text().splitlines()[1:]]
+    assert [s for s, _ in curve] == [s for s, _ in expected]
+    for (_, a), (_, b) in zip(curve, expected, strict=True):
+        assert abs(float(a) - float(b)) <= 1e-6
+    got, want = _weights(world / name), _weights(world / ref)
+    assert got.keys() == want.keys()
+    for k in got:
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +152,46 @@ def test_killed_tune_resumes_to_the_same_result(world, lora_run):
     assert saved and all("lora_" in k or "multi_modal_projector" in k for k in saved)
     m = _tune(world, "resumed", _params())
     assert m["resumed_from"] == 3 and m["steps"] == STEPS
-    ref = [tuple(r.split(",")) for r in (world / "lora.csv").read_text().splitlines()[1:]]
-    got = [tuple(r.split(",")) for r in (world / "resumed.csv").read_text().splitlines()[1:]]
-    assert [s for s, _ in got] == [s for s, _ in ref]
-    # Tolerance: 1e-6 absolute on each step's loss and 1e-6 on every weight (CPU runs are bit-identical).
-    for (_, a), (_, b) in zip(got, ref, strict=True):
-        assert abs(float(a) - float(b)) <= 1e-6
-    a, b = _weights(world / "resumed"), _weights(world / "lora")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    _assert_same_run(world, "resumed", "lora")
+
+
+def test_sigkilled_tune_process_resumes_to_the_same_result(world, lora_run):
+    """SIGKILL a tune running in another process after its first checkpoint; rerun: same as unbroken."""
+    name, ckpt_dir, log = "sigkilled", world / "ckpt-sigkilled", world / "sigkilled.log"
+    # This checkout's vital, not whichever one is installed.
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "VITAL_PROGRESS": "off"}
+    cmd = [sys.executable, str(REPO / "tests" / "tune_child.py"), str(world), name, "1.0"]
+    with log.open("w") as out:  # a file, not a pipe: a full pipe would stall the child
+        child = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 300
+        while latest_checkpoint(ckpt_dir) is None:
+            assert child.poll() is None, f"child exited with {child.returncode}:\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, "the child wrote no checkpoint in 300 s"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        code = child.wait(timeout=60)
+        assert code == -signal.SIGKILL, (
+            f"exit {code}, not killed (finished first?):\n{log.read_text()[-4000:]}"
+        )
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert not (world / name).exists() and not (world / f"{name}.json").exists()
+    step = int(latest_checkpoint(ckpt_dir).name.split("-")[1])
+    assert step in (3, 6) and step < STEPS
+    # What a kill during a save leaves (state file included): never resumed, removed on restart.
+    stray = ckpt_dir / ".tmp-step-9"
+    stray.mkdir()
+    (stray / "trainer_state.json").write_text(json.dumps({"step": 9}))
+    (stray / "model.safetensors").write_bytes(b"half a tensor")
+    strays = []
+    m = _tune(world, name, _params(), on_step=lambda s, _: strays.extend(ckpt_dir.glob(".tmp-step-*")))
+    assert m["resumed_from"] == step and m["steps"] == STEPS
+    assert strays == []
+    _assert_same_run(world, name, "lora")
 
 
 def test_stale_checkpoint_of_other_params_is_not_resumed(world):
@@ -172,3 +227,92 @@ def test_lora_targets_only_the_language_model_when_vision_is_frozen():
         tune.lora_target_pattern(["q_proj"], freeze_vision=False),
         "model.vision_tower.encoder.layers.0.self_attn.q_proj",
     )
+
+
+def _spy_on_loaded_model(monkeypatch) -> dict[str, type]:
+    """Module name -> class of the model ``tune.run`` loads, recorded before it is wrapped."""
+    seen: dict[str, type] = {}
+    prepare = tune.prepare_model
+
+    def spy(model, tp):
+        seen.update((n, type(m)) for n, m in model.named_modules())
+        return prepare(model, tp)
+
+    monkeypatch.setattr(tune, "prepare_model", spy)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def qlora_run(world):
+    with pytest.MonkeyPatch.context() as mp:
+        layers = _spy_on_loaded_model(mp)
+        return _tune(world, "qlora", _params(method="qlora")), layers
+
+
+def test_qlora_tunes_a_4bit_language_model_and_saves_a_merged_checkpoint(world, qlora_run, lora_run):
+    import bitsandbytes as bnb
+
+    assert torch.cuda.is_available() or tune._bnb_4bit_runs_on_cpu()
+    m, layers = qlora_run
+    assert m["method"] == "qlora" and m["steps"] == STEPS
+    # The LLM's linear layers are 4-bit; the vision tower, projector and lm_head are not.
+    llm = [n for n in layers if ".language_model." in n and n.endswith("_proj")]
+    assert len(llm) == 14 and all(layers[n] is bnb.nn.Linear4bit for n in llm)
+    full = [n for n in layers if "vision_tower" in n or "multi_modal_projector" in n or n == "lm_head"]
+    linear = [n for n in full if issubclass(layers[n], torch.nn.Linear)]
+    assert linear and all(layers[n] is torch.nn.Linear for n in linear)
+    # 4-bit weights count at their real size: same totals as LoRA on the unquantised model.
+    for key in ("trainable_params", "total_params"):
+        assert m[key] == lora_run[key]
+    losses = [float(r.split(",")[1]) for r in (world / "qlora.csv").read_text().splitlines()[1:]]
+    assert m["final_loss"] < m["first_loss"] and losses[-1] < losses[0]
+    out = world / "qlora"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    # The deliverable is the adapter merged into the unquantised base (load_dtype), not a 4-bit model.
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    assert getattr(model.config, "quantization_config", None) is None
+    assert not any(isinstance(x, bnb.nn.Linear4bit) for x in model.modules())
+    base, tuned = _weights(world / "base"), _weights(out)
+    assert tuned.keys() == base.keys() and all(v.dtype == torch.float32 for v in tuned.values())
+    vision = [k for k in base if "vision_tower" in k]
+    assert vision and all(torch.equal(base[k], tuned[k]) for k in vision)
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert any("multi_modal_projector" in k for k in changed)
+    assert any("self_attn.q_proj" in k for k in changed)
+
+
+def test_killed_qlora_tune_resumes_to_the_same_result(world, qlora_run):
+    def kill(step, loss):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _tune(world, "qlora-resumed", _params(method="qlora"), on_step=kill)
+    m = _tune(world, "qlora-resumed", _params(method="qlora"))
+    assert m["resumed_from"] == 3 and m["steps"] == STEPS
+    _assert_same_run(world, "qlora-resumed", "qlora")
+
+
+def test_qlora_configuration_errors_come_before_any_loading(world, monkeypatch):
+    def no_loading(*a, **kw):
+        raise AssertionError("the model was loaded before the configuration was checked")
+
+    monkeypatch.setattr(tune, "load_llava", no_loading)
+    monkeypatch.setattr(tune, "read_llava_json", no_loading)
+
+    def fails(match):
+        with pytest.raises(ParamsError, match=match):
+            _tune(world, "qlora-error", _params(method="qlora"))
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` fail
+    fails(r"tune\.method=qlora needs bitsandbytes, which is not installed: pip install 'vital\[qlora\]'")
+    fake = types.ModuleType("bitsandbytes")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
+    fake.__version__ = "0.45.5"
+    fails(r"tune\.method=qlora needs bitsandbytes>=0\.46\.1 \(found 0\.45\.5\)")
+    fake.__version__ = "0.50.2"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(tune, "_bnb_4bit_runs_on_cpu", lambda: False)
+    fails(r"tune\.method=qlora: no CUDA device, and bitsandbytes 0\.50\.2 cannot run 4-bit layers on the CPU")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    fails(r"tune\.method=qlora does not run under DeepSpeed ZeRO-3")

@@ -276,7 +276,10 @@ class TuneParams(Section):
         description="tune on the selector's top-k% and on the same-size random baseline (the method's claim)",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one tune per seed")
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora",
+        description="lora (peft), qlora (lora on a 4-bit NF4 base; pip install 'vital[qlora]') or full",
+    )
     lora: LoraParams = Field(default_factory=LoraParams)
     freeze_vision: bool = True
     epochs: float = Field(16, gt=0, description="passes over the curated set (demo sets are small)")

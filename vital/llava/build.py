@@ -123,14 +123,17 @@ def build_from_foundation(
     return build_tiny_llava(clip.visual, tokenizer, ap)
 
 
-def load_llava(name_or_dir: str | Path, dtype: torch.dtype | None = None):
-    """``(model, processor)`` from a hub id or a local checkpoint directory, with a clear error if absent."""
+def load_llava(name_or_dir: str | Path, dtype: torch.dtype | None = None, **from_pretrained):
+    """``(model, processor)`` from a hub id or a local checkpoint directory, with a clear error if absent.
+
+    Extra keyword arguments (``quantization_config``, ``device_map``) go to the model's ``from_pretrained``.
+    """
     name = str(name_or_dir)
     local = Path(name)
     looks_local = local.is_absolute() or name.startswith(".") or local.exists() or name.count("/") != 1
     if looks_local and not (local / "config.json").is_file():
         raise FileNotFoundError(f"{local}: not a Hugging Face checkpoint directory (no config.json)")
-    model = LlavaForConditionalGeneration.from_pretrained(name, dtype=dtype)
+    model = LlavaForConditionalGeneration.from_pretrained(name, dtype=dtype, **from_pretrained)
     processor = AutoProcessor.from_pretrained(name)
     return model, processor
 

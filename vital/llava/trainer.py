@@ -93,7 +93,10 @@ def plan_steps(n: int, cfg: LoopConfig, world: int) -> tuple[list[list[int]], in
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete checkpoint (a ``step-N`` dir whose state file was written last)."""
+    """The newest complete checkpoint (a ``step-N`` dir whose state file was written last).
+
+    A ``.tmp-step-N`` dir is a save that was killed before its rename, so it is never a candidate.
+    """
     done = [p for p in Path(checkpoint_dir).glob("step-*") if (p / STATE_FILE).is_file()]
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
@@ -102,6 +105,8 @@ def claim_checkpoint_dir(cfg: LoopConfig) -> bool:
     """Make ``checkpoint_dir`` belong to this run's fingerprint; returns False if stale ones were wiped.
 
     A checkpoint left by a run with other data, base model or hyper-parameters must never be resumed.
+    Half-written saves (``.tmp-step-N``, a kill during a save) are removed: they are never resumed, and a
+    full fine-tune's optimizer state makes them large.
     """
     d = Path(cfg.checkpoint_dir)
     f = d / "fingerprint.json"
@@ -111,6 +116,8 @@ def claim_checkpoint_dir(cfg: LoopConfig) -> bool:
         shutil.rmtree(d)
         kept = False
     d.mkdir(parents=True, exist_ok=True)
+    for tmp in d.glob(".tmp-step-*"):
+        shutil.rmtree(tmp)
     f.write_text(wanted, encoding="utf-8")
     return kept
 

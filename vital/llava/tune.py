@@ -1,13 +1,15 @@
 """Stage 2: visual instruction tuning of any HF LLaVA checkpoint on a curated LLaVA JSON file.
 
-LoRA (``peft``) or full fine-tuning, the vision tower frozen or not, ``accelerate`` for devices, mixed
-precision, gradient accumulation and multi-GPU/DeepSpeed (``accelerate launch``). The output directory is
-a complete checkpoint (LoRA merged) with the processor, plus ``adapter/`` for LoRA runs.
+LoRA (``peft``), QLoRA (LoRA on a 4-bit NF4 base, ``bitsandbytes``) or full fine-tuning, the vision tower
+frozen or not, ``accelerate`` for devices, mixed precision, gradient accumulation and multi-GPU/DeepSpeed
+(``accelerate launch``). The output directory is a complete checkpoint (LoRA merged) with the processor,
+plus ``adapter/`` for LoRA and QLoRA runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -15,16 +17,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import LlavaForConditionalGeneration
+from packaging.version import Version
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
 
 from vital.io import RecordError, read_json, write_json
 from vital.llava.build import load_llava
 from vital.llava.conversation import Collator, ConversationDataset
 from vital.llava.trainer import LoopConfig, LoopResult, train, write_curve
-from vital.params import TuneParams
+from vital.params import ParamsError, TuneParams
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# transformers 5 refuses older versions; it is also the first whose 4-bit layers run on the CPU.
+BNB_MIN = "0.46.1"
+
+# QLoRA quantises the language model only: the vision tower and projector stay in full precision, as in
+# LLaVA's QLoRA recipe, and so does lm_head (transformers' default skip, dropped once a list is given).
+# Both spellings because transformers 4.x matches "<name>." anywhere in a module's name, 5.x a prefix.
+_NOT_QUANTISED = [
+    "vision_tower",
+    "multi_modal_projector",
+    "model.vision_tower",
+    "model.multi_modal_projector",
+    "lm_head",
+]
 
 
 def read_llava_json(path: Path) -> list[dict[str, Any]]:
@@ -41,6 +57,66 @@ def read_llava_json(path: Path) -> list[dict[str, Any]]:
     return data
 
 
+def check_method(tp: TuneParams) -> None:
+    """Fail on a ``tune.method`` this machine cannot run, before any data or model is loaded."""
+    if tp.method != "qlora":
+        return
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ParamsError(
+            "tune.method=qlora needs bitsandbytes, which is not installed: pip install 'vital[qlora]'"
+        ) from None
+    if Version(bnb.__version__) < Version(BNB_MIN):
+        raise ParamsError(
+            f"tune.method=qlora needs bitsandbytes>={BNB_MIN} (found {bnb.__version__}): "
+            "pip install -U 'vital[qlora]'"
+        )
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        raise ParamsError(
+            "tune.method=qlora does not run under DeepSpeed ZeRO-3 (the 4-bit base is loaded whole on every "
+            "GPU, and ZeRO-3 cannot shard it): launch without the ZeRO-3 config"
+        )
+    if not torch.cuda.is_available() and not _bnb_4bit_runs_on_cpu():
+        raise ParamsError(
+            f"tune.method=qlora: no CUDA device, and bitsandbytes {bnb.__version__} cannot run 4-bit layers "
+            "on the CPU (run on a GPU, or use tune.method=lora)"
+        )
+
+
+def _bnb_4bit_runs_on_cpu() -> bool:
+    """Whether the installed bitsandbytes quantises an NF4 layer on the CPU and runs it forward."""
+    try:
+        import bitsandbytes as bnb
+
+        layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+        layer(torch.zeros(1, 64))
+        return bool(getattr(layer.weight, "bnb_quantized", False))
+    except Exception:
+        return False
+
+
+def quantization_config(tp: TuneParams) -> BitsAndBytesConfig:
+    """QLoRA's 4-bit base: NF4 with double quantisation, computing in ``tune.load_dtype``."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_DTYPES[tp.load_dtype],
+        llm_int8_skip_modules=_NOT_QUANTISED,
+    )
+
+
+def _load_kwargs(tp: TuneParams) -> dict[str, Any]:
+    if tp.method != "qlora":
+        return {}
+    from accelerate import PartialState
+
+    # 4-bit weights are placed when they are loaded (accelerate cannot move them later): on this
+    # process's device, so each process of a multi-GPU launch holds its own copy.
+    return {"quantization_config": quantization_config(tp), "device_map": {"": str(PartialState().device)}}
+
+
 def lora_target_pattern(modules: list[str], freeze_vision: bool) -> str:
     """Regex for peft: LoRA on the language model's ``modules`` (and the vision tower's if it trains)."""
     names = "|".join(sorted(modules))
@@ -55,6 +131,12 @@ def prepare_model(model: LlavaForConditionalGeneration, tp: TuneParams) -> torch
         if tp.freeze_vision:
             model.model.vision_tower.requires_grad_(False)
         return model
+    if tp.method == "qlora":
+        # Freezes the base, upcasts the non-4-bit weights to fp32 and turns on gradient checkpointing
+        # (non-reentrant: the reentrant kind needs inputs that require grad to backpropagate at all).
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     config = LoraConfig(
         r=tp.lora.r,
         lora_alpha=tp.lora.alpha,
@@ -83,8 +165,14 @@ def is_main_process() -> bool:
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """Trainable and total parameters; a 4-bit weight counts as its unquantised shape, not its packed bytes."""
+
+    def numel(p: torch.Tensor) -> int:
+        state = getattr(p, "quant_state", None)
+        return state.shape.numel() if state is not None else p.numel()
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(numel(p) for p in model.parameters())
 
 
 def _file_md5(path: Path) -> str:
@@ -109,8 +197,9 @@ def _save_outputs(model, accelerator, processor, base: str, out: Path, tp: TuneP
             out / "adapter", state_dict=state, is_main_process=accelerator.is_main_process
         )
     if accelerator.is_main_process:
-        if tp.method == "lora":
+        if tp.method != "full":
             # Merge from what was saved, on one process: the adapter on disk is what the model is made of.
+            # QLoRA too merges into the base as stored (unquantised, in load_dtype), not into its 4-bit copy.
             merge_adapter(base, out / "adapter", out, dtype=_DTYPES[tp.load_dtype])
         processor.save_pretrained(out)
     accelerator.wait_for_everyone()
@@ -137,10 +226,11 @@ def run(
 ) -> dict[str, Any]:
     """Tune ``base`` (hub id or dir) on the LLaVA JSON ``data``; write the checkpoint to ``out``."""
     start = time.perf_counter()
+    check_method(tp)
     data, out = Path(data), Path(out)
     records = read_llava_json(data)
     torch.manual_seed(tp.seed)
-    model, processor = load_llava(base, dtype=_DTYPES[tp.load_dtype])
+    model, processor = load_llava(base, dtype=_DTYPES[tp.load_dtype], **_load_kwargs(tp))
     dataset = ConversationDataset(records, processor, image_root, tp.max_length, source=str(data))
     model = prepare_model(model, tp)
     trainable, total = count_params(model)
