@@ -172,24 +172,30 @@ def image_batches(ds: FigureImages, batch_size: int, num_workers: int) -> DataLo
     return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate, shuffle=False)
 
 
-def patch_side(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor | None:
-    """Mean of the last layer's left-half patch tokens minus the right-half ones (None if the tower
-    does not expose a square patch grid). The pooled embedding barely keeps laterality; the patch tokens
-    (what LLaVA reads) do."""
+def image_features_and_side(
+    model: torch.nn.Module, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``encode_image`` features and, from the same forward pass, the mean of the last layer's left-half
+    patch tokens minus the right-half ones (None if the tower does not expose a square patch grid).
+    The pooled embedding barely keeps laterality; the patch tokens (what LLaVA reads) do."""
     visual = getattr(model, "visual", None)
     if visual is None or not hasattr(visual, "output_tokens"):
-        return None
+        return model.encode_image(images), None
     old = visual.output_tokens
     visual.output_tokens = True
     try:
-        _, tokens = visual(images)
+        pooled, tokens = visual(images)
     finally:
         visual.output_tokens = old
     g = math.isqrt(tokens.shape[1])
     if g * g != tokens.shape[1]:
-        return None
+        return pooled, None
     grid = tokens.reshape(len(images), g, g, -1)
-    return grid[:, :, : g // 2].mean((1, 2)) - grid[:, :, g - g // 2 :].mean((1, 2))
+    return pooled, grid[:, :, : g // 2].mean((1, 2)) - grid[:, :, g - g // 2 :].mean((1, 2))
+
+
+def patch_side(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor | None:
+    return image_features_and_side(model, images)[1]
 
 
 @torch.no_grad()
@@ -206,11 +212,11 @@ def encode_images(
         if batch is None:
             continue
         batch = batch.to(device)
-        out = model.encode_image(batch).float().cpu().numpy()
+        pooled, ps = image_features_and_side(model, batch) if side else (model.encode_image(batch), None)
+        out = pooled.float().cpu().numpy()
         if feats is None:
             feats = np.full((n, out.shape[1]), np.nan, dtype=np.float32)
         feats[idx.numpy()] = out
-        ps = patch_side(model, batch) if side else None
         if ps is not None:
             if sides is None:
                 sides = np.zeros((n, ps.shape[1]), dtype=np.float32)
