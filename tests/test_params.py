@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_repository_params_file_is_valid():
     params = load_params(REPO / "params.yaml")
-    assert params.selector.human_weight == 400
+    assert params.selector.human_weight == 1
 
 
 def test_misspelled_key_is_named():

@@ -207,7 +207,11 @@ class EmbedParams(Section):
 
 
 class SelectorParams(Section):
-    human_weight: float = Field(400, ge=0, description="weight of a human pair relative to a model pair")
+    human_weight: float = Field(
+        1,
+        ge=0,
+        description="weight of a human pair relative to a model pair (paper: 400; demo: 1, see params.yaml)",
+    )
     loss: Literal["hinge", "logistic"] = "hinge"
     margin: float = Field(1.0, gt=0)
     hidden: int = Field(128, ge=1)
