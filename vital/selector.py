@@ -1,8 +1,9 @@
-"""The selection model: an MLP rating head on frozen CLIP features, trained on weighted preference pairs.
+"""The selection model: an MLP rating head on CLIP features, trained on weighted preference pairs.
 
 It distils judge scores (model pairs, weight 1) and clinician comparisons (human pairs, weight
 ``selector.human_weight``) into one unbounded rating. Features come from the embed stage, so a sweep over
-this head's params never recomputes them.
+this head's params never recomputes them; with ``selector.finetune_backbone`` the CLIP towers train with
+the head instead (``vital.selector_backbone``).
 """
 
 from __future__ import annotations
@@ -228,16 +229,18 @@ def weighted_agreement(scores: torch.Tensor, ps: PairSet) -> float:
     return float((correct * ps.weight).sum() / ps.weight.sum())
 
 
-def new_rater(x: torch.Tensor, sp: SelectorParams, build_backbone=None) -> torch.nn.Module:
-    """A fresh head on ``x``'s width, on frozen features or (``build_backbone(head)``) end to end."""
+def new_rater(x: torch.Tensor, sp: SelectorParams, emb: Embeddings, paths: Paths) -> torch.nn.Module:
+    """A fresh head on ``x``'s width, on the frozen features ``x`` or with the backbone end to end."""
     torch.manual_seed(sp.seed)
     head = RatingHead(x.shape[1], sp.hidden, sp.dropout)
-    if sp.finetune_backbone == "none" or build_backbone is None:
+    if sp.finetune_backbone == "none":
         return FrozenFeatureRater(head, x).to_device(sp.device)
-    return build_backbone(head)
+    from vital.selector_backbone import build_rater  # loads open_clip: only when the backbone trains
+
+    return build_rater(emb, head, sp, paths)
 
 
-def train_head(
+def train_rater(
     rater: torch.nn.Module, train: PairSet, val: PairSet, sp: SelectorParams, desc: str = "selector"
 ) -> TrainResult:
     """Pairwise training of ``rater`` (head, and backbone when it has trainable parameters) with early
@@ -525,14 +528,9 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     held = by_split.get("heldout", [])
 
     def build(w: float) -> torch.nn.Module:
-        spw = sp.model_copy(update={"human_weight": w})
-        if sp.finetune_backbone == "none":
-            return new_rater(x, spw)
-        from vital.selector_backbone import build_rater
+        return new_rater(x, sp.model_copy(update={"human_weight": w}), emb, paths)
 
-        return new_rater(x, spw, lambda head: build_rater(emb, head, spw, paths))
-
-    result = train_head(build(sp.human_weight), train, val, sp)
+    result = train_rater(build(sp.human_weight), train, val, sp)
     scores = rate_all(result.rater).numpy()
     selector_scores = dict(zip(emb.candidate_ids, scores.tolist(), strict=True))
     judge = read_scores_of_judge(paths.judgments)
@@ -544,7 +542,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     for w in sp.compare_weights:
         if w not in by_weight:
             alt = sp.model_copy(update={"human_weight": w})
-            res = train_head(
+            res = train_rater(
                 build(w),
                 to_pairset(by_split["train"], index, w),
                 to_pairset(by_split.get("val", []), index, w),
