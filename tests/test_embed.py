@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,14 @@ def test_patch_side_flips_sign_with_the_mirrored_image():
     assert a.shape == (2, 32)
     assert not torch.allclose(a, torch.zeros_like(a))
     assert not torch.allclose(a, b)  # the feature depends on which side is which
+
+
+def test_rerun_writes_byte_identical_output(tmp_path: Path):
+    """Same inputs, same output bytes: DVC must not see a changed output (and rerun select) because of timings."""
+    paths = world(tmp_path)
+    run(EmbedParams(), paths)
+    first = {f.name: f.read_bytes() for f in paths.embeddings.iterdir()}
+    time.sleep(2.1)  # zip timestamps have a 2 s resolution: a stamped archive would now differ
+    m = run(EmbedParams(), paths, force=True)
+    assert m["skipped"] is False and "image_seconds" in m
+    assert {f.name: f.read_bytes() for f in paths.embeddings.iterdir()} == first

@@ -8,10 +8,12 @@ candidates and the sample), and ``run`` itself skips the work when its fingerpri
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import re
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,7 +307,7 @@ def save_embeddings(
     """``extra``: optional ``candidate_text_max`` (N, D) and ``figure_context`` (F, D) of rounds mode."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{FEATURES}.tmp.npz"
-    np.savez(
+    save_npz(
         tmp,
         figure_ids=np.array(figure_ids),
         figure_image=figure_feats,
@@ -316,6 +318,16 @@ def save_embeddings(
     )
     tmp.replace(out_dir / FEATURES)
     write_json(out_dir / META, meta)
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` with fixed zip timestamps: equal arrays give equal bytes, so DVC sees an unchanged output
+    (``np.savez`` stamps each member with the current time)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(arr), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
 
 
 def load_embeddings(emb_dir: str | Path) -> Embeddings:
@@ -427,9 +439,6 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
         "side_features": bool(want_side and fig_side is not None),
         **side_info,
         **_listed(inputs.problems),
-        "image_seconds": round(image_s, 2),
-        "text_seconds": round(text_s, 2),
-        "skipped": False,
     }
     save_embeddings(
         paths.embeddings,
@@ -441,7 +450,14 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
         meta,
         extra,
     )
-    metrics = {**meta, "wall_seconds": round(time.perf_counter() - start, 2)}
+    # timings go to the metrics only: in meta.json they would change the output's hash on every rerun
+    metrics = {
+        **meta,
+        "image_seconds": round(image_s, 2),
+        "text_seconds": round(text_s, 2),
+        "skipped": False,
+        "wall_seconds": round(time.perf_counter() - start, 2),
+    }
     write_json(paths.metric("embed"), metrics)
     return metrics
 
