@@ -81,22 +81,19 @@ def test_bad_records_are_counted(tmp_path: Path):
     assert m["candidates"] == 15
 
 
+def _candidate(*turns: str) -> Candidate:
+    """Candidate F#0 whose conversation alternates human and gpt turns."""
+    conv = [{"from": "human" if i % 2 == 0 else "gpt", "value": t} for i, t in enumerate(turns)]
+    return Candidate.model_validate(
+        {"id": "F#0", "pair_id": "F", "image": "a.png", "domain": "ct_scan", "conversations": conv}
+    )
+
+
 def test_text_is_paper_order_or_qa_first():
     fig = FigureRecord(
         pair_id="F", pmid="1", fig_caption="CT of the chest.", in_text_mention=["As in Fig 1."], image="a.png"
     )
-    cand = Candidate.model_validate(
-        {
-            "id": "F#0",
-            "pair_id": "F",
-            "image": "a.png",
-            "domain": "ct_scan",
-            "conversations": [
-                {"from": "human", "value": "<image>\nSide?"},
-                {"from": "gpt", "value": "Left."},
-            ],
-        }
-    )
+    cand = _candidate("<image>\nSide?", "Left.")
     assert candidate_text(fig, cand) == "CT of the chest. As in Fig 1. Question: Side? Answer: Left."
     assert (
         candidate_text(fig, cand, "qa_first") == "Question: Side? Answer: Left. CT of the chest. As in Fig 1."
@@ -143,20 +140,7 @@ def test_pool_rounds_mean_and_max():
 def test_round_texts_one_per_round():
     from vital.embed import round_texts
 
-    cand = Candidate.model_validate(
-        {
-            "id": "F#0",
-            "pair_id": "F",
-            "image": "a.png",
-            "domain": "ct_scan",
-            "conversations": [
-                {"from": "human", "value": "<image>\nSide?"},
-                {"from": "gpt", "value": "Left."},
-                {"from": "human", "value": "How many?"},
-                {"from": "gpt", "value": "Two."},
-            ],
-        }
-    )
+    cand = _candidate("<image>\nSide?", "Left.", "How many?", "Two.")
     assert round_texts(cand) == ["Question: Side? Answer: Left.", "Question: How many? Answer: Two."]
 
 
