@@ -13,9 +13,9 @@ from test_embed import world as embed_world
 from vital.embed import load_embeddings
 from vital.embed import run as embed
 from vital.foundation.clip import WEIGHTS_NAME
-from vital.io import write_jsonl
+from vital.io import RecordError, write_jsonl
 from vital.pairs import run as make_pairs
-from vital.params import EmbedParams, PairsParams, SelectorParams
+from vital.params import EmbedParams, PairsParams, ParamsError, SelectorParams
 from vital.paths import Paths
 from vital.selector import RatingHead, embedding_features, run
 from vital.selector_backbone import BACKBONE_WEIGHTS, build_rater
@@ -102,3 +102,24 @@ def test_backbone_needs_a_loadable_model(tmp_path: Path):
     p = synthetic(tmp_path, figures=20)
     with pytest.raises(Exception, match="no loadable backbone"):
         run(SelectorParams(finetune_backbone="text", epochs=1, compare_weights=[]), p)
+
+
+def test_unusable_device_fails_before_any_work(tmp_path: Path):
+    with pytest.raises(ParamsError, match=r"selector.device='gpu0'"):
+        run(SelectorParams(device="gpu0"), Paths(tmp_path))
+    if not torch.cuda.is_available():
+        with pytest.raises(ParamsError, match="no CUDA device"):
+            run(SelectorParams(device="cuda"), Paths(tmp_path))
+
+
+def test_image_gone_since_embed_is_named(paths: Paths, tmp_path: Path):
+    import shutil
+
+    copy = Paths(tmp_path / "p")
+    shutil.copytree(paths.root, copy.root, symlinks=True)
+    first = json.loads(copy.sample.read_text().splitlines()[0])
+    (copy.corpus / first["image"]).write_bytes(b"not a png")
+    emb = load_embeddings(copy.embeddings)
+    x = embedding_features(emb)
+    with pytest.raises(RecordError, match=first["pair_id"]):
+        build_rater(emb, RatingHead(x.shape[1], 4, 0.0), SelectorParams(finetune_backbone="full"), copy)

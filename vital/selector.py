@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from vital.embed import Embeddings, load_embeddings
 from vital.io import RecordError, read_json, read_jsonl, write_json, write_jsonl
-from vital.params import SelectorParams
+from vital.params import ParamsError, SelectorParams
 from vital.paths import Paths
 from vital.progress import progress
 from vital.schema import Judgment, Pair, Preference
@@ -513,9 +513,20 @@ def _human_agreement(rater: torch.nn.Module, ids: list[str], held: list[Pair]) -
     return agreement(s, [p for p in held if p.source == "human"])
 
 
+def check_device(device: str) -> None:
+    """Fail on ``selector.device`` before any loading or training, naming the parameter."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ParamsError(f"selector.device={device!r}: not a torch device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParamsError(f"selector.device={device!r}: no CUDA device on this machine (use cpu)")
+
+
 def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     """The select stage: ``models/selector``, ``artifacts/scores.jsonl``, ``metrics/select.json``, curve."""
     start = time.perf_counter()
+    check_device(sp.device)
     emb = load_embeddings(paths.embeddings)
     index = emb.index()
     problems: dict[str, list[str]] = {}

@@ -172,7 +172,11 @@ def build_rater(emb: Embeddings, head: torch.nn.Module, sp: SelectorParams, path
         images = torch.zeros(0)
         for idx, batch, bad in image_batches(ds, 256, 0):
             if bad:
-                raise RecordError(f"{paths.corpus}: figure images unreadable now: {bad[:3]}")
+                named = [f"{fig_ids[i]}: {ds.images[i]} ({err})" for i, err in bad[:3]]
+                raise RecordError(
+                    f"{paths.corpus}: {len(bad)} figure image(s) the embed stage read are unreadable now: "
+                    f"{named}; rerun the embed stage"
+                )
             if images.numel() == 0:
                 images = torch.zeros((len(fig_ids), *batch.shape[1:]))
             images[idx] = batch
