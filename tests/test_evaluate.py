@@ -219,10 +219,10 @@ def test_run_end_to_end_with_tiny_llava_checkpoints(tmp_path):
 
 def test_top_versus_random_over_seeds():
     per_model = {
-        "top-s0": {"closed_accuracy": 0.8, "open_recall": 0.5},
-        "top-s1": {"closed_accuracy": 0.7, "open_recall": 0.5},
-        "random-s0": {"closed_accuracy": 0.6, "open_recall": 0.5},
-        "random-s1": {"closed_accuracy": 0.7, "open_recall": 0.4},
+        "top-s0": {"closed_accuracy": 0.8, "closed_discrimination": 0.6, "open_recall": 0.5},
+        "top-s1": {"closed_accuracy": 0.7, "closed_discrimination": 0.4, "open_recall": 0.5},
+        "random-s0": {"closed_accuracy": 0.6, "closed_discrimination": 0.2, "open_recall": 0.5},
+        "random-s1": {"closed_accuracy": 0.7, "closed_discrimination": 0.4, "open_recall": 0.4},
         "base": {"closed_accuracy": 0.5, "open_recall": 0.0},
     }
     out = compare_subsets(per_model, ["top", "random"], [0, 1])
@@ -231,4 +231,6 @@ def test_top_versus_random_over_seeds():
     gain = out["top_minus_random"]["closed_accuracy"]
     assert gain["mean"] == pytest.approx(0.1) and (gain["wins"], gain["ties"]) == (1, 1)
     assert out["top_minus_random"]["open_recall"]["mean"] == pytest.approx(0.05)
+    assert out["top_minus_random"]["closed_discrimination"]["mean"] == pytest.approx(0.2)
+    assert out["top_over_seeds"]["closed_discrimination"]["mean"] == pytest.approx(0.5)
     assert "top_minus_random" not in compare_subsets(per_model, ["top"], [0, 1])

@@ -13,7 +13,12 @@ def test_summary_reads_the_stage_metrics(tmp_path):
         paths.metric("evaluate"),
         {
             "demo": {
-                "top-s0": {"closed_accuracy": 0.8, "closed_accuracy_legacy": 0.9, "open_recall": 0.5},
+                "top-s0": {
+                    "closed_accuracy": 0.8,
+                    "closed_accuracy_legacy": 0.9,
+                    "closed_discrimination": 0.6,
+                    "open_recall": 0.5,
+                },
                 "top_over_seeds": {"closed_accuracy": {"mean": 0.8}},
                 "chance": {"closed_chance": 0.5, "closed_majority": 0.6},
                 "top_minus_random": {"closed_accuracy": {"mean": 0.1, "std": 0.0, "n": 1, "wins": 1}},
@@ -23,6 +28,6 @@ def test_summary_reads_the_stage_metrics(tmp_path):
     )
     text = summary(paths)
     assert "12 held-out clinician pairs" in text and "judge" in text and "0.750" in text
-    assert "top-s0      0.800 (0.900) / 0.500" in text
+    assert "top-s0      0.800 (0.900) / 0.600 / 0.500" in text
     assert "top_over_seeds" not in text and "top - random closed_accuracy: 0.100" in text
     assert json.loads((tmp_path / "metrics" / "select.json").read_text())

@@ -18,6 +18,7 @@ from vital.vqa.metrics import (
     substring_hit,
     summarize,
     token_scores,
+    yes_no_conditioning,
 )
 
 
@@ -162,6 +163,44 @@ def test_summarize_omits_scores_of_empty_groups_and_checks_lengths():
     assert out["n_open"] == 0 and "open_recall" not in out
     with pytest.raises(ValueError, match="1 items but 2 predictions"):
         summarize([_item("c", "yes", "CLOSED")], ["yes", "no"])
+
+
+def test_yes_no_conditioning_hand_computed():
+    items = [
+        _item("y1", "yes", "CLOSED", "ct_scan"),  # "Yes." -> yes
+        _item("y2", "Yes", "CLOSED", "ct_scan"),  # "normal" has no yes/no word
+        _item("n1", "no", "CLOSED", "mri"),  # "no, yes" -> the first word: no
+        _item("n2", "no", "CLOSED", "mri"),  # "yes" -> yes
+        _item("n3", "no", "CLOSED", "mri"),  # "not really" -> neither
+        _item("s", "left", "CLOSED", "mri"),  # not yes/no: not counted
+        _item("o", "yes", "OPEN", "mri"),  # open: not counted
+    ]
+    preds = ["Yes.", "normal", "no, yes", "yes", "not really", "left", "yes"]
+    out = yes_no_conditioning(items, preds)
+    assert out == pytest.approx(
+        {
+            "closed_yes_rate_on_yes": 1 / 2,
+            "closed_yes_rate_on_no": 1 / 3,
+            "closed_discrimination": 1 / 2 - 1 / 3,
+            "closed_without_yes_no": 2 / 5,
+        }
+    )
+    by_domain = summarize(items, preds)["by_domain"]
+    # a group with only "yes" references has a yes rate but no discrimination
+    assert (
+        by_domain["ct_scan"]["closed_yes_rate_on_yes"] == 0.5
+        and "closed_discrimination" not in by_domain["ct_scan"]
+    )
+    assert by_domain["mri"]["closed_yes_rate_on_no"] == pytest.approx(1 / 3)
+
+
+def test_discrimination_ignores_a_constant_lean_that_accuracy_rewards():
+    items = [_item(str(i), a, "CLOSED") for i, a in enumerate(["yes", "yes", "yes", "no"])]
+    always_yes = summarize(items, ["yes"] * 4)
+    assert always_yes["closed_accuracy"] == 0.75 and always_yes["closed_discrimination"] == 0.0
+    right = summarize(items, ["yes", "yes", "yes", "no"])
+    assert right["closed_discrimination"] == 1.0 and right["closed_without_yes_no"] == 0.0
+    assert yes_no_conditioning([_item("o", "liver", "OPEN")], ["liver"]) == {}
 
 
 def test_closed_baselines():

@@ -179,7 +179,7 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
 
 
 # ------------------------------------------------------------------ several seeds
-CLAIM_METRICS = ("closed_accuracy", "open_recall")
+CLAIM_METRICS = ("closed_accuracy", "closed_discrimination", "open_recall")
 
 
 def tuned_models(params: Params) -> dict[str, str]:

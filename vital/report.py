@@ -39,14 +39,18 @@ def summary(paths: Paths) -> str:
     for set_name, res in ev.items():
         if set_name.startswith("_") or not isinstance(res, dict):
             continue
-        lines.append(f"evaluate  {set_name}: closed-set accuracy (legacy substring) / open-set recall")
+        lines.append(
+            f"evaluate  {set_name}: closed-set accuracy (legacy substring) / yes-no discrimination / open-set recall"
+        )
         for model, m in res.items():
             if model.endswith("_over_seeds") or model == "top_minus_random":
                 continue
             if isinstance(m, dict) and isinstance(m.get("closed_accuracy"), float | int):
                 legacy, recall = m.get("closed_accuracy_legacy"), m.get("open_recall")
+                discrimination = m.get("closed_discrimination")
                 lines.append(
-                    f"            {model:<12}{_fmt(m['closed_accuracy'])} ({_fmt(legacy)}) / {_fmt(recall)}"
+                    f"            {model:<12}{_fmt(m['closed_accuracy'])} ({_fmt(legacy)})"
+                    f" / {_fmt(discrimination)} / {_fmt(recall)}"
                 )
         chance = res.get("chance", {})
         lines.append(

@@ -16,6 +16,15 @@ Definitions (all on answers normalised by :func:`normalize_answer`):
 - ``closed_accuracy``: corrected. For a yes/no reference, the first "yes" or "no" word of the
   prediction must equal it; for any other closed reference (SLAKE's "left", "ct"), the reference
   must appear as whole words in the prediction.
+
+Diagnostics of the yes/no questions (vital's, not LLaVA-Med's), from the first yes/no word:
+
+- ``closed_yes_rate_on_yes`` / ``closed_yes_rate_on_no``: share of questions answered "yes" among
+  those whose reference is "yes" / "no".
+- ``closed_discrimination``: their difference (Youden's J). 0 when the answer ignores the question and
+  image, 1 when every answer is right; unlike accuracy it does not move with a constant lean to "yes"
+  or "no", so a model at chance accuracy shows here whether it leans or guesses.
+- ``closed_without_yes_no``: share of yes/no questions answered with neither word (scored wrong).
 """
 
 from __future__ import annotations
@@ -200,22 +209,48 @@ def _mean_scores(scores: Sequence[dict[str, float]]) -> dict[str, float | int]:
     return out
 
 
+def yes_no_conditioning(items: Sequence[VQAItem], predictions: Sequence[str]) -> dict[str, float]:
+    """The yes/no diagnostics of the module docstring; a rate is left out when its group is empty."""
+    said: dict[str, list[str | None]] = {"yes": [], "no": []}
+    for item, pred in zip(items, predictions, strict=True):
+        ref = answer_tokens(item.answer)
+        if item.answer_type == "CLOSED" and ref in (["yes"], ["no"]):
+            said[ref[0]].append(first_yes_no(pred))
+    out: dict[str, float] = {}
+    for ref, words in said.items():
+        if words:
+            out[f"closed_yes_rate_on_{ref}"] = sum(w == "yes" for w in words) / len(words)
+    if said["yes"] and said["no"]:
+        out["closed_discrimination"] = out["closed_yes_rate_on_yes"] - out["closed_yes_rate_on_no"]
+    answered = said["yes"] + said["no"]
+    if answered:
+        out["closed_without_yes_no"] = sum(w is None for w in answered) / len(answered)
+    return out
+
+
 def summarize(
     items: Sequence[VQAItem], predictions: Sequence[str], by: Sequence[str] = ("domain", "question_type")
 ) -> dict:
     """Mean scores over a set, overall and per value of each attribute in ``by`` that the set records."""
     if len(items) != len(predictions):
         raise ValueError(f"{len(items)} items but {len(predictions)} predictions")
-    scores = [score_item(i, p) for i, p in zip(items, predictions, strict=True)]
-    out: dict = _mean_scores(scores)
+    rows = [(i, p, score_item(i, p)) for i, p in zip(items, predictions, strict=True)]
+
+    def summary(group: list[tuple[VQAItem, str, dict[str, float]]]) -> dict:
+        return {
+            **_mean_scores([s for _, _, s in group]),
+            **yes_no_conditioning([i for i, _, _ in group], [p for _, p, _ in group]),
+        }
+
+    out: dict = summary(rows)
     for attr in by:
-        groups: dict[str, list[dict[str, float]]] = {}
-        for item, s in zip(items, scores, strict=True):
-            key = getattr(item, attr)
+        groups: dict[str, list[tuple[VQAItem, str, dict[str, float]]]] = {}
+        for row in rows:
+            key = getattr(row[0], attr)
             if key is not None:
-                groups.setdefault(str(key), []).append(s)
+                groups.setdefault(str(key), []).append(row)
         if groups:
-            out[f"by_{attr}"] = {k: _mean_scores(v) for k, v in sorted(groups.items())}
+            out[f"by_{attr}"] = {k: summary(v) for k, v in sorted(groups.items())}
     return out
 
 
