@@ -5,6 +5,7 @@ vital params               validate params.yaml and print the resolved values
 vital run STAGE            run one pipeline stage (same as `python stages/STAGE.py`)
 vital generate --dry-run   count requests, estimate tokens and cost; send nothing
 vital judge --dry-run      the same for judging
+vital annotate --annotator dr_smith   rank candidates in the browser into data/labels/dr_smith.jsonl
 """
 
 from __future__ import annotations
@@ -38,6 +39,31 @@ def _report(args) -> int:
     from vital.report import summary
 
     print(summary(Paths()))
+    return 0
+
+
+def _annotate(args) -> int:
+    from vital.annotate import AnnotationError, AnnotationSession, load_tasks, make_server
+
+    paths = Paths()
+    try:
+        session = AnnotationSession(
+            paths, args.annotator, load_tasks(paths, args.annotator, args.seed, args.limit)
+        )
+        server = make_server(session, args.host, args.port)
+    except (AnnotationError, OSError) as e:
+        print(f"vital annotate: {e}", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    p = session.progress()
+    print(f"vital annotate: {p['ranked']} of {p['total']} figures ranked; open http://{host}:{port}/")
+    print(f"labels go to {session.label_file} (use them with labels.backend: files); Ctrl-C stops")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -84,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("stage")
     run.add_argument("rest", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)
+
+    ann = sub.add_parser("annotate", help="rank candidate conversations in the browser (clinician labels)")
+    ann.add_argument("--annotator", required=True, help="pseudonymous clinician id; names the label file")
+    ann.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    ann.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    ann.add_argument("--limit", type=int, default=None, help="offer only the first N sampled figures")
+    ann.add_argument("--seed", type=int, default=0, help="seed of the per-annotator candidate order")
+    ann.set_defaults(func=_annotate)
 
     for name in ("generate", "judge", "chat_eval"):
         p = sub.add_parser(name, help=f"{name}: --dry-run estimates requests, tokens and cost")

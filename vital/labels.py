@@ -152,7 +152,7 @@ def _simulated(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[lis
 
 
 # ------------------------------------------------------------------ real label files
-def _validate(raw: object, known: dict[str, str]) -> tuple[Preference | None, str, str]:
+def validate_preference(raw: object, known: dict[str, str]) -> tuple[Preference | None, str, str]:
     """(preference, reason, detail); reason is '' when the line is usable."""
     if not isinstance(raw, dict):
         return None, "invalid_record", f"expected a JSON object, got {type(raw).__name__}"
@@ -203,7 +203,7 @@ def _files(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[list[Pr
                 except json.JSONDecodeError as e:
                     problems.add(where, "invalid_json", e.msg)
                     continue
-                pref, reason, detail = _validate(raw, known)
+                pref, reason, detail = validate_preference(raw, known)
                 if pref is not None:
                     key = (pref.annotator, pref.pair_id, tuple(pref.ranking))
                     if key in seen:
