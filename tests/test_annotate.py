@@ -82,9 +82,11 @@ def _serve(session):
     return server, f"http://{host}:{port}"
 
 
-def _call(url, body=None):
+def _call(url, body=None, headers=None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req) as res:
             return res.status, res.read()
@@ -111,6 +113,16 @@ def test_api_validates_rankings_appends_them_and_resumes(paths):
             "duplicate_candidate": [ids[0], *ids],
             "rank every candidate": ids[:3],
         }
+        status, body = _call(
+            f"{url}/api/label", {"pair_id": "PMC1_F1", "ranking": ids, "ties": [[ids[0], ids[2]]]}
+        )
+        assert status == 400 and "must be neighbours" in json.loads(body)["error"]
+        status, body = _call(f"{url}/api/label", {"pair_id": "PMC9_F9", "ranking": ids})
+        assert status == 404 and "PMC9_F9" in json.loads(body)["error"]
+        # a page on another site, or a form post, cannot write labels
+        for headers in ({"Origin": "http://evil.example"}, {"Content-Type": "text/plain"}):
+            status, _ = _call(f"{url}/api/label", {"pair_id": "PMC1_F1", "ranking": ids}, headers)
+            assert status == 415
         for reason, ranking in bad.items():
             status, body = _call(f"{url}/api/label", {"pair_id": "PMC1_F1", "ranking": ranking})
             assert (
@@ -123,7 +135,7 @@ def test_api_validates_rankings_appends_them_and_resumes(paths):
         status, body = _call(f"{url}/api/label", {"pair_id": "PMC1_F1", "ranking": ids, "ties": [ids[2:4]]})
         assert status == 200 and json.loads(body)["progress"] == {"ranked": 1, "total": 2, "skipped": 0}
         status, body = _call(f"{url}/api/label", {"pair_id": "PMC1_F1", "ranking": ids})
-        assert status == 400 and "already ranked" in json.loads(body)["error"]
+        assert status == 409 and "already ranked" in json.loads(body)["error"]
     finally:
         server.shutdown()
 
@@ -136,6 +148,36 @@ def test_api_validates_rankings_appends_them_and_resumes(paths):
     assert restarted.next_task().pair_id == "PMC2_F1"
     result = labels.run(LabelsParams(backend="files"), paths)
     assert result["labels"] == 1 and result["human_pairs"] == 6 and result["skipped"] == 0
+
+
+def test_appends_safely_to_a_hand_edited_file_and_beside_a_second_session(paths):
+    first = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    second = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))  # started before any label
+    paths.labels_dir.mkdir(parents=True)
+    hand = {"pair_id": "PMC3_F1", "annotator": "dr_a", "ranking": ["x", "y"]}
+    (paths.labels_dir / "dr_a.jsonl").write_text(json.dumps(hand))  # no final newline
+    ids = [c.id for c in first.tasks["PMC1_F1"].candidates]
+    first.submit({"pair_id": "PMC1_F1", "ranking": ids})
+    with pytest.raises(AnnotationError, match="PMC1_F1: already ranked") as err:
+        second.submit({"pair_id": "PMC1_F1", "ranking": ids[::-1]})
+    assert err.value.status == 409 and second.next_task().pair_id == "PMC2_F1"
+    lines = list(read_jsonl(paths.labels_dir / "dr_a.jsonl"))
+    assert [line["pair_id"] for line in lines] == ["PMC3_F1", "PMC1_F1"] and lines[1]["ranking"] == ids
+
+
+def test_an_image_outside_the_corpus_is_not_served_and_limit_must_be_positive(paths):
+    rows = list(read_jsonl(paths.sample))
+    rows[0]["image"] = "../../secret.png"
+    write_jsonl(paths.sample, rows)
+    session = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    server, url = _serve(session)
+    try:
+        status, body = _call(f"{url}/image/PMC1_F1")
+        assert status == 404 and "leaves the corpus folder" in json.loads(body)["error"]
+    finally:
+        server.shutdown()
+    with pytest.raises(AnnotationError, match="limit=0"):
+        load_tasks(paths, "dr_a", limit=0)
 
 
 def _chromium() -> str | None:
@@ -165,14 +207,20 @@ def test_a_clinician_ranks_in_the_browser(paths, tmp_path):
             page.keyboard.press("2")  # keys pick by position too
             page.check("[data-testid=tie-2]")  # candidate 2, ranked last, as good as the one above
             page.screenshot(path=str(tmp_path / "annotate.png"), full_page=True)
-            page.click("#submit")
-            page.wait_for_function(
-                f"document.querySelector('#caption').textContent === {json.dumps(CAPTIONS['PMC2_F1'])}"
+            page.locator("#caption").click()  # focus off the checkbox, so Enter saves
+            page.keyboard.press("Enter")
+            page.keyboard.press("Enter")  # a second Enter must not save twice
+            second_figure = (
+                f"document.querySelector('#caption')?.textContent === {json.dumps(CAPTIONS['PMC2_F1'])}"
             )
+            page.wait_for_function(second_figure)
             assert "1 of 2 figures ranked" in page.inner_text("#progress")
 
             page.click("#skip")
             page.wait_for_selector("#done")
+            assert "1 skipped" in page.inner_text("#done")  # skipped is not "ranked"
+            page.click("#revisit")
+            page.wait_for_function(second_figure)
             browser.close()
     finally:
         server.shutdown()

@@ -1,8 +1,10 @@
 """The annotation web server: one page, a small JSON API, the figure images. Standard library only.
 
 Routes: ``GET /`` the page; ``GET /api/task`` the next figure (``{"task": null}`` when all are ranked);
-``POST /api/label`` ``{pair_id, ranking, ties}``; ``POST /api/skip`` ``{pair_id}``; ``GET /image/<pair_id>``.
-Errors come back as ``{"error": message}`` with status 400 (bad ranking) or 404 (unknown figure).
+``POST /api/label`` ``{pair_id, ranking, ties}``; ``POST /api/skip`` ``{pair_id}``; ``POST /api/revisit``
+(offer the skipped figures again); ``GET /image/<pair_id>``. Errors come back as ``{"error": message}``
+with status 400 (bad ranking), 404 (unknown figure), 409 (already ranked), 415 (not JSON, or from
+another site: a page elsewhere cannot post labels) or 500 (the label file cannot be written).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import mimetypes
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from vital.annotate.session import AnnotationError, AnnotationSession
 
@@ -42,9 +44,19 @@ def make_handler(session: AnnotationSession) -> type[BaseHTTPRequestHandler]:
             self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
 
         def _body(self) -> object:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                raise AnnotationError(f"request body of {length} bytes is over {MAX_BODY}")
+            if self.headers.get_content_type() != "application/json":
+                raise AnnotationError("POST a JSON body (Content-Type: application/json)", 415)
+            origin = self.headers.get("Origin")
+            if origin and urlsplit(origin).netloc != self.headers.get("Host"):
+                raise AnnotationError(
+                    f"requests from {origin} are refused: post from the annotation page", 415
+                )
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise AnnotationError("Content-Length is not a number") from None
+            if not 0 <= length <= MAX_BODY:
+                raise AnnotationError(f"request body of {length} bytes: expected 0 to {MAX_BODY}")
             try:
                 return json.loads(self.rfile.read(length) or b"null")
             except json.JSONDecodeError as e:
@@ -83,12 +95,20 @@ def make_handler(session: AnnotationSession) -> type[BaseHTTPRequestHandler]:
                 if self.path == "/api/label":
                     self._json(HTTPStatus.OK, {"progress": session.submit(body)})
                 elif self.path == "/api/skip":
-                    session.skip(str((body or {}).get("pair_id")) if isinstance(body, dict) else "")
+                    session.skip(str(body.get("pair_id")) if isinstance(body, dict) else "")
+                    self._json(HTTPStatus.OK, {"progress": session.progress()})
+                elif self.path == "/api/revisit":
+                    session.revisit_skipped()
                     self._json(HTTPStatus.OK, {"progress": session.progress()})
                 else:
                     self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
             except AnnotationError as e:
-                self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+                self._json(e.status, {"error": str(e)})
+            except OSError as e:
+                self._json(
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                    {"error": f"cannot write {session.label_file}: {e.strerror or e}; nothing was saved"},
+                )
 
     return Handler
 

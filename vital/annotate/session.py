@@ -8,6 +8,7 @@ that was submitted.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -28,7 +29,14 @@ ANNOTATOR = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class AnnotationError(ValueError):
-    """Input the session cannot use; the message names the file, figure or candidate."""
+    """Input the session cannot use; the message names the file, figure or candidate.
+
+    ``status`` is the HTTP status the server answers with.
+    """
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ def load_tasks(paths: Paths, annotator: str, seed: int = 0, limit: int | None = 
     The shuffle is seeded by (seed, annotator, figure) so a restart shows the same order, and different
     clinicians see different orders (no position bias shared across them).
     """
+    if limit is not None and limit < 1:
+        raise AnnotationError(f"limit={limit}: offer at least one figure")
     for path, stage in ((paths.sample, "sample"), (paths.candidates, "generate")):
         if not path.is_file():
             raise AnnotationError(f"{path}: not found (run the {stage} stage first: dvc repro {stage})")
@@ -114,22 +124,22 @@ class AnnotationSession:
         self.order = [t.pair_id for t in tasks]
         self.known = {c.id: t.pair_id for t in tasks for c in t.candidates}
         self.label_file = paths.labels_dir / f"{annotator}.jsonl"
-        self.done: set[str] = self._already_ranked()
+        self.done: set[str] = set()
+        if self.label_file.is_file():
+            with self.label_file.open(encoding="utf-8") as f:
+                self.done = self._ranked_in(f.read())
         self.skipped: set[str] = set()
         self._lock = threading.Lock()
 
-    def _already_ranked(self) -> set[str]:
+    def _ranked_in(self, text: str) -> set[str]:
         done: set[str] = set()
-        if not self.label_file.is_file():
-            return done
-        with self.label_file.open(encoding="utf-8") as f:
-            for line in f:
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the labels stage reports it; never rewrite a clinician's file
-                if isinstance(raw, dict) and raw.get("annotator") == self.annotator:
-                    done.add(str(raw.get("pair_id")))
+        for line in text.splitlines():
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the labels stage reports it; never rewrite a clinician's file
+            if isinstance(raw, dict) and raw.get("annotator") == self.annotator:
+                done.add(str(raw.get("pair_id")))
         return done
 
     def progress(self) -> dict:
@@ -149,6 +159,10 @@ class AnnotationSession:
             self._task(pair_id)
             self.skipped.add(pair_id)
 
+    def revisit_skipped(self) -> None:
+        with self._lock:
+            self.skipped.clear()
+
     def submit(self, payload: object) -> dict:
         """Validate one ranking, append it to the label file, return the progress.
 
@@ -160,9 +174,7 @@ class AnnotationSession:
         with self._lock:
             task = self._task(pair_id)
             if pair_id in self.done:
-                raise AnnotationError(
-                    f"figure {pair_id}: already ranked by {self.annotator} in {self.label_file}"
-                )
+                raise self._already(pair_id)
             record = {
                 "pair_id": pair_id,
                 "annotator": self.annotator,
@@ -176,7 +188,13 @@ class AnnotationSession:
             missing = sorted({c.id for c in task.candidates} - set(pref.ranking))
             if missing:
                 raise AnnotationError(f"figure {pair_id}: rank every candidate; missing {missing}")
-            self._append(pref.model_dump_json())
+            for group in pref.ties:
+                places = sorted(pref.ranking.index(c) for c in group)
+                if len(group) < 2 or places != list(range(places[0], places[0] + len(group))):
+                    raise AnnotationError(
+                        f"figure {pair_id}: tied candidates {group} must be neighbours in the ranking"
+                    )
+            self._append(pair_id, pref.model_dump_json())
             self.done.add(pair_id)
             self.skipped.discard(pair_id)
             return self.progress()
@@ -185,14 +203,33 @@ class AnnotationSession:
         try:
             return self.tasks[pair_id]
         except KeyError:
-            raise AnnotationError(f"figure {pair_id}: not in this session's tasks") from None
+            raise AnnotationError(f"figure {pair_id}: not in this session's tasks", status=404) from None
 
-    def _append(self, line: str) -> None:
+    def _already(self, pair_id: str) -> AnnotationError:
+        return AnnotationError(
+            f"figure {pair_id}: already ranked by {self.annotator} in {self.label_file}", 409
+        )
+
+    def _append(self, pair_id: str, line: str) -> None:
+        """Append under an exclusive file lock, after re-reading the file: another ``vital annotate``
+        for the same annotator may have written since this one started."""
         self.label_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.label_file.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        with self.label_file.open("a+", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.seek(0)
+                existing = f.read()
+                ranked = self._ranked_in(existing)
+                if pair_id in ranked:
+                    self.done |= ranked
+                    raise self._already(pair_id)
+                if existing and not existing.endswith("\n"):
+                    f.write("\n")  # a hand-edited file without a final newline must not swallow this line
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def image_path(self, pair_id: str) -> Path:
         task = self._task(pair_id)
