@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_repository_params_file_is_valid():
     params = load_params(REPO / "params.yaml")
-    assert params.selector.human_weight == 1
+    assert params.selector.human_weight == "auto"
 
 
 def test_misspelled_key_is_named():
@@ -19,8 +19,11 @@ def test_misspelled_key_is_named():
 
 
 def test_out_of_range_value_is_named_with_the_value():
-    with pytest.raises(ParamsError, match=r"selector\.human_weight: .*greater than or equal to 0.*-1"):
+    with pytest.raises(ParamsError, match=r"selector\.human_weight: .*must be >= 0 or auto \(got -1\)"):
         parse_params({"selector": {"human_weight": -1}})
+    assert parse_params({"selector": {"human_weight": "auto"}}).selector.human_weight == "auto"
+    with pytest.raises(ParamsError, match=r"selector\.human_weight"):
+        parse_params({"selector": {"human_weight": "best"}})
 
 
 def test_wrong_backend_is_named():

@@ -99,6 +99,31 @@ def test_human_pairs_beat_judge_and_weight_zero(world: Paths):
     assert (world.plots / "select_weights.csv").read_text().splitlines()[1].startswith("0,")
 
 
+def test_auto_weight_is_the_best_on_validation_clinicians_and_equals_that_fixed_run(world: Paths):
+    kw = dict(epochs=30, patience=10, lr=3e-3, hidden=32, compare_weights=[0])
+    m = run(SelectorParams(human_weight="auto", auto_weights=[0, 50, 5], **kw), world)
+    by_val = m["human_weight_auto"]["val_human_agreement_by_weight"]
+    assert set(by_val) == {"0", "50", "5"}
+    chosen = m["human_weight_auto"]["chosen"]
+    assert m["human_weight"] == chosen and by_val[f"{chosen:g}"] == max(by_val.values())
+    assert chosen > 0  # clinicians see the truth, the judge a noisy mix: weight 0 cannot win
+    assert set(m["heldout_human_agreement_by_weight"]) == {"0", "50", "5"}  # every tried head, held out
+    assert "selector_minus_weight0" in m["heldout_human"]
+    auto_scores = world.scores.read_text()
+    fixed = run(SelectorParams(human_weight=chosen, **kw), world)
+    assert world.scores.read_text() == auto_scores  # the chosen head is the one a fixed run trains
+    assert fixed["heldout_human"]["selector"] == m["heldout_human"]["selector"]
+    assert load_selector(world.selector)[1]["params"]["human_weight"] == chosen
+
+
+def test_auto_weight_without_validation_clinician_pairs_is_a_clear_error(tmp_path: Path):
+    paths = synthetic(tmp_path, figures=40)
+    pairs = [json.loads(x) for x in paths.pairs.read_text().splitlines()]
+    write_jsonl(paths.pairs, [p for p in pairs if not (p["source"] == "human" and p["split"] == "val")])
+    with pytest.raises(ValueError, match="human_weight=auto .* has none"):
+        run(SelectorParams(human_weight="auto", epochs=2), paths)
+
+
 def test_weight_zero_learns_the_judge(world: Paths):
     m = run(
         SelectorParams(

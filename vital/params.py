@@ -207,10 +207,17 @@ class EmbedParams(Section):
 
 
 class SelectorParams(Section):
-    human_weight: float = Field(
-        1,
-        ge=0,
-        description="weight of a human pair relative to a model pair (paper: 400; demo: 1, see params.yaml)",
+    human_weight: float | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "weight of a human pair relative to a model pair (paper: 400), or auto (demo):"
+            " the one of auto_weights whose head agrees best with the validation clinician pairs"
+        ),
+    )
+    auto_weights: list[float] = Field(
+        default_factory=lambda: [0.0, 1.0, 10.0, 100.0, 400.0, 1000.0],
+        min_length=1,
+        description="human_weight=auto: the weights tried (one head each, on the same features and pairs)",
     )
     loss: Literal["hinge", "logistic"] = "hinge"
     margin: float = Field(1.0, gt=0)
@@ -233,11 +240,19 @@ class SelectorParams(Section):
         description="extra heads trained at these human weights in the same run (agreement vs weight)",
     )
 
+    @field_validator("human_weight")
+    @classmethod
+    def _weight_or_auto(cls, value):
+        if value != "auto" and value < 0:
+            raise ValueError(f"must be >= 0 or auto (got {value:g})")
+        return value
+
     @model_validator(mode="after")
     def _weights_nonnegative(self):
-        bad = [w for w in self.compare_weights if w < 0]
-        if bad:
-            raise ValueError(f"compare_weights: weights must be >= 0 (got {bad})")
+        for name in ("compare_weights", "auto_weights"):
+            bad = [w for w in getattr(self, name) if w < 0]
+            if bad:
+                raise ValueError(f"{name}: weights must be >= 0 (got {bad})")
         return self
 
 

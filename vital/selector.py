@@ -534,35 +534,62 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     if not by_split.get("train"):
         raise RecordError(f"{paths.pairs}: no training pairs with features")
     x = embedding_features(emb)
-    train = to_pairset(by_split["train"], index, sp.human_weight)
-    val = to_pairset(by_split.get("val", []), index, sp.human_weight)
     held = by_split.get("heldout", [])
 
     def build(w: float) -> torch.nn.Module:
         return new_rater(x, sp.model_copy(update={"human_weight": w}), emb, paths)
 
-    result = train_rater(build(sp.human_weight), train, val, sp)
+    def fit(w: float, desc: str = "selector") -> TrainResult:
+        alt = sp.model_copy(update={"human_weight": w})
+        train_w = to_pairset(by_split["train"], index, w)
+        return train_rater(build(w), train_w, to_pairset(by_split.get("val", []), index, w), alt, desc=desc)
+
+    auto: dict[str, Any] | None = None
+    by_weight: dict[float, float | None] = {}  # held-out clinician agreement of a head per human weight
+    weight0_scores: dict[str, float] | None = None
+    best: TrainResult | None = None
+    if sp.human_weight == "auto":
+        val_human = [p for p in by_split.get("val", []) if p.source == "human"]
+        if not val_human:
+            raise RecordError(
+                f"selector.human_weight=auto picks the weight on validation clinician pairs, and {paths.pairs} "
+                "has none (give the labels stage more figures, or set a number)"
+            )
+        by_val: dict[float, float] = {}
+        for w in dict.fromkeys(sp.auto_weights):  # one head at a time: with a backbone each is a model copy
+            res = fit(w, desc=f"selector w={w:g}")
+            by_val[w] = _human_agreement(res.rater, emb.candidate_ids, val_human) or 0.0
+            by_weight[w] = _human_agreement(res.rater, emb.candidate_ids, held)
+            if w == 0:
+                weight0_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
+            if best is None or by_val[w] > max(v for k, v in by_val.items() if k != w):
+                best = res  # strictly better only: among equals the first of auto_weights wins
+            del res
+        chosen = max(by_val, key=by_val.__getitem__)
+        auto = {
+            "chosen": chosen,
+            "val_human_agreement_by_weight": {f"{w:g}": round(a, 4) for w, a in by_val.items()},
+        }
+        sp = sp.model_copy(update={"human_weight": chosen})
+    train = to_pairset(by_split["train"], index, sp.human_weight)
+    val = to_pairset(by_split.get("val", []), index, sp.human_weight)
+    result = best or fit(sp.human_weight)
     scores = rate_all(result.rater).numpy()
     selector_scores = dict(zip(emb.candidate_ids, scores.tolist(), strict=True))
     judge = read_scores_of_judge(paths.judgments)
     prefs = read_prefs(paths.labels)
 
     # the same head at other human weights, on the same features and pairs: agreement vs weight in one run
-    by_weight = {sp.human_weight: _human_agreement(result.rater, emb.candidate_ids, held)}
-    weight0_scores: dict[str, float] | None = None
+    by_weight[sp.human_weight] = _human_agreement(result.rater, emb.candidate_ids, held)
     for w in sp.compare_weights:
-        if w not in by_weight:
-            alt = sp.model_copy(update={"human_weight": w})
-            res = train_rater(
-                build(w),
-                to_pairset(by_split["train"], index, w),
-                to_pairset(by_split.get("val", []), index, w),
-                alt,
-                desc=f"selector w={w:g}",
-            )
-            by_weight[w] = _human_agreement(res.rater, emb.candidate_ids, held)
-            if w == 0:
-                weight0_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
+        if w in by_weight:
+            continue
+        res = fit(w, desc=f"selector w={w:g}")
+        by_weight[w] = _human_agreement(res.rater, emb.candidate_ids, held)
+        if w == 0:
+            weight0_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
+    if sp.human_weight == 0:
+        weight0_scores = None  # the selector itself: no gap to report
 
     config = {
         "in_dim": int(x.shape[1]),
@@ -592,6 +619,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     _write_weights(paths.plots / "select_weights.csv", by_weight)
     metrics = {
         "human_weight": sp.human_weight,
+        **({"human_weight_auto": auto} if auto else {}),
         "loss": sp.loss,
         "finetune_backbone": sp.finetune_backbone,
         "pairs_train": {"human": train.source.count("human"), "model": train.source.count("model")},
