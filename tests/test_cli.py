@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_params_prints_resolved_values(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert main(["params"]) == 0
-    assert json.loads(capsys.readouterr().out)["selector"]["human_weight"] == 1
+    assert json.loads(capsys.readouterr().out)["selector"]["human_weight"] == "auto"
 
 
 def test_params_typo_exits_2_naming_the_key(tmp_path, capsys):
