@@ -68,6 +68,10 @@ def test_tasks_are_figures_with_two_candidates_in_a_stable_per_annotator_order(p
 
 
 def test_missing_inputs_and_bad_annotator_fail_naming_what_to_fix(paths):
+    with paths.candidates.open("a") as f:
+        f.write(json.dumps({"id": "PMC1_F1#9", "pair_id": "PMC1_F1"}) + "\n")
+    with pytest.raises(AnnotationError, match=r"candidates.jsonl:9: invalid candidate"):
+        load_tasks(paths, "dr_a")
     os.remove(paths.candidates)
     with pytest.raises(AnnotationError, match=r"candidates.jsonl: not found \(run the generate stage"):
         load_tasks(paths, "dr_a")

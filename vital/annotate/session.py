@@ -14,10 +14,11 @@ import os
 import re
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from vital.io import read_jsonl
 from vital.labels import validate_preference
@@ -68,6 +69,14 @@ class Task:
         }
 
 
+def _validated(path: Path, model: type[BaseModel], what: str) -> Iterator:
+    for i, raw in enumerate(read_jsonl(path), 1):
+        try:
+            yield model.model_validate(raw)
+        except ValidationError as e:
+            raise AnnotationError(f"{path}:{i}: invalid {what} ({e.errors()[0]['msg']})") from None
+
+
 def load_tasks(paths: Paths, annotator: str, seed: int = 0, limit: int | None = None) -> list[Task]:
     """A task per sampled figure with two or more candidates, candidates shuffled per annotator.
 
@@ -80,22 +89,10 @@ def load_tasks(paths: Paths, annotator: str, seed: int = 0, limit: int | None = 
         if not path.is_file():
             raise AnnotationError(f"{path}: not found (run the {stage} stage first: dvc repro {stage})")
     by_figure: dict[str, list[Candidate]] = defaultdict(list)
-    for i, raw in enumerate(read_jsonl(paths.candidates), 1):
-        try:
-            c = Candidate.model_validate(raw)
-        except ValidationError as e:
-            raise AnnotationError(
-                f"{paths.candidates}:{i}: invalid candidate ({e.errors()[0]['msg']})"
-            ) from None
+    for c in _validated(paths.candidates, Candidate, "candidate"):
         by_figure[c.pair_id].append(c)
     tasks = []
-    for i, raw in enumerate(read_jsonl(paths.sample), 1):
-        try:
-            fig = FigureRecord.model_validate(raw)
-        except ValidationError as e:
-            raise AnnotationError(
-                f"{paths.sample}:{i}: invalid figure record ({e.errors()[0]['msg']})"
-            ) from None
+    for fig in _validated(paths.sample, FigureRecord, "figure record"):
         cands = by_figure.get(fig.pair_id, [])
         if len(cands) < 2:
             continue
