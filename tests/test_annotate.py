@@ -144,14 +144,43 @@ def test_api_validates_rankings_appends_them_and_resumes(paths):
         server.shutdown()
 
     lines = list(read_jsonl(paths.labels_dir / "dr_a.jsonl"))
+    digests = {c.id: c.digest() for c in session.tasks["PMC1_F1"].candidates}
     assert lines == [
-        {"pair_id": "PMC1_F1", "annotator": "dr_a", "ranking": ids, "ties": [ids[2:4]], "source": "files"}
+        {
+            "pair_id": "PMC1_F1",
+            "annotator": "dr_a",
+            "ranking": ids,
+            "ties": [ids[2:4]],
+            "source": "files",
+            "seen": digests,
+        }
     ]
     # a restarted session offers the next figure, and the labels stage takes the file as it is
     restarted = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
     assert restarted.next_task().pair_id == "PMC2_F1"
     result = labels.run(LabelsParams(backend="files"), paths)
     assert result["labels"] == 1 and result["human_pairs"] == 6 and result["skipped"] == 0
+
+
+def test_a_regenerated_candidate_makes_its_ranking_stale_not_silently_wrong(paths):
+    session = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    for pid in ("PMC1_F1", "PMC2_F1"):
+        session.submit({"pair_id": pid, "ranking": [c.id for c in session.tasks[pid].candidates]})
+    # generate reruns (new prompt, new model) and PMC1_F1#2 now holds other text under the same id
+    cands = list(read_jsonl(paths.candidates))
+    cands[2]["conversations"][1]["value"] = "A different answer."
+    write_jsonl(paths.candidates, cands)
+    result = labels.run(LabelsParams(backend="files"), paths)
+    assert result["labels"] == 1 and result["skipped_by_reason"] == {"candidate_changed": 1}
+    problem = result["problems"][0]
+    assert problem["where"].endswith("dr_a.jsonl:1") and "PMC1_F1#2" in problem["detail"]
+    # the clinician is offered the figure again, and the new ranking is the one the stage uses
+    again = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    assert again.next_task().pair_id == "PMC1_F1"
+    again.submit({"pair_id": "PMC1_F1", "ranking": [c.id for c in again.tasks["PMC1_F1"].candidates]})
+    assert again.next_task() is None
+    result = labels.run(LabelsParams(backend="files"), paths)
+    assert result["labels"] == 2 and result["skipped_by_reason"] == {"candidate_changed": 1}
 
 
 def test_appends_safely_to_a_hand_edited_file_and_beside_a_second_session(paths):

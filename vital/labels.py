@@ -152,8 +152,15 @@ def _simulated(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[lis
 
 
 # ------------------------------------------------------------------ real label files
-def validate_preference(raw: object, known: dict[str, str]) -> tuple[Preference | None, str, str]:
-    """(preference, reason, detail); reason is '' when the line is usable."""
+def validate_preference(
+    raw: object, known: dict[str, str], digests: dict[str, str] | None = None
+) -> tuple[Preference | None, str, str]:
+    """(preference, reason, detail); reason is '' when the line is usable.
+
+    ``known``: candidate id -> figure; ``digests``: candidate id -> ``Candidate.digest()``, checked
+    against the ranking's ``seen`` digests (a candidate regenerated after it was ranked makes the
+    ranking stale: its id now names other text).
+    """
     if not isinstance(raw, dict):
         return None, "invalid_record", f"expected a JSON object, got {type(raw).__name__}"
     ranking = raw.get("ranking")
@@ -176,6 +183,12 @@ def validate_preference(raw: object, known: dict[str, str]) -> tuple[Preference 
     stray = [c for group in pref.ties for c in group if c not in pref.ranking]
     if stray:
         return None, "invalid_ties", f"tied id(s) {stray} are not in the ranking"
+    changed = [c for c in pref.ranking if digests and c in pref.seen and pref.seen[c] != digests.get(c)]
+    if changed:
+        detail = (
+            f"candidate(s) {changed} were regenerated after this ranking (their text differs); rank again"
+        )
+        return None, "candidate_changed", detail
     return pref, "", ""
 
 
@@ -186,7 +199,9 @@ def _files(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[list[Pr
         raise LabelsError(
             f"{folder}: no *.jsonl label files (labels.backend=files); see {folder / 'README.md'} for the format"
         )
-    known = {c.id: pid for pid, cs in _load_candidates(paths.candidates, problems).items() for c in cs}
+    candidates = [c for cs in _load_candidates(paths.candidates, problems).values() for c in cs]
+    known = {c.id: c.pair_id for c in candidates}
+    digests = {c.id: c.digest() for c in candidates}
     prefs: list[Preference] = []
     seen: set[tuple] = set()
     empty: list[str] = []
@@ -203,7 +218,7 @@ def _files(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[list[Pr
                 except json.JSONDecodeError as e:
                     problems.add(where, "invalid_json", e.msg)
                     continue
-                pref, reason, detail = validate_preference(raw, known)
+                pref, reason, detail = validate_preference(raw, known, digests)
                 if pref is not None:
                     key = (pref.annotator, pref.pair_id, tuple(pref.ranking))
                     if key in seen:

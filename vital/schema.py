@@ -6,6 +6,8 @@ and one preference record shape shared by simulated and real clinicians.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -64,6 +66,11 @@ class Candidate(BaseModel):
     conversations: list[Turn]
     generator: dict = Field(default_factory=dict, description="backend, model, prompt digest")
 
+    def digest(self) -> str:
+        """Content digest of the conversation: a label made on this text can tell when it changed."""
+        turns = [[t.from_, t.value] for t in self.conversations]
+        return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode()).hexdigest()[:16]
+
     def llava(self) -> dict:
         return {
             "id": self.id,
@@ -92,6 +99,10 @@ class Preference(BaseModel):
     ranking: list[str] = Field(min_length=2, description="candidate ids, best first")
     ties: list[list[str]] = Field(default_factory=list)
     source: str = "files"
+    seen: dict[str, str] = Field(
+        default_factory=dict,
+        description="candidate id -> Candidate.digest() of the text ranked; optional, written by `vital annotate`",
+    )
 
 
 class Pair(BaseModel):

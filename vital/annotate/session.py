@@ -120,6 +120,7 @@ class AnnotationSession:
         self.tasks = {t.pair_id: t for t in tasks}
         self.order = [t.pair_id for t in tasks]
         self.known = {c.id: t.pair_id for t in tasks for c in t.candidates}
+        self.digests = {c.id: c.digest() for t in tasks for c in t.candidates}
         self.label_file = paths.labels_dir / f"{annotator}.jsonl"
         self.done: set[str] = set()
         if self.label_file.is_file():
@@ -135,8 +136,12 @@ class AnnotationSession:
                 raw = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the labels stage reports it; never rewrite a clinician's file
-            if isinstance(raw, dict) and raw.get("annotator") == self.annotator:
-                done.add(str(raw.get("pair_id")))
+            if not isinstance(raw, dict) or raw.get("annotator") != self.annotator:
+                continue
+            seen = raw.get("seen")
+            if isinstance(seen, dict) and any(self.digests.get(c, d) != d for c, d in seen.items()):
+                continue  # ranked before its candidates were regenerated: offer the figure again
+            done.add(str(raw.get("pair_id")))
         return done
 
     def progress(self) -> dict:
@@ -178,8 +183,9 @@ class AnnotationSession:
                 "ranking": payload.get("ranking"),
                 "ties": payload.get("ties") or [],
                 "source": "files",
+                "seen": {c.id: self.digests[c.id] for c in task.candidates},
             }
-            pref, reason, detail = validate_preference(record, self.known)
+            pref, reason, detail = validate_preference(record, self.known, self.digests)
             if pref is None:
                 raise AnnotationError(f"figure {pair_id}: {reason}: {detail}")
             missing = sorted({c.id for c in task.candidates} - set(pref.ranking))
