@@ -108,6 +108,23 @@ def test_generator_shape_and_determinism(world):
     assert TemplateGenerator(truth, seed=1).generate(records[0], 4) != gen.generate(records[0], 4)
 
 
+def test_generator_rounds_range(world):
+    records, truth = world
+    gen = TemplateGenerator(truth, seed=0, min_rounds=6, max_rounds=8)
+    lengths = set()
+    for rec in records[:30]:
+        for conv in gen.generate(rec, 4):
+            questions = [t["value"].removeprefix("<image>\n") for t in conv if t["from"] == "human"]
+            lengths.add(len(questions))
+            assert len(set(questions)) == len(questions)  # never the same question twice
+    assert lengths == {6, 7, 8}
+    # figures without a lesion have 10 distinct questions: a longer minimum is refused up front
+    with pytest.raises(ValueError, match="min_rounds"):
+        TemplateGenerator(truth, min_rounds=11, max_rounds=12)
+    with pytest.raises(ValueError, match="min_rounds"):
+        TemplateGenerator(truth, min_rounds=4, max_rounds=3)
+
+
 def test_generator_quality_mix(world):
     records, truth = world
     gen = TemplateGenerator(truth)

@@ -60,6 +60,7 @@ def test_prompt_content_and_reproducibility(world):
         generate.run(api_params(server.base_url, world), Paths(world))
     msgs = bodies[0]["messages"]
     assert msgs[0]["role"] == "system" and "JSON" in msgs[0]["content"]
+    assert "Between 1 and 3 question-answer rounds" in msgs[0]["content"]  # generate.min_rounds/max_rounds
     assert [m["role"] for m in msgs[1:5]] == ["user", "assistant", "user", "assistant"]  # 2 demonstrations
     parts = msgs[-1]["content"]
     assert parts[0]["text"].startswith("Figure caption: Axial CT") and "Figure context" in parts[0]["text"]

@@ -31,6 +31,11 @@ def test_wrong_backend_is_named():
         parse_params({"generate": {"backend": "gpt5"}})
 
 
+def test_generate_rounds_range_is_checked():
+    with pytest.raises(ParamsError, match=r"generate: .*max_rounds \(2\) is below min_rounds \(4\)"):
+        parse_params({"generate": {"min_rounds": 4, "max_rounds": 2}})
+
+
 def test_tune_keep_must_be_a_curated_subset():
     with pytest.raises(ParamsError, match=r"tune\.keep=50 is not one of curate\.keep"):
         parse_params({"tune": {"keep": 50}})

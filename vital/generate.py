@@ -103,7 +103,9 @@ class TemplateBackend:
             raise FileNotFoundError(
                 f"{self.paths.truth}: the template backend needs the demo world (run `vital world`)"
             )
-        self.generator = TemplateGenerator(load_truth(self.paths.truth), self.gp.seed)
+        self.generator = TemplateGenerator(
+            load_truth(self.paths.truth), self.gp.seed, self.gp.min_rounds, self.gp.max_rounds
+        )
 
     def generate(self, figures: list[FigureRecord]) -> Iterator[Result]:
         prov = {"backend": "template", "model": self.gp.model}
@@ -150,7 +152,7 @@ class OpenAIBackend:
     def request(self, rec: FigureRecord, image_url: str, k: int, attempt: int) -> Request:
         gp = self.gp
         demos = pick_demonstrations(self.demos, rec.primary_domain, gp.demos_per_prompt, gp.seed, rec.pair_id)
-        messages = generation_messages(rec, image_url, demos, gp.min_rounds)
+        messages = generation_messages(rec, image_url, demos, gp.min_rounds, gp.max_rounds)
         body = {
             "model": gp.model,
             "messages": messages,

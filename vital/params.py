@@ -139,7 +139,10 @@ class GenerateParams(Section):
     max_image_side: int = Field(512, ge=32)
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1024, ge=16)
-    min_rounds: int = Field(1, ge=1)
+    min_rounds: int = Field(1, ge=1, description="Q&A rounds per conversation: fewer is an invalid output")
+    max_rounds: int = Field(
+        3, ge=1, description="asked for in the prompt; the template generator's upper bound"
+    )
     max_invalid_retries: int = Field(2, ge=0)
     seed: int = 0
     client: ClientParams = Field(default_factory=ClientParams)
@@ -149,6 +152,12 @@ class GenerateParams(Section):
     batch_max_lines: int = Field(50_000, ge=1, description="batch mode: requests per input file (API limit)")
     batch_max_mb: float = Field(190, gt=0, description="batch mode: MB per input file (API limit 200)")
     batch_rounds: int = Field(3, ge=1, description="batch mode: submissions of failed/expired lines")
+
+    @model_validator(mode="after")
+    def _rounds_range(self):
+        if self.max_rounds < self.min_rounds:
+            raise ValueError(f"max_rounds ({self.max_rounds}) is below min_rounds ({self.min_rounds})")
+        return self
 
 
 class JudgeParams(Section):

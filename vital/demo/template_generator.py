@@ -12,7 +12,7 @@ import copy
 import numpy as np
 
 from vital.schema import FigureRecord
-from vital.world.conversation import question_kinds, write_conversation
+from vital.world.conversation import LESION_ONLY, QUESTIONS, question_plan, write_planned
 from vital.world.findings import MODALITIES, STYLES
 from vital.world.language import lower_first
 from vital.world.seeding import rng_for
@@ -25,6 +25,9 @@ MODES: dict[str, float] = {
     "leaky": 0.09,
     "truncated": 0.09,
 }
+
+# distinct questions about a figure without a lesion (modality, findings, describe templates)
+MAX_DISTINCT_ROUNDS = sum(len(QUESTIONS[k]) for k in QUESTIONS if k not in LESION_ONLY)
 
 _VAGUE = (
     "There may be some abnormality in the image, but it is difficult to determine its exact nature.",
@@ -79,13 +82,24 @@ def _truncate(text: str, rng: np.random.Generator) -> str:
 
 
 class TemplateGenerator:
-    """``generate(record, n)`` -> n conversations; deterministic per (seed, pair_id, candidate index)."""
+    """``generate(record, n)`` -> n conversations of ``min_rounds``..``max_rounds`` Q&A rounds (uniform);
+    deterministic per (seed, pair_id, candidate index)."""
 
     name = "template"
 
-    def __init__(self, truth: dict[str, dict], seed: int = 0):
+    def __init__(self, truth: dict[str, dict], seed: int = 0, min_rounds: int = 1, max_rounds: int = 3):
+        if not 1 <= min_rounds <= max_rounds:
+            raise ValueError(
+                f"template generator: need 1 <= min_rounds <= max_rounds, got {min_rounds}, {max_rounds}"
+            )
+        if min_rounds > MAX_DISTINCT_ROUNDS:
+            raise ValueError(
+                f"template generator: min_rounds {min_rounds} exceeds the {MAX_DISTINCT_ROUNDS} distinct "
+                "questions it can ask about a figure without a lesion"
+            )
         self.truth = truth
         self.seed = seed
+        self.min_rounds, self.max_rounds = min_rounds, max_rounds
 
     def generate(self, record: FigureRecord, n: int) -> list[list[dict]]:
         try:
@@ -100,11 +114,11 @@ class TemplateGenerator:
     def _one(self, record: FigureRecord, truth: dict, k: int) -> list[dict]:
         rng = rng_for(self.seed, "template", record.pair_id, k)
         mode = str(rng.choice(list(MODES), p=list(MODES.values())))
-        rounds = int(rng.integers(1, 4))
+        rounds = int(rng.integers(self.min_rounds, self.max_rounds + 1))
         if mode == "hallucinated":
             wrong, exposed = _hallucinate(truth, rng)
-            return write_conversation(wrong, question_kinds(wrong, rounds, rng, first=exposed), rng)
-        conv = write_conversation(truth, question_kinds(truth, rounds, rng), rng)
+            return write_planned(wrong, question_plan(wrong, rounds, rng, first=exposed), rng)
+        conv = write_planned(truth, question_plan(truth, rounds, rng), rng)
         answers = [i for i, t in enumerate(conv) if t["from"] == "gpt"]
         if mode == "vague":
             for i in answers:

@@ -30,7 +30,7 @@ number, size and appearance. Vary the questions.
 - Use the caption and mentions only to get the facts right. Never reveal them: do not write \
 "the caption says", "as mentioned", "according to the text/context" or similar; speak of "the image".
 - Do not invent findings that neither the image nor the text supports.
-- At least {min_rounds} question-answer round(s).
+- {rounds}.
 
 Reply with JSON only: {{"conversations": [{{"from": "human", "value": "..."}}, {{"from": "gpt", "value": "..."}}, ...]}}"""
 
@@ -168,9 +168,14 @@ def _demo_answer(demo: dict) -> str:
 
 
 def generation_messages(
-    record: FigureRecord, image_url: str, demos: list[dict], min_rounds: int
+    record: FigureRecord, image_url: str, demos: list[dict], min_rounds: int, max_rounds: int
 ) -> list[dict]:
-    messages: list[dict] = [{"role": "system", "content": GENERATION_SYSTEM.format(min_rounds=min_rounds)}]
+    rounds = (
+        f"Between {min_rounds} and {max_rounds} question-answer rounds"
+        if min_rounds < max_rounds
+        else f"Exactly {min_rounds} question-answer round{'s' if min_rounds > 1 else ''}"
+    )
+    messages: list[dict] = [{"role": "system", "content": GENERATION_SYSTEM.format(rounds=rounds)}]
     for demo in demos:
         mentions = demo.get("in_text_mention") or []
         mentions = [m["tokens"] if isinstance(m, dict) else str(m) for m in mentions]

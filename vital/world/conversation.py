@@ -108,14 +108,39 @@ def question_kinds(truth: dict, rounds: int, rng: np.random.Generator, first: st
     return kinds[: max(1, min(rounds, len(kinds)))]
 
 
+def question_plan(
+    truth: dict, rounds: int, rng: np.random.Generator, first: str | None = None
+) -> list[tuple[str, str]]:
+    """``rounds`` distinct questions as (kind, template): each kind once (in a random order, ``first``
+    leading) before any kind is asked again in other words, as long conversations do."""
+    kinds = question_kinds(truth, len(QUESTIONS), rng, first)
+    unused = {k: [QUESTIONS[k][i] for i in rng.permutation(len(QUESTIONS[k]))] for k in kinds}
+    plan: list[tuple[str, str]] = []
+    while len(plan) < rounds and any(unused.values()):
+        for kind in kinds:
+            if unused[kind] and len(plan) < rounds:
+                plan.append((kind, unused[kind].pop()))
+    return plan
+
+
+def _round(truth: dict, kind: str, template: str, rng: np.random.Generator, first: bool) -> list[dict]:
+    q, slot = fill(template, truth, rng)
+    reply = answer(kind, truth)
+    if template in YES_NO:  # answered yes or no first, then explained, as vision LLMs do
+        reply = f"{'Yes' if YES_NO[template](truth, slot) else 'No'}. {reply}"
+    return [{"from": "human", "value": f"<image>\n{q}" if first else q}, {"from": "gpt", "value": reply}]
+
+
 def write_conversation(truth: dict, kinds: list[str], rng: np.random.Generator) -> list[dict]:
     turns: list[dict] = []
     for i, kind in enumerate(kinds):
         template = QUESTIONS[kind][int(rng.integers(len(QUESTIONS[kind])))]
-        q, slot = fill(template, truth, rng)
-        turns.append({"from": "human", "value": f"<image>\n{q}" if i == 0 else q})
-        reply = answer(kind, truth)
-        if template in YES_NO:  # answered yes or no first, then explained, as vision LLMs do
-            reply = f"{'Yes' if YES_NO[template](truth, slot) else 'No'}. {reply}"
-        turns.append({"from": "gpt", "value": reply})
+        turns += _round(truth, kind, template, rng, first=i == 0)
+    return turns
+
+
+def write_planned(truth: dict, plan: list[tuple[str, str]], rng: np.random.Generator) -> list[dict]:
+    turns: list[dict] = []
+    for i, (kind, template) in enumerate(plan):
+        turns += _round(truth, kind, template, rng, first=i == 0)
     return turns
