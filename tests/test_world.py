@@ -14,6 +14,7 @@ from vital.io import read_json, read_jsonl
 from vital.params import WorldParams
 from vital.schema import DOMAINS, FigureRecord
 from vital.world import build_world, load_truth
+from vital.world.conversation import MODALITY_ASKED, QUESTIONS
 
 SMALL = WorldParams(figures=60, vqa_figures=15, seed=3)
 
@@ -119,6 +120,21 @@ def test_vqa_is_separate_and_balanced(world):
             assert q["answer_type"] == "OPEN" and q["answer"]
     closed = [q for q in qs if q["answer_type"] == "CLOSED"]
     assert 0.3 <= sum(q["answer"] == "yes" for q in closed) / len(closed) <= 0.7
+
+
+def test_vqa_speaks_the_words_the_demo_llm_reads(tmp_path):
+    # the demo LLM learns its language from captions, mentions and the generator's questions only
+    build_world(tmp_path, WorldParams(figures=200, vqa_figures=60))
+    read = set(" ".join(q for qs in QUESTIONS.values() for q in qs).lower().split())
+    read |= set(" ".join(MODALITY_ASKED.values()).lower().split()) | {"left", "right"}
+    for r in read_jsonl(tmp_path / "corpus" / "figures.jsonl"):
+        text = r["fig_caption"] + " " + " ".join(m["tokens"] for m in r["in_text_mention"])
+        read |= set(text.lower().replace(",", " ").replace(".", " ").split())
+    asked = {q["question"] for q in read_jsonl(tmp_path / "vqa" / "demo" / "questions.jsonl")}
+    assert len(asked) >= 12
+    for q in asked:
+        unread = [w for w in q.lower().rstrip("?").split() if w not in read]
+        assert not unread, f"{q!r} uses words the demo LLM never reads: {unread}"
 
 
 def test_vqa_answers_follow_the_truth(tmp_path):

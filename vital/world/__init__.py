@@ -168,6 +168,8 @@ Each line is a `vital.schema.Preference`:
   no duplicates, all of the same figure `pair_id`. A pairwise comparison is a ranking of two.
 - `ties`: optional groups of candidate ids from `ranking` judged equally good.
 - `annotator`: a stable pseudonymous id per clinician (used for clinician–clinician agreement).
+- `seen`: optional `{candidate id: digest}` of the texts ranked (`vital annotate` writes it). A ranking
+  whose candidate was regenerated since (same id, other text) is skipped as `candidate_changed`.
 
 Lines that name unknown candidates, repeat an id, or rank fewer than two candidates are skipped and
 listed (file:line and reason) in `metrics/labels.json`; an empty file is reported there too.

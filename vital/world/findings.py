@@ -16,7 +16,7 @@ from vital.schema import DOMAINS
 
 @dataclass(frozen=True)
 class DomainStyle:
-    modality: str  # the short answer to "What imaging modality is shown?"
+    modality: str  # the short answer to "What imaging modality is this?"
     modality_long: str  # how a conversation names it
     region: str
     noun: str  # the lesion as this domain calls it (singular)

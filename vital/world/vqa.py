@@ -1,4 +1,9 @@
-"""Held-out synthetic VQA questions (closed yes/no balanced, and short open answers) from the truth."""
+"""Held-out synthetic VQA questions (closed yes/no balanced, and short open answers) from the truth.
+
+Phrased unlike the generator's questions, but only in words the demo world's text uses: the demo LLM
+learns its whole language from the corpus and the instruction data, so a word it never read (say
+"slide" for a histology section) would test its vocabulary, not what it sees.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ MODALITY_NAMES = {
     "x-ray": "an X-ray",
     "ct": "a CT scan",
     "mri": "an MRI",
-    "histology": "a histology slide",
+    "histology": "a histology section",
     "gross": "a gross specimen photograph",
 }
 
@@ -33,12 +38,12 @@ def _closed_options(truth: dict) -> dict[str, list[tuple[str, str]]]:
     else:
         opts["no"].append(("presence", "Is there a lesion in this image?"))
         opts["no"].append(("side", "Is there a lesion on the left side of the image?"))
-        opts["yes"].append(("presence", "Does this image appear free of lesions?"))
+        opts["yes"].append(("presence", "Is this image without lesions?"))
     return opts
 
 
 def _open_questions(truth: dict) -> list[tuple[str, str, str]]:
-    qs = [("modality", "What imaging modality is shown?", truth["modality"])]
+    qs = [("modality", "What imaging modality is this?", truth["modality"])]
     if truth["lesion"]:
         qs.append(("side", "Which side of the image is the lesion on?", truth["side"]))
         qs.append(("count", "How many lesions are there?", str(truth["count"])))
