@@ -147,9 +147,11 @@ def test_killed_tune_resumes_to_the_same_result(world, lora_run):
         _tune(world, "resumed", _params(), on_step=kill)
     ckpt = latest_checkpoint(world / "ckpt-resumed")
     assert ckpt is not None and ckpt.name == "step-3"
-    # The checkpoint holds the trainable tensors only (adapter + projector), not the frozen base.
+    # The checkpoint holds the trainable tensors only (adapter, projector, modules_to_save), not the frozen base.
     saved = load_file(str(ckpt / "model.safetensors"))
-    assert saved and all("lora_" in k or "multi_modal_projector" in k for k in saved)
+    trained = ("lora_", "multi_modal_projector", "embed_tokens", "lm_head")
+    assert saved and all(any(t in k for t in trained) for k in saved)
+    assert not any("layers.0.self_attn.q_proj.base_layer" in k for k in saved)
     m = _tune(world, "resumed", _params())
     assert m["resumed_from"] == 3 and m["steps"] == STEPS
     _assert_same_run(world, "resumed", "lora")
@@ -215,6 +217,19 @@ def test_bad_inputs_name_the_problem(world, tmp_path):
     with pytest.raises(ValueError, match="matched no module"):
         model = LlavaForConditionalGeneration.from_pretrained(world / "base")
         tune.prepare_model(model, _params(lora={"target_modules": ["nope_proj"]}))
+    with pytest.raises(ValueError, match=r"tune.lora.modules_to_save=\['embed_token'\]"):
+        model = LlavaForConditionalGeneration.from_pretrained(world / "base")
+        tune.prepare_model(model, _params(lora={"modules_to_save": ["embed_token"]}))
+
+
+def test_modules_to_save_train_in_full_and_reach_the_merged_model(world, lora_run):
+    base = _weights(world / "base")
+    tuned = _weights(world / "lora")
+    emb = next(k for k in tuned if k.endswith("embed_tokens.weight"))
+    assert not torch.equal(base[emb], tuned[emb])  # trained in full and merged into the saved checkpoint
+    frozen = _params(lora={"modules_to_save": []})
+    model = tune.prepare_model(LlavaForConditionalGeneration.from_pretrained(world / "base"), frozen)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "embed_tokens" in n)
 
 
 def test_lora_targets_only_the_language_model_when_vision_is_frozen():

@@ -292,6 +292,12 @@ class LoraParams(Section):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    modules_to_save: list[str] = Field(
+        default_factory=lambda: ["embed_tokens", "lm_head"],
+        description="language-model modules trained in full beside the adapter (peft modules_to_save); the "
+        "demo LLM never read the instruction data's words during alignment, so their frozen embeddings would "
+        "stay random. A pretrained LLM needs none ([]). The projector always trains.",
+    )
 
 
 class TuneParams(Section):

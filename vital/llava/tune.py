@@ -137,12 +137,17 @@ def prepare_model(model: LlavaForConditionalGeneration, tp: TuneParams) -> torch
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.model.language_model.named_modules()}
+    names.add("lm_head")
+    unknown = [m for m in tp.lora.modules_to_save if m not in names]
+    if unknown:
+        raise ValueError(f"tune.lora.modules_to_save={unknown} names no module of the language model")
     config = LoraConfig(
         r=tp.lora.r,
         lora_alpha=tp.lora.alpha,
         lora_dropout=tp.lora.dropout,
         target_modules=lora_target_pattern(tp.lora.target_modules, tp.freeze_vision),
-        modules_to_save=["multi_modal_projector"],
+        modules_to_save=["multi_modal_projector", *tp.lora.modules_to_save],
         bias="none",
     )
     missing = f"tune.lora.target_modules={tp.lora.target_modules} matched no module of the model"
