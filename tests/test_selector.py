@@ -17,6 +17,7 @@ from vital.paths import Paths
 from vital.schema import Pair, Preference
 from vital.selector import (
     agreement,
+    best_weight,
     clinician_agreement,
     kendall_tau,
     load_selector,
@@ -114,6 +115,14 @@ def test_auto_weight_is_the_best_on_validation_clinicians_and_equals_that_fixed_
     assert world.scores.read_text() == auto_scores  # the chosen head is the one a fixed run trains
     assert fixed["heldout_human"]["selector"] == m["heldout_human"]["selector"]
     assert load_selector(world.selector)[1]["params"]["human_weight"] == chosen
+
+
+def test_auto_weight_ties_on_agreement_go_to_the_auc_then_to_the_first_listed():
+    # the committed demo's case: four weights tie on validation agreement
+    by_val = {0.0: (0.778, 0.741), 1.0: (0.778, 0.752), 10.0: (0.767, 0.9), 400.0: (0.778, 0.752)}
+    assert best_weight(by_val) == 1.0
+    assert best_weight({5.0: (0.7, 0.7), 0.0: (0.7, 0.7)}) == 5.0
+    assert best_weight({0.0: (0.7, 0.9), 1.0: (0.71, 0.5)}) == 1.0  # agreement comes first
 
 
 def test_auto_weight_without_validation_clinician_pairs_is_a_clear_error(tmp_path: Path):

@@ -220,7 +220,7 @@ class SelectorParams(Section):
         "auto",
         description=(
             "weight of a human pair relative to a model pair (paper: 400), or auto (demo):"
-            " the one of auto_weights whose head agrees best with the validation clinician pairs"
+            " the one of auto_weights whose head agrees best with the validation clinician pairs (ties: their AUC)"
         ),
     )
     auto_weights: list[float] = Field(

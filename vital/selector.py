@@ -508,6 +508,12 @@ def _evidence(
     }
 
 
+def best_weight(by_val: dict[float, tuple[float, float]]) -> float:
+    """The weight whose head has the best (agreement, pooled AUC) on validation clinician pairs; the first
+    listed among exact equals."""
+    return max(by_val, key=by_val.__getitem__)
+
+
 def _human_agreement(rater: torch.nn.Module, ids: list[str], held: list[Pair]) -> float | None:
     s = dict(zip(ids, rate_all(rater).tolist(), strict=True))
     return agreement(s, [p for p in held if p.source == "human"])
@@ -555,20 +561,24 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
                 f"selector.human_weight=auto picks the weight on validation clinician pairs, and {paths.pairs} "
                 "has none (give the labels stage more figures, or set a number)"
             )
-        by_val: dict[float, float] = {}
+        # Agreement first; its ties (a few hundred validation pairs tie often) go to the pooled AUC on the
+        # same pairs, which also counts how far apart the head puts winners and losers; then to the first.
+        by_val: dict[float, tuple[float, float]] = {}
         for w in dict.fromkeys(sp.auto_weights):  # one head at a time: with a backbone each is a model copy
             res = fit(w, desc=f"selector w={w:g}")
-            by_val[w] = _human_agreement(res.rater, emb.candidate_ids, val_human) or 0.0
+            val_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
+            by_val[w] = (agreement(val_scores, val_human) or 0.0, pooled_auc(val_scores, val_human) or 0.0)
             by_weight[w] = _human_agreement(res.rater, emb.candidate_ids, held)
             if w == 0:
-                weight0_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
+                weight0_scores = val_scores
             if best is None or by_val[w] > max(v for k, v in by_val.items() if k != w):
                 best = res  # strictly better only: among equals the first of auto_weights wins
             del res
-        chosen = max(by_val, key=by_val.__getitem__)
+        chosen = best_weight(by_val)
         auto = {
             "chosen": chosen,
-            "val_human_agreement_by_weight": {f"{w:g}": round(a, 4) for w, a in by_val.items()},
+            "val_human_agreement_by_weight": {f"{w:g}": round(a, 4) for w, (a, _) in by_val.items()},
+            "val_human_auc_by_weight": {f"{w:g}": round(u, 4) for w, (_, u) in by_val.items()},
         }
         sp = sp.model_copy(update={"human_weight": chosen})
     train = to_pairset(by_split["train"], index, sp.human_weight)
