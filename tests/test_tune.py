@@ -220,6 +220,9 @@ def test_bad_inputs_name_the_problem(world, tmp_path):
     with pytest.raises(ValueError, match=r"tune.lora.modules_to_save=\['embed_token'\]"):
         model = LlavaForConditionalGeneration.from_pretrained(world / "base")
         tune.prepare_model(model, _params(lora={"modules_to_save": ["embed_token"]}))
+    model = LlavaForConditionalGeneration.from_pretrained(world / "base")  # a dotted suffix names one module
+    peft_model = tune.prepare_model(model, _params(lora={"modules_to_save": ["layers.0.input_layernorm"]}))
+    assert any("layers.0.input_layernorm.modules_to_save" in n for n, _ in peft_model.named_parameters())
 
 
 def test_modules_to_save_train_in_full_and_reach_the_merged_model(world, lora_run):

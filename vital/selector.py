@@ -566,11 +566,11 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
         by_val: dict[float, tuple[float, float]] = {}
         for w in dict.fromkeys(sp.auto_weights):  # one head at a time: with a backbone each is a model copy
             res = fit(w, desc=f"selector w={w:g}")
-            val_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
-            by_val[w] = (agreement(val_scores, val_human) or 0.0, pooled_auc(val_scores, val_human) or 0.0)
-            by_weight[w] = _human_agreement(res.rater, emb.candidate_ids, held)
+            head_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
+            by_val[w] = (agreement(head_scores, val_human) or 0.0, pooled_auc(head_scores, val_human) or 0.0)
+            by_weight[w] = agreement(head_scores, [p for p in held if p.source == "human"])
             if w == 0:
-                weight0_scores = val_scores
+                weight0_scores = head_scores
             if best is None or by_val[w] > max(v for k, v in by_val.items() if k != w):
                 best = res  # strictly better only: among equals the first of auto_weights wins
             del res

@@ -137,9 +137,8 @@ def prepare_model(model: LlavaForConditionalGeneration, tp: TuneParams) -> torch
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.model.language_model.named_modules()}
-    names.add("lm_head")
-    unknown = [m for m in tp.lora.modules_to_save if m not in names]
+    names = [f"language_model.{n}" for n, _ in model.model.language_model.named_modules()] + ["lm_head"]
+    unknown = [m for m in tp.lora.modules_to_save if not any(n == m or n.endswith(f".{m}") for n in names)]
     if unknown:
         raise ValueError(f"tune.lora.modules_to_save={unknown} names no module of the language model")
     config = LoraConfig(
