@@ -123,3 +123,9 @@ def test_tracking_uri_default_and_override(tmp_path, monkeypatch):
     assert lineage.tracking_uri(tmp_path) == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert lineage.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_tag_keys_of_matrix_stages_are_valid_mlflow_names():
+    # a fine-tuned model's upstream includes the tune@<subset>-<seed> matrix stages; MLflow refuses "@"
+    assert lineage.tag_key("dvc.tune@top-0.models/tuned/top-s0") == "dvc.tune_top-0.models/tuned/top-s0"
+    assert lineage.tag_key("dvc.base.models/base") == "dvc.base.models/base"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import warnings
 from dataclasses import dataclass
@@ -188,6 +189,11 @@ def _dataset_input(art: Artifact, root: Path):
     return MetaDataset(source=source, name=art.path, digest=(art.md5 or "missing")[:36])
 
 
+def tag_key(name: str) -> str:
+    """An MLflow tag name: matrix stages (``tune@top-0``) and odd file names carry characters it refuses."""
+    return re.sub(r"[^\w\-. :/]", "_", name, flags=re.ASCII)
+
+
 def log_tune(
     params: dict[str, Any],
     metrics: dict[str, Any],
@@ -214,7 +220,7 @@ def log_tune(
     tags = {"git_commit": commit or "unknown", "git_dirty": str(dirty)}
     for art in arts:
         role = direct.get(art.path) or art.stage or "raw"
-        tags[f"dvc.{role}.{art.path}"] = f"{art.md5} ({art.source})"
+        tags[tag_key(f"dvc.{role}.{art.path}")] = f"{art.md5} ({art.source})"
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(flatten(params))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
