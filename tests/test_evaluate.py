@@ -86,8 +86,8 @@ def _fake_checkpoints(root: Path) -> None:
         (root / "models" / name / "config.json").write_text("{}")
 
 
-# one tuned model, named and placed as the tune stage's matrix does
-ONE_TUNE = {"tune": {"subsets": ["top"], "seeds": [0]}}
+# one tuned model, named and placed as the tune stage's matrix does; zero-shot only (no finetune stage)
+ONE_TUNE = {"tune": {"subsets": ["top"], "seeds": [0]}, "finetune": {"sets": []}}
 
 
 def test_run_writes_metrics_and_predictions_hand_computed(tmp_path):
@@ -234,3 +234,56 @@ def test_top_versus_random_over_seeds():
     assert out["top_minus_random"]["closed_discrimination"]["mean"] == pytest.approx(0.2)
     assert out["top_over_seeds"]["closed_discrimination"]["mean"] == pytest.approx(0.5)
     assert "top_minus_random" not in compare_subsets(per_model, ["top"], [0, 1])
+
+
+def test_finetuned_models_are_scored_on_their_set_beside_the_base_control(tmp_path):
+    write_demo_set(tmp_path)
+    _fake_checkpoints(tmp_path)
+    for name in ("top-s0", "base-s0", "top-s1", "base-s1"):
+        (tmp_path / "models" / "finetuned" / name / "demo").mkdir(parents=True)
+        (tmp_path / "models" / "finetuned" / name / "demo" / "config.json").write_text("{}")
+    (tmp_path / "models" / "tuned" / "top-s1").mkdir(parents=True)
+    (tmp_path / "models" / "tuned" / "top-s1" / "config.json").write_text("{}")
+
+    def factory(model):  # the fine-tuned top models answer right, everything else like BASE
+        path = Path(str(model))
+        right = path.name == "demo" and path.parent.name.startswith("top")
+        return ScriptedAnswerer(str(path), TUNED if right else BASE)
+
+    params = parse_params({"tune": {"subsets": ["top"], "seeds": [0, 1]}})
+    out = run(params, Paths(tmp_path), answerer=factory)
+    ft = out["demo"]["finetuned"]
+    assert set(ft) == {
+        "top-s0",
+        "top-s1",
+        "base-s0",
+        "base-s1",
+        "top_over_seeds",
+        "base_over_seeds",
+        "top_minus_base",
+    }
+    assert ft["top-s0"]["closed_accuracy"] == 1.0 and ft["base-s1"]["closed_accuracy"] == pytest.approx(1 / 4)
+    gain = ft["top_minus_base"]["closed_accuracy"]
+    assert gain["mean"] == pytest.approx(3 / 4) and (gain["n"], gain["wins"]) == (2, 2)
+    assert out["demo"]["top-s0"]["closed_accuracy"] == pytest.approx(1 / 4)  # zero-shot: the BASE answers
+    assert (tmp_path / "artifacts/predictions/finetuned/top-s1/demo.jsonl").is_file()
+    assert out["_stage"]["finetuned_models"]["base-s0"] == "models/finetuned/base-s0/<set>"
+
+
+def test_missing_finetuned_checkpoint_names_the_stage_to_run(tmp_path):
+    write_demo_set(tmp_path)
+    _fake_checkpoints(tmp_path)
+    with pytest.raises(
+        FileNotFoundError, match=r"finetuned/base-s0/demo: no fine-tuned checkpoint.*dvc repro"
+    ):
+        run(parse_params({"tune": {"subsets": ["top"], "seeds": [0]}}), Paths(tmp_path), answerer=_factory)
+
+
+def test_finetune_set_must_name_an_evaluate_set():
+    from vital.params import ParamsError
+
+    s = {"name": "vqa_rad", "format": "vqa_rad", "path": "x.json", "split": "train"}
+    with pytest.raises(
+        ParamsError, match=r"finetune\.sets\[0\]\.name='vqa_rad' is not one of evaluate\.sets"
+    ):
+        parse_params({"finetune": {"sets": [s]}})

@@ -23,13 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 TINY = {
-    "world": {"figures": 150, "vqa_figures": 20},
+    "world": {"figures": 150, "vqa_figures": 20, "vqa_train_figures": 20},
     "foundation": {"steps": 30, "batch_size": 32},
     "align": {"steps": 20, "batch_size": 16},
     "sample": {"per_domain": 16},
     "labels": {"figures": 40},
     "selector": {"epochs": 5},
     "tune": {"seeds": [0], "max_steps": 12, "batch_size": 8, "checkpoint_every": 6},
+    "finetune": {"max_steps": 6, "batch_size": 8},
 }
 ALL_STAGES = {
     "foundation",
@@ -45,12 +46,15 @@ ALL_STAGES = {
     "curate",
     "tune@top-0",
     "tune@random-0",
+    "finetune@top-0",
+    "finetune@random-0",
+    "finetune_base@0",
     "evaluate",
 }
 
-# A selector change reruns these, and nothing upstream. Not the random-baseline tune: its data does not
-# depend on the selector. chat_eval reruns only if the predictions it reads changed.
-DOWNSTREAM_OF_SELECTOR = {"select", "curate", "tune@top-0", "evaluate"}
+# A selector change reruns these, and nothing upstream. Not the random-baseline tune (its data does not
+# depend on the selector) nor the base's VQA fine-tune. chat_eval reruns only if the predictions it reads changed.
+DOWNSTREAM_OF_SELECTOR = {"select", "curate", "tune@top-0", "finetune@top-0", "evaluate"}
 
 
 def assert_reran_only_downstream_of_selector(ran: set[str]) -> None:
@@ -121,6 +125,11 @@ def test_first_repro_runs_every_stage_and_writes_metrics(repo):
     flat = json.dumps(shown)
     for name in ("generate.json", "select.json", "evaluate.json"):
         assert name in flat
+    # LLaVA-Med's protocol: each model fine-tuned on the train split, scored on the test split
+    finetuned = json.loads((repo / "metrics" / "evaluate.json").read_text())["demo"]["finetuned"]
+    assert {"base-s0", "top-s0", "random-s0", "top_minus_base", "top_minus_random"} <= set(finetuned)
+    assert (repo / "models" / "finetuned" / "top-s0" / "demo" / "config.json").is_file()
+    assert json.loads((repo / "metrics" / "finetune" / "top-s0.json").read_text())["demo"]["steps"] == 6
 
 
 def test_second_repro_runs_nothing(repo):

@@ -22,6 +22,11 @@ def test_summary_reads_the_stage_metrics(tmp_path):
                 "top_over_seeds": {"closed_accuracy": {"mean": 0.8}},
                 "chance": {"closed_chance": 0.5, "closed_majority": 0.6},
                 "top_minus_random": {"closed_accuracy": {"mean": 0.1, "std": 0.0, "n": 1, "wins": 1}},
+                "finetuned": {
+                    "base-s0": {"closed_accuracy": 0.7, "closed_discrimination": 0.4, "open_recall": 0.6},
+                    "top-s0": {"closed_accuracy": 0.9, "closed_discrimination": 0.8, "open_recall": 0.7},
+                    "top_minus_base": {"closed_accuracy": {"mean": 0.2, "std": 0.0, "n": 1, "wins": 1}},
+                },
             },
             "_stage": {"wall_time_s": 1.0},
         },
@@ -30,4 +35,6 @@ def test_summary_reads_the_stage_metrics(tmp_path):
     assert "12 held-out clinician pairs" in text and "judge" in text and "0.750" in text
     assert "top-s0      0.800 (0.900) / 0.600 / 0.500" in text
     assert "top_over_seeds" not in text and "top - random closed_accuracy: 0.100" in text
+    fine = text[text.index("fine-tuned on its train split") :]
+    assert "base-s0     0.700 (-) / 0.400 / 0.600" in fine and "top - base closed_accuracy: 0.200" in fine
     assert json.loads((tmp_path / "metrics" / "select.json").read_text())

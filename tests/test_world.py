@@ -220,3 +220,26 @@ def test_yes_no_questions_are_answered_yes_or_no_first_and_truthfully():
     assert seen["Is this image a CT scan?"].startswith("Yes. ")
     assert seen["Is this image an MRI scan?"].startswith("No. ")
     assert not seen["Where is the lesion located?"].startswith(("Yes", "No"))
+
+
+def test_vqa_train_split_is_its_own_figures_and_leaves_the_test_split_alone(tmp_path):
+    small, larger = tmp_path / "a", tmp_path / "b"
+    build_world(small, WorldParams(figures=20, vqa_figures=10, vqa_train_figures=0))
+    summary = build_world(larger, WorldParams(figures=20, vqa_figures=10, vqa_train_figures=12))
+    demo = larger / "vqa" / "demo"
+    # adding a train split does not change one test question, image or corpus figure
+    assert (small / "vqa" / "demo" / "questions.jsonl").read_bytes() == (
+        demo / "questions.jsonl"
+    ).read_bytes()
+    assert (small / "corpus" / "figures.jsonl").read_bytes() == (
+        larger / "corpus" / "figures.jsonl"
+    ).read_bytes()
+    train = list(read_jsonl(demo / "train.jsonl"))
+    test = list(read_jsonl(demo / "questions.jsonl"))
+    assert summary["vqa_train_questions"] == len(train) >= 12 * 3
+    train_images, test_images = {q["image"] for q in train}, {q["image"] for q in test}
+    corpus = {r["image"] for r in read_jsonl(larger / "corpus" / "figures.jsonl")}
+    assert len(train_images) == 12 and not train_images & test_images and not train_images & corpus
+    assert all((demo / img).is_file() for img in train_images)
+    assert {q["answer_type"] for q in train} == {"CLOSED", "OPEN"}
+    assert not list(read_jsonl(small / "vqa" / "demo" / "train.jsonl"))  # an empty split is an empty file

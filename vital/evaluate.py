@@ -25,13 +25,23 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vital.io import write_json, write_jsonl
-from vital.params import EvaluateParams, Params
+from vital.params import EvalSet, EvaluateParams, Params
 from vital.paths import Paths
 from vital.vqa.items import LoadedSet, VQAItem
 from vital.vqa.loaders import SetOptions, load_set
 from vital.vqa.metrics import closed_baselines, score_item, summarize
 
-RESERVED = ("chance", "data", "top_over_seeds", "random_over_seeds", "top_minus_random")
+RESERVED = (
+    "chance",
+    "data",
+    "finetuned",
+    "base_over_seeds",
+    "top_over_seeds",
+    "random_over_seeds",
+    "top_minus_random",
+    "top_minus_base",
+    "random_minus_base",
+)
 
 
 class Answerer(Protocol):
@@ -54,9 +64,14 @@ def _llava_factory(device: str, dtype: str) -> AnswererFactory:
 # ------------------------------------------------------------------ inputs
 def load_sets(ev: EvaluateParams, root: Path) -> list[LoadedSet]:
     """Every set in ``evaluate.sets``; paths are relative to ``root`` unless absolute."""
+    return read_sets(ev.sets, root, ev.max_invalid_fraction)
+
+
+def read_sets(specs: Sequence[EvalSet], root: Path, max_invalid_fraction: float) -> list[LoadedSet]:
+    """Sets as params describe them (``evaluate.sets``, ``finetune.sets``), paths relative to ``root``."""
     out = []
-    for s in ev.sets:
-        opts = SetOptions(split=s.split, limit=s.limit, max_invalid_fraction=ev.max_invalid_fraction)
+    for s in specs:
+        opts = SetOptions(split=s.split, limit=s.limit, max_invalid_fraction=max_invalid_fraction)
         images = root / s.images if s.images is not None else None
         out.append(load_set(s.name, s.format, root / s.path, images, opts))
     return out
@@ -169,13 +184,46 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
     )
     for set_name in [s.name for s in sets]:
         results[set_name].update(compare_subsets(results[set_name], params.tune.subsets, params.tune.seeds))
+    ft_specs = finetuned_models(params)
+    for s in sets:
+        if s.name in {f.name for f in params.finetune.sets}:
+            results[s.name]["finetuned"] = _evaluate_finetuned(ft_specs, s, params, paths, answerer)
     results["_stage"] = {
         "wall_time_s": round(time.perf_counter() - start, 3),
         "models": {k: str(v) for k, v in specs.items()},
+        "finetuned_models": {k: f"{v}/<set>" for k, v in ft_specs.items()} if params.finetune.sets else {},
         "sets": {s.name: {"format": s.format, "path": str(s.path)} for s in sets},
     }
     write_json(paths.metric("evaluate"), results)
     return results
+
+
+def _evaluate_finetuned(
+    specs: Mapping[str, str], s: LoadedSet, params: Params, paths: Paths, answerer: AnswererFactory | None
+) -> dict[str, Any]:
+    """The finetune stages' checkpoints for set ``s`` scored on its test split, with the seed summaries."""
+    ev = params.evaluate
+    models = {}
+    for name, spec in specs.items():
+        model_dir = paths.root / spec / s.name
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{model_dir}: no fine-tuned checkpoint for set {s.name!r} (finetune.sets names it; "
+                "run `dvc repro finetune finetune_base`)"
+            )
+        models[name] = model_dir
+    block = evaluate_models(
+        models,
+        [s],
+        predictions_dir=paths.predictions / "finetuned",
+        batch_size=ev.batch_size,
+        max_new_tokens=ev.max_new_tokens,
+        device=ev.device,
+        dtype=ev.dtype,
+        answerer=answerer,
+    )[s.name]
+    per_model = {k: v for k, v in block.items() if k in models}
+    return {**per_model, **compare_subsets(per_model, ["base", *params.tune.subsets], params.tune.seeds)}
 
 
 # ------------------------------------------------------------------ several seeds
@@ -191,8 +239,20 @@ def tuned_models(params: Params) -> dict[str, str]:
     }
 
 
+def finetuned_models(params: Params) -> dict[str, str]:
+    """The finetune stages' outputs: ``base-s<seed>`` and every tuned model -> ``models/finetuned/<name>``."""
+    if not params.finetune.sets:
+        return {}
+    names = [f"base-s{seed}" for seed in params.tune.seeds] + list(tuned_models(params))
+    return {name: f"models/finetuned/{name}" for name in names}
+
+
+GAINS = (("top", "random"), ("top", "base"), ("random", "base"))
+
+
 def compare_subsets(per_model: Mapping[str, Any], subsets: Sequence[str], seeds: Sequence[int]) -> dict:
-    """Mean and spread over seeds per subset, and the per-seed gain of ``top`` over ``random``."""
+    """Mean and spread over seeds per subset, and the per-seed gains (``top`` over ``random``; over
+    ``base`` where the base was run once per seed too, as the finetune control is)."""
     runs = {
         subset: {seed: per_model[f"{subset}-s{seed}"] for seed in seeds if f"{subset}-s{seed}" in per_model}
         for subset in subsets
@@ -202,12 +262,13 @@ def compare_subsets(per_model: Mapping[str, Any], subsets: Sequence[str], seeds:
         for subset, r in runs.items()
         if r
     }
-    if runs.get("top") and runs.get("random"):
-        out["top_minus_random"] = {
-            key: seed_difference(runs["top"], runs["random"], key)
-            for key in CLAIM_METRICS
-            if any(key in r for r in runs["top"].values())
-        }
+    for a, b in GAINS:
+        if runs.get(a) and runs.get(b):
+            out[f"{a}_minus_{b}"] = {
+                key: seed_difference(runs[a], runs[b], key)
+                for key in CLAIM_METRICS
+                if any(key in r for r in runs[a].values())
+            }
     return out
 
 

@@ -28,6 +28,9 @@ class WorldParams(Section):
 
     figures: int = Field(1200, ge=10)
     vqa_figures: int = Field(200, ge=5)
+    vqa_train_figures: int = Field(
+        600, ge=0, description="figures of the demo VQA set's train split (LLaVA-Med's fine-tuning protocol)"
+    )
     image_size: int = Field(64, ge=32, le=512)
     caption_omits_side: float = Field(0.35, ge=0, le=1, description="captions that do not state the side")
     caption_vague: float = Field(0.08, ge=0, le=1, description="captions that state no findings at all")
@@ -300,23 +303,16 @@ class LoraParams(Section):
     )
 
 
-class TuneParams(Section):
-    base: str = Field("models/base", description="hub id or local dir of a LlavaForConditionalGeneration")
-    keep: int = Field(
-        40, gt=0, le=100, description="which curated subset to tune on (percent, one of curate.keep)"
-    )
-    subsets: list[Literal["top", "random"]] = Field(
-        default_factory=lambda: ["top", "random"],
-        description="tune on the selector's top-k% and on the same-size random baseline (the method's claim)",
-    )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one tune per seed")
+class TrainParams(Section):
+    """How a LLaVA checkpoint is trained; shared by instruction tuning (`tune`) and VQA fine-tuning (`finetune`)."""
+
     method: Literal["lora", "qlora", "full"] = Field(
         "lora",
         description="lora (peft), qlora (lora on a 4-bit NF4 base; pip install 'vital[qlora]') or full",
     )
     lora: LoraParams = Field(default_factory=LoraParams)
     freeze_vision: bool = True
-    epochs: float = Field(16, gt=0, description="passes over the curated set (demo sets are small)")
+    epochs: float = Field(16, gt=0, description="passes over the training set (demo sets are small)")
     max_steps: int = Field(-1, ge=-1)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -334,6 +330,18 @@ class TuneParams(Section):
     def _yaml_no(cls, v):
         # `dvc exp run -S` rewrites params.yaml and drops the quotes around "no", which YAML reads as false
         return "no" if v is False else v
+
+
+class TuneParams(TrainParams):
+    base: str = Field("models/base", description="hub id or local dir of a LlavaForConditionalGeneration")
+    keep: int = Field(
+        40, gt=0, le=100, description="which curated subset to tune on (percent, one of curate.keep)"
+    )
+    subsets: list[Literal["top", "random"]] = Field(
+        default_factory=lambda: ["top", "random"],
+        description="tune on the selector's top-k% and on the same-size random baseline (the method's claim)",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one tune per seed")
 
 
 class EvalSet(Section):
@@ -362,6 +370,36 @@ class EvaluateParams(Section):
     max_invalid_fraction: float = Field(
         0.05, ge=0, le=1, description="invalid records tolerated per set (skipped and listed) before failing"
     )
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [s.name for s in self.sets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sets: duplicate set names {dupes}")
+        return self
+
+
+class FinetuneParams(TrainParams):
+    """LLaVA-Med's VQA protocol: each model fine-tuned on a set's train split, then scored on its test split.
+
+    LLaVA-Med (and BioMed-VITAL after it) report VQA-RAD, SLAKE and PathVQA this way; the `evaluate` stage
+    scores every fine-tuned model on the evaluate set of the same name, beside the zero-shot figures.
+    """
+
+    sets: list[EvalSet] = Field(
+        default_factory=lambda: [
+            EvalSet(name="demo", format="demo", path="data/vqa/demo/train.jsonl", split="train")
+        ],
+        description="train splits, in the evaluate loaders' formats; each name must be one of evaluate.sets",
+    )
+    method: Literal["lora", "qlora", "full"] = Field(
+        "full",
+        description="full (LLaVA-Med fine-tunes all of the language model and projector), lora or qlora",
+    )
+    epochs: float = Field(3, gt=0, description="passes over the train split")
+    lr: float = Field(1e-3, gt=0)
+    max_length: int = Field(128, ge=16, description="tokens per question and answer, image tokens included")
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -428,6 +466,7 @@ class Params(Section):
     curate: CurateParams = Field(default_factory=CurateParams)
     tune: TuneParams = Field(default_factory=TuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     chat_eval: ChatEvalParams = Field(default_factory=ChatEvalParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
 
@@ -435,6 +474,13 @@ class Params(Section):
     def _cross_checks(self):
         if self.tune.keep not in self.curate.keep:
             raise ValueError(f"tune.keep={self.tune.keep} is not one of curate.keep={self.curate.keep}")
+        evaluated = {s.name for s in self.evaluate.sets}
+        for i, s in enumerate(self.finetune.sets):
+            if s.name not in evaluated:
+                raise ValueError(
+                    f"finetune.sets[{i}].name={s.name!r} is not one of evaluate.sets {sorted(evaluated)}: "
+                    "a fine-tuned model is scored on the evaluate set of the same name"
+                )
         return self
 
 

@@ -63,6 +63,10 @@ class Paths:
     def tuned(self) -> Path:
         return self.root / "models" / "tuned"
 
+    @property
+    def finetuned(self) -> Path:
+        return self.root / "models" / "finetuned"
+
     # intermediate artifacts
     @property
     def artifacts(self) -> Path:

@@ -16,6 +16,31 @@ def _fmt(x) -> str:
     return f"{x:.3f}" if isinstance(x, float) else ("-" if x is None else str(x))
 
 
+def _model_lines(res: dict) -> list[str]:
+    lines = []
+    for model, m in res.items():
+        if isinstance(m, dict) and isinstance(m.get("closed_accuracy"), float | int):
+            legacy, recall = m.get("closed_accuracy_legacy"), m.get("open_recall")
+            discrimination = m.get("closed_discrimination")
+            lines.append(
+                f"            {model:<12}{_fmt(m['closed_accuracy'])} ({_fmt(legacy)})"
+                f" / {_fmt(discrimination)} / {_fmt(recall)}"
+            )
+    return lines
+
+
+def _gain_lines(res: dict) -> list[str]:
+    lines = []
+    for gain in ("top_minus_random", "top_minus_base", "random_minus_base"):
+        label = gain.replace("_minus_", " - ")
+        for key, d in res.get(gain, {}).items():
+            lines.append(
+                f"            {label} {key}: {_fmt(d.get('mean'))} ± {_fmt(d.get('std'))}"
+                f" over {d.get('n')} seeds ({d.get('wins')} wins)"
+            )
+    return lines
+
+
 def summary(paths: Paths) -> str:
     lines = []
     gen = _load(paths.metric("generate"))
@@ -40,25 +65,19 @@ def summary(paths: Paths) -> str:
         if set_name.startswith("_") or not isinstance(res, dict):
             continue
         lines.append(
-            f"evaluate  {set_name}: closed-set accuracy (legacy substring) / yes-no discrimination / open-set recall"
+            f"evaluate  {set_name}, zero-shot: closed-set accuracy (legacy substring) / yes-no discrimination"
+            " / open-set recall"
         )
-        for model, m in res.items():
-            if model.endswith("_over_seeds") or model == "top_minus_random":
-                continue
-            if isinstance(m, dict) and isinstance(m.get("closed_accuracy"), float | int):
-                legacy, recall = m.get("closed_accuracy_legacy"), m.get("open_recall")
-                discrimination = m.get("closed_discrimination")
-                lines.append(
-                    f"            {model:<12}{_fmt(m['closed_accuracy'])} ({_fmt(legacy)})"
-                    f" / {_fmt(discrimination)} / {_fmt(recall)}"
-                )
+        lines += _model_lines(res)
         chance = res.get("chance", {})
         lines.append(
             f"            chance {_fmt(chance.get('closed_chance'))}, majority {_fmt(chance.get('closed_majority'))}"
         )
-        for key, d in res.get("top_minus_random", {}).items():
+        lines += _gain_lines(res)
+        if isinstance(res.get("finetuned"), dict):
             lines.append(
-                f"            top - random {key}: {_fmt(d.get('mean'))} ± {_fmt(d.get('std'))}"
-                f" over {d.get('n')} seeds ({d.get('wins')} wins)"
+                f"evaluate  {set_name}, each model fine-tuned on its train split (LLaVA-Med's protocol):"
             )
+            lines += _model_lines(res["finetuned"])
+            lines += _gain_lines(res["finetuned"])
     return "\n".join(lines) if lines else "no metrics yet: run `dvc repro`"

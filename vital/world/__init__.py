@@ -5,7 +5,8 @@
     corpus/images/<domain>/<pair_id>.png   modality-styled phantoms with visible findings
     corpus/figures.jsonl                   PMC / LLaVA-Med figure records (what the pipeline sees)
     corpus/truth.jsonl                     hidden findings (read only by simulators and world evaluation)
-    vqa/demo/questions.jsonl, images/      held-out VQA figures (never in the corpus)
+    vqa/demo/questions.jsonl, images/      held-out VQA figures (never in the corpus): the test split
+    vqa/demo/train.jsonl                   its train split, on figures of its own (for `finetune`)
     demonstrations/<domain>.json           few-shot clinician demonstrations for the generation prompt
     labels/README.md                       where real clinicians' preference files go
     world.json                             params used + counts
@@ -103,26 +104,37 @@ def _corpus(out: Path, cfg: WorldParams) -> dict[str, int]:
     }
 
 
-def _vqa(out: Path, cfg: WorldParams) -> dict[str, int]:
-    root = out / "vqa" / "demo"
-    shutil.rmtree(root / "images", ignore_errors=True)
-    master = rng_for(cfg.seed, "vqa")
-    domains = _domains(cfg.vqa_figures, master)
+def _vqa_split(root: Path, cfg: WorldParams, split: str, n: int) -> list[dict]:
+    """``n`` held-out figures and their questions; the splits draw from their own seeds, never the corpus."""
+    stream = "vqa" if split == "test" else f"vqa_{split}"
+    prefix = "vqa" if split == "test" else f"vqa_{split}"
+    domains = _domains(n, rng_for(cfg.seed, stream))
     questions: list[dict] = []
-    for i, domain in enumerate(progress(domains, "world: vqa")):
-        vid = f"vqa_{i:05d}"
-        rng = rng_for(cfg.seed, "vqa", vid)
+    for i, domain in enumerate(progress(domains, f"world: vqa {split}")):
+        vid = f"{prefix}_{i:05d}"
+        rng = rng_for(cfg.seed, stream, vid)
         truth = sample_truth(vid, domain, rng, cfg.lesion_rate)
         image = f"images/{domain}/{vid}.png"
         _save_png(render(truth, cfg.image_size, rng), root / image)
         questions.extend(questions_for(truth, image, rng))
+    return questions
+
+
+def _vqa(out: Path, cfg: WorldParams) -> dict[str, int]:
+    root = out / "vqa" / "demo"
+    shutil.rmtree(root / "images", ignore_errors=True)
+    questions = _vqa_split(root, cfg, "test", cfg.vqa_figures)
     write_jsonl(root / "questions.jsonl", questions)
+    train = _vqa_split(root, cfg, "train", cfg.vqa_train_figures)
+    write_jsonl(root / "train.jsonl", train)
     closed = [q for q in questions if q["answer_type"] == "CLOSED"]
     return {
         "vqa_figures": cfg.vqa_figures,
         "vqa_questions": len(questions),
         "vqa_closed": len(closed),
         "vqa_closed_yes": sum(q["answer"] == "yes" for q in closed),
+        "vqa_train_figures": cfg.vqa_train_figures,
+        "vqa_train_questions": len(train),
     }
 
 

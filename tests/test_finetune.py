@@ -1,0 +1,106 @@
+"""LLaVA-Med's VQA protocol: a model fine-tuned on a set's train split, then scored on its test split."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vital import finetune
+from vital.evaluate import evaluate_models, read_sets
+from vital.llava.testing import side_records, tiny_base
+from vital.params import EvalSet, FinetuneParams
+from vital.vqa.loaders import load_set
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_split(folder: Path, name: str, n: int, seed: int) -> Path:
+    """A demo-format split of ``n`` side questions ("left"/"right", OPEN) with its images."""
+    rows = [
+        {
+            "question_id": f"{name}-{rec['id']}",
+            "image": rec["image"],
+            "question": "Which side is the lesion on?",
+            "answer": rec["conversations"][1]["value"],
+            "answer_type": "OPEN",
+        }
+        for rec in side_records(folder, n, seed=seed, size=64)
+    ]
+    path = folder / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_vqa_records_are_single_turn_conversations_with_absolute_images(tmp_path):
+    path = write_split(tmp_path / "vqa", "train", 3, seed=0)
+    items = load_set("demo", "demo", path).items
+    records = finetune.vqa_records(items)
+    assert len(records) == 3
+    first = records[0]
+    assert first["id"] == items[0].question_id
+    assert Path(first["image"]).is_absolute() and Path(first["image"]).is_file()
+    assert first["conversations"] == [
+        {"from": "human", "value": "<image>\nWhich side is the lesion on?"},
+        {"from": "gpt", "value": items[0].answer},
+    ]
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    tiny_base(root / "base", width=32, patch_size=16)
+    write_split(root / "vqa", "train", 24, seed=0)
+    write_split(root / "vqa", "test", 8, seed=1)
+    spec = EvalSet(name="demo", format="demo", path="vqa/train.jsonl", split="train")
+    fp = FinetuneParams(sets=[spec], max_steps=12, batch_size=6, checkpoint_every=4, seed=3)
+    sets = read_sets(fp.sets, root, max_invalid_fraction=0.0)
+    metrics = finetune.run(
+        root / "base",
+        sets,
+        fp,
+        out_root=root / "finetuned" / "base-s3",
+        work_dir=root / "work",
+        metrics_path=root / "metrics.json",
+        curves_dir=root / "curves",
+    )
+    return root, metrics
+
+
+def test_finetune_trains_every_set_and_writes_a_loadable_checkpoint(finetuned):
+    root, metrics = finetuned
+    assert set(metrics) == {"demo"}
+    m = metrics["demo"]
+    assert (m["method"], m["seed"], m["steps"], m["examples"]) == ("full", 3, 12, 24)
+    assert m["train"]["n_items"] == 24 and m["train_file"].endswith("vqa/train.jsonl")
+    assert m["final_loss"] < m["first_loss"]
+    assert json.loads((root / "metrics.json").read_text())["demo"]["steps"] == 12
+    assert (root / "curves" / "demo.csv").read_text().startswith("step,loss")
+    assert not (root / "work" / "demo" / "checkpoint").exists()  # removed once the run completed
+
+    test = load_set("demo", "demo", root / "vqa" / "test.jsonl")
+    out = evaluate_models(
+        {"base-s3": root / "finetuned" / "base-s3" / "demo"},
+        [test],
+        batch_size=4,
+        max_new_tokens=4,
+        device="cpu",
+    )
+    assert out["demo"]["base-s3"]["n_open"] == 8
+
+
+def test_stage_script_names_a_missing_train_split(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"enabled": False}}))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "finetune.py"), "--model", "models/base", "--name", "base-s0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "[finetune] error: set 'demo': question file not found" in proc.stderr
+    assert "train.jsonl" in proc.stderr
