@@ -11,11 +11,11 @@ metrics/plots/finetune/<name>/<set>.csv; logs one MLflow run per set and registe
 import argparse
 
 from vital import finetune
-from vital.evaluate import read_sets
 from vital.llava import lineage, tune
 from vital.params import Params
 from vital.paths import Paths
 from vital.stage import run_stage
+from vital.vqa.loaders import read_sets
 
 
 def _args() -> argparse.Namespace:
@@ -42,10 +42,16 @@ def _run(p: Params, paths: Paths, a: argparse.Namespace) -> None:
     if p.mlflow.enabled and tune.is_main_process():
         for s in train_sets:
             mp = p.mlflow.model_copy(update={"registered_model": f"{p.mlflow.registered_model}-{s.name}"})
-            inputs = {"base": a.model, "train_split": s.path}
-            run_name = f"finetune {a.name} on {s.name}"
+            inputs = {"base": a.model, "train_split": s.path, "train_images": s.images}
             lineage.log_tune(
-                fp.model_dump(), results[s.name], inputs, out_root / s.name, mp, paths.root, run_name
+                fp.model_dump(),
+                results[s.name],
+                inputs,
+                out_root / s.name,
+                mp,
+                paths.root,
+                run_name=f"finetune {a.name} on {s.name}",
+                tags={"vital.finetuned_from": a.name, "vital.finetune_set": s.name},
             )
 
 

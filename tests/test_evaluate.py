@@ -16,6 +16,7 @@ from vital.evaluate import (
     evaluate_models,
     resolve_model,
     run,
+    run_finetuned,
     seed_difference,
     summarize_seeds,
 )
@@ -86,8 +87,8 @@ def _fake_checkpoints(root: Path) -> None:
         (root / "models" / name / "config.json").write_text("{}")
 
 
-# one tuned model, named and placed as the tune stage's matrix does; zero-shot only (no finetune stage)
-ONE_TUNE = {"tune": {"subsets": ["top"], "seeds": [0]}, "finetune": {"sets": []}}
+# one tuned model, named and placed as the tune stage's matrix does
+ONE_TUNE = {"tune": {"subsets": ["top"], "seeds": [0]}}
 
 
 def test_run_writes_metrics_and_predictions_hand_computed(tmp_path):
@@ -238,22 +239,18 @@ def test_top_versus_random_over_seeds():
 
 def test_finetuned_models_are_scored_on_their_set_beside_the_base_control(tmp_path):
     write_demo_set(tmp_path)
-    _fake_checkpoints(tmp_path)
     for name in ("top-s0", "base-s0", "top-s1", "base-s1"):
         (tmp_path / "models" / "finetuned" / name / "demo").mkdir(parents=True)
         (tmp_path / "models" / "finetuned" / name / "demo" / "config.json").write_text("{}")
-    (tmp_path / "models" / "tuned" / "top-s1").mkdir(parents=True)
-    (tmp_path / "models" / "tuned" / "top-s1" / "config.json").write_text("{}")
 
-    def factory(model):  # the fine-tuned top models answer right, everything else like BASE
+    def factory(model):  # the fine-tuned top models answer right, the fine-tuned base like BASE
         path = Path(str(model))
-        right = path.name == "demo" and path.parent.name.startswith("top")
-        return ScriptedAnswerer(str(path), TUNED if right else BASE)
+        return ScriptedAnswerer(str(path), TUNED if path.parent.name.startswith("top") else BASE)
 
     params = parse_params({"tune": {"subsets": ["top"], "seeds": [0, 1]}})
-    out = run(params, Paths(tmp_path), answerer=factory)
-    ft = out["demo"]["finetuned"]
-    assert set(ft) == {
+    out = run_finetuned(params, Paths(tmp_path), answerer=factory)
+    ft = out["demo"]
+    expected = {
         "top-s0",
         "top-s1",
         "base-s0",
@@ -262,21 +259,40 @@ def test_finetuned_models_are_scored_on_their_set_beside_the_base_control(tmp_pa
         "base_over_seeds",
         "top_minus_base",
     }
+    assert expected <= set(ft)
     assert ft["top-s0"]["closed_accuracy"] == 1.0 and ft["base-s1"]["closed_accuracy"] == pytest.approx(1 / 4)
     gain = ft["top_minus_base"]["closed_accuracy"]
     assert gain["mean"] == pytest.approx(3 / 4) and (gain["n"], gain["wins"]) == (2, 2)
-    assert out["demo"]["top-s0"]["closed_accuracy"] == pytest.approx(1 / 4)  # zero-shot: the BASE answers
-    assert (tmp_path / "artifacts/predictions/finetuned/top-s1/demo.jsonl").is_file()
-    assert out["_stage"]["finetuned_models"]["base-s0"] == "models/finetuned/base-s0/<set>"
+    assert ft["chance"]["closed_chance"] == 0.5
+    assert (tmp_path / "artifacts/predictions_finetuned/top-s1/demo.jsonl").is_file()
+    assert out["_stage"]["models"]["base-s0"] == "models/finetuned/base-s0/<set>"
+    on_file = json.loads((tmp_path / "metrics" / "evaluate_finetuned.json").read_text())
+    assert on_file == json.loads(json.dumps(out))
 
 
-def test_missing_finetuned_checkpoint_names_the_stage_to_run(tmp_path):
+def test_missing_finetuned_checkpoint_fails_before_any_answer(tmp_path):
     write_demo_set(tmp_path)
-    _fake_checkpoints(tmp_path)
+    (tmp_path / "models" / "finetuned" / "top-s0" / "demo").mkdir(parents=True)
+    (tmp_path / "models" / "finetuned" / "top-s0" / "demo" / "config.json").write_text("{}")
+    made = []
+
+    def factory(model):
+        made.append(model)
+        return ScriptedAnswerer(str(model), TUNED)
+
     with pytest.raises(
         FileNotFoundError, match=r"finetuned/base-s0/demo: no fine-tuned checkpoint.*dvc repro"
     ):
-        run(parse_params({"tune": {"subsets": ["top"], "seeds": [0]}}), Paths(tmp_path), answerer=_factory)
+        run_finetuned(parse_params(ONE_TUNE), Paths(tmp_path), answerer=factory)
+    assert made == []
+
+
+def test_no_finetune_sets_scores_nothing(tmp_path):
+    write_demo_set(tmp_path)
+    out = run_finetuned(
+        parse_params({**ONE_TUNE, "finetune": {"sets": []}}), Paths(tmp_path), answerer=_factory
+    )
+    assert set(out) == {"_stage"} and out["_stage"]["models"] == {}
 
 
 def test_finetune_set_must_name_an_evaluate_set():
@@ -287,3 +303,18 @@ def test_finetune_set_must_name_an_evaluate_set():
         ParamsError, match=r"finetune\.sets\[0\]\.name='vqa_rad' is not one of evaluate\.sets"
     ):
         parse_params({"finetune": {"sets": [s]}})
+
+
+def test_finetune_on_the_test_split_is_refused():
+    from vital.params import ParamsError
+
+    test = {"name": "slake", "format": "slake", "path": "slake/test.json"}
+    with pytest.raises(
+        ParamsError, match=r"finetune\.sets\[0\] \(slake/test\.json.*train on the test questions"
+    ):
+        parse_params({"evaluate": {"sets": [test]}, "finetune": {"sets": [test]}})
+    rad = {"name": "rad", "format": "vqa_rad", "path": "rad.json"}
+    with pytest.raises(ParamsError, match="train on the test questions"):
+        parse_params({"evaluate": {"sets": [rad]}, "finetune": {"sets": [rad]}})  # both split: test
+    ok = parse_params({"evaluate": {"sets": [rad]}, "finetune": {"sets": [{**rad, "split": "train"}]}})
+    assert ok.finetune.sets[0].split == "train"

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from vital import finetune
-from vital.evaluate import evaluate_models, read_sets
+from vital.evaluate import evaluate_models
 from vital.llava.testing import side_records, tiny_base
 from vital.params import EvalSet, FinetuneParams
-from vital.vqa.loaders import load_set
+from vital.vqa.loaders import load_set, read_sets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_finetune_trains_every_set_and_writes_a_loadable_checkpoint(finetuned):
     assert m["final_loss"] < m["first_loss"]
     assert json.loads((root / "metrics.json").read_text())["demo"]["steps"] == 12
     assert (root / "curves" / "demo.csv").read_text().startswith("step,loss")
-    assert not (root / "work" / "demo" / "checkpoint").exists()  # removed once the run completed
+    assert not (root / "work" / "demo").exists()  # checkpoint and records removed once the run completed
 
     test = load_set("demo", "demo", root / "vqa" / "test.jsonl")
     out = evaluate_models(
@@ -104,3 +104,25 @@ def test_stage_script_names_a_missing_train_split(tmp_path):
     assert proc.returncode == 2
     assert "[finetune] error: set 'demo': question file not found" in proc.stderr
     assert "train.jsonl" in proc.stderr
+
+
+def test_stage_with_no_sets_still_writes_its_declared_outputs(tmp_path):
+    # `finetune.sets: []` turns the protocol off; DVC still expects every declared output to exist
+    params = {"finetune": {"sets": []}, "mlflow": {"enabled": False}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "finetune.py"), "--model", "models/base", "--name", "base-s0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "models" / "finetuned" / "base-s0").is_dir()
+    assert (tmp_path / "metrics" / "plots" / "finetune" / "base-s0").is_dir()
+    assert json.loads((tmp_path / "metrics" / "finetune" / "base-s0.json").read_text()) == {}
+
+
+def test_pipeline_fine_tunes_the_base_tune_started_from():
+    # the control must be the checkpoint tune.base names (a hub id in the paper profile), not models/base
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["finetune_base"]["do"]
+    assert "--model ${tune.base}" in stage["cmd"] and "tune.base" in stage["params"]

@@ -50,11 +50,19 @@ ALL_STAGES = {
     "finetune@random-0",
     "finetune_base@0",
     "evaluate",
+    "evaluate_finetuned",
 }
 
 # A selector change reruns these, and nothing upstream. Not the random-baseline tune (its data does not
 # depend on the selector) nor the base's VQA fine-tune. chat_eval reruns only if the predictions it reads changed.
-DOWNSTREAM_OF_SELECTOR = {"select", "curate", "tune@top-0", "finetune@top-0", "evaluate"}
+DOWNSTREAM_OF_SELECTOR = {
+    "select",
+    "curate",
+    "tune@top-0",
+    "finetune@top-0",
+    "evaluate",
+    "evaluate_finetuned",
+}
 
 
 def assert_reran_only_downstream_of_selector(ran: set[str]) -> None:
@@ -126,7 +134,7 @@ def test_first_repro_runs_every_stage_and_writes_metrics(repo):
     for name in ("generate.json", "select.json", "evaluate.json"):
         assert name in flat
     # LLaVA-Med's protocol: each model fine-tuned on the train split, scored on the test split
-    finetuned = json.loads((repo / "metrics" / "evaluate.json").read_text())["demo"]["finetuned"]
+    finetuned = json.loads((repo / "metrics" / "evaluate_finetuned.json").read_text())["demo"]
     assert {"base-s0", "top-s0", "random-s0", "top_minus_base", "top_minus_random"} <= set(finetuned)
     assert (repo / "models" / "finetuned" / "top-s0" / "demo" / "config.json").is_file()
     assert json.loads((repo / "metrics" / "finetune" / "top-s0.json").read_text())["demo"]["steps"] == 6

@@ -25,16 +25,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vital.io import write_json, write_jsonl
-from vital.params import EvalSet, EvaluateParams, Params
+from vital.params import EvaluateParams, Params
 from vital.paths import Paths
 from vital.vqa.items import LoadedSet, VQAItem
-from vital.vqa.loaders import SetOptions, load_set
+from vital.vqa.loaders import read_sets
 from vital.vqa.metrics import closed_baselines, score_item, summarize
 
 RESERVED = (
     "chance",
     "data",
-    "finetuned",
     "base_over_seeds",
     "top_over_seeds",
     "random_over_seeds",
@@ -65,16 +64,6 @@ def _llava_factory(device: str, dtype: str) -> AnswererFactory:
 def load_sets(ev: EvaluateParams, root: Path) -> list[LoadedSet]:
     """Every set in ``evaluate.sets``; paths are relative to ``root`` unless absolute."""
     return read_sets(ev.sets, root, ev.max_invalid_fraction)
-
-
-def read_sets(specs: Sequence[EvalSet], root: Path, max_invalid_fraction: float) -> list[LoadedSet]:
-    """Sets as params describe them (``evaluate.sets``, ``finetune.sets``), paths relative to ``root``."""
-    out = []
-    for s in specs:
-        opts = SetOptions(split=s.split, limit=s.limit, max_invalid_fraction=max_invalid_fraction)
-        images = root / s.images if s.images is not None else None
-        out.append(load_set(s.name, s.format, root / s.path, images, opts))
-    return out
 
 
 def resolve_model(name: str, spec: str, root: Path) -> str | Path:
@@ -168,10 +157,7 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
     ev = params.evaluate
     specs = {**ev.models, **tuned_models(params)}
     models = {name: resolve_model(name, spec, paths.root) for name, spec in specs.items()}
-    sets = load_sets(ev, paths.root)
-    clash = sorted({s.name for s in sets} & {"_stage"})
-    if clash:
-        raise ValueError(f"evaluate.sets: set name {clash[0]!r} is reserved")
+    sets = _load_named_sets(params, paths)
     results: dict[str, Any] = evaluate_models(
         models,
         sets,
@@ -184,46 +170,64 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
     )
     for set_name in [s.name for s in sets]:
         results[set_name].update(compare_subsets(results[set_name], params.tune.subsets, params.tune.seeds))
-    ft_specs = finetuned_models(params)
-    for s in sets:
-        if s.name in {f.name for f in params.finetune.sets}:
-            results[s.name]["finetuned"] = _evaluate_finetuned(ft_specs, s, params, paths, answerer)
     results["_stage"] = {
         "wall_time_s": round(time.perf_counter() - start, 3),
         "models": {k: str(v) for k, v in specs.items()},
-        "finetuned_models": {k: f"{v}/<set>" for k, v in ft_specs.items()} if params.finetune.sets else {},
         "sets": {s.name: {"format": s.format, "path": str(s.path)} for s in sets},
     }
     write_json(paths.metric("evaluate"), results)
     return results
 
 
-def _evaluate_finetuned(
-    specs: Mapping[str, str], s: LoadedSet, params: Params, paths: Paths, answerer: AnswererFactory | None
-) -> dict[str, Any]:
-    """The finetune stages' checkpoints for set ``s`` scored on its test split, with the seed summaries."""
+def run_finetuned(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -> dict:
+    """The evaluate_finetuned stage: every model the finetune stages fine-tuned on a set's train split,
+    scored on that set's test split (LLaVA-Med's VQA protocol); writes metrics/evaluate_finetuned.json."""
+    start = time.perf_counter()
     ev = params.evaluate
-    models = {}
-    for name, spec in specs.items():
-        model_dir = paths.root / spec / s.name
-        if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{model_dir}: no fine-tuned checkpoint for set {s.name!r} (finetune.sets names it; "
-                "run `dvc repro finetune finetune_base`)"
-            )
-        models[name] = model_dir
-    block = evaluate_models(
-        models,
-        [s],
-        predictions_dir=paths.predictions / "finetuned",
-        batch_size=ev.batch_size,
-        max_new_tokens=ev.max_new_tokens,
-        device=ev.device,
-        dtype=ev.dtype,
-        answerer=answerer,
-    )[s.name]
-    per_model = {k: v for k, v in block.items() if k in models}
-    return {**per_model, **compare_subsets(per_model, ["base", *params.tune.subsets], params.tune.seeds)}
+    tuned_on = {f.name for f in params.finetune.sets}
+    specs = finetuned_models(params)
+    sets = [s for s in _load_named_sets(params, paths) if s.name in tuned_on]
+    missing = [
+        paths.root / spec / s.name
+        for s in sets
+        for spec in specs.values()
+        if not (paths.root / spec / s.name / "config.json").is_file()
+    ]
+    if missing:  # before any model answers anything
+        raise FileNotFoundError(
+            f"{missing[0]}: no fine-tuned checkpoint (and {len(missing) - 1} more); finetune.sets names the set: "
+            "run `dvc repro finetune finetune_base`"
+        )
+    results: dict[str, Any] = {}
+    for s in sets:
+        models = {name: paths.root / spec / s.name for name, spec in specs.items()}
+        block = evaluate_models(
+            models,
+            [s],
+            predictions_dir=paths.predictions_finetuned,
+            batch_size=ev.batch_size,
+            max_new_tokens=ev.max_new_tokens,
+            device=ev.device,
+            dtype=ev.dtype,
+            answerer=answerer,
+        )[s.name]
+        block.update(compare_subsets(block, ["base", *params.tune.subsets], params.tune.seeds))
+        results[s.name] = block
+    results["_stage"] = {
+        "wall_time_s": round(time.perf_counter() - start, 3),
+        "models": {k: f"{v}/<set>" for k, v in specs.items()},
+        "sets": {s.name: {"format": s.format, "path": str(s.path)} for s in sets},
+    }
+    write_json(paths.metric("evaluate_finetuned"), results)
+    return results
+
+
+def _load_named_sets(params: Params, paths: Paths) -> list[LoadedSet]:
+    sets = load_sets(params.evaluate, paths.root)
+    clash = sorted({s.name for s in sets} & {"_stage"})
+    if clash:
+        raise ValueError(f"evaluate.sets: set name {clash[0]!r} is reserved")
+    return sets
 
 
 # ------------------------------------------------------------------ several seeds

@@ -9,11 +9,12 @@ the `evaluate` stage scores each on the test split of the evaluate set with the 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vital.io import write_json
+from vital.io import RecordError, write_json
 from vital.llava import tune
 from vital.params import FinetuneParams
 from vital.vqa.items import LoadedSet, VQAItem
@@ -49,26 +50,32 @@ def run(
     """Fine-tune ``model`` once per train split; checkpoints go to ``out_root/<set name>``.
 
     Returns ``{set name: tune metrics}`` (also written to ``metrics_path``); each loss curve goes to
-    ``curves_dir/<set name>.csv``. A killed run resumes from the checkpoint under ``work_dir``.
+    ``curves_dir/<set name>.csv``. A killed run resumes from its checkpoint under ``work_dir``.
     """
     out_root, work_dir = Path(out_root), Path(work_dir)
-    out_root.mkdir(parents=True, exist_ok=True)  # the stage's output, even with no sets to fine-tune on
+    # the stage's declared outputs exist even with no set to fine-tune on (finetune.sets: [])
+    out_root.mkdir(parents=True, exist_ok=True)
+    if curves_dir is not None:
+        Path(curves_dir).mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     for s in train_sets:
-        if not s.items:
-            raise ValueError(f"finetune set {s.name!r} ({s.path}): no usable questions")
-        data = work_dir / s.name / "train.json"
+        data = work_dir / s.name / f"{s.name}.json"  # the progress bar reads "tune <set>"
         write_json(data, vqa_records(s.items))
-        metrics = tune.run(
-            base=model,
-            data=data,
-            image_root=Path("/"),  # the records' image paths are absolute
-            out=out_root / s.name,
-            tp=fp,
-            checkpoint_dir=work_dir / s.name / "checkpoint",
-            curve_path=None if curves_dir is None else Path(curves_dir) / f"{s.name}.csv",
-        )
+        try:
+            metrics = tune.run(
+                base=model,
+                data=data,
+                image_root=Path("/"),  # the records' image paths are absolute
+                out=out_root / s.name,
+                tp=fp,
+                checkpoint_dir=work_dir / s.name / "checkpoint",
+                curve_path=None if curves_dir is None else Path(curves_dir) / f"{s.name}.csv",
+                section="finetune",
+            )
+        except ValueError as e:  # e.g. every question dropped by finetune.max_length
+            raise RecordError(f"finetune set {s.name!r} ({s.path}): {e}") from e
         results[s.name] = {**metrics, "train_file": str(s.path), "train": s.report()}
+        shutil.rmtree(work_dir / s.name, ignore_errors=True)
     if metrics_path is not None:
         write_json(metrics_path, results)
     return results

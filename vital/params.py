@@ -395,7 +395,7 @@ class FinetuneParams(TrainParams):
     )
     method: Literal["lora", "qlora", "full"] = Field(
         "full",
-        description="full (LLaVA-Med fine-tunes all of the language model and projector), lora or qlora",
+        description="full (the language model and projector; the vision tower per freeze_vision), lora or qlora",
     )
     epochs: float = Field(3, gt=0, description="passes over the train split")
     lr: float = Field(1e-3, gt=0)
@@ -474,12 +474,19 @@ class Params(Section):
     def _cross_checks(self):
         if self.tune.keep not in self.curate.keep:
             raise ValueError(f"tune.keep={self.tune.keep} is not one of curate.keep={self.curate.keep}")
-        evaluated = {s.name for s in self.evaluate.sets}
+        evaluated = {s.name: s for s in self.evaluate.sets}
         for i, s in enumerate(self.finetune.sets):
-            if s.name not in evaluated:
+            test = evaluated.get(s.name)
+            if test is None:
                 raise ValueError(
                     f"finetune.sets[{i}].name={s.name!r} is not one of evaluate.sets {sorted(evaluated)}: "
                     "a fine-tuned model is scored on the evaluate set of the same name"
+                )
+            # only vqa_rad keeps both splits in one file (told apart by `split`); any other format's file is one split
+            if s.path == test.path and (s.format != "vqa_rad" or s.split in (test.split, "all")):
+                raise ValueError(
+                    f"finetune.sets[{i}] ({s.path}, split {s.split}) is the test split evaluate.sets scores as "
+                    f"{s.name!r}: fine-tuning on it would train on the test questions"
                 )
         return self
 

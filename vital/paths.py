@@ -108,6 +108,10 @@ class Paths:
     def predictions(self) -> Path:
         return self.artifacts / "predictions"
 
+    @property
+    def predictions_finetuned(self) -> Path:
+        return self.artifacts / "predictions_finetuned"
+
     # metrics and plots (not cached by DVC)
     @property
     def metrics(self) -> Path:

@@ -74,10 +74,12 @@ def summary(paths: Paths) -> str:
             f"            chance {_fmt(chance.get('closed_chance'))}, majority {_fmt(chance.get('closed_majority'))}"
         )
         lines += _gain_lines(res)
-        if isinstance(res.get("finetuned"), dict):
-            lines.append(
-                f"evaluate  {set_name}, each model fine-tuned on its train split (LLaVA-Med's protocol):"
-            )
-            lines += _model_lines(res["finetuned"])
-            lines += _gain_lines(res["finetuned"])
+    for set_name, res in _load(paths.metric("evaluate_finetuned")).items():
+        if set_name.startswith("_") or not isinstance(res, dict):
+            continue
+        lines.append(
+            f"evaluate  {set_name}, each model fine-tuned on its train split (LLaVA-Med's protocol):"
+        )
+        lines += _model_lines(res)
+        lines += _gain_lines(res)
     return "\n".join(lines) if lines else "no metrics yet: run `dvc repro`"

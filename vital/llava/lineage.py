@@ -202,29 +202,32 @@ def log_tune(
     mp: MlflowParams,
     root: Path = Path("."),
     run_name: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Record one tune in MLflow and register its model; returns run id, model version and the lineage.
 
-    ``inputs`` maps a role (``base``, ``curated``, ``images``) to a path; upstream artifacts found in
-    ``dvc.lock`` are added with their producing stage as role.
+    ``inputs`` maps a role (``base``, ``curated``, ``images``) to a path (None: left out); upstream
+    artifacts found in ``dvc.lock`` are added with their producing stage as role. ``tags`` go on the run
+    and the model version.
     """
     import mlflow
     from mlflow import MlflowClient
 
     root = Path(root)
+    inputs = {role: path for role, path in inputs.items() if path is not None}
     mlflow.set_tracking_uri(tracking_uri(root))
     mlflow.set_experiment(mp.experiment)
     direct = {_norm(p, root): role for role, p in inputs.items()}
     arts = lineage(list(inputs.values()), root)
     commit, dirty = git_commit(root)
-    tags = {"git_commit": commit or "unknown", "git_dirty": str(dirty)}
+    tags = {"git_commit": commit or "unknown", "git_dirty": str(dirty), **(tags or {})}
     for art in arts:
         role = direct.get(art.path) or art.stage or "raw"
         tags[tag_key(f"dvc.{role}.{art.path}")] = f"{art.md5} ({art.source})"
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(flatten(params))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
-        mlflow.set_tags({"git_commit": tags["git_commit"], "git_dirty": tags["git_dirty"]})
+        mlflow.set_tags({k: v for k, v in tags.items() if not k.startswith("dvc.")})
         for art in arts:
             role = direct.get(art.path) or art.stage or "raw"
             mlflow.log_input(_dataset_input(art, root), context=role, tags={"digest_source": art.source})

@@ -25,7 +25,7 @@ from vital.io import RecordError, read_json, write_json
 from vital.llava.build import load_llava
 from vital.llava.conversation import Collator, ConversationDataset
 from vital.llava.trainer import LoopConfig, LoopResult, train, write_curve
-from vital.params import ParamsError, TuneParams
+from vital.params import ParamsError, TrainParams
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # transformers 5 refuses older versions; it is also the first whose 4-bit layers run on the CPU.
@@ -57,30 +57,30 @@ def read_llava_json(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def check_method(tp: TuneParams) -> None:
-    """Fail on a ``tune.method`` this machine cannot run, before any data or model is loaded."""
+def check_method(tp: TrainParams, section: str = "tune") -> None:
+    """Fail on a ``<section>.method`` this machine cannot run, before any data or model is loaded."""
     if tp.method != "qlora":
         return
     try:
         import bitsandbytes as bnb
     except ImportError:
         raise ParamsError(
-            "tune.method=qlora needs bitsandbytes, which is not installed: pip install 'vital[qlora]'"
+            f"{section}.method=qlora needs bitsandbytes, which is not installed: pip install 'vital[qlora]'"
         ) from None
     if Version(bnb.__version__) < Version(BNB_MIN):
         raise ParamsError(
-            f"tune.method=qlora needs bitsandbytes>={BNB_MIN} (found {bnb.__version__}): "
+            f"{section}.method=qlora needs bitsandbytes>={BNB_MIN} (found {bnb.__version__}): "
             "pip install -U 'vital[qlora]'"
         )
     if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
         raise ParamsError(
-            "tune.method=qlora does not run under DeepSpeed ZeRO-3 (the 4-bit base is loaded whole on every "
+            f"{section}.method=qlora does not run under DeepSpeed ZeRO-3 (the 4-bit base is loaded whole on every "
             "GPU, and ZeRO-3 cannot shard it): launch without the ZeRO-3 config"
         )
     if not torch.cuda.is_available() and not _bnb_4bit_runs_on_cpu():
         raise ParamsError(
-            f"tune.method=qlora: no CUDA device, and bitsandbytes {bnb.__version__} cannot run 4-bit layers "
-            "on the CPU (run on a GPU, or use tune.method=lora)"
+            f"{section}.method=qlora: no CUDA device, and bitsandbytes {bnb.__version__} cannot run 4-bit layers "
+            f"on the CPU (run on a GPU, or use {section}.method=lora)"
         )
 
 
@@ -96,7 +96,7 @@ def _bnb_4bit_runs_on_cpu() -> bool:
         return False
 
 
-def quantization_config(tp: TuneParams) -> BitsAndBytesConfig:
+def quantization_config(tp: TrainParams) -> BitsAndBytesConfig:
     """QLoRA's 4-bit base: NF4 with double quantisation, computing in ``tune.load_dtype``."""
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -107,7 +107,7 @@ def quantization_config(tp: TuneParams) -> BitsAndBytesConfig:
     )
 
 
-def _load_kwargs(tp: TuneParams) -> dict[str, Any]:
+def _load_kwargs(tp: TrainParams) -> dict[str, Any]:
     if tp.method != "qlora":
         return {}
     from accelerate import PartialState
@@ -124,7 +124,7 @@ def lora_target_pattern(modules: list[str], freeze_vision: bool) -> str:
     return rf".*{scope}.*\.({names})"
 
 
-def prepare_model(model: LlavaForConditionalGeneration, tp: TuneParams) -> torch.nn.Module:
+def prepare_model(model: LlavaForConditionalGeneration, tp: TrainParams) -> torch.nn.Module:
     """Freeze/wrap the model for ``tp.method``; the projector always trains (as in LLaVA)."""
     if tp.method == "full":
         model.requires_grad_(True)
@@ -187,7 +187,7 @@ def _file_md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _save_outputs(model, accelerator, processor, base: str, out: Path, tp: TuneParams) -> None:
+def _save_outputs(model, accelerator, processor, base: str, out: Path, tp: TrainParams) -> None:
     """Write the merged checkpoint (+ adapter) with weights gathered from every process."""
     state = accelerator.get_state_dict(model)
     unwrapped = accelerator.unwrap_model(model)
@@ -222,15 +222,19 @@ def run(
     data: Path,
     image_root: Path,
     out: Path,
-    tp: TuneParams,
+    tp: TrainParams,
     checkpoint_dir: Path,
     metrics_path: Path | None = None,
     curve_path: Path | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    section: str = "tune",
 ) -> dict[str, Any]:
-    """Tune ``base`` (hub id or dir) on the LLaVA JSON ``data``; write the checkpoint to ``out``."""
+    """Tune ``base`` (hub id or dir) on the LLaVA JSON ``data``; write the checkpoint to ``out``.
+
+    ``section`` is the params section ``tp`` came from, for error messages (``tune`` or ``finetune``).
+    """
     start = time.perf_counter()
-    check_method(tp)
+    check_method(tp, section)
     data, out = Path(data), Path(out)
     records = read_llava_json(data)
     torch.manual_seed(tp.seed)

@@ -38,6 +38,8 @@ class LoadedSet:
     format: str
     path: Path
     items: list[VQAItem]
+    images: Path | None = None
+    """The image folder the items' paths were resolved against."""
     skipped: list[str] = field(default_factory=list)
     """Invalid records, one line each: ``<file>#<record>: <reason>``."""
     filtered: dict[str, int] = field(default_factory=dict)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -304,7 +304,7 @@ def load_set(
     if not folder.is_dir():
         raise FileNotFoundError(f"set {name!r}: image folder not found: {folder} (set `images` for this set)")
 
-    out = LoadedSet(name=name, format=format, path=path, items=[])
+    out = LoadedSet(name=name, format=format, path=path, items=[], images=folder)
     seen: set[str] = set()
     n_read = 0
     for label, rec in fmt.records(path):
@@ -341,3 +341,14 @@ def _check_invalid_share(loaded: LoadedSet, n_read: int, max_fraction: float) ->
             f"set {loaded.name!r}: {len(loaded.skipped)} of {n_read} records in {loaded.path} are invalid "
             f"(more than max_invalid_fraction={max_fraction}; is format {loaded.format!r} right?)\n  {shown}"
         )
+
+
+def read_sets(specs: Iterable[Any], root: Path, max_invalid_fraction: float) -> list[LoadedSet]:
+    """Sets as params describe them (``evaluate.sets``, ``finetune.sets``: name, format, path, images,
+    split, limit), paths relative to ``root`` unless absolute."""
+    out = []
+    for s in specs:
+        opts = SetOptions(split=s.split, limit=s.limit, max_invalid_fraction=max_invalid_fraction)
+        images = Path(root) / s.images if s.images is not None else None
+        out.append(load_set(s.name, s.format, Path(root) / s.path, images, opts))
+    return out
