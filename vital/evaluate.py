@@ -158,16 +158,7 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
     specs = {**ev.models, **tuned_models(params)}
     models = {name: resolve_model(name, spec, paths.root) for name, spec in specs.items()}
     sets = _load_named_sets(params, paths)
-    results: dict[str, Any] = evaluate_models(
-        models,
-        sets,
-        predictions_dir=paths.predictions,
-        batch_size=ev.batch_size,
-        max_new_tokens=ev.max_new_tokens,
-        device=ev.device,
-        dtype=ev.dtype,
-        answerer=answerer,
-    )
+    results: dict[str, Any] = _evaluate(models, sets, paths.predictions, ev, answerer)
     for set_name in [s.name for s in sets]:
         results[set_name].update(compare_subsets(results[set_name], params.tune.subsets, params.tune.seeds))
     results["_stage"] = {
@@ -201,16 +192,7 @@ def run_finetuned(params: Params, paths: Paths, answerer: AnswererFactory | None
     results: dict[str, Any] = {}
     for s in sets:
         models = {name: paths.root / spec / s.name for name, spec in specs.items()}
-        block = evaluate_models(
-            models,
-            [s],
-            predictions_dir=paths.predictions_finetuned,
-            batch_size=ev.batch_size,
-            max_new_tokens=ev.max_new_tokens,
-            device=ev.device,
-            dtype=ev.dtype,
-            answerer=answerer,
-        )[s.name]
+        block = _evaluate(models, [s], paths.predictions_finetuned, ev, answerer)[s.name]
         block.update(compare_subsets(block, ["base", *params.tune.subsets], params.tune.seeds))
         results[s.name] = block
     results["_stage"] = {
@@ -220,6 +202,25 @@ def run_finetuned(params: Params, paths: Paths, answerer: AnswererFactory | None
     }
     write_json(paths.metric("evaluate_finetuned"), results)
     return results
+
+
+def _evaluate(
+    models: Mapping[str, str | Path],
+    sets: Sequence[LoadedSet],
+    predictions_dir: Path,
+    ev: EvaluateParams,
+    answerer: AnswererFactory | None,
+) -> dict[str, Any]:
+    return evaluate_models(
+        models,
+        sets,
+        predictions_dir=predictions_dir,
+        batch_size=ev.batch_size,
+        max_new_tokens=ev.max_new_tokens,
+        device=ev.device,
+        dtype=ev.dtype,
+        answerer=answerer,
+    )
 
 
 def _load_named_sets(params: Params, paths: Paths) -> list[LoadedSet]:

@@ -1,10 +1,9 @@
 """LLaVA-Med's VQA protocol: fine-tune a model on a VQA set's train split before scoring its test split.
 
-LLaVA-Med reports VQA-RAD, SLAKE and PathVQA after fine-tuning on each set's training questions (one
-single-turn conversation per question, the reference answer as the reply), and BioMed-VITAL compares
-its instruction-tuned models the same way. The `finetune` stage does that for every model the pipeline
-evaluates (the base and each tuned model), one checkpoint per set under ``models/finetuned/<model>/<set>``;
-the `evaluate` stage scores each on the test split of the evaluate set with the same name.
+LLaVA-Med reports VQA-RAD, SLAKE and PathVQA after fine-tuning on each set's training questions (here one
+single-turn conversation per question, the reference answer as the reply). The `finetune` stages do that
+for the base and every tuned model, one checkpoint per set under ``models/finetuned/<model>/<set>``; the
+`evaluate_finetuned` stage scores each on the test split of the evaluate set with the same name.
 """
 
 from __future__ import annotations

@@ -344,6 +344,13 @@ class TuneParams(TrainParams):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one tune per seed")
 
 
+def _no_duplicate_names(sets: list[EvalSet]) -> None:
+    names = [s.name for s in sets]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"sets: duplicate set names {dupes}")
+
+
 class EvalSet(Section):
     """One evaluation set as its users download it (docs/evaluation.md lists the formats and layouts)."""
 
@@ -373,18 +380,15 @@ class EvaluateParams(Section):
 
     @model_validator(mode="after")
     def _unique_names(self):
-        names = [s.name for s in self.sets]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"sets: duplicate set names {dupes}")
+        _no_duplicate_names(self.sets)
         return self
 
 
 class FinetuneParams(TrainParams):
     """LLaVA-Med's VQA protocol: each model fine-tuned on a set's train split, then scored on its test split.
 
-    LLaVA-Med (and BioMed-VITAL after it) report VQA-RAD, SLAKE and PathVQA this way; the `evaluate` stage
-    scores every fine-tuned model on the evaluate set of the same name, beside the zero-shot figures.
+    LLaVA-Med reports VQA-RAD, SLAKE and PathVQA this way; the `evaluate_finetuned` stage scores every
+    fine-tuned model on the evaluate set of the same name, beside the zero-shot figures of `evaluate`.
     """
 
     sets: list[EvalSet] = Field(
@@ -403,10 +407,7 @@ class FinetuneParams(TrainParams):
 
     @model_validator(mode="after")
     def _unique_names(self):
-        names = [s.name for s in self.sets]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"sets: duplicate set names {dupes}")
+        _no_duplicate_names(self.sets)
         return self
 
 
