@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from vital import finetune
 from vital.evaluate import evaluate_models
@@ -50,25 +52,30 @@ def test_vqa_records_are_single_turn_conversations_with_absolute_images(tmp_path
     ]
 
 
+SPEC = EvalSet(name="demo", format="demo", path="vqa/train.jsonl", split="train")
+FP = FinetuneParams(sets=[SPEC], max_steps=12, batch_size=6, checkpoint_every=4, seed=3)
+
+
+def _finetune(root: Path, name: str, on_step=None) -> dict:
+    return finetune.run(
+        root / "base",
+        read_sets(FP.sets, root, max_invalid_fraction=0.0),
+        FP,
+        out_root=root / "finetuned" / name,
+        work_dir=root / "work" / name,
+        metrics_path=root / f"{name}.json",
+        curves_dir=root / "curves" / name,
+        on_step=on_step,
+    )
+
+
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     tiny_base(root / "base", width=32, patch_size=16)
     write_split(root / "vqa", "train", 24, seed=0)
     write_split(root / "vqa", "test", 8, seed=1)
-    spec = EvalSet(name="demo", format="demo", path="vqa/train.jsonl", split="train")
-    fp = FinetuneParams(sets=[spec], max_steps=12, batch_size=6, checkpoint_every=4, seed=3)
-    sets = read_sets(fp.sets, root, max_invalid_fraction=0.0)
-    metrics = finetune.run(
-        root / "base",
-        sets,
-        fp,
-        out_root=root / "finetuned" / "base-s3",
-        work_dir=root / "work",
-        metrics_path=root / "metrics.json",
-        curves_dir=root / "curves",
-    )
-    return root, metrics
+    return root, _finetune(root, "base-s3")
 
 
 def test_finetune_trains_every_set_and_writes_a_loadable_checkpoint(finetuned):
@@ -78,9 +85,9 @@ def test_finetune_trains_every_set_and_writes_a_loadable_checkpoint(finetuned):
     assert (m["method"], m["seed"], m["steps"], m["examples"]) == ("full", 3, 12, 24)
     assert m["train"]["n_items"] == 24 and m["train_file"].endswith("vqa/train.jsonl")
     assert m["final_loss"] < m["first_loss"]
-    assert json.loads((root / "metrics.json").read_text())["demo"]["steps"] == 12
-    assert (root / "curves" / "demo.csv").read_text().startswith("step,loss")
-    assert not (root / "work" / "demo").exists()  # checkpoint and records removed once the run completed
+    assert json.loads((root / "base-s3.json").read_text())["demo"]["steps"] == 12
+    assert (root / "curves" / "base-s3" / "demo.csv").read_text().startswith("step,loss")
+    assert not (root / "work" / "base-s3" / "demo").exists()  # checkpoint and records removed once done
 
     test = load_set("demo", "demo", root / "vqa" / "test.jsonl")
     out = evaluate_models(
@@ -91,6 +98,35 @@ def test_finetune_trains_every_set_and_writes_a_loadable_checkpoint(finetuned):
         device="cpu",
     )
     assert out["demo"]["base-s3"]["n_open"] == 8
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_finetune_resumes_to_the_same_model(finetuned):
+    """Killed after step 6 (checkpoint at 4), rerun: the same loss curve and weights as the unkilled run."""
+    root, _ = finetuned
+
+    def kill(step, loss):
+        if step == 6:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _finetune(root, "resumed", on_step=kill)
+    assert (root / "work" / "resumed" / "demo" / "checkpoint" / "step-4").is_dir()
+    metrics = _finetune(root, "resumed")
+    assert metrics["demo"]["resumed_from"] == 4 and metrics["demo"]["steps"] == 12
+    curve = (root / "curves" / "resumed" / "demo.csv").read_text().splitlines()
+    expected = (root / "curves" / "base-s3" / "demo.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in curve] == [r.split(",")[0] for r in expected]
+    for a, b in zip(curve[1:], expected[1:], strict=True):
+        assert abs(float(a.split(",")[1]) - float(b.split(",")[1])) <= 1e-6  # CPU runs are bit-identical
+    got = load_file(str(root / "finetuned" / "resumed" / "demo" / "model.safetensors"))
+    want = load_file(str(root / "finetuned" / "base-s3" / "demo" / "model.safetensors"))
+    assert got.keys() == want.keys()
+    for k in got:
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=0)
 
 
 def test_stage_script_names_a_missing_train_split(tmp_path):

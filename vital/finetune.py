@@ -9,7 +9,7 @@ for the base and every tuned model, one checkpoint per set under ``models/finetu
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ def run(
     work_dir: Path,
     metrics_path: Path | None = None,
     curves_dir: Path | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` once per train split; checkpoints go to ``out_root/<set name>``.
 
@@ -69,6 +70,7 @@ def run(
                 tp=fp,
                 checkpoint_dir=work_dir / s.name / "checkpoint",
                 curve_path=None if curves_dir is None else Path(curves_dir) / f"{s.name}.csv",
+                on_step=on_step,
                 section="finetune",
             )
         except ValueError as e:  # e.g. every question dropped by finetune.max_length
