@@ -11,7 +11,7 @@ metrics/plots/finetune/<name>/<set>.csv; logs one MLflow run per set and registe
 import argparse
 
 from vital import finetune
-from vital.llava import lineage, tune
+from vital.llava import tune
 from vital.params import Params
 from vital.paths import Paths
 from vital.stage import run_stage
@@ -40,19 +40,7 @@ def _run(p: Params, paths: Paths, a: argparse.Namespace) -> None:
         curves_dir=paths.plots / "finetune" / a.name,
     )
     if p.mlflow.enabled and tune.is_main_process():
-        for s in train_sets:
-            mp = p.mlflow.model_copy(update={"registered_model": f"{p.mlflow.registered_model}-{s.name}"})
-            inputs = {"base": a.model, "train_split": s.path, "train_images": s.images}
-            lineage.log_tune(
-                fp.model_dump(),
-                results[s.name],
-                inputs,
-                out_root / s.name,
-                mp,
-                paths.root,
-                run_name=f"finetune {a.name} on {s.name}",
-                tags={"vital.finetuned_from": a.name, "vital.finetune_set": s.name},
-            )
+        finetune.log_lineage(results, train_sets, a.model, out_root, fp, p.mlflow, paths.root)
 
 
 def main() -> None:

@@ -100,6 +100,25 @@ def test_finetune_trains_every_set_and_writes_a_loadable_checkpoint(finetuned):
     assert out["demo"]["base-s3"]["n_open"] == 8
 
 
+def test_each_fine_tuned_model_is_registered_per_set_with_its_inputs(finetuned, monkeypatch):
+    from vital.llava import lineage
+    from vital.params import MlflowParams
+
+    root, metrics = finetuned
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    sets = read_sets(FP.sets, root, max_invalid_fraction=0.0)
+    mp = MlflowParams(experiment="t", registered_model="vital-llava")
+    out = finetune.log_lineage(metrics, sets, root / "base", root / "finetuned" / "base-s3", FP, mp, root)
+    rec = out["demo"]
+    assert rec["registered_model"] == "vital-llava-demo" and rec["version"] == "1"
+    back = lineage.walk_back("vital-llava-demo", 1, root)
+    assert back["source"] == str((root / "finetuned" / "base-s3" / "demo").resolve())
+    assert back["tags"]["vital.finetuned_from"] == "base-s3" and back["tags"]["vital.finetune_set"] == "demo"
+    roles = {i["role"] for i in back["inputs"]}
+    assert {"base", "train_split", "train_images"} <= roles
+    assert back["params"]["method"] == "full"
+
+
 class Killed(Exception):
     pass
 

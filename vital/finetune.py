@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from vital.io import RecordError, write_json
-from vital.llava import tune
-from vital.params import FinetuneParams
+from vital.llava import lineage, tune
+from vital.params import FinetuneParams, MlflowParams
 from vital.vqa.items import LoadedSet, VQAItem
 
 
@@ -80,3 +80,29 @@ def run(
     if metrics_path is not None:
         write_json(metrics_path, results)
     return results
+
+
+def log_lineage(
+    results: dict[str, Any],
+    train_sets: Sequence[LoadedSet],
+    model: str | Path,
+    out_root: Path,
+    fp: FinetuneParams,
+    mp: MlflowParams,
+    root: Path,
+) -> dict[str, dict[str, Any]]:
+    """One MLflow run per set, its model registered as ``<mp.registered_model>-<set>`` with the digests of
+    the model it started from, the train split and its images; returns ``{set: log_tune record}``."""
+    records, name = {}, Path(out_root).name
+    for s in train_sets:
+        records[s.name] = lineage.log_tune(
+            fp.model_dump(),
+            results[s.name],
+            {"base": model, "train_split": s.path, "train_images": s.images},
+            Path(out_root) / s.name,
+            mp.model_copy(update={"registered_model": f"{mp.registered_model}-{s.name}"}),
+            root,
+            run_name=f"finetune {name} on {s.name}",
+            tags={"vital.finetuned_from": name, "vital.finetune_set": s.name},
+        )
+    return records
