@@ -1,12 +1,6 @@
-"""Stage curate: top-k% subsets by selector score (+ same-size random baselines and mixtures)."""
+"""Stage curate: top-k% subsets, same-size random baselines, mixtures (vital/pipeline.py has the table, `vital run curate` the same)."""
 
-from vital.curate import run
-from vital.stage import run_stage
-
-
-def main() -> None:
-    run_stage("curate", lambda p, paths: run(p.curate, paths))
-
+from vital.stage import main
 
 if __name__ == "__main__":
-    main()
+    main("curate")

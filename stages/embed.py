@@ -1,12 +1,6 @@
-"""Stage embed: image and text features of every candidate through the selector's backbone."""
+"""Stage embed: image and text features of every candidate (vital/pipeline.py has the table, `vital run embed` the same)."""
 
-from vital.embed import run
-from vital.stage import run_stage
-
-
-def main() -> None:
-    run_stage("embed", lambda p, paths: run(p.embed, paths))
-
+from vital.stage import main
 
 if __name__ == "__main__":
-    main()
+    main("embed")

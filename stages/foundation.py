@@ -1,12 +1,6 @@
-"""Stage foundation: pretrain the demo's tiny CLIP on the corpus (or record the pretrained checkpoint)."""
+"""Stage foundation: demo: pretrain the tiny CLIP and tokenizer; pretrained: record the checkpoints (vital/pipeline.py has the table, `vital run foundation` the same)."""
 
-from vital.foundation import run
-from vital.stage import run_stage
-
-
-def main() -> None:
-    run_stage("foundation", lambda p, paths: run(p.foundation, paths))
-
+from vital.stage import main
 
 if __name__ == "__main__":
-    main()
+    main("foundation")

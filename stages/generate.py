@@ -1,12 +1,6 @@
-"""Stage: generate (see vital/generate.py). Run from the repository root: `python stages/generate.py`."""
+"""Stage generate: candidate conversations per sampled figure (vital/pipeline.py has the table, `vital run generate` the same)."""
 
-from vital.generate import run
-from vital.stage import run_stage
-
-
-def main() -> None:
-    run_stage("generate", run)
-
+from vital.stage import main
 
 if __name__ == "__main__":
-    main()
+    main("generate")

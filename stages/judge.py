@@ -1,12 +1,6 @@
-"""Stage: judge (see vital/judge.py). Run from the repository root: `python stages/judge.py`."""
+"""Stage judge: 0-10 rubric score per candidate (model preference) (vital/pipeline.py has the table, `vital run judge` the same)."""
 
-from vital.judge import run
-from vital.stage import run_stage
-
-
-def main() -> None:
-    run_stage("judge", run)
-
+from vital.stage import main
 
 if __name__ == "__main__":
-    main()
+    main("judge")

@@ -1,19 +1,6 @@
-"""labels: clinicians' preferences over candidates (simulated clinicians or real label files)."""
+"""Stage labels: clinician preferences (simulated, or files from data/labels) (vital/pipeline.py has the table, `vital run labels` the same)."""
 
-from vital.labels import LabelsError, run
-from vital.stage import run_stage
-
-
-def main() -> None:
-    def labels(p, paths):
-        result = run(p.labels, paths)
-        print(
-            f"labels ({result['backend']}): {result['labels']} preferences on {result['tasks']} figures, "
-            f"{result['skipped']} skipped -> {paths.labels}"
-        )
-
-    run_stage("labels", labels, errors=(LabelsError,))
-
+from vital.stage import main
 
 if __name__ == "__main__":
-    main()
+    main("labels")

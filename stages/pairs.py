@@ -1,12 +1,6 @@
-"""Stage pairs: selector training/evaluation pairs from judge scores and clinician labels."""
+"""Stage pairs: model and human preference pairs, held-out split by figure (vital/pipeline.py has the table, `vital run pairs` the same)."""
 
-from vital.pairs import run
-from vital.stage import run_stage
-
-
-def main() -> None:
-    run_stage("pairs", lambda p, paths: run(p.pairs, paths))
-
+from vital.stage import main
 
 if __name__ == "__main__":
-    main()
+    main("pairs")

@@ -1,16 +1,6 @@
-"""sample: domain-stratified, seeded sample of figure records from the corpus."""
+"""Stage sample: domain-stratified, seeded sample of figure records (vital/pipeline.py has the table, `vital run sample` the same)."""
 
-from vital.sample import run
-from vital.stage import run_stage
-
-
-def main() -> None:
-    def sample(p, paths):
-        result = run(paths.figures, paths.sample, paths.metric("sample"), p.sample)
-        print(f"sample: {result['sampled']} figures, {result['skipped']} records skipped -> {paths.sample}")
-
-    run_stage("sample", sample)
-
+from vital.stage import main
 
 if __name__ == "__main__":
-    main()
+    main("sample")

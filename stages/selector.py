@@ -1,13 +1,9 @@
-"""Stage select (file named selector.py: a stages/select.py would shadow the stdlib `select` module
-for every script run from stages/): train the selection model and score every candidate."""
+"""Stage select: train the selection model, score every candidate (vital/pipeline.py has the table).
 
-from vital.selector import run
-from vital.stage import run_stage
+The file is named selector.py: a stages/select.py would shadow the stdlib `select` module for every script
+run from stages/."""
 
-
-def main() -> None:
-    run_stage("select", lambda p, paths: run(p.selector, paths))
-
+from vital.stage import main
 
 if __name__ == "__main__":
-    main()
+    main("select")

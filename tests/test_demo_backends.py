@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from vital.demo import (
-    HeuristicJudge,
-    SimulatedClinician,
-    TemplateGenerator,
-    agreement,
-    extract_claims,
-    is_accurate,
-    style_flags,
-    truth_utility,
-)
+from vital.demo.claims import agreement, extract_claims, style_flags
+from vital.demo.heuristic_judge import HeuristicJudge
+from vital.demo.simulated_clinician import SimulatedClinician, is_accurate, truth_utility
+from vital.demo.template_generator import TemplateGenerator
 from vital.io import read_jsonl
 from vital.params import WorldParams
 from vital.schema import Candidate, FigureRecord

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vital.demo import TemplateGenerator
+from vital.demo.template_generator import TemplateGenerator
 from vital.io import read_json, read_jsonl, write_jsonl
 from vital.labels import LabelsError, pairwise_agreement, run
 from vital.params import LabelsParams, SampleParams, WorldParams

@@ -22,16 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from vital.demo.reference_judge import HeuristicAnswerJudge
 from vital.evaluate import load_sets, tuned_models
 from vital.io import read_jsonl, write_json, write_jsonl
 from vital.llm.accounting import estimate_cost
-from vital.llm.client import ConfigError
 from vital.llm.engine import Outcome, Request, message_content
 from vital.llm.runtime import LLMRuntime
 from vital.params import ChatEvalParams, Params, ParamsError
 from vital.paths import Paths
-from vital.progress import progress
+from vital.registry import Backend, choose
 from vital.vqa.items import LoadedSet, VQAItem
 from vital.vqa.judge import parse_pair_scores, relative_scores, win_rate
 
@@ -73,49 +71,6 @@ def pair_answers(messages: list[dict]) -> tuple[str, str]:
     return text[start + len(_A1) : mid], text[mid + len(_E1) : end]
 
 
-def _completion(text: str, model: str) -> dict:
-    return {
-        "object": "chat.completion",
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-    }
-
-
-class HeuristicChatJudge:
-    """Answers judge requests offline: reads the two answers from the prompt, the reference from the item."""
-
-    def __init__(self, cp: ChatEvalParams) -> None:
-        self.model = cp.model
-        self.judge = HeuristicAnswerJudge()
-        self.verdicts = 0
-
-    def preflight(self) -> None:
-        pass
-
-    def send(self, requests: list[Request], desc: str) -> list[Outcome]:
-        out = []
-        for req in progress(requests, desc=f"{desc} (heuristic)", total=len(requests)):
-            item = req.tag[0] if isinstance(req.tag, tuple) else None
-            if not isinstance(item, VQAItem):
-                raise TypeError(f"heuristic chat judge: request tag {req.tag!r} carries no VQAItem")
-            first, second = pair_answers(req.body["messages"])
-            text = self.judge.verdict(item.question, item.answer, first, second)
-            out.append(Outcome(req, _completion(text, self.model)))
-        self.verdicts += len(requests)
-        return out
-
-    def metrics(self) -> dict:
-        return {
-            "mode": "offline",
-            "verdicts": self.verdicts,
-            "requests_sent": 0,
-            "cache_hits": 0,
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "estimated_cost_usd": 0.0,
-        }
-
-
 class EngineChatJudge:
     """A judge model behind an OpenAI-compatible API, through the generation engine."""
 
@@ -134,19 +89,16 @@ class EngineChatJudge:
         return self.runtime.metrics()
 
 
-BACKENDS: dict[str, Callable[[ChatEvalParams, Paths], ChatJudge]] = {
-    "heuristic": lambda cp, paths: HeuristicChatJudge(cp),
-    "openai": EngineChatJudge,
-    "azure": EngineChatJudge,
+# each: (cp, paths) -> ChatJudge
+BACKENDS: dict[str, Backend] = {
+    "heuristic": Backend("vital.demo.reference_judge:HeuristicChatJudge"),
+    "openai": Backend("vital.chat_eval:EngineChatJudge"),
+    "azure": Backend("vital.chat_eval:EngineChatJudge"),
 }
 
 
 def backend_for(cp: ChatEvalParams, paths: Paths) -> ChatJudge:
-    if cp.backend not in BACKENDS:
-        raise ConfigError(
-            f"chat_eval.backend: unknown backend {cp.backend!r}; choose one of {sorted(BACKENDS)}"
-        )
-    return BACKENDS[cp.backend](cp, paths)
+    return choose(BACKENDS, cp.backend, "chat_eval.backend").load()(cp, paths)
 
 
 # ------------------------------------------------------------------ per-order verdicts

@@ -2,7 +2,8 @@
 
 vital world                build the synthetic demo world into data/
 vital params               validate params.yaml and print the resolved values
-vital run STAGE            run one pipeline stage (same as `python stages/STAGE.py`)
+vital run STAGE            run one pipeline stage (same as `python stages/<script>.py`)
+vital dag [--check|--write]   each stage's deps: the code it runs and the data it reads
 vital generate --dry-run   count requests, estimate tokens and cost; send nothing
 vital judge --dry-run      the same for judging
 vital annotate --annotator dr_smith   rank candidates in the browser into data/labels/dr_smith.jsonl
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import runpy
 import sys
 from pathlib import Path
 
@@ -68,13 +68,33 @@ def _annotate(args) -> int:
 
 
 def _run(args) -> int:
-    script = Path("stages") / f"{args.stage}.py"
-    if not script.exists():
-        known = sorted(p.stem for p in Path("stages").glob("*.py") if not p.stem.startswith("_"))
-        print(f"vital: unknown stage {args.stage!r}; stages here: {', '.join(known)}", file=sys.stderr)
+    from vital import stage
+    from vital.pipeline import STAGES
+
+    if args.stage not in STAGES:
+        print(f"vital: unknown stage {args.stage!r}; stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
-    sys.argv = [str(script), *args.rest]
-    runpy.run_path(str(script), run_name="__main__")
+    stage.main(args.stage, [*args.rest, "--params", args.params])
+    return 0
+
+
+def _dag(args) -> int:
+    from vital import dag
+
+    params, dvc_yaml = load_params(args.params), Path("dvc.yaml")
+    if args.write:
+        changed = dag.write(dvc_yaml, params)
+        print(f"{dvc_yaml}: deps rewritten for {', '.join(changed) or 'no stage (already exact)'}")
+        return 0
+    found = dag.problems(dvc_yaml, params)
+    if args.check:
+        for line in found:
+            print(f"vital dag: {line}", file=sys.stderr)
+        if found:
+            print("vital dag: run `vital dag --write` to fix dvc.yaml", file=sys.stderr)
+        return 1 if found else 0
+    for name, deps in dag.all_deps(params).items():
+        print(f"{name}:\n  code: {' '.join(deps.code)}\n  data: {' '.join(deps.data)}")
     return 0
 
 
@@ -105,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("params", help="validate and print parameters").set_defaults(func=_params)
     sub.add_parser("report", help="key numbers of the last run").set_defaults(func=_report)
+
+    dag = sub.add_parser("dag", help="each stage's deps (code closure + data) for these params")
+    mode = dag.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml's deps are not exact")
+    mode.add_argument("--write", action="store_true", help="rewrite the deps in dvc.yaml")
+    dag.set_defaults(func=_dag)
 
     run = sub.add_parser("run", help="run one stage")
     run.add_argument("stage")

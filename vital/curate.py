@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from vital.io import RecordError, read_jsonl, write_json
-from vital.params import CurateParams
-from vital.paths import Paths
+from vital.params import CurateParams, Params
+from vital.paths import Paths, repo_relative
 from vital.schema import DOMAINS, Candidate
 
 MAX_LISTED = 50
@@ -116,6 +117,9 @@ def _domain_of(rec: dict[str, Any]) -> str:
             if d.get(name):
                 return name
     return "unknown"
+
+
+SUBSET_NAME = re.compile(r"(top|random)\d+")  # a curated subset; any other mix part is a file
 
 
 def domain_counts(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -228,3 +232,13 @@ def by_figure(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for r in records:
         out[r["provenance"].get("pair_id", "")].append(r)
     return out
+
+
+def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
+    return run(p.curate, paths)
+
+
+def mix_files(p: Params, root: Path) -> list[str]:
+    """Instruction files named by ``curate.mix`` (the curated subsets it names are the stage's own outputs)."""
+    files = {part for parts in p.curate.mix.values() for part in parts if not SUBSET_NAME.fullmatch(part)}
+    return sorted(repo_relative(f, root) for f in files)

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from torch.utils.data import DataLoader, Dataset
 
 from vital.io import RecordError, read_json, read_jsonl, write_json
-from vital.params import EmbedParams
+from vital.params import EmbedParams, Params
 from vital.paths import Paths
 from vital.progress import progress
 from vital.schema import Candidate, FigureRecord
@@ -614,3 +614,7 @@ def iter_figure_batches(loader: DataLoader) -> Iterator[torch.Tensor]:
     for _, batch, _ in loader:
         if batch is not None:
             yield batch
+
+
+def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
+    return run(p.embed, paths)

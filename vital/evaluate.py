@@ -26,9 +26,9 @@ from typing import Any, Protocol
 
 from vital.io import write_json, write_jsonl
 from vital.params import EvaluateParams, Params
-from vital.paths import Paths
+from vital.paths import Paths, is_local, repo_relative
 from vital.vqa.items import LoadedSet, VQAItem
-from vital.vqa.loaders import read_sets
+from vital.vqa.loaders import read_sets, set_files
 from vital.vqa.metrics import closed_baselines, score_item, summarize
 
 RESERVED = (
@@ -69,16 +69,7 @@ def load_sets(ev: EvaluateParams, root: Path) -> list[LoadedSet]:
 def resolve_model(name: str, spec: str, root: Path) -> str | Path:
     """A local checkpoint directory under ``root``, or a hub id (``owner/name``) passed through."""
     local = root / spec
-    first = Path(spec).parts[0] if Path(spec).parts else ""
-    is_local = (
-        local.exists()
-        or Path(spec).is_absolute()
-        or spec.startswith(".")
-        or spec.count("/") != 1
-        or first == "models"
-        or (root / first).is_dir()
-    )
-    if not is_local:
+    if not is_local(spec, root):
         return spec
     if not (local / "config.json").is_file():
         raise FileNotFoundError(f"evaluate.models.{name}: {local} is not a model checkpoint (no config.json)")
@@ -320,3 +311,14 @@ def seed_difference(
         raise ValueError(f"seed_difference: no seed has a numeric {key!r} in both runs")
     diffs = [float(a[s][key]) - float(b[s][key]) for s in seeds]
     return {**_spread(diffs), "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs)}
+
+
+# ------------------------------------------------------------------ inputs named by params (vital.dag)
+def eval_files(params: Params, root: Path) -> list[str]:
+    """Question files and image folders of ``evaluate.sets``."""
+    return [f for s in params.evaluate.sets for f in set_files(s, root)]
+
+
+def extra_models(params: Params, root: Path) -> list[str]:
+    """The local checkpoints among ``evaluate.models`` (hub ids are not files)."""
+    return [repo_relative(spec, root) for spec in params.evaluate.models.values() if is_local(spec, root)]

@@ -15,8 +15,10 @@ from typing import Any
 
 from vital.io import RecordError, write_json
 from vital.llava import lineage, tune
-from vital.params import FinetuneParams, MlflowParams
+from vital.params import FinetuneParams, MlflowParams, Params
+from vital.paths import Paths
 from vital.vqa.items import LoadedSet, VQAItem
+from vital.vqa.loaders import read_sets, set_files
 
 
 def vqa_records(items: Sequence[VQAItem]) -> list[dict[str, Any]]:
@@ -106,3 +108,27 @@ def log_lineage(
             tags={"vital.finetuned_from": name, "vital.finetune_set": s.name},
         )
     return records
+
+
+def run_stage(p: Params, paths: Paths, model: str, name: str, seed: int | None = None) -> dict[str, Any]:
+    """``models/finetuned/<name>/<set>`` for every ``finetune.sets`` train split; one MLflow run per set."""
+    fp = p.finetune if seed is None else p.finetune.model_copy(update={"seed": seed})
+    train_sets = read_sets(fp.sets, paths.root, p.evaluate.max_invalid_fraction)
+    out_root = paths.finetuned / name
+    results = run(
+        model=model,
+        train_sets=train_sets,
+        fp=fp,
+        out_root=out_root,
+        work_dir=paths.root / ".vital" / "checkpoints" / "finetune" / name,
+        metrics_path=paths.metrics / "finetune" / f"{name}.json",
+        curves_dir=paths.plots / "finetune" / name,
+    )
+    if p.mlflow.enabled and tune.is_main_process():
+        log_lineage(results, train_sets, model, out_root, fp, p.mlflow, paths.root)
+    return results
+
+
+def train_files(p: Params, root: Path) -> list[str]:
+    """Question files and image folders of ``finetune.sets``."""
+    return [f for s in p.finetune.sets for f in set_files(s, root)]

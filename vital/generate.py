@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vital.io import read_jsonl, write_json, write_jsonl
-from vital.llm.accounting import offline_metrics
 from vital.llm.batch import BatchLimits
 from vital.llm.cache import RequestCache
 from vital.llm.engine import Outcome, Request, message_content
@@ -35,7 +34,7 @@ from vital.llm.prompts import (
 from vital.llm.runtime import LLMRuntime
 from vital.params import GenerateParams, Params
 from vital.paths import Paths
-from vital.progress import progress
+from vital.registry import Backend, choose
 from vital.schema import Candidate, FigureRecord
 
 FIGURES_PER_CHUNK = 128  # bounds memory: image data URLs of one chunk are held at once
@@ -86,41 +85,6 @@ def load_figures(
 
 
 # ---------------------------------------------------------------- backends
-class TemplateBackend:
-    """Offline stand-in: the demo world's template generator (free, no requests)."""
-
-    name = "template"
-
-    def __init__(self, params: Params, paths: Paths) -> None:
-        self.gp, self.paths = params.generate, paths
-        self.generator = None
-
-    def preflight(self) -> None:
-        from vital.demo.template_generator import TemplateGenerator
-        from vital.world import load_truth
-
-        if not self.paths.truth.exists():
-            raise FileNotFoundError(
-                f"{self.paths.truth}: the template backend needs the demo world (run `vital world`)"
-            )
-        self.generator = TemplateGenerator(
-            load_truth(self.paths.truth), self.gp.seed, self.gp.min_rounds, self.gp.max_rounds
-        )
-
-    def generate(self, figures: list[FigureRecord]) -> Iterator[Result]:
-        prov = {"backend": "template", "model": self.gp.model}
-        for rec in progress(figures, desc="generate (template)", total=len(figures)):
-            convs = self.generator.generate(rec, self.gp.candidates)
-            for k in range(self.gp.candidates):
-                if k >= len(convs):
-                    yield Result(rec, k, None, "not_generated")
-                    continue
-                yield _validated(rec, k, convs[k], self.gp.min_rounds, prov)
-
-    def metrics(self) -> dict:
-        return offline_metrics()
-
-
 class OpenAIBackend:
     """GPT-4V/4o-style generation through the shared engine (``openai`` or ``azure``)."""
 
@@ -219,7 +183,7 @@ class OpenAIBackend:
             turns = parse_conversation(content)
         except InvalidOutput as e:
             return Result(rec, k, None, e.reason, str(e), prov)
-        return _validated(rec, k, turns, self.gp.min_rounds, prov)
+        return validated(rec, k, turns, self.gp.min_rounds, prov)
 
     def metrics(self) -> dict:
         return self.runtime.metrics()
@@ -238,10 +202,14 @@ RETRYABLE = {
     "empty",
 }
 
-GENERATORS: dict[str, type] = {"template": TemplateBackend, "openai": OpenAIBackend, "azure": OpenAIBackend}
+GENERATORS: dict[str, Backend] = {
+    "template": Backend("vital.demo.template_generator:TemplateBackend", reads=("data/corpus/truth.jsonl",)),
+    "openai": Backend("vital.generate:OpenAIBackend"),
+    "azure": Backend("vital.generate:OpenAIBackend"),
+}
 
 
-def _validated(rec: FigureRecord, k: int, turns: list[dict], min_rounds: int, prov: dict) -> Result:
+def validated(rec: FigureRecord, k: int, turns: list[dict], min_rounds: int, prov: dict) -> Result:
     try:
         return Result(rec, k, validate_conversation(turns, min_rounds), provenance=prov)
     except InvalidOutput as e:
@@ -249,12 +217,7 @@ def _validated(rec: FigureRecord, k: int, turns: list[dict], min_rounds: int, pr
 
 
 def backend_for(params: Params, paths: Paths):
-    name = params.generate.backend
-    if name not in GENERATORS:
-        from vital.llm.client import ConfigError
-
-        raise ConfigError(f"generate.backend: unknown backend {name!r}; choose one of {sorted(GENERATORS)}")
-    return GENERATORS[name](params, paths)
+    return choose(GENERATORS, params.generate.backend, "generate.backend").load()(params, paths)
 
 
 # ---------------------------------------------------------------- stage

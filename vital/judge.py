@@ -13,9 +13,7 @@ from collections.abc import Iterator
 
 from vital.generate import _estimate
 from vital.io import read_jsonl, write_json, write_jsonl
-from vital.llm.accounting import offline_metrics
 from vital.llm.batch import BatchLimits
-from vital.llm.client import ConfigError
 from vital.llm.engine import Request, message_content
 from vital.llm.parse import InvalidOutput, parse_score
 from vital.llm.prompts import (
@@ -30,7 +28,7 @@ from vital.llm.prompts import (
 from vital.llm.runtime import LLMRuntime
 from vital.params import Params
 from vital.paths import Paths
-from vital.progress import progress
+from vital.registry import Backend, choose
 from vital.schema import Candidate, FigureRecord, Judgment
 
 CANDIDATES_PER_CHUNK = 512
@@ -45,34 +43,8 @@ def load_inputs(paths: Paths) -> tuple[list[Candidate], dict[str, FigureRecord]]
     return cands, figures
 
 
-def _turns(c: Candidate) -> list[dict]:
+def turns_of(c: Candidate) -> list[dict]:
     return [t.model_dump(by_alias=True) for t in c.conversations]
-
-
-class HeuristicBackend:
-    """Offline stand-in for the model judge (demo world only)."""
-
-    def __init__(self, params: Params, paths: Paths) -> None:
-        self.jp, self.paths = params.judge, paths
-        self.judge = None
-
-    def preflight(self) -> None:
-        from vital.demo.heuristic_judge import HeuristicJudge
-
-        self.judge = HeuristicJudge(self.jp.noise, self.jp.seed)
-
-    def score(
-        self, items: list[tuple[Candidate, FigureRecord]]
-    ) -> Iterator[tuple[Candidate, float | None, str, str]]:
-        for cand, rec in progress(items, desc="judge (heuristic)", total=len(items)):
-            score, rationale = self.judge.score(rec, _turns(cand))
-            yield cand, float(score), rationale, ""
-
-    def provenance(self) -> dict:
-        return {"backend": "heuristic", "model": self.jp.model, "noise": self.jp.noise}
-
-    def metrics(self) -> dict:
-        return offline_metrics()
 
 
 class OpenAIJudge:
@@ -106,7 +78,7 @@ class OpenAIJudge:
 
     def request(self, cand: Candidate, rec: FigureRecord, url: str, attempt: int) -> Request:
         jp = self.jp
-        messages = judge_messages(rec, url, _turns(cand))
+        messages = judge_messages(rec, url, turns_of(cand))
         body = {
             "model": jp.model,
             "messages": messages,
@@ -166,14 +138,15 @@ class OpenAIJudge:
         return self.runtime.metrics()
 
 
-JUDGES: dict[str, type] = {"heuristic": HeuristicBackend, "openai": OpenAIJudge, "azure": OpenAIJudge}
+JUDGES: dict[str, Backend] = {
+    "heuristic": Backend("vital.demo.heuristic_judge:HeuristicBackend"),
+    "openai": Backend("vital.judge:OpenAIJudge"),
+    "azure": Backend("vital.judge:OpenAIJudge"),
+}
 
 
 def backend_for(params: Params, paths: Paths):
-    name = params.judge.backend
-    if name not in JUDGES:
-        raise ConfigError(f"judge.backend: unknown backend {name!r}; choose one of {sorted(JUDGES)}")
-    return JUDGES[name](params, paths)
+    return choose(JUDGES, params.judge.backend, "judge.backend").load()(params, paths)
 
 
 def _pairs(cands: list[Candidate], figures: dict[str, FigureRecord]) -> tuple[list, list[dict]]:

@@ -16,19 +16,15 @@ import itertools
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from vital.demo.simulated_clinician import SimulatedClinician, truth_utility
 from vital.io import read_jsonl, write_json, write_jsonl
-from vital.params import LabelsParams
+from vital.params import LabelsParams, Params
 from vital.paths import Paths
-from vital.progress import progress
+from vital.registry import Backend, choose
 from vital.schema import Candidate, FigureRecord, Preference
-from vital.world import load_truth
-from vital.world.seeding import rng_for, stable_seed
 
 MAX_LISTED = 50
 
@@ -48,7 +44,7 @@ class Problems:
             self.listed.append({"where": where, "reason": reason, "detail": detail})
 
 
-def _load_candidates(path: Path, problems: Problems) -> dict[str, list[Candidate]]:
+def load_candidates(path: Path, problems: Problems) -> dict[str, list[Candidate]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: candidates not found (run the generate stage first)")
     by_figure: dict[str, list[Candidate]] = defaultdict(list)
@@ -62,7 +58,7 @@ def _load_candidates(path: Path, problems: Problems) -> dict[str, list[Candidate
     return by_figure
 
 
-def _load_sample(path: Path) -> dict[str, FigureRecord]:
+def load_sample(path: Path) -> dict[str, FigureRecord]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: sample not found (run the sample stage first)")
     return {r["pair_id"]: FigureRecord.model_validate(r) for r in read_jsonl(path)}
@@ -94,61 +90,6 @@ def clinician_agreement(prefs: list[Preference]) -> dict:
                 a, t = pairwise_agreement(p.ranking, q.ranking, (p.ties, q.ties))
                 agree, total = agree + a, total + t
     return {"pairs": total, "agreement": round(agree / total, 4) if total else None}
-
-
-# ------------------------------------------------------------------ simulated clinicians
-def _tasks(eligible: list[str], cfg: LabelsParams) -> list[str]:
-    """The ``cfg.figures`` eligible figures with the smallest seeded hash (stable under additions)."""
-    return sorted(eligible, key=lambda pid: stable_seed(cfg.seed, "labels", pid))[: cfg.figures]
-
-
-def _simulated(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[list[Preference], dict]:
-    truth = load_truth(paths.truth)
-    sample = _load_sample(paths.sample)
-    candidates = _load_candidates(paths.candidates, problems)
-    eligible = []
-    for pid in sample:
-        n = len(candidates.get(pid, []))
-        if n < 2:
-            problems.add(f"{paths.sample}:{pid}", "too_few_candidates", f"{pid} has {n} candidate(s)")
-        elif pid not in truth:
-            problems.add(f"{paths.sample}:{pid}", "no_truth", f"{pid} is not in {paths.truth}")
-        else:
-            eligible.append(pid)
-    tasks = _tasks(eligible, cfg)
-    annotators = [f"clinician_{i + 1}" for i in range(cfg.clinicians)]
-    clinicians = {a: SimulatedClinician(truth, a, cfg.error_rate, cfg.seed) for a in annotators}
-    n_overlap = round(cfg.overlap * len(tasks)) if cfg.clinicians > 1 else 0
-    overlapped = set(sorted(tasks, key=lambda pid: stable_seed(cfg.seed, "overlap", pid))[:n_overlap])
-    prefs: list[Preference] = []
-    short = 0
-    truth_agree = truth_total = 0
-    for pid in progress(tasks, "labels: simulated clinicians"):
-        rng = rng_for(cfg.seed, "task", pid)
-        pool = candidates[pid]
-        shown = [pool[int(i)] for i in rng.permutation(len(pool))[: cfg.per_task]]
-        short += len(shown) < cfg.per_task
-        who = [annotators[int(i)] for i in rng.permutation(len(annotators))[: 2 if pid in overlapped else 1]]
-        utility = {
-            c.id: truth_utility([t.model_dump(by_alias=True) for t in c.conversations], truth[pid])
-            for c in shown
-        }
-        ideal = sorted(utility, key=lambda cid: -utility[cid])
-        for annotator in who:
-            ranking, ties = clinicians[annotator].rank_with_ties(sample[pid], shown)
-            prefs.append(
-                Preference(pair_id=pid, annotator=annotator, ranking=ranking, ties=ties, source="simulated")
-            )
-            a, t = pairwise_agreement(ranking, ideal, (ties,))
-            truth_agree, truth_total = truth_agree + a, truth_total + t
-    extra = {
-        "requested_tasks": cfg.figures,
-        "eligible_figures": len(eligible),
-        "tasks_with_fewer_candidates": short,
-        "per_task": cfg.per_task,
-        "agreement_with_truth": round(truth_agree / truth_total, 4) if truth_total else None,
-    }
-    return prefs, extra
 
 
 # ------------------------------------------------------------------ real label files
@@ -192,14 +133,14 @@ def validate_preference(
     return pref, "", ""
 
 
-def _files(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[list[Preference], dict]:
+def file_labels(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[list[Preference], dict]:
     folder = paths.labels_dir
     files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
     if not files:
         raise LabelsError(
             f"{folder}: no *.jsonl label files (labels.backend=files); see {folder / 'README.md'} for the format"
         )
-    candidates = [c for cs in _load_candidates(paths.candidates, problems).values() for c in cs]
+    candidates = [c for cs in load_candidates(paths.candidates, problems).values() for c in cs]
     known = {c.id: c.pair_id for c in candidates}
     digests = {c.id: c.digest() for c in candidates}
     prefs: list[Preference] = []
@@ -237,17 +178,19 @@ def _files(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[list[Pr
     return prefs, {"files": [str(p) for p in files], "empty_files": empty}
 
 
-Backend = Callable[[LabelsParams, Paths, Problems], tuple[list[Preference], dict]]
-BACKENDS: dict[str, Backend] = {"simulated": _simulated, "files": _files}
+# each: (cfg, paths, problems) -> (preferences, extra metrics)
+BACKENDS: dict[str, Backend] = {
+    "simulated": Backend(
+        "vital.demo.simulated_clinician:simulated_labels", reads=("data/corpus/truth.jsonl",)
+    ),
+    "files": Backend("vital.labels:file_labels", reads=("data/labels",)),
+}
 
 
 def run(cfg: LabelsParams, paths: Paths) -> dict:
     """Collect preferences with ``cfg.backend``; write labels and metrics; return the metrics."""
     start = time.perf_counter()
-    try:
-        backend = BACKENDS[cfg.backend]
-    except KeyError:
-        raise ValueError(f"labels.backend={cfg.backend!r}: expected one of {sorted(BACKENDS)}") from None
+    backend = choose(BACKENDS, cfg.backend, "labels.backend").load()
     problems = Problems()
     prefs, extra = backend(cfg, paths, problems)
     write_jsonl(paths.labels, prefs)
@@ -269,4 +212,13 @@ def run(cfg: LabelsParams, paths: Paths) -> dict:
         "wall_s": round(time.perf_counter() - start, 3),
     }
     write_json(paths.metric("labels"), result)
+    return result
+
+
+def run_stage(p: Params, paths: Paths) -> dict:
+    result = run(p.labels, paths)
+    print(
+        f"labels ({result['backend']}): {result['labels']} preferences on {result['tasks']} figures, "
+        f"{result['skipped']} skipped -> {paths.labels}"
+    )
     return result

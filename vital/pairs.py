@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vital.io import RecordError, read_jsonl, write_json, write_jsonl
-from vital.params import PairsParams
+from vital.params import PairsParams, Params
 from vital.paths import Paths
 from vital.schema import Judgment, Pair, Preference
 
@@ -213,3 +213,7 @@ def run(pp: PairsParams, paths: Paths) -> dict[str, Any]:
     metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
     write_json(paths.metric("pairs"), metrics)
     return metrics
+
+
+def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
+    return run(p.pairs, paths)

@@ -128,3 +128,27 @@ class Paths:
     @property
     def request_cache(self) -> Path:
         return self.root / ".vital" / "cache"
+
+
+def is_local(spec: str, root: Path = Path(".")) -> bool:
+    """Whether a model reference is a local directory (under ``root``) rather than a hub id ``owner/name``."""
+    first = Path(spec).parts[0] if Path(spec).parts else ""
+    return (
+        (root / spec).exists()
+        or Path(spec).is_absolute()
+        or spec.startswith(".")
+        or spec.count("/") != 1
+        or first == "models"
+        or (root / first).is_dir()
+    )
+
+
+def repo_relative(path: str | Path, root: Path = Path(".")) -> str:
+    """``path`` as DVC names it in dvc.yaml: relative to the repository root when inside it, POSIX style."""
+    path = Path(path)
+    if path.is_absolute():
+        try:
+            path = path.resolve().relative_to(Path(root).resolve())
+        except ValueError:
+            return path.as_posix()
+    return path.as_posix()

@@ -17,10 +17,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from vital.io import write_json, write_jsonl
-from vital.params import SampleParams
+from vital.params import Params, SampleParams
+from vital.paths import Paths
 from vital.progress import progress
 from vital.schema import DOMAINS, FigureRecord
-from vital.world.seeding import stable_seed
+from vital.seeding import stable_seed
 
 MAX_LISTED = 50  # problems listed in metrics (all are counted)
 
@@ -133,4 +134,10 @@ def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict
         "wall_s": round(time.perf_counter() - start, 3),
     }
     write_json(metrics, result)
+    return result
+
+
+def run_stage(p: Params, paths: Paths) -> dict:
+    result = run(paths.figures, paths.sample, paths.metric("sample"), p.sample)
+    print(f"sample: {result['sampled']} figures, {result['skipped']} records skipped -> {paths.sample}")
     return result

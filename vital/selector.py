@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from vital.embed import Embeddings, load_embeddings
 from vital.io import RecordError, read_json, read_jsonl, write_json, write_jsonl
-from vital.params import ParamsError, SelectorParams
+from vital.params import Params, ParamsError, SelectorParams
 from vital.paths import Paths
 from vital.progress import progress
 from vital.schema import Judgment, Pair, Preference
@@ -683,3 +683,7 @@ def _write_weights(path: Path, by_weight: dict[float, float | None]) -> None:
         w = csv.writer(f)
         w.writerow(["human_weight", "heldout_human_agreement"])
         w.writerows((f"{k:g}", "" if v is None else round(v, 4)) for k, v in sorted(by_weight.items()))
+
+
+def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
+    return run(p.selector, paths)

@@ -8,9 +8,16 @@ side), a hallucination about that fact goes unnoticed, which is what makes it no
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from vital.demo.claims import check_claims, extract_claims, gpt_text, style_flags
-from vital.schema import FigureRecord
-from vital.world.seeding import rng_for
+from vital.judge import turns_of
+from vital.llm.accounting import offline_metrics
+from vital.params import Params
+from vital.paths import Paths
+from vital.progress import progress
+from vital.schema import Candidate, FigureRecord
+from vital.seeding import rng_for
 
 PENALTIES = {"hedges": 2.0, "leaks": 2.5, "truncated": 2.0, "short": 1.0}
 
@@ -56,3 +63,27 @@ class HeuristicJudge:
 
 def _digest(conversation: list[dict]) -> str:
     return "\x1f".join(f"{t.get('from')}:{t.get('value')}" for t in conversation)
+
+
+class HeuristicBackend:
+    """Offline stand-in for the model judge (demo world only)."""
+
+    def __init__(self, params: Params, paths: Paths) -> None:
+        self.jp, self.paths = params.judge, paths
+        self.judge = None
+
+    def preflight(self) -> None:
+        self.judge = HeuristicJudge(self.jp.noise, self.jp.seed)
+
+    def score(
+        self, items: list[tuple[Candidate, FigureRecord]]
+    ) -> Iterator[tuple[Candidate, float | None, str, str]]:
+        for cand, rec in progress(items, desc="judge (heuristic)", total=len(items)):
+            score, rationale = self.judge.score(rec, turns_of(cand))
+            yield cand, float(score), rationale, ""
+
+    def provenance(self) -> dict:
+        return {"backend": "heuristic", "model": self.jp.model, "noise": self.jp.noise}
+
+    def metrics(self) -> dict:
+        return offline_metrics()

@@ -14,6 +14,12 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+from vital.chat_eval import pair_answers
+from vital.llm.engine import Outcome, Request
+from vital.params import ChatEvalParams
+from vital.paths import Paths
+from vital.progress import progress
+from vital.vqa.items import VQAItem
 from vital.vqa.metrics import answer_tokens
 
 MIN_SCORE, MAX_SCORE = 1.0, 10.0
@@ -88,3 +94,47 @@ class HeuristicAnswerJudge:
             f"Assistant 1: {s1.rationale()}.\nAssistant 2: {s2.rationale()}.\n"
             "(offline heuristic answer judge: token overlap with the reference answer)"
         )
+
+
+def completion(text: str, model: str) -> dict:
+    """A chat.completion response body carrying ``text`` (what the offline judge answers with)."""
+    return {
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }
+
+
+class HeuristicChatJudge:
+    """Answers judge requests offline: reads the two answers from the prompt, the reference from the item."""
+
+    def __init__(self, cp: ChatEvalParams, paths: Paths) -> None:
+        self.model = cp.model
+        self.judge = HeuristicAnswerJudge()
+        self.verdicts = 0
+
+    def preflight(self) -> None:
+        pass
+
+    def send(self, requests: list[Request], desc: str) -> list[Outcome]:
+        out = []
+        for req in progress(requests, desc=f"{desc} (heuristic)", total=len(requests)):
+            item = req.tag[0] if isinstance(req.tag, tuple) else None
+            if not isinstance(item, VQAItem):
+                raise TypeError(f"heuristic chat judge: request tag {req.tag!r} carries no VQAItem")
+            first, second = pair_answers(req.body["messages"])
+            text = self.judge.verdict(item.question, item.answer, first, second)
+            out.append(Outcome(req, completion(text, self.model)))
+        self.verdicts += len(requests)
+        return out
+
+    def metrics(self) -> dict:
+        return {
+            "mode": "offline",
+            "verdicts": self.verdicts,
+            "requests_sent": 0,
+            "cache_hits": 0,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "estimated_cost_usd": 0.0,
+        }

@@ -9,8 +9,13 @@ ranking); slips are seeded by annotator, so two annotators disagree now and then
 from __future__ import annotations
 
 from vital.demo.claims import check_claims, extract_claims, gpt_text, style_flags
-from vital.schema import Candidate, FigureRecord
-from vital.world.seeding import rng_for
+from vital.labels import Problems, load_candidates, load_sample, pairwise_agreement
+from vital.params import LabelsParams
+from vital.paths import Paths
+from vital.progress import progress
+from vital.schema import Candidate, FigureRecord, Preference
+from vital.seeding import rng_for, stable_seed
+from vital.world import load_truth
 
 TIE = 1e-9
 
@@ -80,3 +85,58 @@ def _ties(ranking: list[str], utility: dict[str, float]) -> list[list[str]]:
     for cid in ranking:
         groups.setdefault(round(utility[cid] / TIE) * TIE, []).append(cid)
     return [g for g in groups.values() if len(g) > 1]
+
+
+# ------------------------------------------------------------------ the labels stage's `simulated` backend
+def _tasks(eligible: list[str], cfg: LabelsParams) -> list[str]:
+    """The ``cfg.figures`` eligible figures with the smallest seeded hash (stable under additions)."""
+    return sorted(eligible, key=lambda pid: stable_seed(cfg.seed, "labels", pid))[: cfg.figures]
+
+
+def simulated_labels(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[list[Preference], dict]:
+    truth = load_truth(paths.truth)
+    sample = load_sample(paths.sample)
+    candidates = load_candidates(paths.candidates, problems)
+    eligible = []
+    for pid in sample:
+        n = len(candidates.get(pid, []))
+        if n < 2:
+            problems.add(f"{paths.sample}:{pid}", "too_few_candidates", f"{pid} has {n} candidate(s)")
+        elif pid not in truth:
+            problems.add(f"{paths.sample}:{pid}", "no_truth", f"{pid} is not in {paths.truth}")
+        else:
+            eligible.append(pid)
+    tasks = _tasks(eligible, cfg)
+    annotators = [f"clinician_{i + 1}" for i in range(cfg.clinicians)]
+    clinicians = {a: SimulatedClinician(truth, a, cfg.error_rate, cfg.seed) for a in annotators}
+    n_overlap = round(cfg.overlap * len(tasks)) if cfg.clinicians > 1 else 0
+    overlapped = set(sorted(tasks, key=lambda pid: stable_seed(cfg.seed, "overlap", pid))[:n_overlap])
+    prefs: list[Preference] = []
+    short = 0
+    truth_agree = truth_total = 0
+    for pid in progress(tasks, "labels: simulated clinicians"):
+        rng = rng_for(cfg.seed, "task", pid)
+        pool = candidates[pid]
+        shown = [pool[int(i)] for i in rng.permutation(len(pool))[: cfg.per_task]]
+        short += len(shown) < cfg.per_task
+        who = [annotators[int(i)] for i in rng.permutation(len(annotators))[: 2 if pid in overlapped else 1]]
+        utility = {
+            c.id: truth_utility([t.model_dump(by_alias=True) for t in c.conversations], truth[pid])
+            for c in shown
+        }
+        ideal = sorted(utility, key=lambda cid: -utility[cid])
+        for annotator in who:
+            ranking, ties = clinicians[annotator].rank_with_ties(sample[pid], shown)
+            prefs.append(
+                Preference(pair_id=pid, annotator=annotator, ranking=ranking, ties=ties, source="simulated")
+            )
+            a, t = pairwise_agreement(ranking, ideal, (ties,))
+            truth_agree, truth_total = truth_agree + a, truth_total + t
+    extra = {
+        "requested_tasks": cfg.figures,
+        "eligible_figures": len(eligible),
+        "tasks_with_fewer_candidates": short,
+        "per_task": cfg.per_task,
+        "agreement_with_truth": round(truth_agree / truth_total, 4) if truth_total else None,
+    }
+    return prefs, extra

@@ -8,14 +8,21 @@ the image, truncated output. It never writes which failure it simulated into its
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 
+from vital.generate import Result, validated
+from vital.llm.accounting import offline_metrics
+from vital.params import Params
+from vital.paths import Paths
+from vital.progress import progress
 from vital.schema import FigureRecord
+from vital.seeding import rng_for
+from vital.world import load_truth
 from vital.world.conversation import LESION_ONLY, QUESTIONS, question_plan, write_planned
 from vital.world.findings import MODALITIES, STYLES
 from vital.world.language import lower_first
-from vital.world.seeding import rng_for
 
 # share of candidates per failure mode; "accurate" is about half so that selection matters
 MODES: dict[str, float] = {
@@ -132,3 +139,35 @@ class TemplateGenerator:
         elif mode == "truncated":
             conv[answers[-1]]["value"] = _truncate(conv[answers[-1]]["value"], rng)
         return conv
+
+
+class TemplateBackend:
+    """Offline stand-in: the demo world's template generator (free, no requests)."""
+
+    name = "template"
+
+    def __init__(self, params: Params, paths: Paths) -> None:
+        self.gp, self.paths = params.generate, paths
+        self.generator = None
+
+    def preflight(self) -> None:
+        if not self.paths.truth.exists():
+            raise FileNotFoundError(
+                f"{self.paths.truth}: the template backend needs the demo world (run `vital world`)"
+            )
+        self.generator = TemplateGenerator(
+            load_truth(self.paths.truth), self.gp.seed, self.gp.min_rounds, self.gp.max_rounds
+        )
+
+    def generate(self, figures: list[FigureRecord]) -> Iterator[Result]:
+        prov = {"backend": "template", "model": self.gp.model}
+        for rec in progress(figures, desc="generate (template)", total=len(figures)):
+            convs = self.generator.generate(rec, self.gp.candidates)
+            for k in range(self.gp.candidates):
+                if k >= len(convs):
+                    yield Result(rec, k, None, "not_generated")
+                    continue
+                yield validated(rec, k, convs[k], self.gp.min_rounds, prov)
+
+    def metrics(self) -> dict:
+        return offline_metrics()

@@ -17,8 +17,9 @@ from vital.foundation.clip import (
     tiny_clip_config,
 )
 from vital.io import write_json
-from vital.params import FoundationParams
+from vital.params import FoundationParams, Params
 from vital.paths import Paths
+from vital.registry import Backend, choose
 
 __all__ = [
     "TINY_CLIP",
@@ -41,24 +42,25 @@ def record_pretrained(fp: FoundationParams, out_dir: Path) -> dict[str, Any]:
     return record
 
 
-def run(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
-    """The foundation stage: writes ``models/foundation/clip/`` and ``metrics/foundation.json``."""
-    from vital.foundation.train import train_demo
+# each: (fp, paths) -> metrics; writes models/foundation/
+BACKENDS: dict[str, Backend] = {
+    "demo": Backend("vital.foundation.train:train_stage", reads=("data/corpus",)),
+    "pretrained": Backend("vital.foundation:record_stage"),
+}
 
+
+def record_stage(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
+    return record_pretrained(fp, paths.foundation / "clip")
+
+
+def run(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
+    """The foundation stage: writes ``models/foundation/`` and ``metrics/foundation.json``."""
     start = time.perf_counter()
-    out_dir = paths.foundation / "clip"
-    if fp.backend == "pretrained":
-        metrics = record_pretrained(fp, out_dir)
-    else:
-        metrics = train_demo(
-            fp,
-            paths.figures,
-            paths.corpus,
-            out_dir,
-            truth_file=paths.truth,
-            curve_csv=paths.plots / "foundation_loss.csv",
-            tokenizer_dir=paths.foundation / "tokenizer",
-        )
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
+    metrics = choose(BACKENDS, fp.backend, "foundation.backend").load()(fp, paths)
+    metrics["wall_s"] = round(time.perf_counter() - start, 1)
     write_json(paths.metric("foundation"), metrics)
     return metrics
+
+
+def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
+    return run(p.foundation, paths)

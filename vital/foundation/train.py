@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from vital.foundation.clip import build_tiny_clip, save_clip, tiny_clip_config
 from vital.io import RecordError, read_jsonl
 from vital.params import FoundationParams
+from vital.paths import Paths
 from vital.progress import progress
 from vital.schema import FigureRecord
 
@@ -298,3 +299,16 @@ def train_demo(
         metrics["laterality_probe"] = laterality_probe(model, random_init, corpus, truth_file, fp.seed)
     metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
     return metrics
+
+
+def train_stage(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
+    """The foundation stage's ``demo`` backend: the tiny CLIP and the LLM tokenizer, trained on the corpus."""
+    return train_demo(
+        fp,
+        paths.figures,
+        paths.corpus,
+        paths.foundation / "clip",
+        truth_file=paths.truth,
+        curve_csv=paths.plots / "foundation_loss.csv",
+        tokenizer_dir=paths.foundation / "tokenizer",
+    )

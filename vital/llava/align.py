@@ -20,7 +20,8 @@ from vital.io import RecordError, read_jsonl, write_json
 from vital.llava.build import build_from_foundation, load_llava, save_llava
 from vital.llava.conversation import Collator, ConversationDataset
 from vital.llava.trainer import LoopConfig, train, write_curve
-from vital.params import AlignParams
+from vital.params import AlignParams, Params
+from vital.paths import Paths
 
 
 def _pick(pair_id: str, options: list[str], seed: int) -> str:
@@ -127,3 +128,17 @@ def run(
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics
+
+
+def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
+    """The align stage: ``models/base`` from ``models/foundation`` (demo) or the recorded checkpoint."""
+    return run(
+        foundation_dir=paths.foundation,
+        figures=paths.figures,
+        corpus_root=paths.corpus,
+        out=paths.base_model,
+        ap=p.align,
+        checkpoint_dir=paths.root / ".vital" / "checkpoints" / "align",
+        metrics_path=paths.metric("align"),
+        curve_path=paths.plots / "align_loss.csv",
+    )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vital.io import RecordError, read_jsonl
+from vital.paths import repo_relative
 from vital.schema import DOMAINS
 from vital.vqa.items import AnswerType, LoadedSet, VQAItem
 
@@ -285,6 +286,14 @@ register("llava_med_qa", Format(_jsonl, _llava_med_qa_item, lambda p: p.parent /
 
 
 # ------------------------------------------------------------------ entry point
+def set_files(spec: Any, root: Path) -> list[str]:
+    """The question file and image folder one set spec (``EvalSet``) reads, relative to ``root``."""
+    path = Path(spec.path)
+    fmt = LOADERS.get(spec.format)
+    images = spec.images if spec.images is not None else (fmt.default_images(path) if fmt else None)
+    return [repo_relative(path, root)] + ([repo_relative(images, root)] if images is not None else [])
+
+
 def load_set(
     name: str,
     format: str,

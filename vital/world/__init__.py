@@ -26,11 +26,11 @@ from vital.io import RecordError, read_jsonl, write_json, write_jsonl
 from vital.params import WorldParams
 from vital.progress import progress
 from vital.schema import DOMAINS
+from vital.seeding import rng_for, stable_seed
 from vital.world.captions import write_caption
 from vital.world.conversation import question_kinds, write_conversation
 from vital.world.findings import MODALITIES, STYLES, sample_truth
 from vital.world.render import render
-from vital.world.seeding import rng_for, stable_seed
 from vital.world.vqa import questions_for
 
 __all__ = ["DOMAINS", "MODALITIES", "STYLES", "build_world", "load_truth", "stable_seed"]

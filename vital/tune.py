@@ -1,0 +1,42 @@
+"""The tune stage: instruction-tune the base LLaVA on one curated subset, one seed; log its lineage.
+
+``vital.llava.tune`` trains; this module says which data, where the model and its metrics go, and
+records the run in MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vital.llava import lineage, tune
+from vital.params import Params
+from vital.paths import Paths, is_local, repo_relative
+
+
+def run_stage(p: Params, paths: Paths, subset: str, seed: int | None = None) -> dict[str, Any]:
+    """``models/tuned/<subset>-s<seed>`` from ``artifacts/curated/<subset><tune.keep>.json``."""
+    tp = p.tune if seed is None else p.tune.model_copy(update={"seed": seed})
+    name = f"{subset}-s{tp.seed}"
+    data = paths.curated / f"{subset}{tp.keep}.json"
+    out = paths.tuned / name
+    metrics = tune.run(
+        base=tp.base,
+        data=data,
+        image_root=paths.corpus,
+        out=out,
+        tp=tp,
+        checkpoint_dir=paths.root / ".vital" / "checkpoints" / "tune" / f"models_tuned_{name}",
+        metrics_path=paths.metrics / "tune" / f"{name}.json",
+        curve_path=paths.plots / "tune" / f"{name}.csv",
+    )
+    if p.mlflow.enabled and tune.is_main_process():
+        inputs = {"base": tp.base, "curated": data, "images": paths.corpus / "images"}
+        run_name = f"models/tuned/{name}"
+        lineage.log_tune(tp.model_dump(), metrics, inputs, out, p.mlflow, paths.root, run_name=run_name)
+    return metrics
+
+
+def base_model(p: Params, root: Path) -> list[str]:
+    """``tune.base`` when it is a local checkpoint (a hub id is not a file DVC can hash)."""
+    return [repo_relative(p.tune.base, root)] if is_local(p.tune.base, root) else []
