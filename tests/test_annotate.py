@@ -643,6 +643,9 @@ def test_a_clinician_ranks_in_the_browser(paths, tmp_path):
 
             # reopen the saved ranking, change it, save the correction
             page.click("#saved-rankings")
+            page.wait_for_selector("#saved")
+            page.screenshot(path=str(tmp_path / "annotate-saved-420.png"), full_page=True)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 420
             page.click("[data-testid=reopen-PMC1_F1]")
             page.wait_for_selector("#correcting")
             assert page.inner_text("#caption") == CAPTIONS["PMC1_F1"]
@@ -676,11 +679,16 @@ def test_a_clinician_ranks_in_the_browser(paths, tmp_path):
     (pref,) = read_jsonl(paths.labels)
     assert result["labels"] == 1 and pref["ranking"] == shown  # the correction supersedes
     assert result["superseded"]["count"] == 1 and result["superseded"]["where"][0].endswith("dr_b.jsonl:1")
-    for name in ("annotate-1280.png", "annotate-420.png", "annotate-correct-420.png"):
+    for name in (
+        "annotate-1280.png",
+        "annotate-420.png",
+        "annotate-saved-420.png",
+        "annotate-correct-420.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_a_figure_ranked_in_another_tab_moves_the_page_on(paths):
+def test_a_figure_ranked_in_another_tab_moves_the_page_on(paths, tmp_path):
     """Two tabs on the same figure: the second save is refused (409), and that tab moves to the next
     figure with the counter refreshed instead of keeping a ranking it can never save."""
     sync_api = _browser_or_skip()
@@ -702,6 +710,7 @@ def test_a_figure_ranked_in_another_tab_moves_the_page_on(paths):
             _wait_for_text(sync_api, tabs[1], "#caption", CAPTIONS["PMC2_F1"])
             assert "1 of 2 figures ranked" in tabs[1].inner_text("#progress")
             assert "already ranked" in tabs[1].inner_text("#notice")
+            tabs[1].screenshot(path=str(tmp_path / "annotate-409.png"), full_page=True)
             assert tabs[1].is_enabled("#skip") and tabs[1].is_disabled("#submit")
             browser.close()
     finally:
