@@ -6,11 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
+import krippendorff
 import pytest
 
 from vital.demo.template_generator import TemplateGenerator
 from vital.io import read_json, read_jsonl, write_jsonl
-from vital.labels import LabelsError, pairwise_agreement, run
+from vital.labels import LabelsError, clinician_agreement, pairwise_agreement, run
 from vital.params import LabelsParams, SampleParams, WorldParams
 from vital.paths import Paths
 from vital.sample import run as run_sample
@@ -64,7 +65,8 @@ def test_simulated_pairwise(paths):
     assert all(all(c.startswith(p.pair_id + "#") for c in p.ranking) for p in prefs)
     overlapped = [p for p in prefs if sum(q.pair_id == p.pair_id for q in prefs) == 2]
     assert len({(p.pair_id, p.annotator) for p in overlapped}) == 10  # two different annotators
-    assert result["clinician_agreement"]["pairs"] > 0
+    assert result["clinician_agreement"]["pairs"] > 0 and result["clinician_agreement"]["figures"] == 5
+    assert 0 < result["clinician_agreement"]["krippendorff_alpha"] <= 1
     assert result["agreement_with_truth"] >= 0.8
     assert read_json(paths.metric("labels")) == result
     first = paths.labels.read_bytes()
@@ -113,7 +115,10 @@ def test_files_backend_reads_real_labels(paths):
     prefs = _labels(paths)
     assert len(prefs) == 3 and result["skipped"] == 0
     assert result["annotators"] == {"dr_a": 2, "dr_b": 1} and result["overlap_tasks"] == 1
-    assert result["clinician_agreement"] == {"pairs": 1, "agreement": 1.0}
+    assert result["clinician_agreement"] == {
+        "figures": 1, "annotators": ["dr_a", "dr_b"], "pairs": 1, "agreement": 1.0,
+        "krippendorff_alpha": 1.0, "alpha_units": 2,
+    }  # fmt: skip
     assert prefs[1].ties == [[f"{b}#3", f"{b}#0"]]
 
 
@@ -151,6 +156,90 @@ def test_files_backend_reports_bad_lines(paths):
         and "annotator" in problems["invalid_record"]["detail"]
     )
     assert problems["empty_file"]["where"] == str(empty) and result["empty_files"] == [str(empty)]
+
+
+def test_files_backend_latest_record_per_annotator_and_figure_wins(paths):
+    """Label files are append-only: a correction is a later line, and it replaces the earlier ranking."""
+    a, b = _pids(paths)[:2]
+    first, second = [f"{a}#0", f"{a}#1", f"{a}#2"], [f"{a}#2", f"{a}#1", f"{a}#0"]
+    path = _write(
+        paths,
+        "dr_a.jsonl",
+        [
+            {"pair_id": a, "annotator": "dr_a", "ranking": first},
+            {"pair_id": b, "annotator": "dr_a", "ranking": [f"{b}#0", f"{b}#1"]},
+            {"pair_id": a, "annotator": "dr_a", "ranking": second},  # corrected
+            {"pair_id": a, "annotator": "dr_a", "ranking": first},  # and corrected back
+            {"pair_id": a, "annotator": "dr_a", "ranking": first},  # saved twice: changes nothing
+        ],
+    )
+    _write(paths, "dr_b.jsonl", [{"pair_id": a, "annotator": "dr_b", "ranking": second}])
+    result = run(LabelsParams(backend="files"), paths)
+    prefs = {(p.annotator, p.pair_id): p.ranking for p in _labels(paths)}
+    assert prefs == {("dr_a", a): first, ("dr_a", b): [f"{b}#0", f"{b}#1"], ("dr_b", a): second}
+    assert result["labels"] == 3 and result["annotators"] == {"dr_a": 2, "dr_b": 1}
+    assert result["superseded"] == {"count": 2, "where": [f"{path}:1", f"{path}:3"]}
+    assert result["skipped_by_reason"] == {"duplicate_label": 1}
+    # one voice per annotator and figure in the agreement too: dr_a's latest against dr_b
+    agreement = result["clinician_agreement"]
+    assert agreement["figures"] == 1 and agreement["pairs"] == 3 and agreement["agreement"] == 0.0
+
+
+def test_files_backend_reports_non_utf8_lines_and_overlapping_ties(paths):
+    a = _pids(paths)[0]
+    path = _write(paths, "dr_a.jsonl", [{"pair_id": a, "annotator": "dr_a", "ranking": [f"{a}#0", f"{a}#1"]}])
+    with path.open("ab") as f:
+        f.write(b'{"pair_id": "\xff"}\n')
+        tied = [[f"{a}#0", f"{a}#1"], [f"{a}#1", f"{a}#2"]]
+        f.write(
+            json.dumps(
+                {"pair_id": a, "annotator": "dr_b", "ranking": [f"{a}#{k}" for k in range(3)], "ties": tied}
+            ).encode()
+            + b"\n"
+        )
+    result = run(LabelsParams(backend="files"), paths)
+    assert result["labels"] == 1
+    assert result["skipped_by_reason"] == {"invalid_ties": 1, "invalid_utf8": 1}
+    problems = {p["reason"]: p for p in result["problems"]}
+    assert problems["invalid_utf8"]["where"] == f"{path}:2" and "0xff" in problems["invalid_utf8"]["detail"]
+    assert problems["invalid_ties"]["where"] == f"{path}:3" and f"{a}#1" in problems["invalid_ties"]["detail"]
+
+
+def test_agreement_between_clinicians_pairwise_and_krippendorff_alpha():
+    """Figures ranked by two or more clinicians; alpha from the krippendorff package on rank positions."""
+
+    def pref(pid, who, ranking, ties=()):
+        return Preference(pair_id=pid, annotator=who, ranking=ranking, ties=list(ties))
+
+    prefs = [
+        pref("f1", "a", ["f1#0", "f1#1", "f1#2"]),
+        pref("f1", "b", ["f1#0", "f1#2", "f1#1"]),
+        pref("f1", "c", ["f1#0", "f1#1", "f1#2"], [["f1#1", "f1#2"]]),
+        pref("f2", "a", ["f2#1", "f2#0"]),
+        pref("f2", "b", ["f2#1", "f2#0"]),
+        pref("f3", "a", ["f3#0", "f3#1"]),  # one clinician only: not in the agreement
+    ]
+    result = clinician_agreement(prefs)
+    assert result["figures"] == 2 and result["annotators"] == ["a", "b", "c"]
+    # f1: a-b agree on 2 of 3 pairs; a-c and b-c on the 2 pairs c did not tie; f2: 1 of 1
+    assert result["pairs"] == 3 + 2 + 2 + 1 and result["agreement"] == round(7 / 8, 4)
+    nan = float("nan")
+    expected = krippendorff.alpha(
+        reliability_data=[
+            [1, 2, 3, 2, 1],  # a: f1#0 f1#1 f1#2 f2#0 f2#1
+            [1, 3, 2, 2, 1],  # b
+            [1, 2.5, 2.5, nan, nan],  # c, with its tie at the mean position
+        ],
+        level_of_measurement="ordinal",
+    )
+    assert result["krippendorff_alpha"] == round(float(expected), 4) and result["alpha_units"] == 5
+    assert 0 < result["krippendorff_alpha"] < 1
+    assert clinician_agreement([prefs[0], prefs[5]]) == {
+        "figures": 0, "annotators": [], "pairs": 0, "agreement": None, "krippendorff_alpha": None,
+        "alpha_units": 0,
+    }  # fmt: skip
+    reversed_ = clinician_agreement([prefs[0], pref("f1", "b", ["f1#2", "f1#1", "f1#0"])])
+    assert reversed_["agreement"] == 0.0 and reversed_["krippendorff_alpha"] < 0
 
 
 def test_files_backend_clear_errors(paths):

@@ -44,20 +44,35 @@ def _report(args) -> int:
 
 def _annotate(args) -> int:
     from vital.annotate import AnnotationError, AnnotationSession, load_tasks, make_server
+    from vital.annotate.server import WILDCARD, public_address
 
     paths = Paths()
     try:
-        session = AnnotationSession(
-            paths, args.annotator, load_tasks(paths, args.annotator, args.seed, args.limit)
-        )
+        tasks = load_tasks(paths, args.annotator, args.seed, args.limit, args.overlap)
+        session = AnnotationSession(paths, args.annotator, tasks)
         server = make_server(session, args.host, args.port)
     except (AnnotationError, OSError) as e:
         print(f"vital annotate: {e}", file=sys.stderr)
         return 2
+    for line in session.unreadable:
+        print(f"vital annotate: skipping unreadable line {line}; the other lines count", file=sys.stderr)
     host, port = server.server_address[:2]
     p = session.progress()
-    print(f"vital annotate: {p['ranked']} of {p['total']} figures ranked; open http://{host}:{port}/")
-    print(f"labels go to {session.label_file} (use them with labels.backend: files); Ctrl-C stops")
+    if args.host in WILDCARD:
+        print(
+            f"vital annotate: WARNING: serving every network interface with no login: anyone who can reach "
+            f"this machine on port {port} can see the figures and save rankings as {args.annotator}. "
+            "Use it on a trusted network only.",
+            file=sys.stderr,
+        )
+        url = f"http://{public_address()}:{port}/"
+    else:
+        url = f"http://{host}:{port}/"
+    shared = f" (the first {args.overlap} shared by every annotator)" if args.overlap else ""
+    print(f"vital annotate: {p['ranked']} of {p['total']} figures ranked{shared}; open {url}", flush=True)
+    print(
+        f"labels go to {session.label_file} (use them with labels.backend: files); Ctrl-C stops", flush=True
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -139,10 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     ann = sub.add_parser("annotate", help="rank candidate conversations in the browser (clinician labels)")
     ann.add_argument("--annotator", required=True, help="pseudonymous clinician id; names the label file")
-    ann.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    ann.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: this machine only; 0.0.0.0 serves the network, with no login)",
+    )
     ann.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
     ann.add_argument("--limit", type=int, default=None, help="offer only the first N sampled figures")
     ann.add_argument("--seed", type=int, default=0, help="seed of the per-annotator candidate order")
+    ann.add_argument(
+        "--overlap",
+        type=int,
+        default=0,
+        help="serve first N figures shared by every annotator (fixed set and order, for agreement); "
+        "the rest in an order of each annotator's own",
+    )
     ann.set_defaults(func=_annotate)
 
     for name in ("generate", "judge", "chat_eval"):

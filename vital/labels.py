@@ -6,6 +6,11 @@ Backends (registry, chosen by ``labels.backend``):
   a share of tasks (``overlap``) goes to two clinicians so clinician-clinician agreement is measurable.
 - ``files``: every ``data/labels/*.jsonl`` written by real clinicians (format: data/labels/README.md).
   Bad lines are skipped, counted and listed with file:line; real labels drop in without code changes.
+  Files are append-only: the latest record of an annotator for a figure supersedes their earlier ones
+  (a correction made in ``vital annotate``), so each annotator counts once per figure.
+
+Agreement between clinicians is measured on the figures two or more of them ranked: pairwise (the share of
+candidate pairs two clinicians order the same way) and Krippendorff's alpha (ordinal, on rank positions).
 
 Both write ``artifacts/labels.jsonl`` and ``metrics/labels.json``.
 """
@@ -14,10 +19,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import krippendorff
+import numpy as np
 from pydantic import ValidationError
 
 from vital.io import read_jsonl, write_json, write_jsonl
@@ -78,18 +86,62 @@ def pairwise_agreement(a: list[str], b: list[str], ties: tuple[list[list[str]], 
     return agree, total
 
 
+def rank_positions(pref: Preference) -> dict[str, float]:
+    """Candidate id -> rank position (1 = best); tied candidates share the mean of their positions."""
+    pos = {c: float(i + 1) for i, c in enumerate(pref.ranking)}
+    for group in pref.ties:
+        members = [c for c in group if c in pos]
+        if members:
+            mean = sum(pos[c] for c in members) / len(members)
+            pos.update(dict.fromkeys(members, mean))
+    return pos
+
+
 def clinician_agreement(prefs: list[Preference]) -> dict:
-    """Pairwise agreement between different annotators on the same candidates (overlap tasks)."""
-    by_figure: dict[str, list[Preference]] = defaultdict(list)
+    """Agreement between different annotators on the figures two or more of them ranked.
+
+    ``pairs``/``agreement``: candidate pairs ordered by two annotators and the share ordered the same way
+    (tied pairs left out); ``krippendorff_alpha``: ordinal alpha over every (figure, candidate) unit ranked
+    by two or more annotators, the value being its rank position (None when it is undefined: fewer than
+    two such units, or a single rank value throughout).
+    """
+    by_figure: dict[str, dict[str, Preference]] = defaultdict(dict)
     for p in prefs:
-        by_figure[p.pair_id].append(p)
+        by_figure[p.pair_id][p.annotator] = p  # the latest per annotator and figure
+    shared = {pid: group for pid, group in by_figure.items() if len(group) > 1}
     agree = total = 0
-    for group in by_figure.values():
-        for p, q in itertools.combinations(group, 2):
-            if p.annotator != q.annotator:
-                a, t = pairwise_agreement(p.ranking, q.ranking, (p.ties, q.ties))
-                agree, total = agree + a, total + t
-    return {"pairs": total, "agreement": round(agree / total, 4) if total else None}
+    for group in shared.values():
+        for p, q in itertools.combinations(group.values(), 2):
+            a, t = pairwise_agreement(p.ranking, q.ranking, (p.ties, q.ties))
+            agree, total = agree + a, total + t
+    annotators = sorted({a for group in shared.values() for a in group})
+    units: list[dict[str, float]] = []
+    for pid in sorted(shared):
+        ranks = {a: rank_positions(p) for a, p in shared[pid].items()}
+        for cid in sorted({c for r in ranks.values() for c in r}):
+            unit = {a: r[cid] for a, r in ranks.items() if cid in r}
+            if len(unit) > 1:
+                units.append(unit)
+    alpha = None
+    if units:
+        matrix = np.full((len(annotators), len(units)), np.nan)
+        row = {a: i for i, a in enumerate(annotators)}
+        for j, unit in enumerate(units):
+            for a, v in unit.items():
+                matrix[row[a], j] = v
+        try:
+            value = float(krippendorff.alpha(reliability_data=matrix, level_of_measurement="ordinal"))
+            alpha = round(value, 4) if math.isfinite(value) else None
+        except ValueError:
+            alpha = None  # one rank value throughout: alpha is undefined
+    return {
+        "figures": len(shared),
+        "annotators": annotators,
+        "pairs": total,
+        "agreement": round(agree / total, 4) if total else None,
+        "krippendorff_alpha": alpha,
+        "alpha_units": len(units),
+    }
 
 
 # ------------------------------------------------------------------ real label files
@@ -124,6 +176,13 @@ def validate_preference(
     stray = [c for group in pref.ties for c in group if c not in pref.ranking]
     if stray:
         return None, "invalid_ties", f"tied id(s) {stray} are not in the ranking"
+    tied = Counter(c for group in pref.ties for c in group)
+    repeated = sorted(c for c, n in tied.items() if n > 1)
+    if repeated:
+        return None, "invalid_ties", f"id(s) {repeated} appear in more than one tie group (or twice in one)"
+    small = [group for group in pref.ties if len(group) < 2]
+    if small:
+        return None, "invalid_ties", f"tie group(s) {small} need two or more candidates"
     changed = [c for c in pref.ranking if digests and c in pref.seen and pref.seen[c] != digests.get(c)]
     if changed:
         detail = (
@@ -143,39 +202,52 @@ def file_labels(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[li
     candidates = [c for cs in load_candidates(paths.candidates, problems).values() for c in cs]
     known = {c.id: c.pair_id for c in candidates}
     digests = {c.id: c.digest() for c in candidates}
-    prefs: list[Preference] = []
-    seen: set[tuple] = set()
+    latest: dict[tuple[str, str], tuple[Preference, str]] = {}  # (annotator, figure) -> (record, where)
+    superseded: list[str] = []
     empty: list[str] = []
     for path in files:
         n_lines = 0
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                n_lines += 1
-                where = f"{path}:{lineno}"
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError as e:
-                    problems.add(where, "invalid_json", e.msg)
-                    continue
-                pref, reason, detail = validate_preference(raw, known, digests)
-                if pref is not None:
-                    key = (pref.annotator, pref.pair_id, tuple(pref.ranking))
-                    if key in seen:
-                        reason, detail = "duplicate_label", f"{pref.annotator} ranked {pref.ranking} before"
-                    seen.add(key)
-                if reason:
-                    problems.add(where, reason, detail)
-                    continue
-                prefs.append(pref)
+        for lineno, raw_line in enumerate(path.read_bytes().split(b"\n"), 1):
+            if not raw_line.strip():
+                continue
+            n_lines += 1
+            where = f"{path}:{lineno}"
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.add(where, "invalid_utf8", f"byte 0x{raw_line[e.start]:02x} at column {e.start + 1}")
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.add(where, "invalid_json", e.msg)
+                continue
+            pref, reason, detail = validate_preference(raw, known, digests)
+            if pref is not None:
+                key = (pref.annotator, pref.pair_id)
+                before = latest.get(key)
+                if before and (before[0].ranking, before[0].ties) == (pref.ranking, pref.ties):
+                    reason, detail = (
+                        "duplicate_label",
+                        f"{pref.annotator} ranked {pref.ranking} at {before[1]}",
+                    )
+            if reason:
+                problems.add(where, reason, detail)
+                continue
+            if key in latest:
+                superseded.append(latest[key][1])
+            latest[key] = (pref, where)
         if n_lines == 0:
             empty.append(str(path))
             problems.add(str(path), "empty_file", "no label lines")
+    prefs = [pref for pref, _ in latest.values()]
     if not prefs:
         first = "; ".join(f"{p['where']}: {p['reason']} ({p['detail']})" for p in problems.listed[:3])
         raise LabelsError(f"{folder}: no usable preference in {len(files)} label file(s). {first}")
-    return prefs, {"files": [str(p) for p in files], "empty_files": empty}
+    extra = {"files": [str(p) for p in files], "empty_files": empty}
+    # corrections: an earlier ranking by the same annotator of the same figure, replaced by a later one
+    extra["superseded"] = {"count": len(superseded), "where": superseded[:MAX_LISTED]}
+    return prefs, extra
 
 
 # each: (cfg, paths, problems) -> (preferences, extra metrics)

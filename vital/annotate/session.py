@@ -3,7 +3,8 @@
 Every accepted ranking is appended to ``data/labels/<annotator>.jsonl`` (flushed and fsynced before the
 answer goes back), the file the labels stage reads with ``labels.backend: files``. A new session on the
 same file skips the figures already ranked there, so a closed browser or a killed server loses nothing
-that was submitted.
+that was submitted. A correction is appended too: the latest record for a figure supersedes the earlier
+ones (here and in the labels stage); nothing in the file is ever rewritten.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from vital.io import read_jsonl
 from vital.labels import validate_preference
 from vital.paths import Paths
 from vital.schema import Candidate, FigureRecord
-from vital.seeding import rng_for
+from vital.seeding import rng_for, stable_seed
 
-ANNOTATOR = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# matched in full (``re.fullmatch``): no newline slips past a ``$``, and no ".", ".." or "-x" file names
+ANNOTATOR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 class AnnotationError(ValueError):
@@ -77,14 +79,24 @@ def _validated(path: Path, model: type[BaseModel], what: str) -> Iterator:
             raise AnnotationError(f"{path}:{i}: invalid {what} ({e.errors()[0]['msg']})") from None
 
 
-def load_tasks(paths: Paths, annotator: str, seed: int = 0, limit: int | None = None) -> list[Task]:
+def load_tasks(
+    paths: Paths, annotator: str, seed: int = 0, limit: int | None = None, overlap: int = 0
+) -> list[Task]:
     """A task per sampled figure with two or more candidates, candidates shuffled per annotator.
 
     The shuffle is seeded by (seed, annotator, figure) so a restart shows the same order, and different
     clinicians see different orders (no position bias shared across them).
+
+    Figures come in sample order, the same for every annotator, unless ``overlap`` is set: then the
+    first ``overlap`` figures are a fixed set in a fixed order (seeded by ``seed`` alone), shared by
+    every annotator so that inter-annotator agreement can be measured on them, and the rest follow in
+    an order of each annotator's own, so that clinicians spread over different figures. ``limit`` then
+    cuts that sequence.
     """
     if limit is not None and limit < 1:
         raise AnnotationError(f"limit={limit}: offer at least one figure")
+    if overlap < 0:
+        raise AnnotationError(f"overlap={overlap}: expected 0 (no shared set) or more figures")
     for path, stage in ((paths.sample, "sample"), (paths.candidates, "generate")):
         if not path.is_file():
             raise AnnotationError(f"{path}: not found (run the {stage} stage first: dvc repro {stage})")
@@ -98,22 +110,36 @@ def load_tasks(paths: Paths, annotator: str, seed: int = 0, limit: int | None = 
             continue
         order = rng_for("annotate", seed, annotator, fig.pair_id).permutation(len(cands))
         tasks.append(Task(fig.pair_id, fig.fig_caption, fig.image, tuple(cands[int(k)] for k in order)))
-        if limit is not None and len(tasks) >= limit:
-            break
     if not tasks:
         raise AnnotationError(
             f"{paths.sample}: no sampled figure has two or more candidates in {paths.candidates}"
         )
-    return tasks
+    if overlap:
+        if overlap > len(tasks):
+            raise AnnotationError(
+                f"overlap={overlap}: only {len(tasks)} sampled figures have two or more candidates"
+            )
+        shared = sorted(tasks, key=lambda t: stable_seed(seed, "annotate-overlap", t.pair_id))[:overlap]
+        ids = {t.pair_id for t in shared}
+        rest = [t for t in tasks if t.pair_id not in ids]
+        rest.sort(key=lambda t: stable_seed(seed, "annotate-order", annotator, t.pair_id))
+        tasks = shared + rest
+    return tasks[:limit] if limit is not None else tasks
 
 
 class AnnotationSession:
-    """Serves the next unranked figure and records rankings, safely from several request threads."""
+    """Serves the next unranked figure and records rankings, safely from several request threads.
+
+    ``unreadable`` lists the label file's lines that could not be read (``file:line: why``): a line cut
+    short by a crash, a byte that is not UTF-8. They are left as they are (the labels stage reports them
+    too); the readable lines count.
+    """
 
     def __init__(self, paths: Paths, annotator: str, tasks: list[Task]):
-        if not ANNOTATOR.match(annotator):
+        if not isinstance(annotator, str) or not ANNOTATOR.fullmatch(annotator):
             raise AnnotationError(
-                f"annotator {annotator!r}: use 1-64 letters, digits, '_', '.' or '-' (it names the label file)"
+                f"annotator {annotator!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a "
+                "letter, digit or '_' (it names the label file)"
             )
         self.paths = paths
         self.annotator = annotator
@@ -122,36 +148,62 @@ class AnnotationSession:
         self.known = {c.id: t.pair_id for t in tasks for c in t.candidates}
         self.digests = {c.id: c.digest() for t in tasks for c in t.candidates}
         self.label_file = paths.labels_dir / f"{annotator}.jsonl"
-        self.done: set[str] = set()
+        self.saved: dict[str, dict] = {}  # figure -> the latest usable record of this annotator
+        self.unreadable: list[str] = []
         if self.label_file.is_file():
-            with self.label_file.open(encoding="utf-8") as f:
-                self.done = self._ranked_in(f.read())
+            self.saved, self.unreadable = self._read(self.label_file.read_bytes())
         self.skipped: set[str] = set()
         self._lock = threading.Lock()
 
-    def _ranked_in(self, text: str) -> set[str]:
-        done: set[str] = set()
-        for line in text.splitlines():
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the labels stage reports it; never rewrite a clinician's file
-            if not isinstance(raw, dict) or raw.get("annotator") != self.annotator:
+    @property
+    def done(self) -> set[str]:
+        return set(self.saved)
+
+    def _read(self, data: bytes) -> tuple[dict[str, dict], list[str]]:
+        """(figure -> latest record of this annotator, unreadable lines as ``file:line: why``)."""
+        saved: dict[str, dict] = {}
+        unreadable: list[str] = []
+        lines = data.split(b"\n")
+        for lineno, raw_line in enumerate(lines, 1):
+            if not raw_line.strip():
                 continue
+            where = f"{self.label_file}:{lineno}"
+            try:
+                text = raw_line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                unreadable.append(
+                    f"{where}: not UTF-8 (byte 0x{raw_line[e.start]:02x} at column {e.start + 1})"
+                )
+                continue
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as e:
+                cut = (
+                    " (the last line, without an end of line: half-written?)" if lineno == len(lines) else ""
+                )
+                unreadable.append(f"{where}: not JSON ({e.msg}){cut}")
+                continue
+            if not isinstance(raw, dict):
+                unreadable.append(f"{where}: not a JSON object")
+                continue
+            if raw.get("annotator") != self.annotator:
+                continue
+            pair_id = str(raw.get("pair_id"))
             seen = raw.get("seen")
             if isinstance(seen, dict) and any(self.digests.get(c, d) != d for c, d in seen.items()):
-                continue  # ranked before its candidates were regenerated: offer the figure again
-            done.add(str(raw.get("pair_id")))
-        return done
+                saved.pop(pair_id, None)  # ranked before its candidates were regenerated: offer it again
+                continue
+            saved[pair_id] = raw  # a later record supersedes an earlier one
+        return saved, unreadable
 
     def progress(self) -> dict:
-        ranked = sum(1 for pid in self.order if pid in self.done)
+        ranked = sum(1 for pid in self.order if pid in self.saved)
         return {"ranked": ranked, "total": len(self.order), "skipped": len(self.skipped)}
 
     def next_task(self) -> Task | None:
         with self._lock:
             for pid in self.order:
-                if pid not in self.done and pid not in self.skipped:
+                if pid not in self.saved and pid not in self.skipped:
                     return self.tasks[pid]
             return None
 
@@ -168,14 +220,20 @@ class AnnotationSession:
     def submit(self, payload: object) -> dict:
         """Validate one ranking, append it to the label file, return the progress.
 
+        A figure already ranked is refused (409: another tab or session ranked it) unless the payload
+        says ``"correction": true``; the correction is appended and supersedes the earlier ranking.
+
         Raises :class:`AnnotationError` naming the figure or candidate when the ranking cannot be used.
         """
         if not isinstance(payload, dict):
             raise AnnotationError("expected a JSON object with pair_id, ranking and ties")
         pair_id = str(payload.get("pair_id"))
+        correction = payload.get("correction", False)
+        if not isinstance(correction, bool):
+            raise AnnotationError(f"figure {pair_id}: correction must be true or false")
         with self._lock:
             task = self._task(pair_id)
-            if pair_id in self.done:
+            if pair_id in self.saved and not correction:
                 raise self._already(pair_id)
             record = {
                 "pair_id": pair_id,
@@ -197,8 +255,8 @@ class AnnotationSession:
                     raise AnnotationError(
                         f"figure {pair_id}: tied candidates {group} must be neighbours in the ranking"
                     )
-            self._append(pair_id, pref.model_dump_json())
-            self.done.add(pair_id)
+            self._append(pair_id, pref.model_dump_json(), correction)
+            self.saved[pair_id] = pref.model_dump()
             self.skipped.discard(pair_id)
             return self.progress()
 
@@ -210,29 +268,49 @@ class AnnotationSession:
 
     def _already(self, pair_id: str) -> AnnotationError:
         return AnnotationError(
-            f"figure {pair_id}: already ranked by {self.annotator} in {self.label_file}", 409
+            f"figure {pair_id}: already ranked by {self.annotator} in {self.label_file} "
+            "(in another tab or session); reopen it from the saved rankings to correct it",
+            409,
         )
 
-    def _append(self, pair_id: str, line: str) -> None:
+    def _append(self, pair_id: str, line: str, correction: bool = False) -> None:
         """Append under an exclusive file lock, after re-reading the file: another ``vital annotate``
         for the same annotator may have written since this one started."""
         self.label_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.label_file.open("a+", encoding="utf-8") as f:
+        with self.label_file.open("a+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 f.seek(0)
                 existing = f.read()
-                ranked = self._ranked_in(existing)
-                if pair_id in ranked:
-                    self.done |= ranked
+                saved, _ = self._read(existing)
+                if pair_id in saved and not correction:
+                    self.saved.update(saved)
                     raise self._already(pair_id)
-                if existing and not existing.endswith("\n"):
-                    f.write("\n")  # a hand-edited file without a final newline must not swallow this line
-                f.write(line + "\n")
+                if existing and not existing.endswith(b"\n"):
+                    f.write(b"\n")  # a cut-off or hand-edited last line must not swallow this one
+                f.write(line.encode("utf-8") + b"\n")
                 f.flush()
                 os.fsync(f.fileno())
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def saved_rankings(self) -> list[dict]:
+        """The figures of this session already ranked, in task order, with their latest ranking."""
+        with self._lock:
+            return [
+                {
+                    "pair_id": pid,
+                    "caption": self.tasks[pid].caption,
+                    "ranking": self.saved[pid].get("ranking"),
+                    "ties": self.saved[pid].get("ties") or [],
+                }
+                for pid in self.order
+                if pid in self.saved
+            ]
+
+    def task(self, pair_id: str) -> Task:
+        with self._lock:
+            return self._task(pair_id)
 
     def image_path(self, pair_id: str) -> Path:
         task = self._task(pair_id)
