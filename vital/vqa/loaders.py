@@ -15,12 +15,16 @@ import json
 import pickle
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from vital.io import RecordError, read_jsonl
 from vital.schema import DOMAINS
 from vital.vqa.items import AnswerType, LoadedSet, VQAItem
+from vital.vqa.metrics import yes_no_reference
 
 
 class VQAFormatError(RecordError):
@@ -127,13 +131,40 @@ def _answer_type(value: Any) -> AnswerType:
 
 
 def _closed_if_yes_no(answer: str) -> AnswerType:
-    return "CLOSED" if answer.strip().strip(".").lower() in ("yes", "no") else "OPEN"
+    # "yes", "No.", and also "Yes, it is" / "no, there is not": the answer's first word decides
+    return "CLOSED" if yes_no_reference(answer) is not None else "OPEN"
+
+
+@lru_cache(maxsize=65536)
+def _image_problem(path: str, size: int, mtime_ns: int) -> str | None:
+    """Why an image file cannot be used (None if it can); cached per file version."""
+    if size == 0:
+        return "image file is empty (0 bytes)"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # PIL raises many types for a truncated or foreign file
+        return f"image file is not a readable image ({type(e).__name__}: {e})"
+    return None
+
+
+def check_image(path: Path) -> str | None:
+    """None when ``path`` is a readable image, else the reason (missing, empty, corrupt), path included."""
+    try:
+        st = path.stat()
+    except OSError:
+        return f"image not found: {path}"
+    if not path.is_file():
+        return f"image not found: {path}"
+    problem = _image_problem(str(path), st.st_size, st.st_mtime_ns)
+    return None if problem is None else f"{problem}: {path}"
 
 
 def _image(folder: Path, name: str) -> Path:
     path = folder / name
-    if not path.is_file():
-        raise _BadRecord(f"image not found: {path}")
+    problem = check_image(path)
+    if problem is not None:
+        raise _BadRecord(problem)
     return path
 
 
@@ -272,7 +303,9 @@ def _llava_med_qa_item(rec: Any, images: Path, opts: SetOptions) -> VQAItem:
     return VQAItem(
         question_id=_text(rec, "question_id"),
         image_path=_image(images, _text(rec, "image")),
-        question=_text(rec, "text"),
+        # LLaVA-Med's qa50 file keeps the <image> placeholder in the question text; the prompt adds
+        # the image itself, so a kept placeholder would be a second image token (transformers fails)
+        question=_text(rec, "text").replace("<image>", "").strip(),
         answer=_text(rec, "gpt4_answer", "answer"),
         answer_type="OPEN",
         domain=_qa50_domain(rec.get("domain")),
@@ -332,8 +365,13 @@ def load_set(
 def _check_invalid_share(loaded: LoadedSet, n_read: int, max_fraction: float) -> None:
     if not loaded.items:
         detail = f"; first problem: {loaded.skipped[0]}" if loaded.skipped else ""
+        if loaded.filtered:
+            left_out = ", ".join(f"{n} {reason}" for reason, n in sorted(loaded.filtered.items()))
+            detail += f"; left out on purpose: {left_out} (check the set's `split`, or use split: all)"
         raise VQAFormatError(
-            f"set {loaded.name!r}: no usable questions in {loaded.path} (format {loaded.format!r}){detail}"
+            f"set {loaded.name!r}: no usable questions in {loaded.path} (format {loaded.format!r}): "
+            f"{n_read} records read, {len(loaded.skipped)} invalid, "
+            f"{sum(loaded.filtered.values())} left out{detail}"
         )
     if n_read and len(loaded.skipped) / n_read > max_fraction:
         shown = "\n  ".join(loaded.skipped[:5])
