@@ -15,12 +15,10 @@ import json
 import pickle
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from vital.images import check_image
 from vital.io import RecordError, read_jsonl
 from vital.schema import DOMAINS
 from vital.vqa.items import AnswerType, LoadedSet, VQAItem
@@ -133,31 +131,6 @@ def _answer_type(value: Any) -> AnswerType:
 def _closed_if_yes_no(answer: str) -> AnswerType:
     # "yes", "No.", and also "Yes, it is" / "no, there is not": the answer's first word decides
     return "CLOSED" if yes_no_reference(answer) is not None else "OPEN"
-
-
-@lru_cache(maxsize=65536)
-def _image_problem(path: str, size: int, mtime_ns: int) -> str | None:
-    """Why an image file cannot be used (None if it can); cached per file version."""
-    if size == 0:
-        return "image file is empty (0 bytes)"
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as e:  # PIL raises many types for a truncated or foreign file
-        return f"image file is not a readable image ({type(e).__name__}: {e})"
-    return None
-
-
-def check_image(path: Path) -> str | None:
-    """None when ``path`` is a readable image, else the reason (missing, empty, corrupt), path included."""
-    try:
-        st = path.stat()
-    except OSError:
-        return f"image not found: {path}"
-    if not path.is_file():
-        return f"image not found: {path}"
-    problem = _image_problem(str(path), st.st_size, st.st_mtime_ns)
-    return None if problem is None else f"{problem}: {path}"
 
 
 def _image(folder: Path, name: str) -> Path:
