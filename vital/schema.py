@@ -22,7 +22,9 @@ class FigureRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     pair_id: str
-    pmid: str
+    pmid: str | None = Field(
+        None, description="PubMed id; LLaVA-Med's image-URL and some figure files lack it"
+    )
     fig_label: str = ""
     fig_caption: str
     in_text_mention: list[str] = Field(default_factory=list)
