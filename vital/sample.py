@@ -200,7 +200,9 @@ def join_image_urls(records: list[dict], path: Path, problems: _Problems) -> dic
             problems.add(where, f"image_urls_{raw.reason}", raw.detail)
             continue
         pid = raw["pair_id"]
-        if pid in wanted and pid not in done:
+        if pid in done:  # only the sampled pair_ids are tracked: memory stays bounded by the sample
+            problems.add(where, "image_urls_duplicate_pair_id", f"{pid} appears earlier (first wins)", pid)
+        elif pid in wanted:
             done.add(pid)
             wanted[pid]["pmc_tar_url"] = raw["pmc_tar_url"]
             wanted[pid]["image_file_path"] = raw["image_file_path"]
