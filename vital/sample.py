@@ -16,6 +16,7 @@ are exactly those of the corpus without the later copies.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import time
 from array import array
@@ -48,28 +49,60 @@ class _Problems:
             self.listed.append({"where": where, "pair_id": pair_id, "reason": reason, "detail": detail})
 
 
-def _check(raw: dict, root: Path, check_images: bool) -> tuple[FigureRecord | None, str, str]:
-    """(record, reason, detail); reason is '' for a usable record."""
-    try:
-        rec = FigureRecord.model_validate(raw)
-    except ValidationError as e:
-        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in e.errors())
-        return None, "invalid_record", f"bad or missing fields: {fields}"
-    if not rec.pair_id.strip():
-        return rec, "invalid_record", "empty pair_id"
-    if not rec.fig_caption.strip():
-        return rec, "empty_caption", ""
-    if rec.primary_domain not in DOMAINS:
-        return rec, "unknown_domain", f"domain flags {rec.domain} name none of {list(DOMAINS)}"
-    if not rec.image.strip():
-        return rec, "missing_image", "no image path"
-    if (
-        check_images
-        and not rec.image.startswith(("http://", "https://"))
-        and not (root / rec.image).is_file()
-    ):
-        return rec, "missing_image", f"{root / rec.image} does not exist"
-    return rec, "", ""
+_PLAIN = (str, type(None))
+
+
+def _plain_shape(raw: dict) -> bool:
+    """True when ``raw`` has exactly the types FigureRecord would accept unchanged (the common case),
+    so the checks below need no pydantic validation; anything else goes through FigureRecord."""
+    dom = raw.get("domain")
+    return (
+        type(raw.get("pair_id")) is str
+        and type(raw.get("fig_caption")) is str
+        and type(raw.get("image")) is str
+        and type(dom) is dict
+        and all(type(v) is bool and type(k) is str for k, v in dom.items())
+        and type(raw.get("pmid")) in _PLAIN
+        and type(raw.get("fig_label", "")) is str
+        and all(type(m) is str for m in raw.get("in_text_mention") or ())
+    )
+
+
+def _check(raw: dict, root: Path, check_images: bool) -> tuple[str | None, str, str]:
+    """(primary domain, reason, detail); reason is '' for a usable record."""
+    if _plain_shape(raw):
+        pair_id, caption, image, flags = raw["pair_id"], raw["fig_caption"], raw["image"], raw["domain"]
+        domain = next((d for d in DOMAINS if flags.get(d)), "other")
+    else:
+        try:
+            rec = FigureRecord.model_validate(raw)
+        except ValidationError as e:
+            fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in e.errors())
+            return None, "invalid_record", f"bad or missing fields: {fields}"
+        pair_id, caption, image, flags = rec.pair_id, rec.fig_caption, rec.image, rec.domain
+        domain = rec.primary_domain
+    if not pair_id.strip():
+        return domain, "invalid_record", "empty pair_id"
+    if not caption.strip():
+        return domain, "empty_caption", ""
+    if domain not in DOMAINS:
+        return domain, "unknown_domain", f"domain flags {flags} name none of {list(DOMAINS)}"
+    if not image.strip():
+        return domain, "missing_image", "no image path"
+    if check_images and not image.startswith(("http://", "https://")) and not (root / image).is_file():
+        return domain, "missing_image", f"{root / image} does not exist"
+    return domain, "", ""
+
+
+def _key_fn(seed: int):
+    """stable_seed(seed, "sample", pair_id), with the constant prefix encoded once."""
+    prefix = f"{seed}:sample:".encode()
+
+    def key(pair_id: str) -> int:
+        digest = hashlib.blake2b(prefix + pair_id.encode("utf-8"), digest_size=8).digest()
+        return int.from_bytes(digest, "big") >> 1
+
+    return key
 
 
 class _Pass:
@@ -85,8 +118,12 @@ class _Pass:
         self.read = 0
         self.keys = array("Q")  # every pair_id's key, to find repeated pair_ids after the pass
 
+    def collect_keys(self, pair_ids: Iterator[str | None]) -> None:
+        key = _key_fn(self.cfg.seed)
+        self.keys.extend(key(p) for p in pair_ids if isinstance(p, str) and p)
+
     def run(self, items: Iterator, root: Path, suspects: set[int] | None = None) -> None:
-        cfg = self.cfg
+        cfg, key_of = self.cfg, _key_fn(self.cfg.seed)
         first: dict[int, set[str]] = {}
         for ordinal, (where, raw) in enumerate(progress(items, "sample: reading corpus")):
             self.read += 1
@@ -94,7 +131,7 @@ class _Pass:
                 self.problems.add(where, raw.reason, raw.detail)
                 continue
             pid = raw.get("pair_id")
-            key = stable_seed(cfg.seed, "sample", pid) if isinstance(pid, str) and pid else None
+            key = key_of(pid) if isinstance(pid, str) and pid else None
             if key is not None:
                 if suspects is None:
                     self.keys.append(key)
@@ -106,11 +143,10 @@ class _Pass:
                         )
                         continue
                     ids.add(pid)
-            rec, reason, detail = _check(raw, root, cfg.corpus.check_images)
+            domain, reason, detail = _check(raw, root, cfg.corpus.check_images)
             if reason:
                 self.problems.add(where, reason, detail, pid if isinstance(pid, str) else None)
                 continue
-            domain = rec.primary_domain
             if domain not in self.heaps:
                 self.not_selected[domain] += 1
                 continue
@@ -228,14 +264,21 @@ def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict
             f"{path}: corpus not found ({hint}, or build the demo world with `vital world`)"
         )
     root = path if path.is_dir() else path.parent
-    read = reader(cfg.corpus.format).read
+    fmt = reader(cfg.corpus.format)
     capacity = cfg.per_domain * (cfg.diversity.pool_factor if cfg.diversity.clusters else 1)
     p = _Pass(cfg, capacity)
-    p.run(read(path, images=cfg.corpus.images), root)
-    repeated = p.repeated_keys()
-    if repeated:  # read again, skipping every copy after the first
-        p = _Pass(cfg, capacity)
-        p.run(read(path, images=cfg.corpus.images), root, suspects=repeated)
+    pair_ids = fmt.pair_ids(path) if fmt.pair_ids else None
+    if pair_ids is not None:  # the pair_id column first (cheap), then one full pass that knows the repeats
+        p.collect_keys(pair_ids)
+        repeated = p.repeated_keys()
+        p.keys = array("Q")
+        p.run(fmt.read(path, images=cfg.corpus.images), root, suspects=repeated)
+    else:
+        p.run(fmt.read(path, images=cfg.corpus.images), root)
+        repeated = p.repeated_keys()
+        if repeated:  # read again, skipping every copy after the first
+            p = _Pass(cfg, capacity)
+            p.run(fmt.read(path, images=cfg.corpus.images), root, suspects=repeated)
     chosen = {}
     for d, heap in p.heaps.items():
         items = [(-k, o, raw) for k, o, raw in heap]

@@ -39,7 +39,7 @@ class FigureRecord(BaseModel):
             return []
         if isinstance(value, str):
             return [value]
-        return [m["tokens"] if isinstance(m, dict) else str(m) for m in value]
+        return [str(m.get("tokens", "")) if isinstance(m, dict) else str(m) for m in value]
 
     @property
     def primary_domain(self) -> str:

@@ -59,6 +59,8 @@ class Reader:
     kind: Kind
     read: Callable[..., Iterator[Item]]
     """``read(path, images="images")`` -> (where, record or Malformed) pairs."""
+    pair_ids: Callable[[Path], Iterator[str | None]] | None = None
+    """Optional fast path: every record's pair_id in order, without reading the other fields (Parquet)."""
 
 
 READERS: dict[str, Reader] = {}
@@ -225,7 +227,25 @@ def _read_pmc_index(path: Path, images: str = "images") -> Iterator[Item]:
         yield where, _figure({k: v for k, v in raw.items() if v is not None}, images)
 
 
-register("pmc_index", Reader("figures", _read_pmc_index))
+def _pmc_index_pair_ids(path: Path) -> Iterator[str | None] | None:
+    """The pair_id column alone (Parquet only; None for JSONL, whose lines must be parsed anyway)."""
+    if not _is_parquet(path):
+        return None
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(str(path), format="parquet")
+    if "pair_id" not in dataset.schema.names:
+        return None
+
+    def ids() -> Iterator[str | None]:
+        for fragment in dataset.get_fragments():
+            for batch in fragment.to_batches(columns=["pair_id"], batch_size=65536):
+                yield from batch.column(0).to_pylist()
+
+    return ids()
+
+
+register("pmc_index", Reader("figures", _read_pmc_index, _pmc_index_pair_ids))
 
 
 def _read_image_urls(path: Path, images: str = "images") -> Iterator[Item]:
