@@ -74,7 +74,7 @@ def test_llava_med_fig_captions_object_keyed_by_domain(tmp_path):
     path.write_text(json.dumps(data, indent=2))
     items = list(reader("llava_med_fig_captions").read(path))
     assert [type(r).__name__ for _, r in items] == ["dict", "Malformed", "dict", "dict"]
-    assert items[1][0] == f"{path}:20" and items[1][1].reason == "invalid_record"
+    assert items[1][0] == f"{path}:20 [1]" and items[1][1].reason == "invalid_record"
     a, c, d = (FigureRecord.model_validate(r) for _, r in items if isinstance(r, dict))
     assert (a.pair_id, a.pmid, a.primary_domain, a.image) == (
         "18627621_F2",
@@ -178,6 +178,5 @@ def test_llava_conversations_streamed_from_a_json_list(tmp_path):
     path.write_text(json.dumps(recs[:2] + [7] + recs[2:], indent=1))
     items = list(reader("llava_conversations", "instructions").read(path))
     assert [r for _, r in items if isinstance(r, dict)] == recs
-    assert [w for w, r in items if isinstance(r, Malformed)] == [
-        f"{path}:{Path(path).read_text().splitlines().index(' 7,') + 1}"
-    ]
+    line = Path(path).read_text().splitlines().index(" 7,") + 1
+    assert [w for w, r in items if isinstance(r, Malformed)] == [f"{path}:{line} [2]"]

@@ -104,9 +104,9 @@ def jsonl_lines(path: Path) -> Iterator[Item]:
 
 
 def json_records(path: Path) -> Iterator[tuple[str, str | None, dict[str, Any] | Malformed]]:
-    """(file:line, key, dict) per element of a JSON list or an object of lists (streamed)."""
-    for line, key, raw in iter_json_records(path):
-        where = f"{path}:{line}"
+    """(``file:line [index]``, key, dict) per element of a JSON list or an object of lists (streamed)."""
+    for i, (line, key, raw) in enumerate(iter_json_records(path)):
+        where = f"{path}:{line} [{i}]"  # the record's index too: a JSON list is often one line
         if not isinstance(raw, dict):
             yield where, key, Malformed("invalid_record", f"expected a JSON object, got {type(raw).__name__}")
         else:
