@@ -27,7 +27,25 @@ import sys
 from pathlib import Path
 
 DOMAINS = ("chest_xray", "ct_scan", "mri", "histology", "gross")
-WORDS = ["the", "image", "shows", "a", "lesion", "in", "the", "left", "right", "upper", "lower", "lobe", "with", "contrast", "enhancement", "and", "margins"]
+WORDS = [
+    "the",
+    "image",
+    "shows",
+    "a",
+    "lesion",
+    "in",
+    "the",
+    "left",
+    "right",
+    "upper",
+    "lower",
+    "lobe",
+    "with",
+    "contrast",
+    "enhancement",
+    "and",
+    "margins",
+]
 
 
 def _text(rng: random.Random, n: int) -> str:
