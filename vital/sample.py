@@ -209,7 +209,8 @@ def diverse(
     centers = x[rng.choice(len(x), size=k, replace=False)]
     labels = np.zeros(len(x), dtype=np.int64)
     for _ in range(div.iterations):
-        d = ((x[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
+        # squared distances without the (pool x k x features) difference tensor
+        d = (centers**2).sum(1)[None, :] - 2.0 * x @ centers.T
         labels = d.argmin(1)
         for c in range(k):
             members = x[labels == c]
