@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.llm_world import KEY, KEY_ENV
 from tests.openai_server import FakeOpenAIServer
@@ -60,7 +61,7 @@ def _predictions(root: Path, model: str, answers: dict[str, str], extra: list[di
 def make_eval_world(root: Path, base: dict[str, str] = BASE, base_extra: list[dict] = ()) -> None:
     folder = root / "data" / "vqa" / "demo"
     (folder / "images").mkdir(parents=True)
-    (folder / "images" / "a.png").write_bytes(b"png")
+    Image.new("RGB", (8, 8)).save(folder / "images" / "a.png")  # loaders check that images open
     recs = [
         {
             "question_id": i,

@@ -110,3 +110,31 @@ def test_random_baseline_ignores_the_selector(tmp_path: Path):
     chosen = {r["id"].split("#")[1] for r in load(paths, "random50")}
     assert len(chosen) > 1  # not always the same candidate slot per figure
     assert all(r["score"] is None for r in load(paths, "random50"))
+
+
+def test_streamed_output_is_the_json_list_and_external_problems_name_their_line(tmp_path: Path):
+    from vital.curate import write_json_list
+    from vital.io import write_json
+
+    recs = [{"id": "a", "text": "é ✓", "n": [1, {"x": None}]}, {"id": "b"}]
+    write_json_list(tmp_path / "s.json", iter(recs))
+    write_json(tmp_path / "w.json", recs, indent=None)
+    assert (tmp_path / "s.json").read_bytes() == (tmp_path / "w.json").read_bytes()
+
+    paths = make(tmp_path / "p")
+    good = {
+        "id": "ext1",
+        "image": "a.jpg",
+        "conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}],
+    }
+    ext = tmp_path / "llava_med_60k.json"
+    ext.write_text(json.dumps([good, {"id": "ext2", "conversations": []}, 5, good], indent=1))
+    m = run(CurateParams(keep=[40], policy="all", mix={"mix": ["top40", str(ext)]}), paths)
+    assert m["dropped"] == {
+        "unscored_candidate": 1,
+        "invalid_external_record": 2,
+        "duplicate_id_in_mixture": 1,
+    }
+    assert [w.split(" ")[-1] for w in m["dropped_examples"]["invalid_external_record"]] == ["[1]", "[2]"]
+    assert all(w.startswith(f"{ext}:") for w in m["dropped_examples"]["invalid_external_record"])
+    assert m["mixtures"]["mix"]["records"] == 25

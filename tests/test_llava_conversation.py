@@ -127,3 +127,19 @@ def test_dataset_counts_problems_and_collates(processor, tmp_path):
     assert batch["attention_mask"][0, short:].sum() == 0
     assert (batch["labels"][0, short:] == IGNORE_INDEX).all()
     assert (batch["input_ids"][0, short:] == processor.tokenizer.pad_token_id).all()
+
+
+def test_empty_or_corrupt_training_images_are_skipped_with_their_path(processor, tmp_path):
+    records = side_records(tmp_path, 2)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    records += [
+        {"id": "e", "image": "empty.png", "conversations": TWO_ROUNDS},
+        {"id": "c", "image": "corrupt.png", "conversations": TWO_ROUNDS},
+    ]
+    ds = ConversationDataset(records, processor, tmp_path, max_length=128, source="t.json")
+    assert len(ds) == 2
+    assert ds.problems.counts == {"image file is empty": 1, "image file is not a readable image": 1}
+    assert any("record e" in e and str(tmp_path / "empty.png") in e for e in ds.problems.examples)
+    assert any("record c" in e and str(tmp_path / "corrupt.png") in e for e in ds.problems.examples)
+    assert all(ds[i]["pixel_values"].shape == (3, 64, 64) for i in range(len(ds)))

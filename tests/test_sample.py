@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vital.io import read_json, read_jsonl
+from vital.io import RecordError, read_json, read_jsonl
 from vital.params import ParamsError, SampleParams, parse_params
 from vital.sample import run
 from vital.schema import DOMAINS
@@ -139,3 +139,86 @@ def test_stage_script_runs_from_a_project_root(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len(list(read_jsonl(tmp_path / "artifacts" / "sample.jsonl"))) == 10
     assert read_json(tmp_path / "metrics" / "sample.json")["sampled"] == 10
+
+
+# ------------------------------------------------------------------ no usable record, duplicates, pmid
+def test_no_usable_record_writes_metrics_then_names_lines(tmp_path):
+    import subprocess
+    import sys
+
+    records = [
+        _record(1, fig_caption=""),
+        {**_record(2), "_no_file": True},
+        _record(1),
+    ]  # 3rd repeats the 1st
+    figures = _corpus(tmp_path / "data" / "corpus", records, extra_lines=("{oops",))
+    metrics = tmp_path / "m.json"
+    with pytest.raises(RecordError) as e:
+        run(figures, tmp_path / "o.jsonl", metrics, SampleParams())
+    msg = str(e.value)
+    assert "no usable figures" in msg and f"{figures}:1: empty_caption" in msg
+    assert f"{figures}:3: duplicate_pair_id" in msg and f"{figures}:4: invalid_json" in msg
+    result = read_json(metrics)
+    assert result["sampled"] == 0 and result["read"] == 4
+    assert result["skipped_by_reason"] == {
+        "duplicate_pair_id": 1,
+        "empty_caption": 1,
+        "invalid_json": 1,
+        "missing_image": 1,
+    }
+    assert not (tmp_path / "o.jsonl").exists()
+    # the stage prints one line, not a traceback
+    (tmp_path / "params.yaml").write_text("sample:\n  per_domain: 2\n")
+    repo = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "VITAL_PROGRESS": "off"}
+    proc = subprocess.run(
+        [sys.executable, str(repo / "stages" / "sample.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "[sample] error:" in proc.stderr and "figures.jsonl:3: duplicate_pair_id" in proc.stderr
+
+
+def test_records_without_pmid_are_usable(tmp_path):
+    records = [{k: v for k, v in r.items() if k != "pmid"} for r in _balanced(2)]
+    recs, result = _run(tmp_path, _corpus(tmp_path / "c", records), SampleParams(per_domain=2))
+    assert result["sampled"] == 10 and result["skipped"] == 0 and "pmid" not in recs[0]
+
+
+def test_first_record_of_a_pair_id_wins_even_when_invalid_or_in_another_domain(tmp_path):
+    records = _balanced(3)
+    first_bad = _record(900, "mri", fig_caption="")
+    again_good = _record(900, "mri")
+    other_domain = _record(10, "gross")
+    other_domain["pair_id"] = records[1]["pair_id"]  # a ct_scan figure's pair_id, here on a gross record
+    figures = _corpus(tmp_path / "c", [*records, first_bad, again_good, other_domain])
+    recs, result = _run(tmp_path, figures, SampleParams(per_domain=10))
+    ids = [r["pair_id"] for r in recs]
+    assert len(ids) == len(set(ids)) == 15 and "PMC1900_F1" not in ids
+    assert result["skipped_by_reason"] == {"duplicate_pair_id": 2, "empty_caption": 1}
+    dups = [p for p in result["problems"] if p["reason"] == "duplicate_pair_id"]
+    assert [d["where"] for d in dups] == [f"{figures}:17", f"{figures}:18"]
+    assert {d["pair_id"] for d in dups} == {"PMC1900_F1", records[1]["pair_id"]}
+    assert result["per_domain"]["gross"] == {"available": 3, "sampled": 3}  # the copy is not counted
+    assert next(r for r in recs if r["pair_id"] == records[1]["pair_id"]) == records[1]
+
+
+def test_diversity_step_draws_across_clusters(tmp_path):
+    records = [
+        _record(i, "ct_scan", fig_caption=f"axial abdominal ct liver lesion number {i}") for i in range(60)
+    ]
+    records += [
+        _record(100 + i, "ct_scan", fig_caption="coronal brain ct haemorrhage ventricles") for i in range(2)
+    ]
+    figures = _corpus(tmp_path / "c", records)
+    plain = SampleParams(per_domain=4, domains=["ct_scan"], seed=1)
+    recs, _ = _run(tmp_path, figures, plain)
+    assert not any("brain" in r["fig_caption"] for r in recs)  # the hash-order draw misses the rare group
+    div = plain.model_copy(update={"diversity": plain.diversity.model_copy(update={"clusters": 2})})
+    recs2, _ = _run(tmp_path, figures, div, "b")
+    assert len(recs2) == 4 and sum("brain" in r["fig_caption"] for r in recs2) >= 1
+    again, _ = _run(tmp_path, figures, div, "c")
+    assert again == recs2

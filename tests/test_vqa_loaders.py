@@ -362,3 +362,55 @@ def test_wrong_format_for_the_file_fails_loudly(tmp_path):
         VQAFormatError, match=r"no usable questions .*\(format 'llava_med_vqa'\).*missing field"
     ):
         load_set("slake", "llava_med_vqa", path)
+
+
+# ------------------------------------------------------------------ hardening
+def test_qa50_question_text_loses_its_image_placeholder(tmp_path):
+    # LLaVA-Med's llava_med_eval_qa50_qa.jsonl writes "<image>\n..." in `text`; kept, the prompt would
+    # carry one more <image> token than images and transformers refuses the batch
+    path = _qa50(tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["text"] = "<image>\nWhat does the CT show?"
+    rows[1]["text"] = "Describe the image in detail. <image>"
+    _write_jsonl(path, rows)
+    a, b = load_set("qa50", "llava_med_qa", path).items
+    assert a.question == "What does the CT show?"
+    assert b.question == "Describe the image in detail."
+
+
+def test_yes_no_answers_with_more_words_are_closed(tmp_path):
+    _png(tmp_path / "pvqa" / "images" / "test" / "t1.jpg")
+    rows = [
+        {"image": "t1", "question": "Is this necrosis?", "answer": "yes, it is"},
+        {"image": "t1", "question": "Is there fibrosis?", "answer": "No."},
+        {"image": "t1", "question": "What is seen?", "answer": "no evidence of tumour"},
+    ]
+    path = tmp_path / "pvqa" / "qas" / "test" / "test_qa.pkl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(pickle.dumps(rows))
+    s = load_set("pathvqa", "pathvqa", path)
+    assert [i.answer_type for i in s.items] == ["CLOSED", "CLOSED", "OPEN"]
+
+
+def test_no_usable_questions_tells_what_the_split_left_out(tmp_path):
+    path = _vqa_rad(tmp_path)
+    rows = json.loads(path.read_text())
+    _write_json(path, [dict(r, phrase_type="freeform") for r in rows])  # train questions only
+    with pytest.raises(VQAFormatError) as e:
+        load_set("vqa_rad", "vqa_rad", path)
+    msg = str(e.value)
+    assert "no usable questions" in msg and "4 not_test_split" in msg and "split" in msg
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n truncated", b"GIF89a garbage"])
+def test_empty_or_corrupt_image_is_skipped_with_its_path(tmp_path, content):
+    path = _demo(tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    _png(tmp_path / "images" / "bad.png")
+    (tmp_path / "images" / "bad.png").write_bytes(content)
+    rows += [dict(rows[0], question_id=f"ok{i}") for i in range(30)]
+    rows.append(dict(rows[0], question_id="bad", image="images/bad.png"))
+    _write_jsonl(path, rows)
+    s = load_set("demo", "demo", path)
+    assert len(s.items) == 32 and len(s.skipped) == 1
+    assert "#33: image file is" in s.skipped[0] and str(tmp_path / "images" / "bad.png") in s.skipped[0]

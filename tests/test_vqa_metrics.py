@@ -19,6 +19,7 @@ from vital.vqa.metrics import (
     summarize,
     token_scores,
     yes_no_conditioning,
+    yes_no_reference,
 )
 
 
@@ -209,3 +210,21 @@ def test_closed_baselines():
     b = closed_baselines(items)
     assert b == {"n_closed": 4, "closed_chance": 0.5, "closed_majority": 0.75}
     assert closed_baselines([_item("o", "liver", "OPEN")]) == {"n_closed": 0}
+
+
+def test_a_yes_no_reference_with_more_words_follows_its_first_word():
+    assert [yes_no_reference(a) for a in ("Yes, it is", "no.", "No; none seen", "yes")] == [
+        "yes",
+        "no",
+        "no",
+        "yes",
+    ]
+    assert yes_no_reference("no evidence of tumour") is None and yes_no_reference("normal") is None
+    item = _item("q", "Yes, it is", "CLOSED")
+    assert score_item(item, "Yes") == {"closed_accuracy": 1.0, "closed_accuracy_legacy": 1.0}
+    assert score_item(item, "No, it is not") == {"closed_accuracy": 0.0, "closed_accuracy_legacy": 0.0}
+    items = [item, _item("n", "No, there is none.", "CLOSED")]
+    out = summarize(items, ["Yes", "yes"])
+    assert out["closed_yes_rate_on_yes"] == 1.0 and out["closed_yes_rate_on_no"] == 1.0
+    assert out["closed_discrimination"] == 0.0 and out["closed_accuracy"] == 0.5
+    assert closed_baselines(items)["closed_majority"] == 0.5

@@ -3,6 +3,12 @@
 Every claim that selection helps is measured against ``random<k>.json``: a seeded random subset of the
 same pool and size (with large pools many selection methods barely beat it). Optional named mixtures
 append external instruction files (e.g. LLaVA-Med's 10K/60K) as in the paper's 150K set.
+
+It streams: candidates are read once and kept as (id, figure, domain, file offset); each written
+record is read back from ``candidates.jsonl`` by its offset when its subset is written, subsets and
+mixtures are written record by record, and external instruction files are streamed through
+:mod:`vital.corpus` (``llava_conversations``). Memory grows with the number of candidates by a small
+tuple each, not with their conversations (``bench/curate.py``).
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ import random
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from vital.io import RecordError, read_jsonl, write_json
+from vital.corpus import Malformed, reader
+from vital.io import RecordError, _atomic, read_jsonl, write_json
 from vital.params import CurateParams, Params
 from vital.paths import Paths, repo_relative
 from vital.schema import DOMAINS, Candidate
@@ -42,21 +51,69 @@ def read_scores(path: Path, problems: dict[str, list[str]]) -> dict[str, float]:
     return out
 
 
-def read_candidates(path: Path, problems: dict[str, list[str]]) -> list[Candidate]:
+@dataclass(frozen=True, slots=True)
+class CandidateRef:
+    """A candidate without its conversation: where to read it back from ``candidates.jsonl``."""
+
+    id: str
+    pair_id: str
+    domain: str
+    offset: int
+
+
+def read_candidates(path: Path, problems: dict[str, list[str]]) -> list[CandidateRef]:
+    """Every valid candidate's reference (validated once, conversation not kept); bad lines counted."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run the generate stage first)")
     out = []
-    for i, raw in enumerate(read_jsonl(path), 1):
-        try:
-            out.append(Candidate.model_validate(raw))
-        except ValidationError as e:
-            problems.setdefault("invalid_candidate", []).append(f"{path}:{i}: {e.errors()[0]['msg']}")
+    offset = 0
+    with path.open("rb") as f:
+        for i, line in enumerate(f, 1):
+            start, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            try:
+                c = Candidate.model_validate_json(line)
+            except ValidationError as e:
+                err = e.errors()[0]
+                if err["type"] == "json_invalid":
+                    raise RecordError(f"{path}:{i}: not valid JSON ({err['msg']})") from None
+                problems.setdefault("invalid_candidate", []).append(f"{path}:{i}: {err['msg']}")
+                continue
+            out.append(CandidateRef(c.id, c.pair_id, c.domain, start))
     return out
 
 
+class CandidateFile:
+    """Reads candidates back by offset (one open file, one record in memory at a time)."""
+
+    def __init__(self, path: Path):
+        self.f = path.open("rb")
+
+    def get(self, ref: CandidateRef) -> Candidate:
+        self.f.seek(ref.offset)
+        return Candidate.model_validate_json(self.f.readline())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def write_json_list(path: Path, records: Iterable[Any]) -> int:
+    """A JSON list written record by record; the bytes equal ``write_json(path, list, indent=None)``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with _atomic(path) as f:
+        f.write("[")
+        for rec in records:
+            f.write((", " if n else "") + json.dumps(rec, ensure_ascii=False))
+            n += 1
+        f.write("]\n")
+    return n
+
+
 def pool(
-    cands: list[Candidate], scores: dict[str, float], policy: str, problems: dict[str, list[str]]
-) -> list[tuple[Candidate, float]]:
+    cands: list[CandidateRef], scores: dict[str, float], policy: str, problems: dict[str, list[str]]
+) -> list[tuple[CandidateRef, float]]:
     """Scored candidates eligible for selection, best first (ties broken by id, so ranking is deterministic)."""
     scored = []
     for c in cands:
@@ -65,7 +122,7 @@ def pool(
             continue
         scored.append((c, scores[c.id]))
     if policy == "best_per_figure":
-        best: dict[str, tuple[Candidate, float]] = {}
+        best: dict[str, tuple[CandidateRef, float]] = {}
         for c, s in scored:
             if c.pair_id not in best or (s, _neg(c.id)) > (best[c.pair_id][1], _neg(best[c.pair_id][0].id)):
                 best[c.pair_id] = (c, s)
@@ -74,8 +131,8 @@ def pool(
 
 
 def baseline_pool(
-    cands: list[Candidate], scores: dict[str, float], policy: str, seed: int
-) -> list[Candidate]:
+    cands: list[CandidateRef], scores: dict[str, float], policy: str, seed: int
+) -> list[CandidateRef]:
     """The random baseline's pool: what selection chooses from, but drawn without the selector.
 
     ``best_per_figure`` takes one random candidate per figure, ``all`` every candidate. It depends only on
@@ -83,7 +140,7 @@ def baseline_pool(
     byte-identical and DVC does not retrain the baseline models.
     """
     rng = random.Random(seed)
-    by_figure: dict[str, list[Candidate]] = defaultdict(list)
+    by_figure: dict[str, list[CandidateRef]] = defaultdict(list)
     for c in sorted((c for c in cands if c.id in scores), key=lambda c: c.id):
         by_figure[c.pair_id].append(c)
     if policy == "best_per_figure":
@@ -126,40 +183,45 @@ def domain_counts(records: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(_domain_of(r) for r in records).items()))
 
 
-def load_instruction_file(path: Path, problems: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """An external LLaVA instruction file (JSON list as LLaVA-Med publishes it, or JSONL); bad records counted."""
+def _valid_llava(rec: Any) -> bool:
+    conv = rec.get("conversations") if isinstance(rec, dict) else None
+    return (
+        isinstance(conv, list)
+        and len(conv) >= 2
+        and all(isinstance(t, dict) and "from" in t and "value" in t for t in conv)
+    )
+
+
+def iter_instruction_file(path: Path, problems: dict[str, list[str]]) -> Iterator[dict[str, Any]]:
+    """An external LLaVA instruction file (JSON list as LLaVA-Med publishes it, or JSONL), streamed;
+    a record that is not a LLaVA conversation is counted and listed with its file:line."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: instruction file for curate.mix not found")
-    if path.suffix == ".jsonl":
-        raw = list(read_jsonl(path))
-    else:
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(raw, list):
-            raise RecordError(f"{path}: expected a JSON list of LLaVA records, got {type(raw).__name__}")
-    good = []
-    for i, rec in enumerate(raw):
-        conv = rec.get("conversations") if isinstance(rec, dict) else None
-        if (
-            not isinstance(conv, list)
-            or len(conv) < 2
-            or not all(isinstance(t, dict) and "from" in t and "value" in t for t in conv)
-        ):
-            problems.setdefault("invalid_external_record", []).append(f"{path}[{i}]")
+    for where, rec in reader("llava_conversations", "instructions").read(path):
+        if isinstance(rec, Malformed) or not _valid_llava(rec):
+            problems.setdefault("invalid_external_record", []).append(where)
             continue
-        good.append({**rec, "provenance": {"source": str(path)}})
-    return good
+        yield {**rec, "provenance": {"source": str(path)}}
 
 
-def build_mixture(
-    name: str, parts: list[str], subsets: dict[str, list[dict]], problems: dict[str, list[str]]
-) -> tuple[list[dict], dict[str, int]]:
-    """Concatenate curated subsets (by name, e.g. ``top80``) and external files; a repeated id is kept once."""
-    out, seen, by_part = [], set(), {}
+def load_instruction_file(path: Path, problems: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """:func:`iter_instruction_file` as a list (small files, tests)."""
+    return list(iter_instruction_file(path, problems))
+
+
+def mixture_records(
+    name: str,
+    parts: list[str],
+    subsets: dict[str, Any],
+    problems: dict[str, list[str]],
+    by_part: dict[str, int],
+    domains: Counter,
+) -> Iterator[dict[str, Any]]:
+    """Curated subsets (by name, e.g. ``top80``; a callable yielding its records) and external files,
+    concatenated; a repeated id is kept once (the first). Fills ``by_part`` and ``domains`` as it goes."""
+    seen: set[str] = set()
     for part in parts:
-        recs = subsets[part] if part in subsets else load_instruction_file(Path(part), problems)
+        recs = subsets[part]() if part in subsets else iter_instruction_file(Path(part), problems)
         added = 0
         for r in recs:
             rid = str(r.get("id"))
@@ -167,9 +229,19 @@ def build_mixture(
                 problems.setdefault("duplicate_id_in_mixture", []).append(f"{name}: {rid} ({part})")
                 continue
             seen.add(rid)
-            out.append(r)
+            domains[_domain_of(r)] += 1
             added += 1
+            yield r
         by_part[part] = added
+
+
+def build_mixture(
+    name: str, parts: list[str], subsets: dict[str, list[dict]], problems: dict[str, list[str]]
+) -> tuple[list[dict], dict[str, int]]:
+    """:func:`mixture_records` over in-memory subsets, as a list (small inputs, tests)."""
+    by_part: dict[str, int] = {}
+    named = {k: (lambda v=v: iter(v)) for k, v in subsets.items()}
+    out = list(mixture_records(name, parts, named, problems, by_part, Counter()))
     return out, by_part
 
 
@@ -183,40 +255,58 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
     if not ranked:
         raise RecordError(f"{paths.scores}: no candidate of {paths.candidates} has a score")
     shuffled = [(c, None) for c in baseline_pool(cands, scores, cp.policy, cp.seed)]
-    subsets: dict[str, list[dict]] = {}
+    n_candidates = len(cands)
+    del cands
+    source = CandidateFile(paths.candidates)
+    sources: dict[str, list[tuple[CandidateRef, float | None]]] = {}
     report: dict[str, Any] = {}
-    for keep in sorted(set(cp.keep)):
-        n = max(1, round(keep / 100 * len(ranked)))
-        for kind, source in (("top", ranked[:n]), ("random", shuffled[:n])):
-            name = subset_name(kind, keep)
-            subsets[name] = [record(c, s) for c, s in source]
-            report[name] = {
-                "records": n,
-                "mean_score": round(sum(scores[c.id] for c, _ in source) / n, 4),
-                "by_domain": domain_counts(subsets[name]),
-            }
     paths.curated.mkdir(parents=True, exist_ok=True)
-    for name, recs in subsets.items():
-        write_json(paths.curated / f"{name}.json", recs, indent=None)
-    mixtures = {}
-    for name, parts in cp.mix.items():
-        if name in subsets:
-            raise RecordError(f"curate.mix.{name}: name clashes with a curated subset")
-        unknown = [
-            p for p in parts if p.startswith(("top", "random")) and p not in subsets and not Path(p).exists()
-        ]
-        if unknown:
-            raise RecordError(
-                f"curate.mix.{name}: {unknown} are neither curated subsets ({sorted(subsets)}) nor files"
+
+    def records(name: str) -> Iterator[dict[str, Any]]:
+        for ref, score in sources[name]:
+            yield record(source.get(ref), score)
+
+    try:
+        for keep in sorted(set(cp.keep)):
+            n = max(1, round(keep / 100 * len(ranked)))
+            for kind, chosen in (("top", ranked[:n]), ("random", shuffled[:n])):
+                name = subset_name(kind, keep)
+                sources[name] = chosen
+                report[name] = {
+                    "records": n,
+                    "mean_score": round(sum(scores[c.id] for c, _ in chosen) / n, 4),
+                    "by_domain": dict(sorted(Counter(c.domain for c, _ in chosen).items())),
+                }
+        for name in sources:
+            write_json_list(paths.curated / f"{name}.json", records(name))
+        mixtures = {}
+        for name, parts in cp.mix.items():
+            if name in sources:
+                raise RecordError(f"curate.mix.{name}: name clashes with a curated subset")
+            unknown = [
+                p
+                for p in parts
+                if p.startswith(("top", "random")) and p not in sources and not Path(p).exists()
+            ]
+            if unknown:
+                raise RecordError(
+                    f"curate.mix.{name}: {unknown} are neither curated subsets ({sorted(sources)}) nor files"
+                )
+            by_part: dict[str, int] = {}
+            domains: Counter = Counter()
+            subsets = {k: (lambda k=k: records(k)) for k in sources}
+            n = write_json_list(
+                paths.curated / f"{name}.json",
+                mixture_records(name, parts, subsets, problems, by_part, domains),
             )
-        recs, by_part = build_mixture(name, parts, subsets, problems)
-        write_json(paths.curated / f"{name}.json", recs, indent=None)
-        mixtures[name] = {"records": len(recs), "by_part": by_part, "by_domain": domain_counts(recs)}
+            mixtures[name] = {"records": n, "by_part": by_part, "by_domain": dict(sorted(domains.items()))}
+    finally:
+        source.close()
     metrics = {
         "policy": cp.policy,
-        "candidates": len(cands),
+        "candidates": n_candidates,
         "pool": len(ranked),
-        "pool_by_domain": domain_counts([record(c, s) for c, s in ranked]),
+        "pool_by_domain": dict(sorted(Counter(c.domain for c, _ in ranked).items())),
         "subsets": report,
         "mixtures": mixtures,
         "dropped": {k: len(v) for k, v in problems.items()},

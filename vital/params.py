@@ -95,10 +95,50 @@ class AlignParams(Section):
 
 
 # ---------------------------------------------------------------- data
+CorpusFormat = Literal["vital", "llava_med_fig_captions", "pmc_index"]
+"""Figure-corpus readers (:data:`vital.corpus.READERS` of kind ``figures``; a test keeps them in sync)."""
+
+
+class CorpusParams(Section):
+    """Where the sample stage reads figure records from, and in which published format."""
+
+    format: CorpusFormat = Field("vital", description="reader in vital.corpus.READERS")
+    path: str | None = Field(
+        None,
+        description="corpus file or Parquet folder (relative to the repo); None = data/corpus/figures.jsonl",
+    )
+    images: str = Field(
+        "images",
+        description="image folder (relative to the corpus' folder) for records without an image path",
+    )
+    image_urls: str | None = Field(
+        None,
+        description="LLaVA-Med llava_med_image_urls.jsonl: pmc_tar_url/image_file_path joined onto the sample",
+    )
+    check_images: bool = Field(
+        True, description="skip records whose image file is missing (off before images are fetched)"
+    )
+
+
+class DiversityParams(Section):
+    """The paper's optional diversity step: cluster a domain's candidates, then draw across clusters."""
+
+    clusters: int = Field(
+        0, ge=0, description="k-means clusters per domain; 0 = off (plain hash-order sample)"
+    )
+    pool_factor: int = Field(4, ge=1, description="candidates clustered per domain: pool_factor x per_domain")
+    features: int = Field(
+        256, ge=16, description="hashed caption-word features (+ 16 image features when local)"
+    )
+    iterations: int = Field(20, ge=1)
+
+
 class SampleParams(Section):
     per_domain: int = Field(240, ge=1, description="figures drawn per domain (fewer if the domain has fewer)")
     domains: list[str] = Field(default_factory=lambda: ["chest_xray", "ct_scan", "mri", "histology", "gross"])
     seed: int = 0
+    corpus: CorpusParams = Field(default_factory=CorpusParams)
+    diversity: DiversityParams = Field(default_factory=DiversityParams)
 
     @model_validator(mode="after")
     def _known_domains(self):

@@ -62,7 +62,7 @@ STAGES: dict[str, Stage] = {
             "sample",
             "vital.sample:run_stage",
             "sample",
-            reads=("data/corpus/figures.jsonl",),
+            param_reads=("vital.sample:corpus_files",),
             doc="domain-stratified, seeded sample of figure records",
         ),
         Stage(

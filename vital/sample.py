@@ -1,24 +1,37 @@
 """The sample stage: a domain-stratified, seeded sample of figure records from the corpus.
 
-Records are streamed and validated; a bad record is skipped, counted by reason and listed in
-``metrics/sample.json``. Each record's draw is decided by a stable hash of ``(seed, pair_id)``, so the
-sample is reproducible and a figure's selection does not change when unrelated records are added
-or removed; memory stays bounded by ``per_domain`` per domain.
+The corpus is read by the reader ``sample.corpus.format`` names (:mod:`vital.corpus`: vital's JSONL,
+LLaVA-Med's figure-caption records, a PMC-15M-style JSONL or Parquet index), one record at a time.
+A bad record is skipped, counted by reason and listed with its ``file:line`` in ``metrics/sample.json``.
+Each record's draw is decided by a stable hash of ``(seed, pair_id)``, so the sample is reproducible and
+a figure's selection does not change when unrelated records are added or removed; memory stays bounded
+by ``per_domain`` records per domain (times ``diversity.pool_factor`` with the diversity step) plus
+8 bytes per corpus record (the hash keys used to find repeated ``pair_id``s).
+
+Repeated ``pair_id``: the first record with a pair_id wins, valid or not; every later one is skipped as
+``duplicate_pair_id`` and listed with its line. Duplicates are found after one pass over the hash keys;
+only when there are any is the corpus read a second time, skipping them, so the sample and the counts
+are exactly those of the corpus without the later copies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
-import json
 import time
+from array import array
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
-from vital.io import write_json, write_jsonl
+from vital.corpus import Malformed, reader
+from vital.io import RecordError, write_json, write_jsonl
 from vital.params import Params, SampleParams
-from vital.paths import Paths
+from vital.paths import Paths, repo_relative
 from vital.progress import progress
 from vital.schema import DOMAINS, FigureRecord
 from vital.seeding import stable_seed
@@ -27,113 +40,280 @@ MAX_LISTED = 50  # problems listed in metrics (all are counted)
 
 
 class _Problems:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self):
         self.counts: Counter[str] = Counter()
         self.listed: list[dict] = []
-        self.unparsed = 0  # lines that never became a record dict
 
-    def add(self, line: int, reason: str, detail: str = "", pair_id: str | None = None) -> None:
+    def add(self, where: str, reason: str, detail: str = "", pair_id: str | None = None) -> None:
         self.counts[reason] += 1
         if len(self.listed) < MAX_LISTED:
-            self.listed.append(
-                {"where": f"{self.path}:{line}", "pair_id": pair_id, "reason": reason, "detail": detail}
-            )
+            self.listed.append({"where": where, "pair_id": pair_id, "reason": reason, "detail": detail})
 
 
-def _check(raw: dict, root: Path) -> tuple[FigureRecord | None, str, str]:
-    """(record, reason, detail); reason is '' for a usable record."""
+_PLAIN = (str, type(None))
+
+
+def _plain_shape(raw: dict) -> bool:
+    """True when ``raw`` has exactly the types FigureRecord would accept unchanged (the common case),
+    so the checks below need no pydantic validation; anything else goes through FigureRecord."""
+    dom = raw.get("domain")
+    return (
+        type(raw.get("pair_id")) is str
+        and type(raw.get("fig_caption")) is str
+        and type(raw.get("image")) is str
+        and type(dom) is dict
+        and all(type(v) is bool and type(k) is str for k, v in dom.items())
+        and type(raw.get("pmid")) in _PLAIN
+        and type(raw.get("fig_label", "")) is str
+        and all(type(m) is str for m in raw.get("in_text_mention") or ())
+    )
+
+
+def _check(raw: dict, root: Path, check_images: bool) -> tuple[str | None, str, str]:
+    """(primary domain, reason, detail); reason is '' for a usable record."""
+    if _plain_shape(raw):
+        pair_id, caption, image, flags = raw["pair_id"], raw["fig_caption"], raw["image"], raw["domain"]
+        domain = next((d for d in DOMAINS if flags.get(d)), "other")
+    else:
+        try:
+            rec = FigureRecord.model_validate(raw)
+        except ValidationError as e:
+            fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in e.errors())
+            return None, "invalid_record", f"bad or missing fields: {fields}"
+        pair_id, caption, image, flags = rec.pair_id, rec.fig_caption, rec.image, rec.domain
+        domain = rec.primary_domain
+    if not pair_id.strip():
+        return domain, "invalid_record", "empty pair_id"
+    if not caption.strip():
+        return domain, "empty_caption", ""
+    if domain not in DOMAINS:
+        return domain, "unknown_domain", f"domain flags {flags} name none of {list(DOMAINS)}"
+    if not image.strip():
+        return domain, "missing_image", "no image path"
+    if check_images and not image.startswith(("http://", "https://")) and not (root / image).is_file():
+        return domain, "missing_image", f"{root / image} does not exist"
+    return domain, "", ""
+
+
+def _key_fn(seed: int):
+    """stable_seed(seed, "sample", pair_id), with the constant prefix encoded once."""
+    prefix = f"{seed}:sample:".encode()
+
+    def key(pair_id: str) -> int:
+        digest = hashlib.blake2b(prefix + pair_id.encode("utf-8"), digest_size=8).digest()
+        return int.from_bytes(digest, "big") >> 1
+
+    return key
+
+
+class _Pass:
+    """One pass over the corpus: counts, problems, and per domain the records with the smallest keys."""
+
+    def __init__(self, cfg: SampleParams, capacity: int):
+        self.cfg, self.capacity = cfg, capacity
+        self.problems = _Problems()
+        self.available: Counter[str] = Counter()
+        self.not_selected: Counter[str] = Counter()
+        # per domain, a max-heap (negated key) holding the `capacity` smallest hash keys seen so far
+        self.heaps: dict[str, list[tuple[int, int, dict]]] = {d: [] for d in cfg.domains}
+        self.read = 0
+        self.keys = array("Q")  # every pair_id's key, to find repeated pair_ids after the pass
+
+    def collect_keys(self, pair_ids: Iterator[str | None]) -> None:
+        key = _key_fn(self.cfg.seed)
+        self.keys.extend(key(p) for p in pair_ids if isinstance(p, str) and p)
+
+    def run(self, items: Iterator, root: Path, suspects: set[int] | None = None) -> None:
+        cfg, key_of = self.cfg, _key_fn(self.cfg.seed)
+        first: dict[int, set[str]] = {}
+        for ordinal, (where, raw) in enumerate(progress(items, "sample: reading corpus")):
+            self.read += 1
+            if isinstance(raw, Malformed):
+                self.problems.add(where, raw.reason, raw.detail)
+                continue
+            pid = raw.get("pair_id")
+            key = key_of(pid) if isinstance(pid, str) and pid else None
+            if key is not None:
+                if suspects is None:
+                    self.keys.append(key)
+                elif key in suspects:
+                    ids = first.setdefault(key, set())
+                    if pid in ids:
+                        self.problems.add(
+                            where, "duplicate_pair_id", f"{pid} appears earlier (first wins)", pid
+                        )
+                        continue
+                    ids.add(pid)
+            domain, reason, detail = _check(raw, root, cfg.corpus.check_images)
+            if reason:
+                self.problems.add(where, reason, detail, pid if isinstance(pid, str) else None)
+                continue
+            if domain not in self.heaps:
+                self.not_selected[domain] += 1
+                continue
+            self.available[domain] += 1
+            item = (-key, ordinal, raw)
+            heap = self.heaps[domain]
+            if len(heap) < self.capacity:
+                heapq.heappush(heap, item)
+            elif item[0] > heap[0][0]:
+                heapq.heapreplace(heap, item)
+
+    def repeated_keys(self) -> set[int]:
+        keys = np.frombuffer(self.keys, dtype=np.uint64) if len(self.keys) else np.zeros(0, np.uint64)
+        keys = np.sort(keys)
+        return {int(k) for k in keys[1:][keys[1:] == keys[:-1]]}
+
+
+def _hashed_words(text: str, n: int) -> np.ndarray:
+    v = np.zeros(n, dtype=np.float32)
+    for w in text.lower().split():
+        w = w.strip(".,;:()[]")
+        if len(w) > 2:
+            v[stable_seed("w", w) % n] += 1.0
+    norm = np.linalg.norm(v)
+    return v / norm if norm else v
+
+
+def _thumbnail(path: Path) -> np.ndarray | None:
     try:
-        rec = FigureRecord.model_validate(raw)
-    except ValidationError as e:
-        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in e.errors())
-        return None, "invalid_record", f"bad or missing fields: {fields}"
-    if not rec.fig_caption.strip():
-        return rec, "empty_caption", ""
-    if rec.primary_domain not in DOMAINS:
-        return rec, "unknown_domain", f"domain flags {rec.domain} name none of {list(DOMAINS)}"
-    if not rec.image.strip():
-        return rec, "missing_image", "no image path"
-    if not rec.image.startswith(("http://", "https://")) and not (root / rec.image).is_file():
-        return rec, "missing_image", f"{root / rec.image} does not exist"
-    return rec, "", ""
+        from PIL import Image
+
+        with Image.open(path) as im:
+            px = np.asarray(im.convert("L").resize((4, 4)), dtype=np.float32).ravel() / 255.0
+    except Exception:
+        return None
+    return px - px.mean()
 
 
-def _stream(path: Path, problems: _Problems):
-    """(line number, raw dict) per parsable line; unparsable lines are counted, not fatal."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.add(lineno, "invalid_json", e.msg)
-                problems.unparsed += 1
-                continue
-            if not isinstance(raw, dict):
-                problems.add(lineno, "invalid_record", f"expected a JSON object, got {type(raw).__name__}")
-                problems.unparsed += 1
-                continue
-            yield lineno, raw
+def diverse(
+    pool: list[tuple[int, int, dict]], n: int, cfg: SampleParams, root: Path
+) -> list[tuple[int, int, dict]]:
+    """n items of ``pool`` (key, ordinal, raw) drawn across k-means clusters of caption+image features.
+
+    Clusters are visited round-robin (ordered by their smallest key), each giving its next item in
+    key order, so every cluster is represented before any gives a second item. Seeded by ``cfg.seed``.
+    """
+    div = cfg.diversity
+    pool = sorted(pool)
+    if len(pool) <= n:
+        return pool
+    feats = []
+    for _, _, raw in pool:
+        text = _hashed_words(f"{raw.get('fig_caption', '')}", div.features)
+        img = raw.get("image")
+        thumb = _thumbnail(root / img) if isinstance(img, str) and cfg.corpus.check_images else None
+        feats.append(np.concatenate([text, thumb if thumb is not None else np.zeros(16, np.float32)]))
+    x = np.stack(feats)
+    k = min(div.clusters, len(pool))
+    rng = np.random.default_rng(stable_seed(cfg.seed, "sample-diversity"))
+    centers = x[rng.choice(len(x), size=k, replace=False)]
+    labels = np.zeros(len(x), dtype=np.int64)
+    for _ in range(div.iterations):
+        # squared distances without the (pool x k x features) difference tensor
+        d = (centers**2).sum(1)[None, :] - 2.0 * x @ centers.T
+        labels = d.argmin(1)
+        for c in range(k):
+            members = x[labels == c]
+            if len(members):
+                centers[c] = members.mean(0)
+    queues: dict[int, list[int]] = {}
+    for i, c in enumerate(labels):  # pool is in key order, so each queue is too
+        queues.setdefault(int(c), []).append(i)
+    order = sorted(queues.values(), key=lambda q: q[0])
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for q in order:
+            if q and len(chosen) < n:
+                chosen.append(q.pop(0))
+    return [pool[i] for i in chosen]
+
+
+def join_image_urls(records: list[dict], path: Path, problems: _Problems) -> dict[str, int]:
+    """Add LLaVA-Med's ``pmc_tar_url`` and ``image_file_path`` to sampled records (first line wins)."""
+    wanted = {r["pair_id"]: r for r in records}
+    done: set[str] = set()
+    for where, raw in reader("llava_med_image_urls", "image_urls").read(path):
+        if isinstance(raw, Malformed):
+            problems.add(where, f"image_urls_{raw.reason}", raw.detail)
+            continue
+        pid = raw["pair_id"]
+        if pid in done:  # only the sampled pair_ids are tracked: memory stays bounded by the sample
+            problems.add(where, "image_urls_duplicate_pair_id", f"{pid} appears earlier (first wins)", pid)
+        elif pid in wanted:
+            done.add(pid)
+            wanted[pid]["pmc_tar_url"] = raw["pmc_tar_url"]
+            wanted[pid]["image_file_path"] = raw["image_file_path"]
+    return {"joined": len(done), "without_url": len(wanted) - len(done)}
+
+
+def _corpus_path(figures_path: Path, cfg: SampleParams) -> Path:
+    return Path(cfg.corpus.path) if cfg.corpus.path else Path(figures_path)
 
 
 def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict:
-    """Draw ``cfg.per_domain`` figures per domain; write the sample and metrics; return the metrics."""
+    """Draw ``cfg.per_domain`` figures per domain; write the sample and metrics; return the metrics.
+
+    ``figures_path`` is the demo corpus; ``cfg.corpus.path`` replaces it when set. With no usable
+    record, the metrics (counts and listed problems with their lines) are still written, then a
+    :class:`~vital.io.RecordError` says what was skipped and why.
+    """
     start = time.perf_counter()
-    figures_path, out, metrics = Path(figures_path), Path(out), Path(metrics)
-    if not figures_path.is_file():
+    path, out, metrics = _corpus_path(figures_path, cfg), Path(out), Path(metrics)
+    if not path.exists():
+        hint = "set sample.corpus.path" if cfg.corpus.path is None else "check sample.corpus.path"
         raise FileNotFoundError(
-            f"{figures_path}: corpus index not found (build the demo world with `vital world`)"
+            f"{path}: corpus not found ({hint}, or build the demo world with `vital world`)"
         )
-    root = figures_path.parent
-    problems = _Problems(figures_path)
-    available: Counter[str] = Counter()
-    not_selected: Counter[str] = Counter()
-    seen: set[str] = set()
-    # per domain, a max-heap (negated key) holding the per_domain smallest hash keys seen so far
-    heaps: dict[str, list[tuple[int, int, dict]]] = {d: [] for d in cfg.domains}
-    read = 0
-    for lineno, raw in progress(_stream(figures_path, problems), "sample: reading corpus"):
-        read += 1
-        rec, reason, detail = _check(raw, root)
-        pid = rec.pair_id if rec else raw.get("pair_id")
-        if not reason and rec.pair_id in seen:
-            reason, detail = "duplicate_pair_id", f"{rec.pair_id} appears earlier in the file"
-        if reason:
-            problems.add(lineno, reason, detail, pid if isinstance(pid, str) else None)
-            continue
-        seen.add(rec.pair_id)
-        domain = rec.primary_domain
-        if domain not in heaps:
-            not_selected[domain] += 1
-            continue
-        available[domain] += 1
-        item = (-stable_seed(cfg.seed, "sample", rec.pair_id), lineno, raw)
-        if len(heaps[domain]) < cfg.per_domain:
-            heapq.heappush(heaps[domain], item)
-        elif item[0] > heaps[domain][0][0]:
-            heapq.heapreplace(heaps[domain], item)
-    chosen = {d: sorted(h, key=lambda it: it[1]) for d, h in heaps.items()}  # corpus order within a domain
+    root = path if path.is_dir() else path.parent
+    fmt = reader(cfg.corpus.format)
+    capacity = cfg.per_domain * (cfg.diversity.pool_factor if cfg.diversity.clusters else 1)
+    p = _Pass(cfg, capacity)
+    pair_ids = fmt.pair_ids(path) if fmt.pair_ids else None
+    if pair_ids is not None:  # the pair_id column first (cheap), then one full pass that knows the repeats
+        p.collect_keys(pair_ids)
+        repeated = p.repeated_keys()
+        p.keys = array("Q")
+        p.run(fmt.read(path, images=cfg.corpus.images), root, suspects=repeated)
+    else:
+        p.run(fmt.read(path, images=cfg.corpus.images), root)
+        repeated = p.repeated_keys()
+        if repeated:  # read again, skipping every copy after the first
+            p = _Pass(cfg, capacity)
+            p.run(fmt.read(path, images=cfg.corpus.images), root, suspects=repeated)
+    chosen = {}
+    for d, heap in p.heaps.items():
+        items = [(-k, o, raw) for k, o, raw in heap]
+        picked = diverse(items, cfg.per_domain, cfg, root) if cfg.diversity.clusters else items
+        chosen[d] = sorted(picked, key=lambda it: it[1])  # corpus order within a domain
     records = [raw for d in cfg.domains for _, _, raw in chosen[d]]
-    if not records:
-        raise ValueError(
-            f"{figures_path}: no usable figures for domains {cfg.domains} "
-            f"(read {read}, skipped {dict(problems.counts)})"
-        )
-    write_jsonl(out, records)
-    result = {
-        "read": read + problems.unparsed,
+    result: dict[str, Any] = {
+        "corpus": {"format": cfg.corpus.format, "path": str(path)},
+        "read": p.read,
         "sampled": len(records),
-        "per_domain": {d: {"available": available[d], "sampled": len(chosen[d])} for d in cfg.domains},
+        "per_domain": {d: {"available": p.available[d], "sampled": len(chosen[d])} for d in cfg.domains},
         "short_domains": [d for d in cfg.domains if len(chosen[d]) < cfg.per_domain],
-        "not_selected_domains": dict(not_selected),
-        "skipped": sum(problems.counts.values()),
-        "skipped_by_reason": dict(sorted(problems.counts.items())),
-        "problems": problems.listed,
+        "not_selected_domains": dict(p.not_selected),
+    }
+    if records and cfg.corpus.image_urls:
+        result["image_urls"] = join_image_urls(records, Path(cfg.corpus.image_urls), p.problems)
+    result |= {
+        "skipped": sum(p.problems.counts.values()),
+        "skipped_by_reason": dict(sorted(p.problems.counts.items())),
+        "problems": p.problems.listed,
         "wall_s": round(time.perf_counter() - start, 3),
     }
     write_json(metrics, result)
+    if not records:
+        shown = "\n  ".join(
+            f"{x['where']}: {x['reason']} {x['detail']}".rstrip() for x in p.problems.listed[:5]
+        )
+        raise RecordError(
+            f"{path}: no usable figures for domains {cfg.domains} (format {cfg.corpus.format!r}; read {p.read}, "
+            f"skipped {result['skipped_by_reason']}, other domains {dict(p.not_selected)}; all listed in "
+            f"{metrics})" + (f"\n  {shown}" if shown else "")
+        )
+    write_jsonl(out, records)
     return result
 
 
@@ -141,3 +321,14 @@ def run_stage(p: Params, paths: Paths) -> dict:
     result = run(paths.figures, paths.sample, paths.metric("sample"), p.sample)
     print(f"sample: {result['sampled']} figures, {result['skipped']} records skipped -> {paths.sample}")
     return result
+
+
+def corpus_files(p: Params, root: Path) -> list[str]:
+    """The corpus index ``sample.corpus`` names, the image-URL file joined onto it, and the images whose
+    thumbnails the diversity step clusters."""
+    c = p.sample.corpus
+    index = c.path or "data/corpus/figures.jsonl"
+    files = [index, *([c.image_urls] if c.image_urls else [])]
+    if p.sample.diversity.clusters and c.check_images:
+        files.append(str(Path(index).parent / c.images))
+    return [repo_relative(f, root) for f in files]

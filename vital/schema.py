@@ -22,7 +22,9 @@ class FigureRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     pair_id: str
-    pmid: str
+    pmid: str | None = Field(
+        None, description="PubMed id; LLaVA-Med's image-URL and some figure files lack it"
+    )
     fig_label: str = ""
     fig_caption: str
     in_text_mention: list[str] = Field(default_factory=list)
@@ -37,7 +39,7 @@ class FigureRecord(BaseModel):
             return []
         if isinstance(value, str):
             return [value]
-        return [m["tokens"] if isinstance(m, dict) else str(m) for m in value]
+        return [str(m.get("tokens", "")) if isinstance(m, dict) else str(m) for m in value]
 
     @property
     def primary_domain(self) -> str:

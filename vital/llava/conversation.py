@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vital.images import check_image
+
 IGNORE_INDEX = -100
 _ROLES = {"human": "user", "gpt": "assistant"}
 
@@ -173,6 +175,10 @@ class ConversationDataset(torch.utils.data.Dataset):
             path = self.image_root / image
             if not path.is_file():
                 self.problems.add("image file missing", f"{where} ({path})")
+                continue
+            bad = check_image(path)  # empty or corrupt: skipped here, not a traceback mid-training
+            if bad is not None:
+                self.problems.add(bad.rsplit(": ", 1)[0].split(" (")[0], f"{where} ({path})")
                 continue
             try:
                 enc = encode(processor, llava_to_messages(rec.get("conversations") or []), max_length)

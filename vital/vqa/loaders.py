@@ -18,10 +18,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from vital.images import check_image
 from vital.io import RecordError, read_jsonl
 from vital.paths import repo_relative
 from vital.schema import DOMAINS
 from vital.vqa.items import AnswerType, LoadedSet, VQAItem
+from vital.vqa.metrics import yes_no_reference
 
 
 class VQAFormatError(RecordError):
@@ -128,13 +130,15 @@ def _answer_type(value: Any) -> AnswerType:
 
 
 def _closed_if_yes_no(answer: str) -> AnswerType:
-    return "CLOSED" if answer.strip().strip(".").lower() in ("yes", "no") else "OPEN"
+    # "yes", "No.", and also "Yes, it is" / "no, there is not": the answer's first word decides
+    return "CLOSED" if yes_no_reference(answer) is not None else "OPEN"
 
 
 def _image(folder: Path, name: str) -> Path:
     path = folder / name
-    if not path.is_file():
-        raise _BadRecord(f"image not found: {path}")
+    problem = check_image(path)
+    if problem is not None:
+        raise _BadRecord(problem)
     return path
 
 
@@ -273,7 +277,9 @@ def _llava_med_qa_item(rec: Any, images: Path, opts: SetOptions) -> VQAItem:
     return VQAItem(
         question_id=_text(rec, "question_id"),
         image_path=_image(images, _text(rec, "image")),
-        question=_text(rec, "text"),
+        # LLaVA-Med's qa50 file keeps the <image> placeholder in the question text; the prompt adds
+        # the image itself, so a kept placeholder would be a second image token (transformers fails)
+        question=_text(rec, "text").replace("<image>", "").strip(),
         answer=_text(rec, "gpt4_answer", "answer"),
         answer_type="OPEN",
         domain=_qa50_domain(rec.get("domain")),
@@ -341,8 +347,13 @@ def load_set(
 def _check_invalid_share(loaded: LoadedSet, n_read: int, max_fraction: float) -> None:
     if not loaded.items:
         detail = f"; first problem: {loaded.skipped[0]}" if loaded.skipped else ""
+        if loaded.filtered:
+            left_out = ", ".join(f"{n} {reason}" for reason, n in sorted(loaded.filtered.items()))
+            detail += f"; left out on purpose: {left_out} (check the set's `split`, or use split: all)"
         raise VQAFormatError(
-            f"set {loaded.name!r}: no usable questions in {loaded.path} (format {loaded.format!r}){detail}"
+            f"set {loaded.name!r}: no usable questions in {loaded.path} (format {loaded.format!r}): "
+            f"{n_read} records read, {len(loaded.skipped)} invalid, "
+            f"{sum(loaded.filtered.values())} left out{detail}"
         )
     if n_read and len(loaded.skipped) / n_read > max_fraction:
         shown = "\n  ".join(loaded.skipped[:5])

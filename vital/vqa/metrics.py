@@ -17,6 +17,12 @@ Definitions (all on answers normalised by :func:`normalize_answer`):
   prediction must equal it; for any other closed reference (SLAKE's "left", "ct"), the reference
   must appear as whole words in the prediction.
 
+A reference is yes/no when its first word is "yes" or "no" and that word is the whole answer or is
+followed by punctuation ("Yes", "no.", "Yes, it is", "No; none seen"; not "no evidence of tumour"):
+:func:`yes_no_reference`. Such a reference is scored by that word in both checks (the legacy
+substring test looks for "yes", not for "yes it is", so a correct "Yes" is not scored wrong), it
+counts in the yes/no diagnostics, and loaders that infer the answer type class it CLOSED.
+
 Diagnostics of the yes/no questions (vital's, not LLaVA-Med's), from the first yes/no word:
 
 - ``closed_yes_rate_on_yes`` / ``closed_yes_rate_on_no``: share of questions answered "yes" among
@@ -151,6 +157,15 @@ def substring_hit(prediction: str, reference: str) -> float:
     return float(normalize_answer(reference) in normalize_answer(prediction))
 
 
+_YES_NO_REFERENCE = re.compile(r"^\s*(yes|no)\s*(?:$|[,.;:!])", re.IGNORECASE)
+
+
+def yes_no_reference(reference: str) -> str | None:
+    """The answer's yes/no word when the reference is a yes/no answer (module docstring), else None."""
+    m = _YES_NO_REFERENCE.match(str(reference))
+    return m.group(1).lower() if m else None
+
+
 def first_yes_no(prediction: str) -> str | None:
     """The first word of the normalised prediction that is exactly "yes" or "no"."""
     return next((w for w in answer_tokens(prediction) if w in ("yes", "no")), None)
@@ -163,10 +178,10 @@ def _contains_words(haystack: Sequence[str], needle: Sequence[str]) -> bool:
 
 def closed_hit(prediction: str, reference: str) -> float:
     """Corrected closed-set check: first yes/no word for yes/no references, whole-word match otherwise."""
-    ref = answer_tokens(reference)
-    if ref in (["yes"], ["no"]):
-        return float(first_yes_no(prediction) == ref[0])
-    return float(_contains_words(answer_tokens(prediction), ref))
+    yes_no = yes_no_reference(reference)
+    if yes_no is not None:
+        return float(first_yes_no(prediction) == yes_no)
+    return float(_contains_words(answer_tokens(prediction), answer_tokens(reference)))
 
 
 def score_item(item: VQAItem, prediction: str) -> dict[str, float]:
@@ -174,7 +189,7 @@ def score_item(item: VQAItem, prediction: str) -> dict[str, float]:
     if item.answer_type == "CLOSED":
         return {
             "closed_accuracy": closed_hit(prediction, item.answer),
-            "closed_accuracy_legacy": substring_hit(prediction, item.answer),
+            "closed_accuracy_legacy": substring_hit(prediction, yes_no_reference(item.answer) or item.answer),
         }
     ts = token_scores(prediction, item.answer)
     return {
@@ -213,9 +228,9 @@ def yes_no_conditioning(items: Sequence[VQAItem], predictions: Sequence[str]) ->
     """The yes/no diagnostics of the module docstring; a rate is left out when its group is empty."""
     said: dict[str, list[str | None]] = {"yes": [], "no": []}
     for item, pred in zip(items, predictions, strict=True):
-        ref = answer_tokens(item.answer)
-        if item.answer_type == "CLOSED" and ref in (["yes"], ["no"]):
-            said[ref[0]].append(first_yes_no(pred))
+        ref = yes_no_reference(item.answer)
+        if item.answer_type == "CLOSED" and ref is not None:
+            said[ref].append(first_yes_no(pred))
     out: dict[str, float] = {}
     for ref, words in said.items():
         if words:
@@ -264,7 +279,7 @@ def closed_baselines(items: Sequence[VQAItem]) -> dict[str, float | int]:
     closed = [i for i in items if i.answer_type == "CLOSED"]
     if not closed:
         return {"n_closed": 0}
-    counts = Counter(normalize_answer(i.answer) for i in closed)
+    counts = Counter(yes_no_reference(i.answer) or normalize_answer(i.answer) for i in closed)
     majority = counts.most_common(1)[0][0]
     hits = sum(closed_hit(majority, i.answer) for i in closed)
     return {

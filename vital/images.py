@@ -1,0 +1,38 @@
+"""Image files checked before use: a missing, empty or corrupt image is reported with its path.
+
+Loaders call :func:`check_image` when they read records, so a bad file is skipped and listed instead
+of stopping inference or training later with a traceback that does not name it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image
+
+
+@lru_cache(maxsize=65536)
+def _image_problem(path: str, size: int, mtime_ns: int) -> str | None:
+    """Why an image file cannot be used (None if it can); cached per file version."""
+    if size == 0:
+        return "image file is empty (0 bytes)"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # PIL raises many types for a truncated or foreign file
+        return f"image file is not a readable image ({type(e).__name__}: {e})"
+    return None
+
+
+def check_image(path: str | Path) -> str | None:
+    """None when ``path`` is a readable image, else the reason (missing, empty, corrupt) and the path."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return f"image not found: {path}"
+    if not path.is_file():
+        return f"image not found: {path}"
+    problem = _image_problem(str(path), st.st_size, st.st_mtime_ns)
+    return None if problem is None else f"{problem}: {path}"
