@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vital.embed import save_embeddings
+from vital.embed.store import save_embeddings
 from vital.io import write_jsonl
 from vital.pairs import run as make_pairs
 from vital.params import PairsParams, SelectorParams
