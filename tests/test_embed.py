@@ -83,6 +83,21 @@ def test_bad_records_are_counted(tmp_path: Path):
     assert m["candidates"] == 15
 
 
+def test_invalid_lines_are_counted_with_file_and_line(tmp_path: Path):
+    paths = world(tmp_path)
+    n_sample = len(paths.sample.read_text().splitlines())
+    n_cands = len(paths.candidates.read_text().splitlines())
+    with paths.sample.open("a") as f:
+        f.write(json.dumps({"pair_id": "nofig"}) + "\n")
+    with paths.candidates.open("a") as f:
+        f.write(json.dumps({"id": "fig0000#9"}) + "\n")
+    m = run(EmbedParams(), paths)
+    assert m["dropped"] == {"invalid_figure_record": 1, "invalid_candidate": 1}
+    assert m["dropped_examples"]["invalid_figure_record"][0].startswith(f"{paths.sample}:{n_sample + 1}: ")
+    assert m["dropped_examples"]["invalid_candidate"][0].startswith(f"{paths.candidates}:{n_cands + 1}: ")
+    assert m["candidates"] == 18
+
+
 def _candidate(*turns: str) -> Candidate:
     """Candidate F#0 whose conversation alternates human and gpt turns."""
     conv = [{"from": "human" if i % 2 == 0 else "gpt", "value": t} for i, t in enumerate(turns)]

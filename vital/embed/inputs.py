@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from vital.io import RecordError, read_jsonl
+from vital.io import RecordError, read_records
 from vital.schema import Candidate, FigureRecord
 
 
@@ -28,20 +27,10 @@ def read_inputs(candidates_file: Path, sample_file: Path) -> EmbedInputs:
             raise FileNotFoundError(f"{f}: not found (run the upstream stage first)")
     sample: dict[str, FigureRecord] = {}
     out = EmbedInputs({}, [])
-    for i, raw in enumerate(read_jsonl(sample_file), 1):
-        try:
-            rec = FigureRecord.model_validate(raw)
-        except ValidationError as e:
-            out.problem("invalid_figure_record", f"{sample_file}:{i}: {e.errors()[0]['msg']}")
-            continue
+    for _, rec in read_records(sample_file, FigureRecord, partial(out.problem, "invalid_figure_record")):
         sample[rec.pair_id] = rec
     seen: set[str] = set()
-    for i, raw in enumerate(read_jsonl(candidates_file), 1):
-        try:
-            cand = Candidate.model_validate(raw)
-        except ValidationError as e:
-            out.problem("invalid_candidate", f"{candidates_file}:{i}: {e.errors()[0]['msg']}")
-            continue
+    for i, cand in read_records(candidates_file, Candidate, partial(out.problem, "invalid_candidate")):
         if cand.id in seen:
             out.problem("duplicate_candidate", f"{candidates_file}:{i}: {cand.id}")
             continue

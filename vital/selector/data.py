@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 
-from vital.io import read_jsonl
+from vital.io import read_records
 from vital.schema import Judgment, Pair, Preference
 
 
@@ -42,12 +41,11 @@ def read_pairs(path: Path, index: dict[str, int], problems: dict[str, list[str]]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run the pairs stage first)")
     out: dict[str, list[Pair]] = defaultdict(list)
-    for i, raw in enumerate(read_jsonl(path), 1):
-        try:
-            p = Pair.model_validate(raw)
-        except ValidationError as e:
-            problems.setdefault("invalid_pair", []).append(f"{path}:{i}: {e.errors()[0]['msg']}")
-            continue
+
+    def invalid(detail: str) -> None:
+        problems.setdefault("invalid_pair", []).append(detail)
+
+    for i, p in read_records(path, Pair, invalid):
         missing = [c for c in (p.winner, p.loser) if c not in index]
         if missing:
             problems.setdefault("pair_without_features", []).append(f"{path}:{i}: {missing}")
@@ -75,11 +73,7 @@ def read_scores_of_judge(path: Path) -> dict[str, float]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run the judge stage first)")
     out = {}
-    for raw in read_jsonl(path):
-        try:
-            j = Judgment.model_validate(raw)
-        except ValidationError:
-            continue  # counted by the pairs stage, which reads the same file
+    for _, j in read_records(path, Judgment):  # invalid lines: counted by the pairs stage, which reads them
         out.setdefault(j.candidate_id, j.score)
     return out
 
@@ -87,10 +81,4 @@ def read_scores_of_judge(path: Path) -> dict[str, float]:
 def read_prefs(path: Path) -> list[Preference]:
     if not path.is_file():
         return []
-    prefs = []
-    for raw in read_jsonl(path):
-        try:
-            prefs.append(Preference.model_validate(raw))
-        except ValidationError:
-            continue  # counted by the pairs stage
-    return prefs
+    return [p for _, p in read_records(path, Preference)]  # invalid lines: counted by the pairs stage
