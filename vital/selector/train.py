@@ -63,8 +63,7 @@ def new_rater(x: torch.Tensor, sp: SelectorParams, emb: Embeddings, paths: Paths
     head = RatingHead(x.shape[1], sp.hidden, sp.dropout)
     if sp.finetune_backbone == "none":
         return FrozenFeatureRater(head, x).to_device(sp.device)
-
-    return build_rater(emb, head, sp, paths)
+    return build_rater(emb, head, sp, paths)  # loads open_clip: only when the backbone trains
 
 
 def train_rater(
