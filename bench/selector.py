@@ -22,6 +22,10 @@ from pathlib import Path
 import torch
 
 from vital import embed, selector
+from vital.embed.images import FigureImages, image_batches, iter_figure_batches
+from vital.embed.inputs import read_inputs
+from vital.embed.stage import backbone_ref
+from vital.embed.text import candidate_text, context_text, round_texts
 from vital.foundation import load_clip
 from vital.params import load_params
 from vital.paths import Paths
@@ -30,9 +34,9 @@ from vital.paths import Paths
 def embedded_texts(ep, inputs) -> list[str]:
     """Every text sequence the embed stage encodes, in its order (rounds, captions, mirrored rounds)."""
     if ep.text_mode == "joint":
-        return [embed.candidate_text(inputs.figures[c.pair_id], c, ep.text_order) for c in inputs.candidates]
-    rounds = [t for c in inputs.candidates for t in embed.round_texts(c)]
-    texts = rounds + [embed.context_text(f) for f in inputs.figures.values()]
+        return [candidate_text(inputs.figures[c.pair_id], c, ep.text_order) for c in inputs.candidates]
+    rounds = [t for c in inputs.candidates for t in round_texts(c)]
+    texts = rounds + [context_text(f) for f in inputs.figures.values()]
     if ep.side_features:
         from vital.foundation.train import mirror_text
 
@@ -42,12 +46,12 @@ def embedded_texts(ep, inputs) -> list[str]:
 
 def bare_forward(ep, paths: Paths) -> dict[str, float]:
     """The backbone alone over the same image batches and text sequences, decoded/tokenized beforehand."""
-    ref = embed.backbone_ref(ep, paths)
+    ref = backbone_ref(ep, paths)
     model, preprocess, tokenizer = load_clip(ref[0], ref[1], device=ep.device)
-    inputs = embed.read_inputs(paths.candidates, paths.sample)
+    inputs = read_inputs(paths.candidates, paths.sample)
     ids = list(inputs.figures)
-    ds = embed.FigureImages(ids, [inputs.figures[p].image for p in ids], paths.corpus, preprocess)
-    batches = list(embed.iter_figure_batches(embed.image_batches(ds, ep.batch_size, ep.num_workers)))
+    ds = FigureImages(ids, [inputs.figures[p].image for p in ids], paths.corpus, preprocess)
+    batches = list(iter_figure_batches(image_batches(ds, ep.batch_size, ep.num_workers)))
     texts = embedded_texts(ep, inputs)
     tokens = [tokenizer(texts[i : i + ep.batch_size]) for i in range(0, len(texts), ep.batch_size)]
     with torch.no_grad():

@@ -11,7 +11,9 @@ import pytest
 import torch
 from test_foundation import make_corpus, tiny_params
 
-from vital.embed import candidate_text, load_embeddings, run
+from vital.embed import run
+from vital.embed.store import load_embeddings
+from vital.embed.text import candidate_text
 from vital.foundation import build_tiny_clip, save_clip, tiny_clip_config
 from vital.io import RecordError, write_jsonl
 from vital.params import EmbedParams
@@ -81,6 +83,21 @@ def test_bad_records_are_counted(tmp_path: Path):
     assert m["candidates"] == 15
 
 
+def test_invalid_lines_are_counted_with_file_and_line(tmp_path: Path):
+    paths = world(tmp_path)
+    n_sample = len(paths.sample.read_text().splitlines())
+    n_cands = len(paths.candidates.read_text().splitlines())
+    with paths.sample.open("a") as f:
+        f.write(json.dumps({"pair_id": "nofig"}) + "\n")
+    with paths.candidates.open("a") as f:
+        f.write(json.dumps({"id": "fig0000#9"}) + "\n")
+    m = run(EmbedParams(), paths)
+    assert m["dropped"] == {"invalid_figure_record": 1, "invalid_candidate": 1}
+    assert m["dropped_examples"]["invalid_figure_record"][0].startswith(f"{paths.sample}:{n_sample + 1}: ")
+    assert m["dropped_examples"]["invalid_candidate"][0].startswith(f"{paths.candidates}:{n_cands + 1}: ")
+    assert m["candidates"] == 18
+
+
 def _candidate(*turns: str) -> Candidate:
     """Candidate F#0 whose conversation alternates human and gpt turns."""
     conv = [{"from": "human" if i % 2 == 0 else "gpt", "value": t} for i, t in enumerate(turns)]
@@ -128,7 +145,7 @@ def test_rounds_mode_pools_rounds_and_keeps_context(tmp_path: Path):
 
 
 def test_pool_rounds_mean_and_max():
-    from vital.embed import pool_rounds
+    from vital.embed.rounds import pool_rounds
 
     feats = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 0.0]], dtype=np.float32)
     mean, mx = pool_rounds(feats, np.array([0, 0, 1]), 2)
@@ -138,14 +155,14 @@ def test_pool_rounds_mean_and_max():
 
 
 def test_round_texts_one_per_round():
-    from vital.embed import round_texts
+    from vital.embed.text import round_texts
 
     cand = _candidate("<image>\nSide?", "Left.", "How many?", "Two.")
     assert round_texts(cand) == ["Question: Side? Answer: Left.", "Question: How many? Answer: Two."]
 
 
 def test_stated_side_reads_one_side_only():
-    from vital.embed import stated_side
+    from vital.embed.probe import stated_side
 
     assert stated_side("Lesion in the LEFT lobe.") == 1.0
     assert stated_side("right upper zone") == 0.0
@@ -154,7 +171,7 @@ def test_stated_side_reads_one_side_only():
 
 
 def test_text_side_is_zero_without_side_words_and_signed_otherwise():
-    from vital.embed import text_side
+    from vital.embed.rounds import text_side
 
     feats = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], dtype=np.float32)
     mirrored = np.array([[1.0, 0.0], [1.0, 0.0], [0.5, 0.5]], dtype=np.float32)  # round 1 named a side
@@ -164,7 +181,7 @@ def test_text_side_is_zero_without_side_words_and_signed_otherwise():
 
 
 def test_side_scores_are_crossfitted_and_learn_the_direction():
-    from vital.embed import side_scores
+    from vital.embed.probe import side_scores
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 8)).astype(np.float32)
@@ -177,14 +194,14 @@ def test_side_scores_are_crossfitted_and_learn_the_direction():
 
 
 def test_side_scores_skip_when_too_few_captions_state_a_side():
-    from vital.embed import side_scores
+    from vital.embed.probe import side_scores
 
     scores, info = side_scores(np.ones((5, 3), dtype=np.float32), [1.0, None, None, None, 0.0])
     assert np.all(scores == 0) and "skipped" in info["side_probe"]
 
 
 def test_patch_side_flips_sign_with_the_mirrored_image():
-    from vital.embed import patch_side
+    from vital.embed.images import patch_side
     from vital.foundation.clip import build_tiny_clip
     from vital.params import FoundationParams
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vital.embed import save_embeddings
+from vital.embed.store import save_embeddings
 from vital.io import write_jsonl
 from vital.pairs import run as make_pairs
 from vital.params import PairsParams, SelectorParams
@@ -185,3 +185,39 @@ def test_head_features_add_signed_side_terms():
     assert torch.all(signed[2] == 0)
     # one side input alone is ignored (both are written by the same embed run)
     assert head_features(img, txt, ctx, text_side=side_t).shape == base.shape
+
+
+def test_invalid_and_featureless_pairs_are_counted_with_file_and_line(tmp_path: Path):
+    paths = synthetic(tmp_path, figures=40)
+    n = len(paths.pairs.read_text().splitlines())
+    with paths.pairs.open("a") as f:
+        f.write(json.dumps({"winner": "F0#0"}) + "\n")
+        f.write(
+            json.dumps({**json.loads(paths.pairs.read_text().splitlines()[0]), "winner": "ghost#0"}) + "\n"
+        )
+    m = run(SelectorParams(human_weight=1, epochs=1, compare_weights=[]), paths)
+    assert m["dropped"] == {"invalid_pair": 1, "pair_without_features": 1}
+    assert m["dropped_examples"]["invalid_pair"][0].startswith(f"{paths.pairs}:{n + 1}: ")
+    assert m["dropped_examples"]["pair_without_features"][0] == f"{paths.pairs}:{n + 2}: ['ghost#0']"
+
+
+@pytest.mark.parametrize("context", [False, True])
+@pytest.mark.parametrize("rounds", [False, True])
+@pytest.mark.parametrize("side", [False, True])
+def test_feature_names_list_every_column_block_of_head_features(context: bool, rounds: bool, side: bool):
+    """The names the config records and the features the head sees come from one table: every name is
+    one block of columns (D wide; the round similarities 2, the image side 1), in order."""
+    from vital.selector.features import feature_terms, head_features
+
+    d, n = 5, 3
+    ctx = torch.randn(n, d) if context else None
+    mx = torch.randn(n, d) if rounds else None
+    sims = torch.randn(n, 4) if rounds else None
+    t_side, i_side = (torch.randn(n, d), torch.randn(n, 1)) if side else (None, None)
+    x = head_features(torch.randn(n, d), torch.randn(n, d), ctx, mx, sims, t_side, i_side)
+    names = feature_terms(context, rounds, rounds, side)
+    width = {"min/mean cos(round, img)": 2, "min/mean cos(round, ctx)": 2, "img_side": 1}
+    assert x.shape == (n, sum(width.get(name, d) for name in names))
+    if rounds:  # the round similarities stand, whole and in order, where the names put them
+        at = sum(width.get(name, d) for name in names[: names.index("min/mean cos(round, img)")])
+        assert torch.equal(x[:, at : at + 4], sims)

@@ -10,15 +10,15 @@ import torch
 from safetensors.torch import load_file
 from test_embed import world as embed_world
 
-from vital.embed import load_embeddings
 from vital.embed import run as embed
+from vital.embed.store import load_embeddings
 from vital.foundation.clip import WEIGHTS_NAME
 from vital.io import RecordError, write_jsonl
 from vital.pairs import run as make_pairs
 from vital.params import EmbedParams, PairsParams, ParamsError, SelectorParams
 from vital.paths import Paths
 from vital.selector import RatingHead, embedding_features, run
-from vital.selector_backbone import BACKBONE_WEIGHTS, build_rater
+from vital.selector.backbone import BACKBONE_WEIGHTS, build_rater
 
 torch.set_num_threads(1)
 # Candidate c of every figure answers ["left", "right", "unsure"][c]; everybody ranks by this order.

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class RecordError(ValueError):
@@ -24,6 +28,21 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
                 yield json.loads(line)
             except json.JSONDecodeError as e:
                 raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+def read_records(
+    path: str | os.PathLike, model: type[M], invalid: Callable[[str], None] = lambda _: None
+) -> Iterator[tuple[int, M]]:
+    """``(number, record)`` of every record of ``path`` that validates as ``model`` (numbered from 1 as
+    ``read_jsonl`` yields them); an invalid one is skipped and passed to ``invalid`` as
+    ``"<path>:<number>: <pydantic's first message>"``."""
+    for i, raw in enumerate(read_jsonl(path), 1):
+        try:
+            rec = model.model_validate(raw)
+        except ValidationError as e:
+            invalid(f"{path}:{i}: {e.errors()[0]['msg']}")
+            continue
+        yield i, rec
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict | Any]) -> int:

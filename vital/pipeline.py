@@ -98,7 +98,7 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "embed",
-            "vital.embed:run_stage",
+            "vital.embed.stage:run_stage",
             "embed",
             reads=(
                 "models/foundation",
@@ -110,7 +110,7 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "select",
-            "vital.selector:run_stage",
+            "vital.selector.stage:run_stage",
             "selector",  # stages/select.py would shadow the stdlib `select` module
             reads=(
                 "artifacts/embeddings",

@@ -17,18 +17,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vital.embed import (
-    Embeddings,
-    FigureImages,
-    candidate_text,
-    context_text,
-    image_batches,
-    read_inputs,
-    round_texts,
-)
+from vital.embed.images import FigureImages, image_batches
+from vital.embed.inputs import read_inputs
+from vital.embed.store import Embeddings
+from vital.embed.text import candidate_text, context_text, round_texts
 from vital.io import RecordError
 from vital.params import SelectorParams
 from vital.paths import Paths
+from vital.selector.features import head_features
 
 BACKBONE_WEIGHTS = "backbone.safetensors"
 
@@ -98,8 +94,6 @@ class EndToEndRater(torch.nn.Module):
         return self.clip.encode_image(self.images[figs])[inverse]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        from vital.selector import head_features
-
         idx = idx.to(self.figure_of.device)
         image = self._image(idx)
         rows = [self.text.rows[i] for i in idx.tolist()]

@@ -1,0 +1,54 @@
+"""The embed stage's inputs: candidates and their figure records, with unusable records counted by reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from vital.io import RecordError, read_records
+from vital.schema import Candidate, FigureRecord
+
+
+@dataclass
+class EmbedInputs:
+    figures: dict[str, FigureRecord]  # pair_id -> record, only figures with candidates
+    candidates: list[Candidate]
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+    def problem(self, reason: str, detail: str) -> None:
+        self.problems.setdefault(reason, []).append(detail)
+
+
+def read_inputs(candidates_file: Path, sample_file: Path) -> EmbedInputs:
+    """Candidates and their figure records; records that cannot be embedded are counted by reason."""
+    for f in (candidates_file, sample_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: not found (run the upstream stage first)")
+    sample: dict[str, FigureRecord] = {}
+    out = EmbedInputs({}, [])
+    for _, rec in read_records(sample_file, FigureRecord, partial(out.problem, "invalid_figure_record")):
+        sample[rec.pair_id] = rec
+    seen: set[str] = set()
+    for i, cand in read_records(candidates_file, Candidate, partial(out.problem, "invalid_candidate")):
+        if cand.id in seen:
+            out.problem("duplicate_candidate", f"{candidates_file}:{i}: {cand.id}")
+            continue
+        if cand.pair_id not in sample:
+            out.problem(
+                "unknown_figure", f"{candidates_file}:{i}: {cand.id} (figure {cand.pair_id} not in sample)"
+            )
+            continue
+        if len(cand.conversations) < 2:
+            out.problem("no_answer", f"{candidates_file}:{i}: {cand.id}")
+            continue
+        seen.add(cand.id)
+        out.candidates.append(cand)
+        out.figures.setdefault(cand.pair_id, sample[cand.pair_id])
+    if not out.candidates:
+        raise RecordError(f"{candidates_file}: no usable candidates ({_summary(out.problems)})")
+    return out
+
+
+def _summary(problems: dict[str, list[str]]) -> str:
+    return ", ".join(f"{k}: {len(v)}" for k, v in problems.items()) or "no problems recorded"

@@ -1,0 +1,84 @@
+"""The select stage's inputs: preference pairs (as index tensors), judge scores and clinician rankings."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vital.io import read_records
+from vital.schema import Judgment, Pair, Preference
+
+
+@dataclass
+class PairSet:
+    winner: torch.Tensor  # row indices into the feature matrix
+    loser: torch.Tensor
+    weight: torch.Tensor
+    source: list[str]
+    pair_id: list[str]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def subset(self, mask: np.ndarray) -> PairSet:
+        idx = np.flatnonzero(mask)
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return PairSet(
+            self.winner[t],
+            self.loser[t],
+            self.weight[t],
+            [self.source[i] for i in idx],
+            [self.pair_id[i] for i in idx],
+        )
+
+
+def read_pairs(path: Path, index: dict[str, int], problems: dict[str, list[str]]) -> dict[str, list[Pair]]:
+    """Pairs by split; a pair naming a candidate without features is dropped and counted."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the pairs stage first)")
+    out: dict[str, list[Pair]] = defaultdict(list)
+
+    def invalid(detail: str) -> None:
+        problems.setdefault("invalid_pair", []).append(detail)
+
+    for i, p in read_records(path, Pair, invalid):
+        missing = [c for c in (p.winner, p.loser) if c not in index]
+        if missing:
+            problems.setdefault("pair_without_features", []).append(f"{path}:{i}: {missing}")
+            continue
+        if p.winner == p.loser:
+            problems.setdefault("pair_with_itself", []).append(f"{path}:{i}: {p.winner}")
+            continue
+        out[p.split].append(p)
+    return out
+
+
+def to_pairset(pairs: list[Pair], index: dict[str, int], human_weight: float) -> PairSet:
+    return PairSet(
+        winner=torch.tensor([index[p.winner] for p in pairs], dtype=torch.long),
+        loser=torch.tensor([index[p.loser] for p in pairs], dtype=torch.long),
+        weight=torch.tensor(
+            [human_weight if p.source == "human" else 1.0 for p in pairs], dtype=torch.float32
+        ),
+        source=[p.source for p in pairs],
+        pair_id=[p.pair_id for p in pairs],
+    )
+
+
+def read_scores_of_judge(path: Path) -> dict[str, float]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the judge stage first)")
+    out = {}
+    for _, j in read_records(path, Judgment):  # invalid lines: counted by the pairs stage, which reads them
+        out.setdefault(j.candidate_id, j.score)
+    return out
+
+
+def read_prefs(path: Path) -> list[Preference]:
+    if not path.is_file():
+        return []
+    return [p for _, p in read_records(path, Preference)]  # invalid lines: counted by the pairs stage

@@ -1,0 +1,188 @@
+"""The select stage: ``models/selector``, ``artifacts/scores.jsonl``, ``metrics/select.json`` and plots."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vital.embed.store import load_embeddings
+from vital.io import RecordError, write_json, write_jsonl
+from vital.params import Params, ParamsError, SelectorParams
+from vital.paths import Paths
+from vital.schema import Pair
+from vital.selector.backbone import save_backbone
+from vital.selector.data import read_pairs, read_prefs, read_scores_of_judge, to_pairset
+from vital.selector.evidence import agreement, bootstrap_gap, heldout_evidence, pooled_auc
+from vital.selector.features import embedding_features, feature_names
+from vital.selector.store import CONFIG, save_selector
+from vital.selector.train import TrainResult, new_rater, rate_all, train_rater
+
+
+def best_weight(by_val: dict[float, tuple[float, float]]) -> float:
+    """The weight whose head has the best (agreement, pooled AUC) on validation clinician pairs; the first
+    listed among exact equals."""
+    return max(by_val, key=by_val.__getitem__)
+
+
+def _human_agreement(rater: torch.nn.Module, ids: list[str], held: list[Pair]) -> float | None:
+    s = dict(zip(ids, rate_all(rater).tolist(), strict=True))
+    return agreement(s, [p for p in held if p.source == "human"])
+
+
+def check_device(device: str) -> None:
+    """Fail on ``selector.device`` before any loading or training, naming the parameter."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ParamsError(f"selector.device={device!r}: not a torch device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParamsError(f"selector.device={device!r}: no CUDA device on this machine (use cpu)")
+
+
+def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
+    """The select stage: ``models/selector``, ``artifacts/scores.jsonl``, ``metrics/select.json``, curve."""
+    start = time.perf_counter()
+    check_device(sp.device)
+    emb = load_embeddings(paths.embeddings)
+    index = emb.index()
+    problems: dict[str, list[str]] = {}
+    by_split = read_pairs(paths.pairs, index, problems)
+    if not by_split.get("train"):
+        raise RecordError(f"{paths.pairs}: no training pairs with features")
+    x = embedding_features(emb)
+    held = by_split.get("heldout", [])
+
+    def build(w: float) -> torch.nn.Module:
+        return new_rater(x, sp.model_copy(update={"human_weight": w}), emb, paths)
+
+    def fit(w: float, desc: str = "selector") -> TrainResult:
+        alt = sp.model_copy(update={"human_weight": w})
+        train_w = to_pairset(by_split["train"], index, w)
+        return train_rater(build(w), train_w, to_pairset(by_split.get("val", []), index, w), alt, desc=desc)
+
+    auto: dict[str, Any] | None = None
+    by_weight: dict[float, float | None] = {}  # held-out clinician agreement of a head per human weight
+    weight0_scores: dict[str, float] | None = None
+    best: TrainResult | None = None
+    if sp.human_weight == "auto":
+        val_human = [p for p in by_split.get("val", []) if p.source == "human"]
+        if not val_human:
+            raise RecordError(
+                f"selector.human_weight=auto picks the weight on validation clinician pairs, and {paths.pairs} "
+                "has none (give the labels stage more figures, or set a number)"
+            )
+        # Agreement first; its ties (a few hundred validation pairs tie often) go to the pooled AUC on the
+        # same pairs, which also counts how far apart the head puts winners and losers; then to the first.
+        by_val: dict[float, tuple[float, float]] = {}
+        for w in dict.fromkeys(sp.auto_weights):  # one head at a time: with a backbone each is a model copy
+            res = fit(w, desc=f"selector w={w:g}")
+            head_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
+            by_val[w] = (agreement(head_scores, val_human) or 0.0, pooled_auc(head_scores, val_human) or 0.0)
+            by_weight[w] = agreement(head_scores, [p for p in held if p.source == "human"])
+            if w == 0:
+                weight0_scores = head_scores
+            if best is None or by_val[w] > max(v for k, v in by_val.items() if k != w):
+                best = res  # strictly better only: among equals the first of auto_weights wins
+            del res
+        chosen = best_weight(by_val)
+        auto = {
+            "chosen": chosen,
+            "val_human_agreement_by_weight": {f"{w:g}": round(a, 4) for w, (a, _) in by_val.items()},
+            "val_human_auc_by_weight": {f"{w:g}": round(u, 4) for w, (_, u) in by_val.items()},
+        }
+        sp = sp.model_copy(update={"human_weight": chosen})
+    train = to_pairset(by_split["train"], index, sp.human_weight)
+    val = to_pairset(by_split.get("val", []), index, sp.human_weight)
+    result = best or fit(sp.human_weight)
+    scores = rate_all(result.rater).numpy()
+    selector_scores = dict(zip(emb.candidate_ids, scores.tolist(), strict=True))
+    judge = read_scores_of_judge(paths.judgments)
+    prefs = read_prefs(paths.labels)
+
+    # the same head at other human weights, on the same features and pairs: agreement vs weight in one run
+    by_weight[sp.human_weight] = _human_agreement(result.rater, emb.candidate_ids, held)
+    for w in sp.compare_weights:
+        if w in by_weight:
+            continue
+        res = fit(w, desc=f"selector w={w:g}")
+        by_weight[w] = _human_agreement(res.rater, emb.candidate_ids, held)
+        if w == 0:
+            weight0_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
+    if sp.human_weight == 0:
+        weight0_scores = None  # the selector itself: no gap to report
+
+    config = {
+        "in_dim": int(x.shape[1]),
+        "hidden": sp.hidden,
+        "dropout": sp.dropout,
+        "features": feature_names(emb),
+        "backbone": emb.meta.get("backbone"),
+        "backbone_pretrained": emb.meta.get("pretrained"),
+        "embeddings_fingerprint": emb.meta.get("fingerprint"),
+        "params": sp.model_dump(),
+        "best_epoch": result.best_epoch,
+    }
+    save_selector(paths.selector, result.head, config)
+    if sp.finetune_backbone != "none":
+        config.update(save_backbone(paths.selector, result.rater))
+        write_json(paths.selector / CONFIG, config)
+    write_jsonl(
+        paths.scores,
+        (
+            {"candidate_id": c, "pair_id": p, "score": round(float(s), 6)}
+            for c, p, s in zip(emb.candidate_ids, emb.pair_ids, scores, strict=True)
+        ),
+    )
+    _write_curve(paths.plots / "select_curve.csv", result.curve)
+    _write_weights(paths.plots / "select_weights.csv", by_weight)
+    metrics = {
+        "human_weight": sp.human_weight,
+        **({"human_weight_auto": auto} if auto else {}),
+        "loss": sp.loss,
+        "finetune_backbone": sp.finetune_backbone,
+        "pairs_train": {"human": train.source.count("human"), "model": train.source.count("model")},
+        "pairs_val": len(val),
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.curve),
+        "stopped_early": result.stopped_early,
+        "final_train_loss": result.curve[-1]["train_loss"],
+        "best_val_agreement": max(c["val_agreement"] for c in result.curve),
+        **heldout_evidence(selector_scores, judge, emb.candidate_ids, held, prefs, sp.seed),
+        "heldout_human_agreement_by_weight": {
+            f"{w:g}": (None if a is None else round(a, 4)) for w, a in sorted(by_weight.items())
+        },
+        "candidates_scored": len(scores),
+        "dropped": {k: len(v) for k, v in problems.items()},
+        "dropped_examples": {k: v[:50] for k, v in problems.items()},
+        "wall_seconds": round(time.perf_counter() - start, 2),
+    }
+    if weight0_scores is not None:
+        human_held = [p for p in held if p.source == "human"]
+        metrics["heldout_human"]["selector_minus_weight0"] = bootstrap_gap(
+            selector_scores, weight0_scores, human_held, sp.seed
+        )
+    write_json(paths.metric("select"), metrics)
+    return metrics
+
+
+def _write_curve(path: Path, curve: list[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_agreement"])
+        w.writeheader()
+        w.writerows(curve)
+
+
+def _write_weights(path: Path, by_weight: dict[float, float | None]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["human_weight", "heldout_human_agreement"])
+        w.writerows((f"{k:g}", "" if v is None else round(v, 4)) for k, v in sorted(by_weight.items()))
+
+
+def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
+    return run(p.selector, paths)
