@@ -57,8 +57,11 @@ def test_unparseable_scores_are_reasked_then_listed(judged_world):
         return json.dumps({"score": 9, "rationale": "ok"})
 
     with FakeOpenAIServer(content_fn=reply) as server:
-        m = judge.run(api_params(server.base_url, judged_world), Paths(judged_world))
+        p = api_params(server.base_url, judged_world)
+        p.judge.client.max_failed_share = 0.5  # 2 of 8 fail; the default would fail the stage
+        m = judge.run(p, Paths(judged_world))
     assert m["judged"] == 6 and m["unjudged_by_reason"] == {"unparseable_score": 2}
+    assert m["invalid_output_reasks"] == {"unparseable_score": 2}  # each re-asked once (max_invalid_retries)
     assert {f["candidate_id"] for f in m["unjudged_list"]} == {"PMC0003_F1#0", "PMC0003_F1#1"}
     scores = {
         j["candidate_id"]: j["score"] for j in read_jsonl(judged_world / "artifacts" / "judgments.jsonl")

@@ -5,6 +5,12 @@ burst. ``acquire`` reserves capacity and sleeps only the calling task until its 
 due (no global sleeps). Budgets tighten from ``x-ratelimit-*`` response headers, and a 429's
 ``retry-after``/``retry-after-ms`` pauses every caller of the same endpoint until it has passed.
 
+A 429 also lowers the request rate (halved, once per round of requests: a 429 for a request sent
+before the last decrease does not lower it again, down to ``min_rpm``), and every success lets
+it creep back by ``recover_rpm`` requests/min up to the ceiling (``client.rpm``, or the server's
+``x-ratelimit-limit-requests`` if lower). So a server whose real limit is below ``client.rpm``,
+advertised or not, settles the limiter near that limit instead of answering 429 forever.
+
 The limiter holds no asyncio primitive, so one instance may serve several event loops in turn
 (e.g. the generate and judge stages run in one process).
 """
@@ -86,13 +92,26 @@ class _Bucket:
 
 
 class RateLimiter:
-    def __init__(self, rpm: float, tpm: float, burst_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        rpm: float,
+        tpm: float,
+        burst_s: float = 1.0,
+        decrease: float = 0.5,
+        recover_rpm: float = 1.0,
+        min_rpm: float = 1.0,
+    ) -> None:
         self.configured_rpm = float(rpm)
         self.configured_tpm = float(tpm)
+        self.ceiling_rpm = float(rpm)  # configured, or the server's advertised limit if lower
         self.requests = _Bucket(rpm, burst_s)
         self.tokens = _Bucket(tpm, burst_s)
         self.paused_until = 0.0
         self.pauses = 0
+        self.decrease, self.recover_rpm, self.min_rpm = decrease, recover_rpm, min_rpm
+        self.decreases = 0  # times a 429 lowered the request rate
+        self.lowest_rpm = float(rpm)
+        self._last_decrease = float("-inf")
 
     @property
     def rpm(self) -> float:
@@ -127,15 +146,41 @@ class RateLimiter:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
         self.pauses += 1
 
+    def rate_limited(self, headers: Mapping[str, str] | None, sent_at: float, fallback_s: float) -> float:
+        """A 429 for a request sent at ``sent_at``: adopt the server's limits, pause every caller for its
+        ``retry-after`` (else ``fallback_s``), and lower the request rate once per round. Returns the pause."""
+        headers = headers or {}
+        self.update_from_headers(headers)
+        wait = retry_after_s(headers)
+        if wait is None:
+            wait = fallback_s
+        self.pause(wait)
+        if sent_at >= self._last_decrease:  # requests already in flight at the last decrease do not count
+            self._last_decrease = time.monotonic()
+            self.decreases += 1
+            self._set_rpm(max(self.min_rpm, self.rpm * self.decrease))
+        return wait
+
+    def succeeded(self) -> None:
+        """A request went through: creep the request rate back towards the ceiling."""
+        if self.rpm < self.ceiling_rpm:
+            self._set_rpm(min(self.ceiling_rpm, self.rpm + self.recover_rpm))
+
+    def _set_rpm(self, rpm: float) -> None:
+        self.requests.set_rate(rpm)
+        self.lowest_rpm = min(self.lowest_rpm, rpm)
+
     def update_from_headers(self, headers: Mapping[str, str]) -> None:
         """Tighten budgets to the server's ``x-ratelimit-*`` limits (never loosen past params)."""
-        for kind, bucket, configured in (
-            ("requests", self.requests, self.configured_rpm),
-            ("tokens", self.tokens, self.configured_tpm),
-        ):
-            limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
-            if limit and limit < bucket.per_minute and limit <= configured:
-                bucket.set_rate(limit)
+        limit = _number(headers.get("x-ratelimit-limit-requests"))
+        if limit and limit < self.ceiling_rpm:
+            self.ceiling_rpm = limit
+            if self.rpm > limit:
+                self._set_rpm(limit)
+        limit = _number(headers.get("x-ratelimit-limit-tokens"))
+        if limit and limit < self.tokens.per_minute and limit <= self.configured_tpm:
+            self.tokens.set_rate(limit)
+        for kind in ("requests", "tokens"):
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
             if remaining is not None and remaining <= 0:
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
@@ -163,7 +208,9 @@ def shared_limiter(scope: str, rpm: float, tpm: float) -> RateLimiter:
         return lim
     if rpm < lim.configured_rpm:
         lim.configured_rpm = rpm
-        lim.requests.set_rate(rpm)
+        lim.ceiling_rpm = min(lim.ceiling_rpm, rpm)
+        if lim.rpm > rpm:
+            lim._set_rpm(rpm)
     if tpm < lim.configured_tpm:
         lim.configured_tpm = tpm
         lim.tokens.set_rate(tpm)
