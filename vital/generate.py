@@ -320,7 +320,10 @@ def run(params: Params, paths: Paths) -> dict:
     )
     if empty:
         shown = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
-        print(f"[generate] {len(empty)} figures have no candidate: {shown}", file=sys.stderr)
+        print(
+            f"[generate] {len(empty)} figure{'s' if len(empty) > 1 else ''} got no candidate: {shown}",
+            file=sys.stderr,
+        )
     api = gp.backend in ("openai", "azure")
     check_failed_share(
         "generate",

@@ -105,6 +105,7 @@ class Engine:
         self.client_params = client_params
         self.cost_fn = cost_fn
         self.section = section  # names the params in error messages (generate.model, judge.client...)
+        self._last_ok = time.monotonic()  # last success (or the start of the run)
 
     # ------------------------------------------------------------------ public
     def run(self, requests: Iterable[Request], desc: str = "requests") -> list[Outcome]:
@@ -115,6 +116,7 @@ class Engine:
         """Answer every request, in input order; duplicates of one key are sent once."""
         outcomes: dict[str, Outcome] = {}
         todo: list[Request] = []
+        self._last_ok = time.monotonic()
         for req in requests:
             if req.key in outcomes:
                 continue
@@ -175,6 +177,11 @@ class Engine:
                             self.client_params,
                         )
                     ) from None
+                if e.status_code == 429 and _code(e) == "insufficient_quota":
+                    raise FatalAPIError(
+                        f"{self.section}: the account behind {self.section}.client.api_key_env has no quota "
+                        f"left (HTTP 429 insufficient_quota: {detail}); add credit or use another key"
+                    ) from None
                 if e.status_code == 429:
                     # not a retry: the server asks to slow down; bounded by time and count instead
                     limited += 1
@@ -182,8 +189,10 @@ class Engine:
                     self.limiter.rate_limited(
                         e.response.headers, sent_at, self.retry.backoff(min(limited, 6))
                     )
+                    now, cap = time.monotonic(), self.retry.rate_limit_wait_s
                     if (
-                        time.monotonic() - first_limited >= self.retry.rate_limit_wait_s
+                        now - first_limited >= cap
+                        or now - self._last_ok >= cap  # the endpoint answered only 429s for that long
                         or limited >= self.retry.max_rate_limited
                     ):
                         break
@@ -214,6 +223,7 @@ class Engine:
                     continue
                 break
             self.limiter.succeeded()
+            self._last_ok = time.monotonic()
             self.cache.put(req.key, data, model=str(req.body.get("model", "")))
             self.usage.responses += 1
             self.usage.add_tokens(data)
@@ -245,6 +255,12 @@ def _decode(text: str) -> tuple[dict | None, str]:
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
         return None, "response has no choices"
     return data, ""
+
+
+def _code(e: openai.APIStatusError) -> str | None:
+    body = e.body if isinstance(e.body, dict) else {}
+    err = body.get("error") if isinstance(body.get("error"), dict) else body
+    return getattr(e, "code", None) or err.get("code")
 
 
 def _rebind(outcome: Outcome, req: Request) -> Outcome:

@@ -6,7 +6,8 @@ due (no global sleeps). Budgets tighten from ``x-ratelimit-*`` response headers,
 ``retry-after``/``retry-after-ms`` pauses every caller of the same endpoint until it has passed.
 
 A 429 also lowers the request rate (halved, once per round of requests: a 429 for a request sent
-before the last decrease does not lower it again, down to ``min_rpm``), and every success lets
+before the last decrease does not lower it again, and at most once a second, down to ``min_rpm``),
+and every success lets
 it creep back by ``recover_rpm`` requests/min up to the ceiling (``client.rpm``, or the server's
 ``x-ratelimit-limit-requests`` if lower). So a server whose real limit is below ``client.rpm``,
 advertised or not, settles the limiter near that limit instead of answering 429 forever.
@@ -100,6 +101,7 @@ class RateLimiter:
         decrease: float = 0.5,
         recover_rpm: float = 1.0,
         min_rpm: float = 1.0,
+        decrease_every_s: float = 1.0,
     ) -> None:
         self.configured_rpm = float(rpm)
         self.configured_tpm = float(tpm)
@@ -109,6 +111,7 @@ class RateLimiter:
         self.paused_until = 0.0
         self.pauses = 0
         self.decrease, self.recover_rpm, self.min_rpm = decrease, recover_rpm, min_rpm
+        self.decrease_every_s = decrease_every_s
         self.decreases = 0  # times a 429 lowered the request rate
         self.lowest_rpm = float(rpm)
         self._last_decrease = float("-inf")
@@ -155,8 +158,10 @@ class RateLimiter:
         if wait is None:
             wait = fallback_s
         self.pause(wait)
-        if sent_at >= self._last_decrease:  # requests already in flight at the last decrease do not count
-            self._last_decrease = time.monotonic()
+        now = time.monotonic()
+        # once per round: a request sent before the last decrease (already in flight) does not lower it again
+        if sent_at >= self._last_decrease and now - self._last_decrease >= self.decrease_every_s:
+            self._last_decrease = now
             self.decreases += 1
             self._set_rpm(max(self.min_rpm, self.rpm * self.decrease))
         return wait

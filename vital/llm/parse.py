@@ -99,7 +99,7 @@ def validate_conversation(turns: list[dict], min_rounds: int) -> list[dict]:
 _SCORE = re.compile(r"(?:score|rating)\s*[:=]?\s*(\d+(?:\.\d+)?)(?:\s*/\s*10)?", re.IGNORECASE)
 _FRACTION = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*10\b")
 # a first line that is only the score ("7", "7/10", "7.5.", "**7**"); the rest is the rationale
-_LEADING = re.compile(r"\A\s*[*_]*(\d+(?:\.\d+)?)(?:\s*/\s*10)?[*_]*\s*\.?\s*(?:\n(.*))?\Z", re.DOTALL)
+_LEADING = re.compile(r"\A\s*[*_]*(\d+(?:\.\d+)?)[*_]*(?:\s*/\s*10)?[*_]*\s*\.?\s*(?:\n(.*))?\Z", re.DOTALL)
 
 
 def parse_score(text: str) -> tuple[float, str]:
