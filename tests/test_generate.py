@@ -272,7 +272,7 @@ def test_stage_wrapper_exits_nonzero_with_one_line(world, monkeypatch, capsys):
 
 # ---------------------------------------------------------------- 429s below client.rpm lose nothing
 def test_a_server_limit_below_client_rpm_loses_no_candidate(world):
-    with FakeOpenAIServer(rpm=300) as server:  # 5 requests/s, said nowhere in headers
+    with FakeOpenAIServer(rpm=180) as server:  # 3 requests/s, said nowhere in headers
         server.advertise_limits = False
         server.retry_after_s = "0.1"
         p = api_params(server.base_url, world)

@@ -5,9 +5,10 @@ burst. ``acquire`` reserves capacity and sleeps only the calling task until its 
 due (no global sleeps). Budgets tighten from ``x-ratelimit-*`` response headers, and a 429's
 ``retry-after``/``retry-after-ms`` pauses every caller of the same endpoint until it has passed.
 
-A 429 also lowers the request rate (halved, once per round of requests: a 429 for a request sent
-before the last decrease does not lower it again, and at most once a second, down to ``min_rpm``),
-and every success lets
+A 429 also lowers the request rate (halved, or straight down to the rate of successes over the
+last 10 s if that is lower, once per round of requests: a 429 for a request sent before the last
+decrease does not lower it again, and at most once a second, down to ``min_rpm``), and every
+success lets
 it creep back by ``recover_rpm`` requests/min up to the ceiling (``client.rpm``, or the server's
 ``x-ratelimit-limit-requests`` if lower). So a server whose real limit is below ``client.rpm``,
 advertised or not, settles the limiter near that limit instead of answering 429 forever.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import Mapping
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -115,6 +117,7 @@ class RateLimiter:
         self.decreases = 0  # times a 429 lowered the request rate
         self.lowest_rpm = float(rpm)
         self._last_decrease = float("-inf")
+        self._ok_times: deque[float] = deque(maxlen=10_000)  # recent successes: the rate the server accepts
 
     @property
     def rpm(self) -> float:
@@ -163,11 +166,25 @@ class RateLimiter:
         if sent_at >= self._last_decrease and now - self._last_decrease >= self.decrease_every_s:
             self._last_decrease = now
             self.decreases += 1
-            self._set_rpm(max(self.min_rpm, self.rpm * self.decrease))
+            target = self.rpm * self.decrease
+            accepted = self.accepted_rpm(now)
+            if accepted is not None:  # far above what the server lets through: go there at once
+                target = min(target, accepted)
+            self._set_rpm(max(self.min_rpm, target))
         return wait
+
+    def accepted_rpm(self, now: float, window_s: float = 10.0, min_count: int = 5) -> float | None:
+        """Successes per minute over the last ``window_s`` (from the first success, if later), or None
+        when fewer than ``min_count`` successes make that estimate."""
+        while self._ok_times and self._ok_times[0] < now - window_s:
+            self._ok_times.popleft()
+        if len(self._ok_times) < min_count:
+            return None
+        return len(self._ok_times) * 60.0 / max(1.0, now - self._ok_times[0])
 
     def succeeded(self) -> None:
         """A request went through: creep the request rate back towards the ceiling."""
+        self._ok_times.append(time.monotonic())
         if self.rpm < self.ceiling_rpm:
             self._set_rpm(min(self.ceiling_rpm, self.rpm + self.recover_rpm))
 
