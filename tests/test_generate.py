@@ -135,6 +135,15 @@ def test_config_errors_fail_before_any_request(world, monkeypatch):
         generate.run(dead, Paths(world))
 
 
+def test_failed_share_and_429_wait_are_checked_with_the_params(world):
+    from vital.params import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match=r"generate\.client\.max_failed_share"):
+        parse_params({"generate": {"client": {"max_failed_share": 1.5}}})
+    with pytest.raises(ParamsError, match=r"judge\.client\.rate_limit_wait_s"):
+        parse_params({"judge": {"client": {"rate_limit_wait_s": 0}}})
+
+
 def test_dry_run_counts_and_prices_without_sending(world):
     with FakeOpenAIServer() as server:
         p = api_params(server.base_url, world)
