@@ -5,11 +5,14 @@ tested end to end against this server. It implements the endpoints the engine us
 (chat completions, files, batches, models), keeps a request log, enforces an optional
 requests-per-minute budget with ``x-ratelimit-*`` headers, and injects faults on demand:
 
-    server.script.extend(["429", "500", "slow", "malformed", "bad_content", "length"])
+    server.script.extend(["429", "500", "slow", "malformed", "bad_content", "length", "404", "405"])
 
 Each chat request pops the next fault from ``script`` (an empty script means a normal answer);
 ``fault_fn(n, body)`` may return a fault instead. ``die_after`` stops the server after that many
-chat requests (later requests get connection refused).
+chat requests (later requests get connection refused). Any other HTTP status as a string ("404",
+"405", ...) is answered with that status. ``advertise_limits = False`` leaves the ``x-ratelimit-*``
+headers out (a server or proxy that enforces a limit without saying so); ``batch_api = False``
+answers the Batch API's upload and create with 405 (a server without ``/v1/files``).
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class FakeOpenAIServer:
         self.batch_fail_keys: set[str] = set()
         self.batch_expire_keys: set[str] = set()
         self.batch_fail_first_n = 0  # the first batch fails this many of its lines
+        self.advertise_limits = True
+        self.batch_api = True
         self.state = _State()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -156,7 +161,7 @@ class FakeOpenAIServer:
             return False, st.tokens
 
     def ratelimit_headers(self, remaining: float) -> dict[str, str]:
-        if not self.rpm:
+        if not self.rpm or not self.advertise_limits:
             return {}
         return {
             "x-ratelimit-limit-requests": str(self.rpm),
@@ -307,6 +312,12 @@ def _make_handler(server: FakeOpenAIServer):
             raw = self._body()
             if path.endswith("/chat/completions"):
                 return self._chat(json.loads(raw or b"{}"))
+            if not server.batch_api and (path.endswith("/files") or path.endswith("/batches")):
+                with server.state.lock:
+                    server.state.log.append(
+                        {"path": "batch_refused", "key": path, "status": 405, "ok": False}
+                    )
+                return self._send(405, {"error": {"message": "Method Not Allowed"}})
             if path.endswith("/files"):
                 return self._upload(raw)
             if path.endswith("/batches"):
@@ -401,6 +412,34 @@ def _make_handler(server: FakeOpenAIServer):
                 if fault in ("500", "503"):
                     entry["status"] = int(fault)
                     return self._send(int(fault), {"error": {"message": "server error"}})
+                if fault == "quota":
+                    entry["status"] = 429
+                    return self._send(
+                        429,
+                        {
+                            "error": {
+                                "message": "You exceeded your current quota.",
+                                "type": "insufficient_quota",
+                                "code": "insufficient_quota",
+                            }
+                        },
+                    )
+                if fault == "404":
+                    entry["status"] = 404
+                    model = body.get("model")
+                    return self._send(
+                        404,
+                        {
+                            "error": {
+                                "message": f"The model `{model}` does not exist or you do not have access to it.",
+                                "type": "invalid_request_error",
+                                "code": "model_not_found",
+                            }
+                        },
+                    )
+                if isinstance(fault, str) and fault.isdigit():
+                    entry["status"] = int(fault)
+                    return self._send(int(fault), {"error": {"message": f"refused ({fault})"}})
                 time.sleep(server.slow_s if fault == "slow" else server.latency)
                 if fault == "malformed":
                     return self._send(200, b'{"id": "x", "choices": [', headers)

@@ -9,7 +9,9 @@ import pytest
 from tests.llm_world import KEY, KEY_ENV, api_params, make_world
 from tests.openai_server import FakeOpenAIServer
 from vital import generate, judge
-from vital.io import read_jsonl
+from vital.failures import StageFailed
+from vital.io import read_json, read_jsonl
+from vital.llm.client import ConfigError
 from vital.llm.parse import InvalidOutput, parse_score
 from vital.paths import Paths
 
@@ -57,8 +59,11 @@ def test_unparseable_scores_are_reasked_then_listed(judged_world):
         return json.dumps({"score": 9, "rationale": "ok"})
 
     with FakeOpenAIServer(content_fn=reply) as server:
-        m = judge.run(api_params(server.base_url, judged_world), Paths(judged_world))
+        p = api_params(server.base_url, judged_world)
+        p.judge.client.max_failed_share = 0.5  # 2 of 8 fail; the default would fail the stage
+        m = judge.run(p, Paths(judged_world))
     assert m["judged"] == 6 and m["unjudged_by_reason"] == {"unparseable_score": 2}
+    assert m["invalid_output_reasks"] == {"unparseable_score": 2}  # each re-asked once (max_invalid_retries)
     assert {f["candidate_id"] for f in m["unjudged_list"]} == {"PMC0003_F1#0", "PMC0003_F1#1"}
     scores = {
         j["candidate_id"]: j["score"] for j in read_jsonl(judged_world / "artifacts" / "judgments.jsonl")
@@ -96,13 +101,24 @@ def test_judge_batch_mode(judged_world):
         ("Rating = 4", 4),
         ("I give it 9/10", 9),
         ("6", 6),
+        ("7\nAccurate, but the answer misses the lesion size.", 7),  # a leading score line
+        ("**8**/10\n\nSpecific and correct.", 8),
     ],
 )
 def test_parse_score_is_tolerant(text, score):
     assert parse_score(text)[0] == score
 
 
-@pytest.mark.parametrize("text", ["no number here", '{"score": 14}', "Score: 11/10", '{"score": "high"}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no number here",
+        '{"score": 14}',
+        "Score: 11/10",
+        '{"score": "high"}',
+        "1. Accuracy: fine\n2. Relevance: ok",
+    ],
+)
 def test_parse_score_rejects(text):
     with pytest.raises(InvalidOutput):
         parse_score(text)
@@ -131,3 +147,54 @@ def test_heuristic_backend_runs_offline(tmp_path):
     assert m["judged"] == 3 and m["requests_sent"] == 0
     js = list(read_jsonl(tmp_path / "artifacts" / "judgments.jsonl"))
     assert all(0 <= j["score"] <= 10 for j in js) and js[0]["judge"]["backend"] == "heuristic"
+
+
+def test_a_leading_score_line_is_a_score_and_the_rest_its_rationale(judged_world, capsys):
+    with FakeOpenAIServer(content_fn=lambda body: "7\nAccurate; misses the size.") as server:
+        p = api_params(server.base_url, judged_world)
+        p.judge.structured = False
+        m = judge.run(p, Paths(judged_world))
+    assert m["judged"] == 8 and m["invalid_output_reasks"] == {} and m["requests_sent"] == 8
+    js = list(read_jsonl(judged_world / "artifacts" / "judgments.jsonl"))
+    assert {(j["score"], j["rationale"]) for j in js} == {(7, "Accurate; misses the size.")}
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("[judge] ")][0].startswith(
+        "[judge] 8 judgments written, 0 failed; 8 requests sent, 0 cached; cost $0.0"
+    )
+
+
+def test_every_reply_unparseable_fails_the_judge_stage(judged_world, capsys):
+    with FakeOpenAIServer(content_fn=lambda body: "I would rather not say.") as server:
+        p = api_params(server.base_url, judged_world)
+        p.judge.client.max_failed_share = 1.0  # nothing succeeded: fails whatever the share allows
+        with pytest.raises(StageFailed, match=r"^judge: all 8 candidates failed \(unparseable_score 8\)"):
+            judge.run(p, Paths(judged_world))
+    assert (judged_world / "artifacts" / "judgments.jsonl").read_text() == ""
+    m = read_json(judged_world / "metrics" / "judge.json")
+    assert m["unjudged"] == 8 and m["invalid_output_reasks"] == {"unparseable_score": 8}
+    assert (
+        "[judge] 0 judgments written, 8 failed (unparseable_score 8); 16 requests sent, 0 cached, 8 re-asked"
+        in (capsys.readouterr().err)
+    )
+
+
+def test_judge_failed_share_default_and_401_naming_the_judge_key(judged_world):
+    def reply(body):
+        return (
+            "no idea"
+            if "lesion 3" in json.dumps(body["messages"])
+            else json.dumps({"score": 5, "rationale": ""})
+        )
+
+    with FakeOpenAIServer(content_fn=reply) as server:
+        p = api_params(server.base_url, judged_world)
+        with pytest.raises(
+            StageFailed, match=r"2 of 8 candidates failed \(25\.0% > judge\.client\.max_failed_share 0\.02\)"
+        ):
+            judge.run(p, Paths(judged_world))
+        assert len(list(read_jsonl(judged_world / "artifacts" / "judgments.jsonl"))) == 6
+        server.fault_fn = lambda n, body: "401"
+        p.judge.seed = 1  # new requests (the cache holds the first ones)
+        with pytest.raises(ConfigError, match=rf"judge\.client\.api_key_env \({KEY_ENV}\)") as e:
+            judge.run(p, Paths(judged_world))
+        assert KEY not in str(e.value)

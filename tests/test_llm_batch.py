@@ -81,3 +81,19 @@ def test_only_failed_and_expired_lines_are_resubmitted(tmp_path):
         assert runner.usage.requests_sent == 6 + 3 and _creates(server) == 2
         answered = [e["key"] for e in server.log if e["path"] == "batch_line"]
         assert len(answered) == len(set(answered)) == 5
+
+
+def test_a_server_without_the_batch_api_is_one_line_suggesting_online_mode(tmp_path):
+    from vital.llm.engine import FatalAPIError
+
+    with FakeOpenAIServer() as server:
+        server.batch_api = False
+        runner = _runner(server, tmp_path)
+        runner.section = "judge"
+        with pytest.raises(FatalAPIError) as e:
+            runner.run(_reqs(3))
+        assert (
+            str(e.value)
+            == "judge: the server has no Batch API (/files answered HTTP 405); set judge.mode: online"
+        )
+        assert _creates(server) == 0 and runner.usage.requests_sent == 0

@@ -195,3 +195,112 @@ def test_redact_removes_key(monkeypatch):
     cp = ClientParams(api_key_env="MY_KEY")
     assert "secret-value-123" not in redact("bad key secret-value-123", cp)
     assert "sk-abcdef" not in redact("Incorrect API key provided: sk-abcdef***wxyz")
+
+
+# ---------------------------------------------------------------- 429s: no retries used, the rate adapts
+def test_429s_below_the_server_limit_use_no_retries_and_lower_the_rate(tmp_path):
+    # the server allows 600 rpm and says nothing in headers; the client is told 60,000 rpm and no retries
+    with FakeOpenAIServer(rpm=600) as server:
+        server.advertise_limits = False
+        server.retry_after_s = "0.1"
+        eng = _engine(server, tmp_path, concurrency=8, retries=0, rpm=60_000)
+        out = eng.run(_requests(40))
+        refused = [e["status"] for e in server.chat_requests()].count(429)
+        assert refused > 0, "the test needs the server to refuse some requests"
+        assert all(o.ok for o in out), [o.error for o in out if not o.ok]
+        assert eng.usage.retries["rate_limited"] == refused and eng.usage.failures == {}
+        # lowered straight towards what the server lets through, not only halved once a second
+        assert eng.limiter.decreases >= 1 and eng.limiter.lowest_rpm < 6_000
+        assert len(set(server.completed_keys())) == 40
+
+
+def test_a_server_that_only_answers_429_fails_requests_after_the_wait_cap(tmp_path):
+    with FakeOpenAIServer() as server:
+        server.fault_fn = lambda n, body: "429"
+        server.retry_after_s = "0.05"
+        eng = _engine(server, tmp_path, concurrency=2, retries=6)
+        eng.retry.rate_limit_wait_s = 0.5
+        t0 = time.monotonic()
+        out = eng.run(_requests(10))
+        assert [o.error for o in out] == ["rate_limited"] * 10
+        assert eng.usage.failures["rate_limited"] == 10
+        # the first two wait out the cap; the rest give up at their first 429 (nothing but 429s for 0.5 s)
+        assert time.monotonic() - t0 < 5 and len(server.chat_requests()) < 60
+
+
+def test_insufficient_quota_is_not_waited_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITAL_TEST_KEY", KEY)
+    with FakeOpenAIServer() as server:
+        server.fault_fn = lambda n, body: "quota"
+        eng = _engine(server, tmp_path)
+        eng.client_params = ClientParams(api_key_env="VITAL_TEST_KEY")
+        with pytest.raises(FatalAPIError, match=r"generate\.client\.api_key_env has no quota"):
+            eng.run(_requests(10))
+        assert len(server.chat_requests()) <= 4
+
+
+def test_limiter_halves_once_per_round_on_429_and_creeps_back_to_the_ceiling():
+    lim = RateLimiter(600, 1e6, decrease_every_s=0)
+    sent = time.monotonic()
+    assert lim.rate_limited({"retry-after": "0"}, sent, fallback_s=9) == 0
+    assert lim.rpm == 300 and lim.decreases == 1
+    lim.rate_limited({}, sent, fallback_s=0)  # sent before the decrease: the same round
+    assert lim.rpm == 300 and lim.decreases == 1
+    for _ in range(50):
+        lim.succeeded()
+    assert lim.rpm == 350
+    for _ in range(1000):
+        lim.succeeded()
+    assert lim.rpm == 600  # back to the ceiling, never past it
+    lim.rate_limited({"x-ratelimit-limit-requests": "200", "retry-after": "0"}, time.monotonic(), 0)
+    assert lim.ceiling_rpm == 200 and lim.rpm == 100 and lim.lowest_rpm == 100
+    for _ in range(1000):
+        lim.succeeded()
+    assert lim.rpm == 200  # the server's advertised limit is the new ceiling
+    busy = RateLimiter(60_000, 1e6)
+    for _ in range(20):  # 20 answers within a second: the server takes about 1,200/min, not 60,000
+        busy.succeeded()
+    busy.rate_limited({}, time.monotonic(), 0)
+    assert busy.rpm <= 1_200 and busy.decreases == 1
+    slow = RateLimiter(600, 1e6)  # by default at most one decrease a second
+    slow.rate_limited({}, time.monotonic(), 0)
+    slow.rate_limited({}, time.monotonic(), 0)
+    assert slow.rpm == 300
+
+
+# ---------------------------------------------------------------- refusals that name the setting
+def test_refusals_name_the_setting_to_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITAL_TEST_KEY", KEY)
+    for fault, section, pattern in [
+        ("401", "judge", r"judge\.client\.api_key_env \(VITAL_TEST_KEY\)"),
+        ("403", "generate", r"generate\.client\.api_key_env.*generate\.model"),
+        ("404", "chat_eval", r"does not serve model 'test-model'; check chat_eval\.model"),
+    ]:
+        with FakeOpenAIServer() as server:
+            server.fault_fn = lambda n, body, fault=fault: fault
+            eng = _engine(server, tmp_path)
+            eng.client_params, eng.section = ClientParams(api_key_env="VITAL_TEST_KEY"), section
+            with pytest.raises(FatalAPIError, match=pattern) as err:
+                eng.run(_requests(5))
+            assert f"HTTP {fault}" in str(err.value) and KEY not in str(err.value)
+            assert "\n" not in str(err.value)
+
+
+def test_prices_match_exactly_or_by_dated_snapshot():
+    from vital.llm import accounting
+    from vital.params import Price
+
+    prices = {
+        "gpt-4o": Price(input_per_1m=2.5, output_per_1m=10),
+        "gpt-4o-2024-05-13": Price(input_per_1m=5, output_per_1m=15),
+        "gpt-4": Price(input_per_1m=30, output_per_1m=60),
+    }
+    assert accounting.price_for(prices, "gpt-4o-mini") is None  # not gpt-4o's price
+    assert accounting.price_for(prices, "gpt-4o-typo") is None
+    assert accounting.price_for(prices, "gpt-4-turbo") is None
+    price_key = accounting.price_key
+    assert price_key(prices, "gpt-4o") == "gpt-4o"
+    assert price_key(prices, "gpt-4o-2024-08-06") == "gpt-4o"  # the provider's dated snapshot
+    assert price_key(prices, "gpt-4o-2024-05-13") == "gpt-4o-2024-05-13"  # its own entry wins
+    assert price_key(prices, "gpt-4-0613") == "gpt-4"
+    assert price_key(prices, "gpt-4o-2024-08-06-ft") is None

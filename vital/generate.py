@@ -9,13 +9,16 @@ through the same validation, accounting and outputs. Invalid or failed candidate
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vital.failures import StageFailed, check_failed_share, max_failed_share
 from vital.io import read_jsonl, write_json, write_jsonl
+from vital.llm.accounting import no_price_note, summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.cache import RequestCache
 from vital.llm.engine import Outcome, Request, message_content
@@ -159,6 +162,7 @@ class OpenAIBackend:
                         and attempt < self.gp.max_invalid_retries
                     ):
                         pending.append((res.record, res.k))
+                        self.runtime.usage.reasks[res.reason] += 1
                     else:
                         yield res
                 if not pending:
@@ -268,7 +272,37 @@ def run(params: Params, paths: Paths) -> dict:
         **backend.metrics(),
         "wall_s": round(time.monotonic() - t0, 3),
     }
+    used = {rec.pair_id for rec in figures} - {s["pair_id"] for s in late}
+    with_candidates = {c.pair_id for c in candidates}
+    empty = sorted(used - with_candidates)
+    metrics["figures_without_candidates"] = len(empty)
+    metrics["figures_without_candidates_list"] = empty
     write_json(paths.metric("generate"), metrics)
+    print(
+        summary_line("generate", len(candidates), "candidates", metrics["failures_by_reason"], metrics),
+        file=sys.stderr,
+    )
+    if empty:
+        shown = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        print(
+            f"[generate] {len(empty)} figure{'s' if len(empty) > 1 else ''} got no candidate: {shown}",
+            file=sys.stderr,
+        )
+    api = gp.backend in ("openai", "azure")
+    check_failed_share(
+        "generate",
+        "candidates",
+        len(failures),
+        metrics["candidates_requested"],
+        metrics["failures_by_reason"],
+        max_failed_share("generate", gp.client.max_failed_share) if api else None,
+        f"{paths.artifacts / 'generate_failures.jsonl'}, {paths.metric('generate')}",
+    )
+    if not candidates and total:
+        raise StageFailed(
+            f"generate: no candidates written: all {total} figures were skipped "
+            f"({', '.join(f'{r} {n}' for r, n in metrics['skipped_by_reason'].items())}; see {paths.metric('generate')})"
+        )
     return metrics
 
 
@@ -341,8 +375,9 @@ def _estimate(
         "estimated_cost_usd_max": None if price is None else round(cost_in + cost_out, 4),
         "estimated_cost_usd_input": None if price is None else round(cost_in, 4),
         "price": None if price is None else price.model_dump(),
+        "price_known": price is not None,
         "note": (
             "first attempts only (invalid-output retries come on top); output at max_tokens is an upper bound"
-            + ("" if price else f"; no price for {sp.model!r} in {section}.prices, so no cost")
+            + ("" if price else "; " + no_price_note(section, sp.model, sp.prices))
         ),
     }

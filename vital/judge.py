@@ -7,12 +7,15 @@ the backend supports it, a tolerant parser otherwise). Unscored candidates are c
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 
+from vital.failures import StageFailed, check_failed_share, max_failed_share
 from vital.generate import _estimate
 from vital.io import read_jsonl, write_json, write_jsonl
+from vital.llm.accounting import summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.engine import Request, message_content
 from vital.llm.parse import InvalidOutput, parse_score
@@ -123,6 +126,7 @@ class OpenAIJudge:
                     except InvalidOutput as e:
                         if attempt < self.jp.max_invalid_retries:
                             retry.append(item)
+                            self.runtime.usage.reasks[e.reason] += 1
                         else:
                             yield cand, None, e.reason, str(e)[:200]
                         continue
@@ -193,6 +197,22 @@ def run(params: Params, paths: Paths) -> dict:
         "wall_s": round(time.monotonic() - t0, 3),
     }
     write_json(paths.metric("judge"), metrics)
+    print(
+        summary_line("judge", len(judgments), "judgments", metrics["unjudged_by_reason"], metrics),
+        file=sys.stderr,
+    )
+    if not cands:
+        raise StageFailed(f"judge: {paths.candidates} holds no candidates; nothing to judge (rerun generate)")
+    api = params.judge.backend in ("openai", "azure")
+    check_failed_share(
+        "judge",
+        "candidates",
+        len(failed),
+        len(cands),
+        metrics["unjudged_by_reason"],
+        max_failed_share("judge", params.judge.client.max_failed_share) if api else None,
+        f"{paths.metric('judge')} unjudged_list",
+    )
     return metrics
 
 

@@ -163,9 +163,21 @@ class ClientParams(Section):
     concurrency: int = Field(16, ge=1, le=1024)
     rpm: int = Field(500, ge=1, description="requests per minute budget (client side)")
     tpm: int = Field(200_000, ge=1, description="tokens per minute budget (client side)")
-    max_retries: int = Field(6, ge=0)
+    max_retries: int = Field(6, ge=0, description="retries of 5xx, timeouts and connection errors (not 429s)")
+    rate_limit_wait_s: float = Field(
+        600,
+        gt=0,
+        description="longest one request keeps being retried through 429s before it counts as failed",
+    )
     timeout_s: float = Field(120, gt=0)
     cache_dir: str | None = Field(None, description="request cache; default .vital/cache")
+    max_failed_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the stage fails (after writing what succeeded) when more of its outputs failed; "
+        "null = the stage's default (generate 0.05, judge 0.02); a stage where nothing succeeded always fails",
+    )
 
 
 class Price(Section):

@@ -10,15 +10,30 @@ import argparse
 import importlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from vital.dag import DagError, check_stage
+from vital.failures import StageFailed
 from vital.io import RecordError
 from vital.params import Params, ParamsError, load_params
 from vital.paths import Paths
 from vital.pipeline import STAGES, Stage
 
-ERRORS: tuple[type[Exception], ...] = (ParamsError, RecordError, DagError, FileNotFoundError)
+ERRORS: tuple[type[Exception], ...] = (ParamsError, RecordError, DagError, StageFailed, OSError)
+
+
+def _api_errors() -> tuple[type[Exception], ...]:
+    """openai's errors (a refusal, a lost connection), without importing openai into every stage."""
+    openai = sys.modules.get("openai")
+    return (openai.APIError,) if openai is not None else ()
+
+
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    client = sys.modules.get("vital.llm.client")  # loaded by the stages that talk to an API
+    if type(e).__module__.startswith("openai") and client is not None:  # its text may quote the key
+        text = f"{e.__class__.__name__}: {client.redact(text)}"
+    return text
 
 
 def parser(stage: Stage) -> argparse.ArgumentParser:
@@ -34,18 +49,26 @@ def call(stage: Stage, params: Params, paths: Paths, **options) -> object:
     return getattr(importlib.import_module(module), attr)(params, paths, **options)
 
 
-def main(name: str, argv: Sequence[str] | None = None) -> None:
-    """Validate all params before any work (a typo anywhere fails every stage, before anything is paid for)."""
-    stage = STAGES[name]
-    args = vars(parser(stage).parse_args(argv))
-    params_file = args.pop("params")
+def run_stage(
+    name: str, fn: Callable[..., object], params_file: str = "params.yaml", options: dict | None = None
+) -> None:
+    """Validate all params before any work (a typo anywhere fails every stage, before anything is paid for),
+    check the stage's DVC deps, run ``fn(params, paths, **options)``; errors end it with one line, exit 2."""
     start = time.perf_counter()
     try:
         params = load_params(params_file)
         paths = Paths()
-        check_stage(stage.name, params, paths.root)
-        call(stage, params, paths, **args)
-    except ERRORS as e:
-        print(f"[{name}] error: {e}", file=sys.stderr)
+        check_stage(name, params, paths.root)
+        fn(params, paths, **(options or {}))
+    except (*ERRORS, *_api_errors()) as e:
+        print(f"[{name}] error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
     print(f"[{name}] done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+
+
+def main(name: str, argv: Sequence[str] | None = None) -> None:
+    """``stages/<script>.py`` and ``vital run``: the table's entry with the stage's command-line options."""
+    stage = STAGES[name]
+    options = vars(parser(stage).parse_args(argv))
+    params_file = options.pop("params")
+    run_stage(name, lambda params, paths, **o: call(stage, params, paths, **o), params_file, options)

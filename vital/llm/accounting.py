@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from vital.params import Price
@@ -18,6 +20,7 @@ class Usage:
     output_tokens: int = 0
     retries: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)
+    reasks: Counter = field(default_factory=Counter)  # invalid outputs asked again, by reason
     started: float = field(default_factory=time.monotonic)
 
     def add_tokens(self, response: dict) -> None:
@@ -37,6 +40,7 @@ class Usage:
             "cache_hits": self.cache_hits,
             "retries": dict(sorted(self.retries.items())),
             "request_failures": dict(sorted(self.failures.items())),
+            "invalid_output_reasks": dict(sorted(self.reasks.items())),
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "estimated_cost_usd": None if cost is None else round(cost, 6),
@@ -51,12 +55,60 @@ def estimate_cost(price: Price | None, input_tokens: float, output_tokens: float
     return input_tokens / 1e6 * price.input_per_1m + output_tokens / 1e6 * price.output_per_1m
 
 
-def price_for(prices: dict[str, Price], model: str) -> Price | None:
-    """Exact model name first, then the longest price-table key the model name starts with."""
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})")
+
+
+def price_key(prices: Mapping[str, Price], model: str) -> str | None:
+    """The price-table key for ``model``: the exact name, else the name without a dated-snapshot suffix.
+
+    The provider's snapshot rule: ``gpt-4o-2024-08-06`` (or ``gpt-4-0613``) is priced as ``gpt-4o``
+    (``gpt-4``) unless the table lists the snapshot itself. Nothing else matches: ``gpt-4o-mini``
+    and ``gpt-4o-typo`` are not ``gpt-4o``, and a model with no key has no price.
+    """
     if model in prices:
-        return prices[model]
-    best = max((k for k in prices if model.startswith(k)), key=len, default=None)
-    return prices[best] if best else None
+        return model
+    for key in prices:
+        if model.startswith(key) and _SNAPSHOT.fullmatch(model[len(key) :]):
+            return key
+    return None
+
+
+def price_for(prices: Mapping[str, Price], model: str) -> Price | None:
+    key = price_key(prices, model)
+    return None if key is None else prices[key]
+
+
+def no_price_note(section: str, model: str, prices: Mapping[str, Price]) -> str:
+    known = ", ".join(sorted(prices)) or "none"
+    return (
+        f"no price for model {model!r} in {section}.prices (priced: {known}); cost is not estimated. "
+        f"Add {section}.prices.{model}: {{input_per_1m: ..., output_per_1m: ...}}"
+    )
+
+
+def summary_line(
+    section: str, written: int, what: str, failed_by_reason: Mapping[str, int], m: Mapping
+) -> str:
+    """One line for the end of a stage: written, failed by reason, requests sent and cached, cost."""
+    failed = sum(failed_by_reason.values())
+    reasons = ", ".join(
+        f"{r} {n}" for r, n in sorted(failed_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+    cost = m.get("estimated_cost_usd")
+    if m.get("mode") == "offline":
+        cost_text = "cost $0 (offline)"
+    elif cost is None:
+        cost_text = f"cost unknown (no price for {m.get('model')!r})"
+    else:
+        cost_text = f"cost ${cost:.4f}"
+    reasks = sum((m.get("invalid_output_reasks") or {}).values())
+    return (
+        f"[{section}] {written} {what} written, {failed} failed"
+        + (f" ({reasons})" if reasons else "")
+        + f"; {m.get('requests_sent', 0)} requests sent, {m.get('cache_hits', 0)} cached"
+        + (f", {reasks} re-asked" if reasks else "")
+        + f"; {cost_text}"
+    )
 
 
 def offline_metrics() -> dict:

@@ -21,7 +21,9 @@ import openai
 from vital.io import read_json, write_json
 from vital.llm.accounting import Usage
 from vital.llm.cache import RequestCache
+from vital.llm.client import endpoint, redact, refusal_message
 from vital.llm.engine import FatalAPIError, Outcome, Request, _decode
+from vital.params import ClientParams
 from vital.progress import progress
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -64,7 +66,10 @@ class BatchRunner:
         manifest_path: Path,
         limits: BatchLimits | None = None,
         usage: Usage | None = None,
+        section: str = "generate",
+        client_params: ClientParams | None = None,
     ) -> None:
+        self.section, self.client_params = section, client_params
         self.client = client
         self.cache = cache
         self.manifest_path = Path(manifest_path)
@@ -126,6 +131,7 @@ class BatchRunner:
         for chunk in split_lines(lines, self.limits.max_lines, self.limits.max_bytes):
             ids = [json.loads(line)["custom_id"] for line in chunk]
             data = ("\n".join(chunk) + "\n").encode()
+            step = f"{endpoint(self.client_params) if self.client_params else ''}/files"
             try:
                 f = await self.client.files.create(
                     file=("vital-batch.jsonl", data, "application/jsonl"), purpose="batch"
@@ -140,16 +146,37 @@ class BatchRunner:
                 }
                 self.manifest["batches"].append(entry)
                 self._save()
+                step = step.removesuffix("/files") + "/batches"
                 batch = await self.client.batches.create(
                     input_file_id=f.id,
                     endpoint=self.limits.url,
                     completion_window=self.limits.completion_window,
                 )
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-                raise FatalAPIError(f"the Batch API refused the request ({e.status_code})") from None
+            except openai.APIStatusError as e:
+                raise FatalAPIError(self._refused(e, step, str(requests[0].body.get("model")))) from None
+            except openai.APIConnectionError as e:
+                raise FatalAPIError(
+                    f"{self.section}: the Batch API at {step} cannot be reached ({e.__class__.__name__}); "
+                    f"check {self.section}.client.base_url or set {self.section}.mode: online"
+                ) from None
             entry["id"], entry["status"] = batch.id, batch.status
             self._save()
             self.usage.requests_sent += len(ids)
+
+    def _refused(self, e: openai.APIStatusError, step: str, model: str) -> str:
+        status = e.status_code
+        detail = redact(f"{e.__class__.__name__}: {e}", self.client_params)[:200]
+        if status in (404, 405, 501):
+            return (
+                f"{self.section}: the server has no Batch API ({step} answered HTTP {status}); "
+                f"set {self.section}.mode: online"
+            )
+        if status in (401, 403):
+            return refusal_message(self.section, status, detail, model, self.client_params)
+        return (
+            f"{self.section}: the Batch API refused the upload ({step}: HTTP {status}: {detail}); "
+            f"retry later or set {self.section}.mode: online"
+        )
 
     async def _finish_open_batches(self) -> None:
         open_ = [b for b in self.manifest["batches"] if b["id"] and not b["merged"]]

@@ -93,6 +93,30 @@ def check_reachable(cp: ClientParams, section: str, timeout: float = 5.0) -> Non
         ) from None
 
 
+def refusal_message(section: str, status: int, detail: str, model: str, cp: ClientParams | None) -> str:
+    """One line for a refusal every further request would repeat, naming the setting to fix."""
+    var = cp.api_key_env if cp is not None else "the key variable"
+    where = endpoint(cp) if cp is not None else "the server"
+    if status == 401:
+        fix = (
+            f"{where} rejected the API key; check that {section}.client.api_key_env ({var}) "
+            "holds a valid key for this endpoint"
+        )
+    elif status == 403:
+        fix = (
+            f"the key in {var} ({section}.client.api_key_env) may not use model {model!r} ({section}.model) "
+            f"at {where}"
+        )
+    elif status == 404:
+        fix = (
+            f"{where} does not serve model {model!r}; check {section}.model (Azure: the deployment name) "
+            f"and {section}.client.base_url"
+        )
+    else:
+        fix = f"{where} refused the request"
+    return f"{section}: {fix} (HTTP {status}: {detail})"
+
+
 _SECRETISH = re.compile(r"(sk-[A-Za-z0-9_\-*]{4,}|Bearer\s+\S+)")
 
 

@@ -2,8 +2,11 @@
 
 Every request is looked up in the content-addressed cache; only misses are sent. Each send first
 takes capacity from the shared :class:`RateLimiter`. Retries happen here (the SDK's own are off)
-so the limiter sees every attempt: 429 pauses all callers for ``retry-after``; 5xx, timeouts,
-connection errors and malformed bodies back off exponentially with jitter, per request. A
+so the limiter sees every attempt. A 429 pauses all callers for ``retry-after`` and lowers the
+shared rate; it does not use up one of ``max_retries`` (the server is asking to slow down, not
+failing), but a request stops after ``rate_limit_wait_s`` of 429s or ``max_rate_limited`` of them.
+5xx, timeouts, connection errors and malformed bodies back off exponentially with jitter, per
+request, up to ``max_retries``. 401/403/404 stop the run with a message naming the setting. A
 completed response is committed to the cache before it is handed back, so a killed run resumes
 without paying for it again.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +25,8 @@ import openai
 
 from vital.llm.accounting import Usage
 from vital.llm.cache import RequestCache, request_key
-from vital.llm.client import ConfigError, redact
-from vital.llm.limiter import RateLimiter, retry_after_s
+from vital.llm.client import ConfigError, redact, refusal_message
+from vital.llm.limiter import RateLimiter
 from vital.params import ClientParams
 from vital.progress import progress
 
@@ -59,9 +63,11 @@ class FatalAPIError(ConfigError):
 
 @dataclass
 class RetryPolicy:
-    max_retries: int = 6
+    max_retries: int = 6  # 5xx, timeouts, connection errors, malformed bodies
     base_s: float = 0.5
     max_s: float = 30.0
+    rate_limit_wait_s: float = 600.0  # a request answered 429 for longer than this fails (rate_limited)
+    max_rate_limited: int = 200  # ... as does one answered 429 this many times
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter."""
@@ -88,6 +94,7 @@ class Engine:
         usage: Usage | None = None,
         client_params: ClientParams | None = None,
         cost_fn: Callable[[Usage], float | None] | None = None,
+        section: str = "generate",
     ) -> None:
         self.client = client
         self.limiter = limiter
@@ -97,6 +104,8 @@ class Engine:
         self.usage = usage or Usage()
         self.client_params = client_params
         self.cost_fn = cost_fn
+        self.section = section  # names the params in error messages (generate.model, judge.client...)
+        self._last_ok = time.monotonic()  # last success (or the start of the run)
 
     # ------------------------------------------------------------------ public
     def run(self, requests: Iterable[Request], desc: str = "requests") -> list[Outcome]:
@@ -107,6 +116,7 @@ class Engine:
         """Answer every request, in input order; duplicates of one key are sent once."""
         outcomes: dict[str, Outcome] = {}
         todo: list[Request] = []
+        self._last_ok = time.monotonic()
         for req in requests:
             if req.key in outcomes:
                 continue
@@ -147,38 +157,73 @@ class Engine:
     # ------------------------------------------------------------------ one request
     async def _send(self, req: Request) -> Outcome:
         reason, detail = "unknown", ""
-        for attempt in range(self.retry.max_retries + 1):
-            if attempt:
-                self.usage.retries[reason] += 1
+        retries = limited = 0
+        first_limited: float | None = None
+        while True:
             await self.limiter.acquire(req.est_tokens)
             self.usage.requests_sent += 1
+            sent_at = time.monotonic()
             try:
                 raw = await self.client.chat.completions.with_raw_response.create(**req.body)
             except openai.APIStatusError as e:
                 reason, detail = _status_reason(e.status_code), self._clean(e)
                 if e.status_code in (401, 403, 404):
-                    raise FatalAPIError(f"the API refused the request ({e.status_code}): {detail}") from None
+                    raise FatalAPIError(
+                        refusal_message(
+                            self.section,
+                            e.status_code,
+                            detail,
+                            str(req.body.get("model")),
+                            self.client_params,
+                        )
+                    ) from None
+                if e.status_code == 429 and _code(e) == "insufficient_quota":
+                    raise FatalAPIError(
+                        f"{self.section}: the account behind {self.section}.client.api_key_env has no quota "
+                        f"left (HTTP 429 insufficient_quota: {detail}); add credit or use another key"
+                    ) from None
                 if e.status_code == 429:
-                    self.limiter.pause(retry_after_s(e.response.headers) or self.retry.backoff(attempt))
+                    # not a retry: the server asks to slow down; bounded by time and count instead
+                    limited += 1
+                    first_limited = first_limited or sent_at
+                    self.limiter.rate_limited(
+                        e.response.headers, sent_at, self.retry.backoff(min(limited, 6))
+                    )
+                    now, cap = time.monotonic(), self.retry.rate_limit_wait_s
+                    if (
+                        now - first_limited >= cap
+                        or now - self._last_ok >= cap  # the endpoint answered only 429s for that long
+                        or limited >= self.retry.max_rate_limited
+                    ):
+                        break
+                    self.usage.retries[reason] += 1
                     continue
-                if e.status_code >= 500 or e.status_code == 408:
-                    await asyncio.sleep(self.retry.backoff(attempt))
+                if (e.status_code >= 500 or e.status_code == 408) and await self._backoff(reason, retries):
+                    retries += 1
                     continue
                 break  # other 4xx: this request is wrong; retrying would pay nothing but repeat it
             except openai.APITimeoutError as e:
                 reason, detail = "timeout", self._clean(e)
-                await asyncio.sleep(self.retry.backoff(attempt))
-                continue
+                if await self._backoff(reason, retries):
+                    retries += 1
+                    continue
+                break
             except openai.APIConnectionError as e:
                 reason, detail = "connection", self._clean(e)
-                await asyncio.sleep(self.retry.backoff(attempt))
-                continue
+                if await self._backoff(reason, retries):
+                    retries += 1
+                    continue
+                break
             self.limiter.update_from_headers(raw.headers)
             data, detail = _decode(raw.text)
             if data is None:
                 reason = "bad_response"
-                await asyncio.sleep(self.retry.backoff(attempt))
-                continue
+                if await self._backoff(reason, retries):
+                    retries += 1
+                    continue
+                break
+            self.limiter.succeeded()
+            self._last_ok = time.monotonic()
             self.cache.put(req.key, data, model=str(req.body.get("model", "")))
             self.usage.responses += 1
             self.usage.add_tokens(data)
@@ -188,6 +233,14 @@ class Engine:
             return Outcome(req, data)
         self.usage.failures[reason] += 1
         return Outcome(req, None, error=reason, detail=detail)
+
+    async def _backoff(self, reason: str, retries: int) -> bool:
+        """Sleep before retry ``retries + 1``; False when ``max_retries`` are used up."""
+        if retries >= self.retry.max_retries:
+            return False
+        self.usage.retries[reason] += 1
+        await asyncio.sleep(self.retry.backoff(retries))
+        return True
 
     def _clean(self, e: Exception) -> str:
         return redact(f"{e.__class__.__name__}: {e}", self.client_params)[:300]
@@ -202,6 +255,12 @@ def _decode(text: str) -> tuple[dict | None, str]:
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
         return None, "response has no choices"
     return data, ""
+
+
+def _code(e: openai.APIStatusError) -> str | None:
+    body = e.body if isinstance(e.body, dict) else {}
+    err = body.get("error") if isinstance(body.get("error"), dict) else body
+    return getattr(e, "code", None) or err.get("code")
 
 
 def _rebind(outcome: Outcome, req: Request) -> Outcome:

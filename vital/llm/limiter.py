@@ -5,6 +5,14 @@ burst. ``acquire`` reserves capacity and sleeps only the calling task until its 
 due (no global sleeps). Budgets tighten from ``x-ratelimit-*`` response headers, and a 429's
 ``retry-after``/``retry-after-ms`` pauses every caller of the same endpoint until it has passed.
 
+A 429 also lowers the request rate (halved, or straight down to the rate of successes over the
+last 10 s if that is lower, once per round of requests: a 429 for a request sent before the last
+decrease does not lower it again, and at most once a second, down to ``min_rpm``), and every
+success lets
+it creep back by ``recover_rpm`` requests/min up to the ceiling (``client.rpm``, or the server's
+``x-ratelimit-limit-requests`` if lower). So a server whose real limit is below ``client.rpm``,
+advertised or not, settles the limiter near that limit instead of answering 429 forever.
+
 The limiter holds no asyncio primitive, so one instance may serve several event loops in turn
 (e.g. the generate and judge stages run in one process).
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import Mapping
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -86,13 +95,29 @@ class _Bucket:
 
 
 class RateLimiter:
-    def __init__(self, rpm: float, tpm: float, burst_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        rpm: float,
+        tpm: float,
+        burst_s: float = 1.0,
+        decrease: float = 0.5,
+        recover_rpm: float = 1.0,
+        min_rpm: float = 1.0,
+        decrease_every_s: float = 1.0,
+    ) -> None:
         self.configured_rpm = float(rpm)
         self.configured_tpm = float(tpm)
+        self.ceiling_rpm = float(rpm)  # configured, or the server's advertised limit if lower
         self.requests = _Bucket(rpm, burst_s)
         self.tokens = _Bucket(tpm, burst_s)
         self.paused_until = 0.0
         self.pauses = 0
+        self.decrease, self.recover_rpm, self.min_rpm = decrease, recover_rpm, min_rpm
+        self.decrease_every_s = decrease_every_s
+        self.decreases = 0  # times a 429 lowered the request rate
+        self.lowest_rpm = float(rpm)
+        self._last_decrease = float("-inf")
+        self._ok_times: deque[float] = deque(maxlen=10_000)  # recent successes: the rate the server accepts
 
     @property
     def rpm(self) -> float:
@@ -127,15 +152,57 @@ class RateLimiter:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
         self.pauses += 1
 
+    def rate_limited(self, headers: Mapping[str, str] | None, sent_at: float, fallback_s: float) -> float:
+        """A 429 for a request sent at ``sent_at``: adopt the server's limits, pause every caller for its
+        ``retry-after`` (else ``fallback_s``), and lower the request rate once per round. Returns the pause."""
+        headers = headers or {}
+        self.update_from_headers(headers)
+        wait = retry_after_s(headers)
+        if wait is None:
+            wait = fallback_s
+        self.pause(wait)
+        now = time.monotonic()
+        # once per round: a request sent before the last decrease (already in flight) does not lower it again
+        if sent_at >= self._last_decrease and now - self._last_decrease >= self.decrease_every_s:
+            self._last_decrease = now
+            self.decreases += 1
+            target = self.rpm * self.decrease
+            accepted = self.accepted_rpm(now)
+            if accepted is not None:  # far above what the server lets through: go there at once
+                target = min(target, accepted)
+            self._set_rpm(max(self.min_rpm, target))
+        return wait
+
+    def accepted_rpm(self, now: float, window_s: float = 10.0, min_count: int = 5) -> float | None:
+        """Successes per minute over the last ``window_s`` (from the first success, if later), or None
+        when fewer than ``min_count`` successes make that estimate."""
+        while self._ok_times and self._ok_times[0] < now - window_s:
+            self._ok_times.popleft()
+        if len(self._ok_times) < min_count:
+            return None
+        return len(self._ok_times) * 60.0 / max(1.0, now - self._ok_times[0])
+
+    def succeeded(self) -> None:
+        """A request went through: creep the request rate back towards the ceiling."""
+        self._ok_times.append(time.monotonic())
+        if self.rpm < self.ceiling_rpm:
+            self._set_rpm(min(self.ceiling_rpm, self.rpm + self.recover_rpm))
+
+    def _set_rpm(self, rpm: float) -> None:
+        self.requests.set_rate(rpm)
+        self.lowest_rpm = min(self.lowest_rpm, rpm)
+
     def update_from_headers(self, headers: Mapping[str, str]) -> None:
         """Tighten budgets to the server's ``x-ratelimit-*`` limits (never loosen past params)."""
-        for kind, bucket, configured in (
-            ("requests", self.requests, self.configured_rpm),
-            ("tokens", self.tokens, self.configured_tpm),
-        ):
-            limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
-            if limit and limit < bucket.per_minute and limit <= configured:
-                bucket.set_rate(limit)
+        limit = _number(headers.get("x-ratelimit-limit-requests"))
+        if limit and limit < self.ceiling_rpm:
+            self.ceiling_rpm = limit
+            if self.rpm > limit:
+                self._set_rpm(limit)
+        limit = _number(headers.get("x-ratelimit-limit-tokens"))
+        if limit and limit < self.tokens.per_minute and limit <= self.configured_tpm:
+            self.tokens.set_rate(limit)
+        for kind in ("requests", "tokens"):
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
             if remaining is not None and remaining <= 0:
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
@@ -163,7 +230,9 @@ def shared_limiter(scope: str, rpm: float, tpm: float) -> RateLimiter:
         return lim
     if rpm < lim.configured_rpm:
         lim.configured_rpm = rpm
-        lim.requests.set_rate(rpm)
+        lim.ceiling_rpm = min(lim.ceiling_rpm, rpm)
+        if lim.rpm > rpm:
+            lim._set_rpm(rpm)
     if tpm < lim.configured_tpm:
         lim.configured_tpm = tpm
         lim.tokens.set_rate(tpm)

@@ -98,10 +98,13 @@ def validate_conversation(turns: list[dict], min_rounds: int) -> list[dict]:
 
 _SCORE = re.compile(r"(?:score|rating)\s*[:=]?\s*(\d+(?:\.\d+)?)(?:\s*/\s*10)?", re.IGNORECASE)
 _FRACTION = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*10\b")
+# a first line that is only the score ("7", "7/10", "7.5.", "**7**"); the rest is the rationale
+_LEADING = re.compile(r"\A\s*[*_]*(\d+(?:\.\d+)?)[*_]*(?:\s*/\s*10)?[*_]*\s*\.?\s*(?:\n(.*))?\Z", re.DOTALL)
 
 
 def parse_score(text: str) -> tuple[float, str]:
-    """(score 0..10, rationale) from JSON or from text such as 'Score: 7/10 because ...'."""
+    """(score 0..10, rationale) from JSON, a leading score line ('7\\n<reason>'), or text such as
+    'Score: 7/10 because ...' or '... 7/10 ...'."""
     data = _json_payload(text)
     if isinstance(data, dict) and "score" in data:
         try:
@@ -109,11 +112,11 @@ def parse_score(text: str) -> tuple[float, str]:
         except (TypeError, ValueError):
             raise InvalidOutput("unparseable_score", f"score {data['score']!r}") from None
         return _in_range(score), str(data.get("rationale") or data.get("reason") or "")
+    lead = _LEADING.match(text)
+    if lead:
+        return _in_range(float(lead.group(1))), (lead.group(2) or "").strip()[:500]
     m = _SCORE.search(text) or _FRACTION.search(text)
     if not m:
-        stripped = text.strip()
-        if re.fullmatch(r"\d+(?:\.\d+)?", stripped):
-            return _in_range(float(stripped)), ""
         raise InvalidOutput("unparseable_score", text[:80])
     return _in_range(float(m.group(1))), text.strip()[:500]
 
