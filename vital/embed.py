@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from pydantic import ValidationError
 from torch.utils.data import DataLoader, Dataset
 
@@ -30,6 +30,7 @@ from vital.params import EmbedParams
 from vital.paths import Paths
 from vital.progress import progress
 from vital.schema import Candidate, FigureRecord
+from vital.shards import open_image
 
 FEATURES = "features.npz"
 META = "meta.json"
@@ -156,7 +157,7 @@ class FigureImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            with Image.open(self.root / self.images[i]) as im:
+            with open_image(self.images[i], self.root) as im:
                 return i, self.preprocess(im.convert("RGB")), ""
         except (OSError, UnidentifiedImageError, ValueError) as e:
             return i, None, f"{type(e).__name__}: {e}"

@@ -20,6 +20,7 @@ from vital.io import write_json, write_jsonl
 from vital.params import SampleParams
 from vital.progress import progress
 from vital.schema import DOMAINS, FigureRecord
+from vital.shards import image_exists
 from vital.world.seeding import stable_seed
 
 MAX_LISTED = 50  # problems listed in metrics (all are counted)
@@ -53,7 +54,7 @@ def _check(raw: dict, root: Path) -> tuple[FigureRecord | None, str, str]:
         return rec, "unknown_domain", f"domain flags {rec.domain} name none of {list(DOMAINS)}"
     if not rec.image.strip():
         return rec, "missing_image", "no image path"
-    if not rec.image.startswith(("http://", "https://")) and not (root / rec.image).is_file():
+    if not rec.image.startswith(("http://", "https://")) and not image_exists(rec.image, root):
         return rec, "missing_image", f"{root / rec.image} does not exist"
     return rec, "", ""
 
