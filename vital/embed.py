@@ -7,10 +7,12 @@ candidates and the sample), and ``run`` itself skips the work when its fingerpri
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
 import math
+import os
 import re
 import time
 import zipfile
@@ -388,15 +390,14 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
 
     from vital.foundation import load_clip  # open_clip import is slow; readers of embeddings don't need it
 
+    ranks = join_ranks(ep.device)  # one process, or one of `accelerate launch`'s (docs/scaling.md)
     inputs = read_inputs(paths.candidates, paths.sample)
-    model, preprocess, tokenizer = load_clip(ref[0], ref[1], device=ep.device)
+    model, preprocess, tokenizer = load_clip(ref[0], ref[1], device=ranks.device)
     fig_ids = list(inputs.figures)
     ds = FigureImages(fig_ids, [inputs.figures[p].image for p in fig_ids], paths.corpus, preprocess)
     t0 = time.perf_counter()
     want_side = ep.side_features and ep.text_mode == "rounds"
-    fig_feats, failed, fig_side = encode_images(
-        model, image_batches(ds, ep.batch_size, ep.num_workers), len(fig_ids), ep.device, side=want_side
-    )
+    fig_feats, failed, fig_side = encode_images_ranked(model, ds, ep, len(fig_ids), want_side, ranks)
     image_s = time.perf_counter() - t0
     for i, err in failed.items():
         inputs.problem("unreadable_image", f"{fig_ids[i]}: {ds.images[i]} ({err})")
@@ -411,11 +412,11 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
     extra: dict[str, np.ndarray] = {}
     if ep.text_mode == "joint":
         texts = [candidate_text(inputs.figures[c.pair_id], c, ep.text_order) for c in cands]
-        text_feats, tokens = encode_texts(model, tokenizer, texts, ep.batch_size, ep.device)
+        text_feats, tokens = text_encoder(ranks)(model, tokenizer, texts, ep.batch_size, ranks.device)
         token_owner = [c.pair_id for c in cands]
     else:
         text_feats, tokens, token_owner, extra = _encode_rounds(
-            model, tokenizer, inputs.figures, fig_ids, fig_feats, cands, ep
+            model, tokenizer, inputs.figures, fig_ids, fig_feats, cands, ep, text_encoder(ranks), ranks.device
         )
     text_s = time.perf_counter() - t0
     side_info: dict[str, Any] = {}
@@ -441,6 +442,8 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
         **side_info,
         **_listed(inputs.problems),
     }
+    if not ranks.main:  # every rank holds the merged result; one writes it
+        return meta
     save_embeddings(
         paths.embeddings,
         fig_ids,
@@ -457,6 +460,11 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
         "image_seconds": round(image_s, 2),
         "text_seconds": round(text_s, 2),
         "skipped": False,
+        **(
+            {"data_parallel": {"processes": ranks.world, "rows_per_rank": ranks.rows}}
+            if ranks.world > 1
+            else {}
+        ),
         "wall_seconds": round(time.perf_counter() - start, 2),
     }
     write_json(paths.metric("embed"), metrics)
@@ -471,6 +479,8 @@ def _encode_rounds(
     fig_feats: np.ndarray,
     cands: list[Candidate],
     ep: EmbedParams,
+    encode: Callable[..., tuple[np.ndarray, torch.Tensor]] = encode_texts,
+    device: str | None = None,
 ) -> tuple[np.ndarray, torch.Tensor, list[str], dict[str, np.ndarray]]:
     """Rounds mode: pooled round features, the round tokens (for truncation stats, keyed by candidate so
     that 'identical texts' means identical conversations) and the extra arrays to save."""
@@ -480,11 +490,10 @@ def _encode_rounds(
         rounds = round_texts(c)
         texts += rounds
         owner += [k] * len(rounds)
-    feats, tokens = encode_texts(model, tokenizer, texts, ep.batch_size, ep.device)
+    device = device or ep.device
+    feats, tokens = encode(model, tokenizer, texts, ep.batch_size, device)
     mean, mx = pool_rounds(feats, np.array(owner), len(cands))
-    context, _ = encode_texts(
-        model, tokenizer, [context_text(figures[p]) for p in fig_ids], ep.batch_size, ep.device
-    )
+    context, _ = encode(model, tokenizer, [context_text(figures[p]) for p in fig_ids], ep.batch_size, device)
     conv_tokens = _conversation_tokens(tokens, owner, len(cands))
     row = {pid: i for i, pid in enumerate(fig_ids)}
     sims = round_sims(feats, np.array(owner), len(cands), fig_feats, context, [row[c.pair_id] for c in cands])
@@ -492,9 +501,7 @@ def _encode_rounds(
     if ep.side_features:
         from vital.foundation.train import mirror_text
 
-        mirrored, _ = encode_texts(
-            model, tokenizer, [mirror_text(t) for t in texts], ep.batch_size, ep.device
-        )
+        mirrored, _ = encode(model, tokenizer, [mirror_text(t) for t in texts], ep.batch_size, device)
         extra["candidate_text_side"] = text_side(feats, mirrored, np.array(owner), len(cands))
     return mean, conv_tokens, [c.pair_id for c in cands], extra
 
@@ -615,3 +622,118 @@ def iter_figure_batches(loader: DataLoader) -> Iterator[torch.Tensor]:
     for _, batch, _ in loader:
         if batch is not None:
             yield batch
+
+
+# ---------------------------------------------------------------- data parallel (accelerate launch / torchrun)
+@dataclass
+class Ranks:
+    """This process's place among the embed processes; ``world == 1`` is the plain single-process run."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    rows: dict[str, list[int]] = field(default_factory=dict)  # rows each rank encoded, per kind (metrics)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def join_ranks(device: str) -> Ranks:
+    """Join the process group that ``accelerate launch`` (or ``torchrun``) describes in the environment
+    (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``); gloo on CPU, NCCL on GPUs, one GPU per
+    process. Without those variables: one process, nothing joined."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks(device=device)
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return Ranks(dist.get_rank(), dist.get_world_size(), device)
+
+
+def rank_rows(n: int, batch_size: int, rank: int, world: int) -> np.ndarray:
+    """The rows one rank encodes: whole batches of the single-process order, dealt round-robin. Every
+    batch a rank encodes is exactly a batch the single process encodes (same rows, same shape), which is
+    what makes the merged features the same bytes, not just close."""
+    starts = range(0, n, batch_size)[rank::world]
+    if not starts:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.arange(s, min(s + batch_size, n)) for s in starts])
+
+
+def gather_rows(ranks: Ranks, kind: str, rows: np.ndarray, local: Any) -> list[tuple[np.ndarray, Any]]:
+    """Every rank's ``(rows, payload)``, in rank order, on every rank; records the row counts."""
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * ranks.world
+    dist.all_gather_object(parts, (rows, local))
+    old = ranks.rows.get(kind, [0] * ranks.world)
+    ranks.rows[kind] = [o + len(r) for o, (r, _) in zip(old, parts, strict=True)]
+    return parts
+
+
+def _place(parts: list[tuple[np.ndarray, np.ndarray | None]], n: int, fill: float) -> np.ndarray | None:
+    """One (n, D) array from per-rank row blocks, placed by row index (rank finishing order is irrelevant)."""
+    blocks = [(r, a) for r, a in parts if a is not None and len(r)]
+    if not blocks:
+        return None
+    out = np.full((n, *blocks[0][1].shape[1:]), fill, dtype=blocks[0][1].dtype)
+    for r, a in blocks:
+        out[r] = a
+    return out
+
+
+def encode_images_ranked(
+    model: torch.nn.Module, ds: FigureImages, ep: EmbedParams, n: int, side: bool, ranks: Ranks
+) -> tuple[np.ndarray, dict, np.ndarray | None]:
+    """``encode_images`` over this rank's batches, merged on every rank into the single-process result."""
+    if ranks.world == 1:
+        return encode_images(model, image_batches(ds, ep.batch_size, ep.num_workers), n, ranks.device, side)
+    from torch.utils.data import Subset
+
+    rows = rank_rows(n, ep.batch_size, ranks.rank, ranks.world)
+    feats = sides = None
+    failed: dict[int, str] = {}
+    if len(rows):
+        loader = image_batches(Subset(ds, rows.tolist()), ep.batch_size, ep.num_workers)
+        try:
+            feats, failed, sides = encode_images(model, loader, n, ranks.device, side)
+        except RecordError:  # none of this rank's figures decoded; the merge decides whether any did
+            failed = {int(i): "undecodable" for i in rows}
+    parts = gather_rows(
+        ranks,
+        "images",
+        rows,
+        (feats[rows] if feats is not None else None, failed, None if sides is None else sides[rows]),
+    )
+    merged_failed = {i: err for _, (_, f, _) in parts for i, err in f.items()}
+    feats_all = _place([(r, p[0]) for r, p in parts], n, np.nan)
+    if feats_all is None:
+        raise RecordError(f"no figure image could be decoded ({len(merged_failed)} failed)")
+    return feats_all, dict(sorted(merged_failed.items())), _place([(r, p[2]) for r, p in parts], n, 0.0)
+
+
+def text_encoder(ranks: Ranks) -> Callable[..., tuple[np.ndarray, torch.Tensor]]:
+    """``encode_texts`` for one process, or its rank-split version that returns the merged result."""
+    if ranks.world == 1:
+        return encode_texts
+
+    def encode(model, tokenizer, texts: list[str], batch_size: int, device: str):
+        rows = rank_rows(len(texts), batch_size, ranks.rank, ranks.world)
+        local = None
+        if len(rows):
+            f, t = encode_texts(model, tokenizer, [texts[i] for i in rows], batch_size, device)
+            local = (f, t.numpy())
+        parts = gather_rows(ranks, "texts", rows, local)
+        feats = _place([(r, p[0] if p else None) for r, p in parts], len(texts), 0.0)
+        tokens = _place([(r, p[1] if p else None) for r, p in parts], len(texts), 0)
+        return feats, torch.from_numpy(tokens)
+
+    return encode
