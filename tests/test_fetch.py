@@ -217,6 +217,21 @@ def test_retries_exhausted_is_reported_not_fatal(pmc: PMC, tmp_path: Path):
     assert s["fetched"] == 3
 
 
+def test_a_response_slower_than_the_timeout_is_retried_then_reported(pmc: PMC, tmp_path: Path):
+    urls, _ = corpus(pmc, tmp_path, packages=1)
+    pmc.delay = 0.6
+    s = fetch_images(
+        urls, tmp_path / "out", FetchOptions(**{**OPTS, "timeout": 0.2, "retries": 1, "workers": 8})
+    )
+    assert s["fetched"] == 0 and s["by_reason"]["retries_exhausted"] == 7
+    report = [json.loads(x) for x in (tmp_path / "out/report.jsonl").read_text().splitlines()]
+    assert all(
+        "2 attempts" in r["detail"] and "timed out" in r["detail"]
+        for r in report
+        if r["reason"] == "retries_exhausted"
+    )
+
+
 def test_max_side_downscales(pmc: PMC, tmp_path: Path):
     urls, _ = corpus(pmc, tmp_path, packages=2)
     out = tmp_path / "out"
