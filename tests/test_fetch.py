@@ -253,6 +253,15 @@ def test_rerun_skips_done_shards_and_redoes_a_corrupt_one(pmc: PMC, tmp_path: Pa
     (out / "shard-00002.tar").write_bytes((out / "shard-00002.tar").read_bytes()[:1000])
     s = fetch_images(urls, out, FetchOptions(**OPTS))
     assert s["this_run"]["shards_skipped"] == 8 and len(pmc.log) > hits and tree(out) == before
+    # other shard contents are refused, not mixed in
+    with pytest.raises(ValueError, match="--shard-size 4 --max-side None"):
+        fetch_images(urls, out, FetchOptions(**{**OPTS, "shard_size": 5}))
+    # a shard the input no longer matches is redone: swap two records across shards 0 and 1
+    lines = urls.read_text().splitlines()
+    lines[3], lines[5] = lines[5], lines[3]
+    urls.write_text("\n".join(lines) + "\n")
+    s = fetch_images(urls, out, FetchOptions(**OPTS))
+    assert s["this_run"]["shards_skipped"] == 7 and s["fetched"] == 30
 
 
 def test_killed_fetch_resumes_to_the_bytes_of_an_unkilled_run(pmc: PMC, tmp_path: Path):

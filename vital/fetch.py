@@ -9,6 +9,7 @@ the needed members are extracted, and figures go into shards of ``shard_size`` f
     out/index.parquet     pair_id -> shard, member, ref, size, sha256, width, height
     out/report.jsonl      one line per figure not fetched: pair_id, url, reason, detail
     out/summary.json      counts by outcome and reason
+    out/fetch.json        --shard-size and --max-side (a rerun with others is refused)
 
 Which figure goes into which shard depends only on the input, never on download timing, so a run that
 was killed and rerun writes the same bytes as one that was not. A shard counts as done when its manifest
@@ -53,6 +54,7 @@ from vital.shards import ShardWriter, file_sha256, make_ref, sample_key
 INDEX = "index.parquet"
 REPORT = "report.jsonl"
 SUMMARY = "summary.json"
+SETTINGS = "fetch.json"  # what decides shard contents: a rerun must use the same
 STAGING = ".staging"
 DOWNLOADS = ".downloads"
 _REQUIRED = ("pair_id", "pmc_tar_url", "image_file_path")
@@ -264,7 +266,7 @@ def extract(package: Path, wanted: dict[str, list[Figure]], opts: FetchOptions, 
 
 def _stage(fig: Figure, data: bytes, opts: FetchOptions, staging: Path) -> None:
     body, ext, w, h = _image_bytes(data, fig.member, opts.max_side)
-    meta = {"ext": ext, "width": w, "height": h}
+    meta = {"ext": ext, "width": w, "height": h, "src": f"{fig.url}#{fig.member}"}
     tmp = staging / f".{fig.key}.tmp"
     tmp.write_bytes(json.dumps(meta).encode() + b"\n" + body)
     os.replace(tmp, staging / fig.key)  # present = complete
@@ -284,8 +286,9 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
 
-def shard_done(out: Path, i: int, verify: bool) -> dict | None:
-    """The manifest of shard ``i`` if the shard is complete (its tar matches the manifest), else None."""
+def shard_done(out: Path, i: int, verify: bool, figs: list[Figure]) -> dict | None:
+    """The manifest of shard ``i`` if the shard is complete (its tar matches the manifest) and holds the
+    figures the input now puts there, else None."""
     man, tar = out / f"{shard_name(i)}.json", out / f"{shard_name(i)}.tar"
     if not man.is_file() or not tar.is_file():
         return None
@@ -293,7 +296,10 @@ def shard_done(out: Path, i: int, verify: bool) -> dict | None:
         m = read_json(man)
     except (RecordError, OSError):
         return None
-    if tar.stat().st_size != m.get("bytes") or (verify and file_sha256(tar) != m.get("sha256")):
+    listed = {r["pair_id"] for r in m.get("figures", []) + m.get("failures", [])}
+    if listed != {f.pair_id for f in figs} or tar.stat().st_size != m.get("bytes"):
+        return None
+    if verify and file_sha256(tar) != m.get("sha256"):
         return None
     return m
 
@@ -318,6 +324,7 @@ def write_shard(out: Path, i: int, figs: list[Figure], staging: Path, failed: di
                 )
                 continue
             body, meta = _staged(staging, fig.key)  # type: ignore[misc]
+            meta = {k: v for k, v in meta.items() if k != "src"}
             sample = {"pair_id": fig.pair_id, "pmc_tar_url": fig.url, "image_file_path": fig.member, **meta}
             entry = w.add(fig.key, meta["ext"], body, sample)
             rows.append({"pair_id": fig.pair_id, "width": meta["width"], "height": meta["height"], **entry})
@@ -400,11 +407,18 @@ def fetch_images(urls_file: Path, out: Path, opts: FetchOptions | None = None) -
         fig.shard = i // opts.shard_size
     shards = [figures[i : i + opts.shard_size] for i in range(0, len(figures), opts.shard_size)]
     out.mkdir(parents=True, exist_ok=True)
+    settings = {"shard_size": opts.shard_size, "max_side": opts.max_side}
+    if (out / SETTINGS).is_file() and (old := read_json(out / SETTINGS)) != settings:
+        raise ValueError(
+            f"fetch-images: {out} was written with --shard-size {old.get('shard_size')} --max-side "
+            f"{old.get('max_side')}; rerun with those, or use another --out"
+        )
+    write_json(out / SETTINGS, settings)
     staging, downloads = out / STAGING, out / DOWNLOADS
     staging.mkdir(exist_ok=True)
     st = _State(figures, shards, staging)
     for i in range(len(shards)):
-        m = shard_done(out, i, opts.verify)
+        m = shard_done(out, i, opts.verify, shards[i])
         if m is not None:
             st.manifests[i] = m
             st.resolved.update(f.pair_id for f in shards[i])
@@ -412,6 +426,10 @@ def fetch_images(urls_file: Path, out: Path, opts: FetchOptions | None = None) -
     resumed = 0
     for fig in figures:
         if fig.pair_id not in st.resolved and (staging / fig.key).is_file():
+            staged = _staged(staging, fig.key)
+            if staged is None or staged[1].get("src") != f"{fig.url}#{fig.member}":
+                (staging / fig.key).unlink()  # staged by a run whose input said otherwise
+                continue
             st.resolved.add(fig.pair_id)
             resumed += 1
     # packages still needed, in order of their first figure
