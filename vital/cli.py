@@ -7,6 +7,7 @@ vital dag [--check|--write]   each stage's deps: the code it runs and the data i
 vital generate --dry-run   count requests, estimate tokens and cost; send nothing
 vital judge --dry-run      the same for judging
 vital annotate --annotator dr_smith   rank candidates in the browser into data/labels/dr_smith.jsonl
+vital fetch-images URLS.jsonl --out data/corpus/shards   PMC OA packages -> figure shards + index
 """
 
 from __future__ import annotations
@@ -80,6 +81,44 @@ def _annotate(args) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _fetch_images(args) -> int:
+    from vital.fetch import FetchOptions, fetch_images
+    from vital.io import RecordError
+
+    opts = FetchOptions(
+        shard_size=args.shard_size,
+        workers=args.workers,
+        rate=args.rate,
+        retries=args.retries,
+        backoff=args.backoff,
+        timeout=args.timeout,
+        max_side=args.max_side,
+        verify=not args.no_verify,
+    )
+    try:
+        summary = fetch_images(Path(args.urls), Path(args.out), opts)
+    except (RecordError, FileNotFoundError, ValueError) as e:
+        print(f"vital fetch-images: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_fetch_images(sub) -> None:
+    f = sub.add_parser("fetch-images", help="download PMC OA packages once, write figures as tar shards")
+    f.add_argument("urls", help="LLaVA-Med image-URL JSONL (pair_id, pmc_tar_url, image_file_path)")
+    f.add_argument("--out", default="data/corpus/shards", help="shard folder (default: data/corpus/shards)")
+    f.add_argument("--shard-size", type=int, default=2000, help="figures per shard (default: 2000)")
+    f.add_argument("--workers", type=int, default=8, help="concurrent downloads (default: 8)")
+    f.add_argument("--rate", type=float, default=3.0, help="requests per second per host (default: 3)")
+    f.add_argument("--retries", type=int, default=5, help="retries on resets, timeouts, 5xx (default: 5)")
+    f.add_argument("--backoff", type=float, default=1.0, help="first retry delay in s, doubled (default: 1)")
+    f.add_argument("--timeout", type=float, default=60.0, help="socket timeout in s (default: 60)")
+    f.add_argument("--max-side", type=int, default=None, help="downscale figures to this longer side")
+    f.add_argument("--no-verify", action="store_true", help="trust done shards' size, skip rehashing them")
+    f.set_defaults(func=_fetch_images)
 
 
 def _run(args) -> int:
@@ -175,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"{name}: --dry-run estimates requests, tokens and cost")
         p.add_argument("--dry-run", action="store_true")
         p.set_defaults(func=_dry_run(name))
+    _add_fetch_images(sub)
     return parser
 
 

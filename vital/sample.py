@@ -35,6 +35,7 @@ from vital.paths import Paths, repo_relative
 from vital.progress import progress
 from vital.schema import DOMAINS, FigureRecord
 from vital.seeding import stable_seed
+from vital.shards import image_exists, open_image
 
 MAX_LISTED = 50  # problems listed in metrics (all are counted)
 
@@ -90,7 +91,7 @@ def _check(raw: dict, root: Path, check_images: bool) -> tuple[str | None, str, 
         return domain, "unknown_domain", f"domain flags {flags} name none of {list(DOMAINS)}"
     if not image.strip():
         return domain, "missing_image", "no image path"
-    if check_images and not image.startswith(("http://", "https://")) and not (root / image).is_file():
+    if check_images and not image.startswith(("http://", "https://")) and not image_exists(image, root):
         return domain, "missing_image", f"{root / image} does not exist"
     return domain, "", ""
 
@@ -175,11 +176,9 @@ def _hashed_words(text: str, n: int) -> np.ndarray:
     return v / norm if norm else v
 
 
-def _thumbnail(path: Path) -> np.ndarray | None:
+def _thumbnail(image: str, root: Path) -> np.ndarray | None:
     try:
-        from PIL import Image
-
-        with Image.open(path) as im:
+        with open_image(image, root) as im:
             px = np.asarray(im.convert("L").resize((4, 4)), dtype=np.float32).ravel() / 255.0
     except Exception:
         return None
@@ -202,7 +201,7 @@ def diverse(
     for _, _, raw in pool:
         text = _hashed_words(f"{raw.get('fig_caption', '')}", div.features)
         img = raw.get("image")
-        thumb = _thumbnail(root / img) if isinstance(img, str) and cfg.corpus.check_images else None
+        thumb = _thumbnail(img, root) if isinstance(img, str) and cfg.corpus.check_images else None
         feats.append(np.concatenate([text, thumb if thumb is not None else np.zeros(16, np.float32)]))
     x = np.stack(feats)
     k = min(div.clusters, len(pool))

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from vital.io import RecordError
 from vital.progress import progress
+from vital.shards import open_image
 
 
 class FigureImages(Dataset):
@@ -26,7 +27,7 @@ class FigureImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            with Image.open(self.root / self.images[i]) as im:
+            with open_image(self.images[i], self.root) as im:
                 return i, self.preprocess(im.convert("RGB")), ""
         except (OSError, UnidentifiedImageError, ValueError) as e:
             return i, None, f"{type(e).__name__}: {e}"

@@ -42,6 +42,8 @@ def encode_rounds(
     fig_feats: np.ndarray,
     cands: list[Candidate],
     ep: EmbedParams,
+    encode: Callable[..., tuple[np.ndarray, torch.Tensor]] = encode_texts,
+    device: str | None = None,
 ) -> tuple[np.ndarray, torch.Tensor, list[str], dict[str, np.ndarray]]:
     """Rounds mode: pooled round features, the round tokens (for truncation stats, keyed by candidate so
     that 'identical texts' means identical conversations) and the extra arrays to save."""
@@ -51,11 +53,10 @@ def encode_rounds(
         rounds = round_texts(c)
         texts += rounds
         owner += [k] * len(rounds)
-    feats, tokens = encode_texts(model, tokenizer, texts, ep.batch_size, ep.device)
+    device = device or ep.device
+    feats, tokens = encode(model, tokenizer, texts, ep.batch_size, device)
     mean, mx = pool_rounds(feats, np.array(owner), len(cands))
-    context, _ = encode_texts(
-        model, tokenizer, [context_text(figures[p]) for p in fig_ids], ep.batch_size, ep.device
-    )
+    context, _ = encode(model, tokenizer, [context_text(figures[p]) for p in fig_ids], ep.batch_size, device)
     conv_tokens = _conversation_tokens(tokens, owner, len(cands))
     row = {pid: i for i, pid in enumerate(fig_ids)}
     sims = round_sims(feats, np.array(owner), len(cands), fig_feats, context, [row[c.pair_id] for c in cands])
@@ -63,9 +64,7 @@ def encode_rounds(
     if ep.side_features:
         from vital.foundation.train import mirror_text  # open_clip import is slow
 
-        mirrored, _ = encode_texts(
-            model, tokenizer, [mirror_text(t) for t in texts], ep.batch_size, ep.device
-        )
+        mirrored, _ = encode(model, tokenizer, [mirror_text(t) for t in texts], ep.batch_size, device)
         extra["candidate_text_side"] = text_side(feats, mirrored, np.array(owner), len(cands))
     return mean, conv_tokens, [c.pair_id for c in cands], extra
 

@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vital.embed.images import FigureImages, encode_images, image_batches
+from vital.embed.images import FigureImages
 from vital.embed.inputs import read_inputs
 from vital.embed.probe import side_scores, stated_side
+from vital.embed.ranks import encode_images_ranked, join_ranks, text_encoder
 from vital.embed.rounds import encode_rounds
 from vital.embed.store import FEATURES, META, save_embeddings
-from vital.embed.text import candidate_text, context_text, encode_texts
+from vital.embed.text import candidate_text, context_text
 from vital.io import RecordError, read_json, write_json
 from vital.params import EmbedParams, Params
 from vital.paths import Paths
@@ -90,15 +91,14 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
 
     from vital.foundation import load_clip  # open_clip import is slow; readers of embeddings don't need it
 
+    ranks = join_ranks(ep.device)  # one process, or one of `accelerate launch`'s (docs/scaling.md)
     inputs = read_inputs(paths.candidates, paths.sample)
-    model, preprocess, tokenizer = load_clip(ref[0], ref[1], device=ep.device)
+    model, preprocess, tokenizer = load_clip(ref[0], ref[1], device=ranks.device)
     fig_ids = list(inputs.figures)
     ds = FigureImages(fig_ids, [inputs.figures[p].image for p in fig_ids], paths.corpus, preprocess)
     t0 = time.perf_counter()
     want_side = ep.side_features and ep.text_mode == "rounds"
-    fig_feats, failed, fig_side = encode_images(
-        model, image_batches(ds, ep.batch_size, ep.num_workers), len(fig_ids), ep.device, side=want_side
-    )
+    fig_feats, failed, fig_side = encode_images_ranked(model, ds, ep, len(fig_ids), want_side, ranks)
     image_s = time.perf_counter() - t0
     for i, err in failed.items():
         inputs.problem("unreadable_image", f"{fig_ids[i]}: {ds.images[i]} ({err})")
@@ -113,11 +113,11 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
     extra: dict[str, np.ndarray] = {}
     if ep.text_mode == "joint":
         texts = [candidate_text(inputs.figures[c.pair_id], c, ep.text_order) for c in cands]
-        text_feats, tokens = encode_texts(model, tokenizer, texts, ep.batch_size, ep.device)
+        text_feats, tokens = text_encoder(ranks)(model, tokenizer, texts, ep.batch_size, ranks.device)
         token_owner = [c.pair_id for c in cands]
     else:
         text_feats, tokens, token_owner, extra = encode_rounds(
-            model, tokenizer, inputs.figures, fig_ids, fig_feats, cands, ep
+            model, tokenizer, inputs.figures, fig_ids, fig_feats, cands, ep, text_encoder(ranks), ranks.device
         )
     text_s = time.perf_counter() - t0
     side_info: dict[str, Any] = {}
@@ -143,6 +143,8 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
         **side_info,
         **_listed(inputs.problems),
     }
+    if not ranks.main:  # every rank holds the merged result; one writes it
+        return meta
     save_embeddings(
         paths.embeddings,
         fig_ids,
@@ -159,6 +161,11 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
         "image_seconds": round(image_s, 2),
         "text_seconds": round(text_s, 2),
         "skipped": False,
+        **(
+            {"data_parallel": {"processes": ranks.world, "rows_per_rank": ranks.rows}}
+            if ranks.world > 1
+            else {}
+        ),
         "wall_seconds": round(time.perf_counter() - start, 2),
     }
     write_json(paths.metric("embed"), metrics)

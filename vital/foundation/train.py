@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from pydantic import ValidationError
 
 from vital.foundation.clip import build_tiny_clip, save_clip, tiny_clip_config
@@ -29,6 +29,7 @@ from vital.params import FoundationParams
 from vital.paths import Paths
 from vital.progress import progress
 from vital.schema import FigureRecord
+from vital.shards import open_image
 
 
 @dataclass
@@ -73,7 +74,7 @@ def load_corpus(figures: Path, corpus_root: Path, preprocess: Callable, max_prob
             problems.append(f"{figures}:{i + 1}: invalid figure record ({e.error_count()} errors)")
             continue
         try:
-            with Image.open(corpus_root / rec.image) as im:
+            with open_image(rec.image, corpus_root) as im:
                 images.append(preprocess(im.convert("RGB")))
         except (OSError, UnidentifiedImageError) as e:
             problems.append(f"{rec.pair_id}: image {rec.image} unreadable ({type(e).__name__})")

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from vital.images import check_image
+from vital.shards import image_exists, open_image
 
 IGNORE_INDEX = -100
 _ROLES = {"human": "user", "gpt": "assistant"}
@@ -173,7 +173,7 @@ class ConversationDataset(torch.utils.data.Dataset):
                 self.problems.add("no image", where)
                 continue
             path = self.image_root / image
-            if not path.is_file():
+            if not image_exists(path):
                 self.problems.add("image file missing", f"{where} ({path})")
                 continue
             bad = check_image(path)  # empty or corrupt: skipped here, not a traceback mid-training
@@ -192,7 +192,7 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     def pixels(self, i: int) -> torch.Tensor:
         if i not in self._pixels:
-            with Image.open(self.items[i][1]) as im:
+            with open_image(self.items[i][1]) as im:
                 px = self.processor.image_processor(images=[im.convert("RGB")], return_tensors="pt")
             self._pixels[i] = px["pixel_values"][0]
         return self._pixels[i]

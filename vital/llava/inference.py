@@ -15,6 +15,7 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from vital.progress import progress
+from vital.shards import open_image
 from vital.vqa.items import VQAItem
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -107,7 +108,7 @@ class LlavaAnswerer:
 
 def _rgb(item: VQAItem) -> Image.Image:
     try:
-        with Image.open(item.image_path) as im:
+        with open_image(item.image_path) as im:
             return im.convert("RGB")
     except OSError as e:
         raise OSError(f"question {item.question_id}: cannot read image {item.image_path} ({e})") from None

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vital.llm.client import ConfigError
 from vital.schema import FigureRecord
+from vital.shards import open_image, read_bytes
 
 GENERATION_SYSTEM = """\
 You are an AI assistant specialised in biomedicine, helping to build instruction-following data \
@@ -114,7 +115,7 @@ def pick_demonstrations(
 def image_data_url(path: Path, max_side: int) -> str:
     """The figure as a data URL with its real MIME type, downscaled so its longer side <= max_side."""
     try:
-        raw = Path(path).read_bytes()
+        raw = read_bytes(path)
         with Image.open(io.BytesIO(raw)) as img:
             fmt = img.format or "PNG"
             img.load()
@@ -138,7 +139,7 @@ def image_data_url(path: Path, max_side: int) -> str:
 def check_image(path: Path) -> None:
     """Cheap readability check (header + integrity) for backends that do not send the image."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.verify()
     except FileNotFoundError:
         raise ImageError(f"image not found: {path}") from None

@@ -1,0 +1,18 @@
+"""Run the embed stage on a test world from one of several processes (tests/test_embed_parallel.py).
+
+accelerate launch --multi_gpu --num_processes 2 tests/embed_child.py ROOT BATCH_SIZE TEXT_MODE
+"""
+
+import json
+import sys
+
+import torch
+
+from vital.embed import run
+from vital.params import EmbedParams
+from vital.paths import Paths
+
+torch.set_num_threads(1)
+root, batch_size, text_mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+m = run(EmbedParams(batch_size=batch_size, text_mode=text_mode), Paths(root), force=True)
+print(json.dumps({"rank_result_candidates": m["candidates"]}))
