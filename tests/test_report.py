@@ -23,7 +23,7 @@ def test_summary_reads_the_stage_metrics(tmp_path):
                 "chance": {"closed_chance": 0.5, "closed_majority": 0.6},
                 "top_minus_random": {"closed_accuracy": {"mean": 0.1, "std": 0.0, "n": 1, "wins": 1}},
             },
-            "_stage": {"wall_time_s": 1.0},
+            "_stage": {"wall_s": 1.0},
         },
     )
     write_json(
@@ -34,7 +34,7 @@ def test_summary_reads_the_stage_metrics(tmp_path):
                 "top-s0": {"closed_accuracy": 0.9, "closed_discrimination": 0.8, "open_recall": 0.7},
                 "top_minus_base": {"closed_accuracy": {"mean": 0.2, "std": 0.0, "n": 1, "wins": 1}},
             },
-            "_stage": {"wall_time_s": 1.0},
+            "_stage": {"wall_s": 1.0},
         },
     )
     text = summary(paths)

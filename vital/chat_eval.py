@@ -332,7 +332,7 @@ def run(params: Params, paths: Paths) -> dict:
         "judgments": len(rows),
         "unscored": sum(r["score_a"] is None for r in rows),
         **judge.metrics(),
-        "wall_time_s": round(time.perf_counter() - start, 3),
+        "wall_s": round(time.perf_counter() - start, 3),
     }
     write_json(paths.metric("chat_eval"), results)
     return results

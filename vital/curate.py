@@ -311,7 +311,7 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
         "mixtures": mixtures,
         "dropped": {k: len(v) for k, v in problems.items()},
         "dropped_examples": {k: v[:MAX_LISTED] for k, v in problems.items()},
-        "wall_seconds": round(time.perf_counter() - start, 2),
+        "wall_s": round(time.perf_counter() - start, 2),
     }
     write_json(paths.metric("curate"), metrics)
     return metrics

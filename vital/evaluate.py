@@ -6,7 +6,7 @@
                            "n_closed": ..., "n_open": ..., "by_domain": {...}},
                "chance": {"closed_chance": 0.5, "closed_majority": ...},
                "data": {"n_items": ..., "n_skipped": ..., "skipped": [...], "filtered": {...}}},
-     "_stage": {"wall_time_s": ..., "models": {"<model>": "<dir or hub id>"}}}
+     "_stage": {"wall_s": ..., "models": {"<model>": "<dir or hub id>"}}}
 
 Predictions go to ``artifacts/predictions/<model>/<set>.jsonl`` (LLaVA-Med answer-file fields plus
 the reference and per-question scores). :func:`evaluate_models` takes any ``{name: model dir}``, so
@@ -153,7 +153,7 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
     for set_name in [s.name for s in sets]:
         results[set_name].update(compare_subsets(results[set_name], params.tune.subsets, params.tune.seeds))
     results["_stage"] = {
-        "wall_time_s": round(time.perf_counter() - start, 3),
+        "wall_s": round(time.perf_counter() - start, 3),
         "models": {k: str(v) for k, v in specs.items()},
         "sets": {s.name: {"format": s.format, "path": str(s.path)} for s in sets},
     }
@@ -187,7 +187,7 @@ def run_finetuned(params: Params, paths: Paths, answerer: AnswererFactory | None
         block.update(compare_subsets(block, ["base", *params.tune.subsets], params.tune.seeds))
         results[s.name] = block
     results["_stage"] = {
-        "wall_time_s": round(time.perf_counter() - start, 3),
+        "wall_s": round(time.perf_counter() - start, 3),
         "models": {k: f"{v}/<set>" for k, v in specs.items()},
         "sets": {s.name: {"format": s.format, "path": str(s.path)} for s in sets},
     }

@@ -504,7 +504,7 @@ def fetch_images(urls_file: Path, out: Path, opts: FetchOptions | None = None) -
             "packages_wanted": len(packages),
             "packages_downloaded": counts["packages_downloaded"],
             "http_attempts": counts["attempts"],
-            "wall_seconds": round(time.perf_counter() - start, 2),
+            "wall_s": round(time.perf_counter() - start, 2),
         },
     }
 

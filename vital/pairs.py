@@ -210,7 +210,7 @@ def run(pp: PairsParams, paths: Paths) -> dict[str, Any]:
     pairs, stats = build_pairs(judgments, prefs, pp)
     write_jsonl(paths.pairs, pairs)
     metrics = {**stats, **problems.metrics(), "warnings": warnings}
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
+    metrics["wall_s"] = round(time.perf_counter() - start, 2)
     write_json(paths.metric("pairs"), metrics)
     return metrics
 

@@ -85,7 +85,7 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
     if not force and meta_file.is_file() and (paths.embeddings / FEATURES).is_file():
         old = read_json(meta_file)
         if old.get("fingerprint") == fp:
-            metrics = {**old, "skipped": True, "wall_seconds": round(time.perf_counter() - start, 2)}
+            metrics = {**old, "skipped": True, "wall_s": round(time.perf_counter() - start, 2)}
             write_json(paths.metric("embed"), metrics)
             return metrics
 
@@ -166,7 +166,7 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
             if ranks.world > 1
             else {}
         ),
-        "wall_seconds": round(time.perf_counter() - start, 2),
+        "wall_s": round(time.perf_counter() - start, 2),
     }
     write_json(paths.metric("embed"), metrics)
     return metrics

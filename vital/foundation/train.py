@@ -298,7 +298,7 @@ def train_demo(
         metrics["llm_tokenizer"] = {"vocab_size": len(tok), "texts": len(corpus.texts)}
     if truth_file is not None:
         metrics["laterality_probe"] = laterality_probe(model, random_init, corpus, truth_file, fp.seed)
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
+    metrics["wall_s"] = round(time.perf_counter() - start, 1)
     return metrics
 
 

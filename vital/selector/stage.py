@@ -158,7 +158,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
         "candidates_scored": len(scores),
         "dropped": {k: len(v) for k, v in problems.items()},
         "dropped_examples": {k: v[:50] for k, v in problems.items()},
-        "wall_seconds": round(time.perf_counter() - start, 2),
+        "wall_s": round(time.perf_counter() - start, 2),
     }
     if weight0_scores is not None:
         human_held = [p for p in held if p.source == "human"]
