@@ -21,14 +21,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vital.demo.simulated_clinician import SimulatedClinician, truth_utility
 from vital.io import read_jsonl, write_json, write_jsonl
 from vital.params import LabelsParams
 from vital.paths import Paths
 from vital.progress import progress
 from vital.schema import Candidate, FigureRecord, Preference
-from vital.world import load_truth
-from vital.world.seeding import rng_for, stable_seed
+from vital.seeding import rng_for, stable_seed
 
 MAX_LISTED = 50
 
@@ -103,6 +101,9 @@ def _tasks(eligible: list[str], cfg: LabelsParams) -> list[str]:
 
 
 def _simulated(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[list[Preference], dict]:
+    from vital.demo.simulated_clinician import SimulatedClinician, truth_utility  # demo only
+    from vital.world import load_truth
+
     truth = load_truth(paths.truth)
     sample = _load_sample(paths.sample)
     candidates = _load_candidates(paths.candidates, problems)

@@ -20,7 +20,7 @@ from vital.io import write_json, write_jsonl
 from vital.params import SampleParams
 from vital.progress import progress
 from vital.schema import DOMAINS, FigureRecord
-from vital.world.seeding import stable_seed
+from vital.seeding import stable_seed
 
 MAX_LISTED = 50  # problems listed in metrics (all are counted)
 

@@ -24,7 +24,7 @@ from vital.io import read_jsonl
 from vital.labels import validate_preference
 from vital.paths import Paths
 from vital.schema import Candidate, FigureRecord
-from vital.world.seeding import rng_for
+from vital.seeding import rng_for
 
 ANNOTATOR = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
