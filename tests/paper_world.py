@@ -15,7 +15,7 @@
   and sizes cut down to seconds on a CPU.
 
 ``content(body)`` answers the test server's chat requests: varied conversations, and judge scores that
-differ between candidates (so the pairs stage finds model pairs).
+differ between candidates (so the pairs stage finds model pairs), and chat_eval's pairwise verdicts.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ def _digest(obj) -> int:
 
 
 def content(body: dict) -> str:
-    """The OpenAI-compatible test server's reply: a judge score, or a generated conversation."""
+    """The OpenAI-compatible test server's reply: a chat_eval verdict, a judge score, or a conversation."""
     text = json.dumps(body.get("messages", []))
+    if "Assistant 1" in text:  # chat_eval: two scores on the first line (LLaVA-Med's review format)
+        return f"{_digest(body['messages']) % 10 + 1} 8\nscored by the test server"
     if "score" in text and "rubric" in text.lower():
         return json.dumps({"score": _digest(body["messages"]) % 11, "rationale": "scored by the test server"})
     k = body.get("seed", 0) % 3

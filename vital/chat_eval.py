@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from vital.demo.reference_judge import HeuristicAnswerJudge
 from vital.evaluate import load_sets, tuned_models
 from vital.io import read_jsonl, write_json, write_jsonl
 from vital.llm.accounting import estimate_cost
@@ -85,6 +84,8 @@ class HeuristicChatJudge:
     """Answers judge requests offline: reads the two answers from the prompt, the reference from the item."""
 
     def __init__(self, cp: ChatEvalParams) -> None:
+        from vital.demo.reference_judge import HeuristicAnswerJudge  # demo only
+
         self.model = cp.model
         self.judge = HeuristicAnswerJudge()
         self.verdicts = 0

@@ -12,15 +12,13 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vital.io import RecordError, read_jsonl, write_json
-from vital.llava.build import build_from_foundation, load_llava, save_llava
-from vital.llava.conversation import Collator, ConversationDataset
-from vital.llava.trainer import LoopConfig, train, write_curve
 from vital.params import AlignParams
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _pick(pair_id: str, options: list[str], seed: int) -> str:
@@ -83,6 +81,11 @@ def run(
     start = time.perf_counter()
     if ap.backend == "pretrained" and ap.steps == 0:
         return _record_pretrained(ap, out, metrics_path)
+    # torch, transformers and peft only when a model is built or trained (a record takes no 10 s of imports)
+    from vital.llava.build import build_from_foundation, load_llava, save_llava
+    from vital.llava.conversation import Collator, ConversationDataset
+    from vital.llava.trainer import LoopConfig, train, write_curve
+
     if ap.backend == "demo":
         model, processor = build_from_foundation(foundation_dir, ap)
     else:

@@ -1,0 +1,185 @@
+"""The paper profile runs: every stage of params-paper.yaml, as DVC runs it, with no demo code importable.
+
+tests/paper_world.py builds the repository (real formats, no ``data/corpus/truth.jsonl``, tiny local
+checkpoints in the hub layouts); generate, judge and chat_eval talk to the OpenAI-compatible server of
+tests/openai_server.py over real HTTP. Every stage runs as ``python stages/<name>.py`` in a subprocess with
+``VITAL_FORBID_IMPORTS=vital.demo,vital.world``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import paper_world
+from tests.openai_server import FakeOpenAIServer
+
+REPO = Path(__file__).resolve().parents[1]
+FORBID = "vital.demo,vital.world"
+SETS = {"vqa_rad": 4, "slake": 3, "pathvqa": 2, "llava_med_chat": 2}  # test-split questions each set keeps
+
+
+def _env(root: Path, forbid: str | None = FORBID) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "VITAL_FORBID_IMPORTS"}
+    env |= {
+        "PYTHONPATH": str(REPO),
+        "OPENAI_API_KEY": paper_world.API_KEY,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+    }
+    if forbid:
+        env["VITAL_FORBID_IMPORTS"] = forbid
+    return env
+
+
+def _python(code: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True)
+
+
+# ------------------------------------------------------------------ the guard
+def test_forbidden_imports_fail_naming_the_module(tmp_path):
+    env = _env(tmp_path)
+    # a submodule fails at its package, the first forbidden module the import reaches
+    for module, named in (("vital.world", "vital.world"), ("vital.demo.heuristic_judge", "vital.demo")):
+        r = _python(f"import {module}", env)
+        assert r.returncode != 0
+        assert f"ImportError: import of {named} is forbidden by VITAL_FORBID_IMPORTS={named}" in r.stderr
+    # the modules of the paper profile's stages import without them (sample and labels used to import
+    # vital.world at the top, chat_eval vital.demo)
+    r = _python("import vital.sample, vital.labels, vital.chat_eval, vital.generate, vital.judge", env)
+    assert r.returncode == 0, r.stderr
+    # unset: nothing is installed, and the demo world imports
+    r = _python(
+        "import sys, vital.world, vital; print(any(isinstance(f, vital.ForbiddenImportFinder) for f in sys.meta_path))",
+        _env(tmp_path, forbid=None),
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def test_forbidden_prefix_matches_whole_module_names(tmp_path):
+    # "vital.demo" forbids vital.demo and vital.demo.x, not a module that merely starts with the text
+    r = _python("import vital.io, vital.llm.cache", _env(tmp_path, forbid="vital.i,vital.llm.c"))
+    assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------ the whole profile
+def _stages(tp) -> list[list[str]]:
+    """dvc.yaml's commands for the paper profile, in its order (the tune matrix expanded)."""
+    tunes = [
+        [
+            "tune",
+            "--data", f"artifacts/curated/{subset}{tp['keep']}.json",
+            "--out", f"models/tuned/{subset}-s{seed}",
+            "--seed", str(seed),
+            "--metrics", f"metrics/tune/{subset}-s{seed}.json",
+            "--plot", f"metrics/plots/tune/{subset}-s{seed}.csv",
+        ]
+        for subset in tp["subsets"]
+        for seed in tp["seeds"]
+    ]  # fmt: skip
+    head = [
+        "foundation",
+        "align",
+        "sample",
+        "generate",
+        "judge",
+        "labels",
+        "pairs",
+        "embed",
+        "selector",
+        "curate",
+    ]
+    return [[s] for s in head] + tunes + [["evaluate"], ["chat_eval"]]
+
+
+def _read(root: Path, rel: str):
+    return json.loads((root / rel).read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_paper_profile_runs_every_stage_without_demo_code(tmp_path):
+    root = tmp_path / "repo"
+    start = time.perf_counter()
+    with FakeOpenAIServer(content_fn=paper_world.content) as server:
+        params = paper_world.build_repo(root, server.base_url)
+        env = _env(root)
+        assert not (root / "data" / "corpus" / "truth.jsonl").exists()
+        guard = _python("import vital.demo", env, cwd=root)
+        assert "forbidden by VITAL_FORBID_IMPORTS" in guard.stderr  # the guard is on in the stages' env
+        walls = {}
+        for cmd in _stages(params["tune"]):
+            t = time.perf_counter()
+            r = subprocess.run(
+                [sys.executable, f"stages/{cmd[0]}.py", *cmd[1:]],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            assert r.returncode == 0, f"stage {' '.join(cmd)} failed:\n{r.stderr[-4000:]}"
+            walls[" ".join(cmd[:1] + cmd[-1:])] = round(time.perf_counter() - t, 1)
+        chats = server.chat_requests()
+    print(f"paper profile: {time.perf_counter() - start:.1f}s; per stage {walls}")
+
+    n_figures = len(paper_world.DOMAINS) * paper_world.PER_DOMAIN
+    n_candidates = n_figures * paper_world.CANDIDATES
+    clip = params["embed"]["backbone"]
+    # foundation / align `pretrained`: the local checkpoints are recorded, loaded through open_clip's
+    # local-dir schema (the code path of hf-hub:) and never copied
+    found = _read(root, "models/foundation/clip/checkpoint.json")
+    assert found["open_clip_id"] == f"local-dir:{clip}" and found["backend"] == "pretrained"
+    base = _read(root, "models/base/checkpoint.json")
+    assert base["model"] == params["align"]["model"] and base["aligned_here"] is False
+
+    gen, judge = _read(root, "metrics/generate.json"), _read(root, "metrics/judge.json")
+    assert (gen["backend"], gen["candidates"], gen["candidates_failed"]) == ("openai", n_candidates, 0)
+    assert (judge["backend"], judge["judged"]) == ("openai", n_candidates)
+    assert gen["requests_sent"] + judge["requests_sent"] <= len(chats)  # all over HTTP to the test server
+    labels = _read(root, "metrics/labels.json")
+    assert labels["backend"] == "files" and labels["labels"] == n_figures
+    pairs = _read(root, "metrics/pairs.json")["by_source_split"]
+    assert pairs["human_train"] > 0 and pairs["model_train"] > 0
+
+    emb = _read(root, "metrics/embed.json")
+    assert (emb["backbone"], emb["candidates"], emb["context_length"]) == (clip, n_candidates, 256)
+    sel = _read(root, "metrics/select.json")
+    assert (sel["finetune_backbone"], sel["human_weight"], sel["candidates_scored"]) == (
+        "full",
+        400,
+        n_candidates,
+    )
+    assert _backbone_moved(root / "models" / "selector" / "backbone.safetensors", root / clip)
+
+    top = _read(root, f"artifacts/curated/top{params['tune']['keep']}.json")
+    assert top and all(r["conversations"][0]["value"].count("<image>") == 1 for r in top)
+    models = ["base"] + [
+        f"{s}-s{seed}" for s in params["tune"]["subsets"] for seed in params["tune"]["seeds"]
+    ]
+    for name in models[1:]:
+        assert _read(root, f"metrics/tune/{name}.json")["steps"] == params["tune"]["max_steps"]
+        assert (root / "models" / "tuned" / name / "config.json").is_file()
+    ev = _read(root, "metrics/evaluate.json")
+    for s, n in SETS.items():
+        assert ev[s]["data"]["n_items"] == n, s
+        for m in models:
+            assert (root / "artifacts" / "predictions" / m / f"{s}.jsonl").is_file()
+            if s != "llava_med_chat":
+                assert ev[s][m]["n_closed"] + ev[s][m]["n_open"] == n
+    chat = _read(root, "metrics/chat_eval.json")["llava_med_chat"]["relative"]
+    assert {m: chat[m]["n"] for m in models} == dict.fromkeys(models, SETS["llava_med_chat"])
+
+
+def _backbone_moved(trained: Path, checkpoint: Path) -> bool:
+    """The selector fine-tuned the CLIP backbone (selector.finetune_backbone: full): its weights moved."""
+    import torch
+    from safetensors.torch import load_file
+
+    after = load_file(str(trained))
+    before = torch.load(checkpoint / "open_clip_pytorch_model.bin", weights_only=True)
+    assert set(after) == set(before)
+    return any(not torch.equal(after[k], before[k]) for k in ("visual.conv1.weight", "text_projection"))
