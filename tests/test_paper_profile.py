@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -22,6 +23,9 @@ from tests.openai_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
 FORBID = "vital.demo,vital.world"
+# recording a pretrained checkpoint loads no model: those stages run with the ML libraries forbidden too
+RECORD_ONLY = {"foundation", "align"}
+HEAVY = "torch,open_clip,transformers,peft"
 SETS = {"vqa_rad": 4, "slake": 3, "pathvqa": 2, "llava_med_chat": 2}  # test-split questions each set keeps
 
 
@@ -97,6 +101,11 @@ def _stages(tp) -> list[list[str]]:
     return [[s] for s in head] + tunes + [["evaluate"], ["chat_eval"]]
 
 
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _read(root: Path, rel: str):
     return json.loads((root / rel).read_text(encoding="utf-8"))
 
@@ -107,24 +116,27 @@ def test_paper_profile_runs_every_stage_without_demo_code(tmp_path):
     start = time.perf_counter()
     with FakeOpenAIServer(content_fn=paper_world.content) as server:
         params = paper_world.build_repo(root, server.base_url)
-        env = _env(root)
+        env, light_env = _env(root), _env(root, forbid=f"{FORBID},{HEAVY}")
         assert not (root / "data" / "corpus" / "truth.jsonl").exists()
         guard = _python("import vital.demo", env, cwd=root)
         assert "forbidden by VITAL_FORBID_IMPORTS" in guard.stderr  # the guard is on in the stages' env
         walls = {}
         for cmd in _stages(params["tune"]):
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), _children_cpu()
             r = subprocess.run(
                 [sys.executable, f"stages/{cmd[0]}.py", *cmd[1:]],
                 cwd=root,
-                env=env,
+                env=light_env if cmd[0] in RECORD_ONLY else env,
                 capture_output=True,
                 text=True,
             )
             assert r.returncode == 0, f"stage {' '.join(cmd)} failed:\n{r.stderr[-4000:]}"
-            walls[" ".join(cmd[:1] + cmd[-1:])] = round(time.perf_counter() - t, 1)
+            walls[cmd[-1].split("/")[-1].removesuffix(".csv") if len(cmd) > 1 else cmd[0]] = (
+                round(time.perf_counter() - t, 1),
+                round(_children_cpu() - cpu, 1),
+            )
         chats = server.chat_requests()
-    print(f"paper profile: {time.perf_counter() - start:.1f}s; per stage {walls}")
+    print(f"paper profile: {time.perf_counter() - start:.1f}s; per stage (wall s, CPU s): {walls}")
 
     n_figures = len(paper_world.DOMAINS) * paper_world.PER_DOMAIN
     n_candidates = n_figures * paper_world.CANDIDATES

@@ -43,13 +43,13 @@ def record_pretrained(fp: FoundationParams, out_dir: Path) -> dict[str, Any]:
 
 def run(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
     """The foundation stage: writes ``models/foundation/clip/`` and ``metrics/foundation.json``."""
-    from vital.foundation.train import train_demo
-
     start = time.perf_counter()
     out_dir = paths.foundation / "clip"
     if fp.backend == "pretrained":
         metrics = record_pretrained(fp, out_dir)
     else:
+        from vital.foundation.train import train_demo  # torch and open_clip only when a model trains
+
         metrics = train_demo(
             fp,
             paths.figures,
