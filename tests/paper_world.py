@@ -119,11 +119,12 @@ def corpus(data: Path) -> list[dict]:
         _json(data / "demonstrations" / f"{domain}.json", [demo])
     # one clinician's rankings, written by hand in data/labels/README.md's format (every figure: the
     # generate stage names candidates <pair_id>#<index>)
-    labels = [
-        {"pair_id": r["pair_id"], "annotator": "dr_a", "ranking": [f"{r['pair_id']}#{j}" for j in order]}
-        for n, r in enumerate(records)
-        for order in [[0, 1] if n % 3 else [1, 0]]
-    ]
+    labels = []
+    for n, r in enumerate(records):
+        order = [0, 1] if n % 3 else [1, 0]
+        labels.append(
+            {"pair_id": r["pair_id"], "annotator": "dr_a", "ranking": [f"{r['pair_id']}#{j}" for j in order]}
+        )
     _jsonl(data / "labels" / "dr_a.jsonl", labels)
     return records
 
