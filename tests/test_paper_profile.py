@@ -1,4 +1,5 @@
-"""The paper profile runs: every stage of params-paper.yaml, as DVC runs it, with no demo code importable.
+"""The paper profile runs: its stages from foundation to chat_eval (the fine-tune stages aside), as DVC runs
+them, with no demo code importable.
 
 tests/paper_world.py builds the repository (real formats, no ``data/corpus/truth.jsonl``, tiny local
 checkpoints in the hub layouts); generate, judge and chat_eval talk to the OpenAI-compatible server of
@@ -111,7 +112,7 @@ def _read(root: Path, rel: str):
 
 
 @pytest.mark.slow
-def test_paper_profile_runs_every_stage_without_demo_code(tmp_path):
+def test_paper_profile_runs_foundation_to_chat_eval_without_demo_code(tmp_path):
     root = tmp_path / "repo"
     start = time.perf_counter()
     with FakeOpenAIServer(content_fn=paper_world.content) as server:
