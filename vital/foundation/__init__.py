@@ -16,7 +16,7 @@ from vital.foundation.clip import (
     save_clip,
     tiny_clip_config,
 )
-from vital.io import write_json
+from vital.io import write_empty_curve, write_json
 from vital.params import FoundationParams
 from vital.paths import Paths
 
@@ -47,6 +47,7 @@ def run(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
     out_dir = paths.foundation / "clip"
     if fp.backend == "pretrained":
         metrics = record_pretrained(fp, out_dir)
+        write_empty_curve(paths.plots / "foundation_loss.csv")  # dvc.yaml declares it for every backend
     else:
         from vital.foundation.train import train_demo  # torch and open_clip only when a model trains
 
