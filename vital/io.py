@@ -67,6 +67,15 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
         f.write("\n")
 
 
+def write_empty_curve(path: str | os.PathLike) -> None:
+    """A loss curve (``step,loss`` CSV for ``dvc plots``) with no points: what a stage that dvc.yaml declares
+    a curve for writes when its backend trains nothing (e.g. ``backend: pretrained``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic(path) as f:
+        f.write("step,loss\n")
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:

@@ -13,13 +13,15 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import open_clip
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING, Any
 
 from vital.params import FoundationParams
+
+if TYPE_CHECKING:
+    import torch
+
+# open_clip (seconds to import: torchvision, timm) is imported by the functions that use it, so the
+# foundation stage's `pretrained` record and readers of the constants here do not pay for it
 
 TINY_CLIP = "vital-tiny-clip"
 CONFIG_NAME = "open_clip_config.json"
@@ -57,6 +59,8 @@ def tiny_clip_config(fp: FoundationParams) -> dict[str, Any]:
 
 def register_tiny_clip(fp: FoundationParams | None = None) -> str:
     """Register ``vital-tiny-clip`` with open_clip (re-registering replaces the previous sizes)."""
+    import open_clip
+
     global _registry_dir
     if _registry_dir is None:
         _registry_dir = Path(tempfile.mkdtemp(prefix="vital-open-clip-configs-"))
@@ -68,6 +72,9 @@ def register_tiny_clip(fp: FoundationParams | None = None) -> str:
 
 def build_tiny_clip(fp: FoundationParams) -> tuple[torch.nn.Module, Callable, Callable]:
     """A randomly initialised tiny CLIP with its eval preprocess and tokenizer."""
+    import open_clip
+    import torch
+
     name = register_tiny_clip(fp)
     torch.manual_seed(fp.seed)
     model, _, preprocess = open_clip.create_model_and_transforms(name)
@@ -77,6 +84,8 @@ def build_tiny_clip(fp: FoundationParams) -> tuple[torch.nn.Module, Callable, Ca
 
 def save_clip(model: torch.nn.Module, model_cfg: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``out_dir`` in open_clip's local-dir / hf-hub layout; returns the directory."""
+    from safetensors.torch import save_file
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -107,6 +116,8 @@ def resolve_backbone(path_or_name: str | Path, pretrained: str | None = None) ->
         if not (path / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{path}: not an open_clip model directory (no {CONFIG_NAME})")
         return f"local-dir:{path}", None
+    import open_clip
+
     if name == TINY_CLIP:
         register_tiny_clip()
     if name not in open_clip.list_models():
@@ -128,6 +139,8 @@ def load_clip(
     users with network) or ``local-dir:<dir>``, or an open_clip model name with ``pretrained`` a local
     checkpoint file (without one the weights are random: only useful in tests).
     """
+    import open_clip
+
     model_id, checkpoint = resolve_backbone(path_or_name, pretrained)
     model, _, preprocess = open_clip.create_model_and_transforms(
         model_id, pretrained=checkpoint, device=device

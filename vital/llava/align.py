@@ -12,16 +12,14 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from vital.io import RecordError, read_jsonl, write_json
-from vital.llava.build import build_from_foundation, load_llava, save_llava
-from vital.llava.conversation import Collator, ConversationDataset
-from vital.llava.trainer import LoopConfig, train, write_curve
+from vital.io import RecordError, read_jsonl, write_empty_curve, write_json
 from vital.params import AlignParams, Params
 from vital.paths import Paths
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _pick(pair_id: str, options: list[str], seed: int) -> str:
@@ -58,7 +56,9 @@ def set_trainable(model: torch.nn.Module, trainable: str) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _record_pretrained(ap: AlignParams, out: Path, metrics_path: Path | None) -> dict[str, Any]:
+def _record_pretrained(
+    ap: AlignParams, out: Path, metrics_path: Path | None, curve_path: Path | None
+) -> dict[str, Any]:
     """An already aligned checkpoint (e.g. llava-hf/llava-1.5-13b-hf): record it instead of copying its weights."""
     if out.exists():
         shutil.rmtree(out)
@@ -67,6 +67,8 @@ def _record_pretrained(ap: AlignParams, out: Path, metrics_path: Path | None) ->
     write_json(out / "checkpoint.json", record)
     if metrics_path is not None:
         write_json(metrics_path, record)
+    if curve_path is not None:
+        write_empty_curve(curve_path)  # nothing trained, but dvc.yaml declares the curve
     return record
 
 
@@ -83,7 +85,12 @@ def run(
     """Build (demo) or load (pretrained) the base LLaVA, align it on captions, save it to ``out``."""
     start = time.perf_counter()
     if ap.backend == "pretrained" and ap.steps == 0:
-        return _record_pretrained(ap, out, metrics_path)
+        return _record_pretrained(ap, out, metrics_path, curve_path)
+    # torch, transformers and peft only when a model is built or trained (a record takes no 10 s of imports)
+    from vital.llava.build import build_from_foundation, load_llava, save_llava
+    from vital.llava.conversation import Collator, ConversationDataset
+    from vital.llava.trainer import LoopConfig, train, write_curve
+
     if ap.backend == "demo":
         model, processor = build_from_foundation(foundation_dir, ap)
     else:
