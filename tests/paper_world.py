@@ -24,6 +24,7 @@ import hashlib
 import json
 import pickle
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -307,7 +308,12 @@ def paper_params(root: Path, base_url: str, clip: str, llava: str) -> dict:
 def build_repo(root: Path, base_url: str) -> dict:
     """Write the paper-profile repository under ``root``; returns its params."""
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO / "stages", root / "stages")
+    for item in ("stages", "vital"):  # the code is a DVC dep: the repo holds the copy that runs
+        shutil.copytree(REPO / item, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / ".gitignore").write_text("/.vital/\n/mlflow.db\n/mlruns/\n__pycache__/\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
     data = root / "data"
     corpus(data)
     vqa_sets(data)
