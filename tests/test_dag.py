@@ -66,6 +66,21 @@ def test_demo_backends_are_deps_only_of_the_stages_that_choose_them():
     assert not any(d.startswith("vital/demo") for d in demo["sample"].all + demo["embed"].all)
 
 
+def test_every_dvc_yaml_command_parses_with_its_stage_options():
+    """A cmd whose options the stage script does not take would fail only when DVC runs it."""
+    import re
+    import shlex
+
+    from vital.stage import parser
+
+    doc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    for name, spec in doc["stages"].items():
+        cmd = re.sub(r"\$\{[^}]+\}", "0", spec.get("do", spec)["cmd"])
+        argv = shlex.split(cmd)
+        assert argv[:2] == ["python", f"stages/{STAGES[name].script}.py"], name
+        parser(STAGES[name]).parse_args(argv[2:])  # exits (SystemExit) on an unknown or missing option
+
+
 def test_stage_refuses_to_run_when_dvc_yaml_misses_a_dep(tmp_path):
     doc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     doc["stages"]["sample"]["deps"].remove("vital/seeding.py")

@@ -127,8 +127,6 @@ def test_paper_profile_runs_foundation_to_chat_eval_without_demo_code(tmp_path):
         assert not (root / "data" / "corpus" / "truth.jsonl").exists()
         guard = _python("import vital.demo", env, cwd=root)
         assert "forbidden by VITAL_FORBID_IMPORTS" in guard.stderr  # the guard is on in the stages' env
-        for stage in sorted(RECORD_ONLY):  # recording a checkpoint loads no ML library
-            _sh(root, light_env, sys.executable, f"stages/{stage}.py")
         # the real thing: deps written for these params (no demo code or data among them), then dvc repro
         _sh(root, env, sys.executable, "-m", "vital.cli", "dag", "--write")
         dvc_yaml = (root / "dvc.yaml").read_text(encoding="utf-8")
@@ -137,6 +135,8 @@ def test_paper_profile_runs_foundation_to_chat_eval_without_demo_code(tmp_path):
         )
         _sh(root, env, "git", "add", "-A")
         _sh(root, env, "git", "commit", "-qm", "paper profile")
+        for stage in sorted(RECORD_ONLY):  # recording a checkpoint loads no ML library
+            _sh(root, light_env, sys.executable, f"stages/{stage}.py")
         cpu = _children_cpu()
         repro = _sh(root, env, "dvc", "repro", "chat_eval")
         walls = {
