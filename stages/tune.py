@@ -7,7 +7,8 @@ python stages/tune.py --data artifacts/curated/random40.json --out models/tuned/
 import argparse
 from pathlib import Path
 
-from vital.llava import lineage, tune
+from vital import lineage
+from vital.llava import tune
 from vital.params import Params
 from vital.paths import Paths
 from vital.stage import run_stage

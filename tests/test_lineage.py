@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import yaml
 
-from vital.llava import lineage
+from vital import lineage
 from vital.params import MlflowParams
 
 
