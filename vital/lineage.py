@@ -1,9 +1,11 @@
-"""MLflow lineage for a tuned model: params, metrics, git commit, and the DVC digests of its inputs.
+"""MLflow lineage for every model-producing stage: params, metrics, git commit, the DVC digests of its inputs.
 
-Each tune gets one MLflow run. Its direct inputs (base model, curated set, images) and everything
-upstream of them in ``dvc.lock`` (selector, labels, judgments, sample, corpus, ...) are logged as MLflow
-dataset inputs whose digest is the DVC md5, and the model is registered with those digests as tags, so a
-registered model version leads back to the exact files that made it.
+Each model (foundation CLIP, selector, tuned and fine-tuned LLaVA) gets one MLflow run. Its direct inputs
+and everything upstream of them in ``dvc.lock`` (selector, labels, judgments, sample, corpus, ...) are
+logged as MLflow dataset inputs whose digest is the DVC md5 and whose source is the path (with, as an input
+tag, the object's URL in the default DVC remote), and the model is registered with those digests as tags,
+so a registered model version leads back to the exact files that made it: ``vital lineage <model>``
+prints that chain and says where the workspace no longer matches it.
 """
 
 from __future__ import annotations
@@ -179,6 +181,27 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def default_remote(root: Path = Path(".")) -> str | None:
+    """The URL of the default DVC remote (``.dvc/config``, then ``.dvc/config.local``); a local path is made
+    absolute (DVC resolves it against ``.dvc/``). None without one."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read([Path(root) / ".dvc" / "config", Path(root) / ".dvc" / "config.local"])
+    name = cfg.get("core", "remote", fallback=None)
+    url = cfg.get(f'remote "{name}"', "url", fallback=None) if name else None
+    if url and "://" not in url and not Path(url).is_absolute():
+        url = str((Path(root) / ".dvc" / url).resolve())
+    return url
+
+
+def remote_object(remote: str | None, md5: str | None) -> str | None:
+    """Where DVC 3 keeps an object with this md5 in a remote (``<remote>/files/md5/ab/cdef...``)."""
+    if not remote or not md5:
+        return None
+    return f"{remote.rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}"
+
+
 def _dataset_input(art: Artifact, root: Path):
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -224,13 +247,21 @@ def log_tune(
     for art in arts:
         role = direct.get(art.path) or art.stage or "raw"
         tags[tag_key(f"dvc.{role}.{art.path}")] = f"{art.md5} ({art.source})"
+    remote = default_remote(root)
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(flatten(params))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
         mlflow.set_tags({k: v for k, v in tags.items() if not k.startswith("dvc.")})
         for art in arts:
             role = direct.get(art.path) or art.stage or "raw"
-            mlflow.log_input(_dataset_input(art, root), context=role, tags={"digest_source": art.source})
+            input_tags = {
+                "digest_source": art.source,
+                "dvc_stage": art.stage or "",
+                "direct": str(art.path in direct),
+            }
+            if art.source in ("dvc.lock", "data.dvc") or art.source.endswith(".dvc"):
+                input_tags["dvc_remote_url"] = remote_object(remote, art.md5) or ""
+            mlflow.log_input(_dataset_input(art, root), context=role, tags=input_tags)
         client = MlflowClient()
         try:
             client.get_registered_model(mp.registered_model)
@@ -264,6 +295,11 @@ def walk_back(name: str, version: str | int, root: Path = Path(".")) -> dict[str
             "path": i.dataset.name,
             "md5": i.dataset.digest,
             "role": next((t.value for t in i.tags if t.key == "mlflow.data.context"), None),
+            **{
+                t.key: t.value
+                for t in i.tags
+                if t.key in ("digest_source", "dvc_stage", "dvc_remote_url", "direct")
+            },
         }
         for i in run.inputs.dataset_inputs
     ]
@@ -274,3 +310,173 @@ def walk_back(name: str, version: str | int, root: Path = Path(".")) -> dict[str
         "params": run.data.params,
         "inputs": inputs,
     }
+
+
+def log_stage(
+    stage: str,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    inputs: dict[str, str | Path | None],
+    model_dir: Path,
+    root: Path = Path("."),
+) -> dict[str, Any] | None:
+    """For a stage's library ``run`` function (foundation, select): one MLflow run, the model registered as
+    ``<mlflow.experiment>-<stage>`` (``vital-foundation``, ``vital-select``) with its inputs' digests.
+
+    Logs only inside a pipeline repo, i.e. when ``<root>/params.yaml`` exists and its ``mlflow.enabled`` is
+    true (a unit test's bare temp dir logs nothing); returns the ``log_tune`` record, or None.
+    """
+    from vital.params import load_params
+
+    params_file = Path(root) / "params.yaml"
+    if not params_file.is_file():
+        return None
+    mp = load_params(params_file).mlflow
+    if not mp.enabled or not _main_process():
+        return None
+    return log_tune(
+        params,
+        metrics,
+        inputs,
+        model_dir,
+        mp.model_copy(update={"registered_model": f"{mp.experiment}-{stage}"}),
+        root,
+        run_name=stage,
+        tags={"vital.stage": stage},
+    )
+
+
+def _main_process() -> bool:
+    """Under ``accelerate launch`` only rank 0 logs (the same test as the tune stage's)."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def resolve_version(spec: str, root: Path = Path(".")) -> tuple[str, str]:
+    """``name`` (its latest version) or ``name@version`` -> (name, version); a clear error if unknown."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    name, _, version = spec.partition("@")
+    mlflow.set_tracking_uri(tracking_uri(root))
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except mlflow.exceptions.MlflowException as e:
+        raise LookupError(f"{tracking_uri(root)}: cannot read registered model {name!r}: {e}") from e
+    known = sorted((int(v.version) for v in versions), reverse=True)
+    if not known:
+        names = sorted(m.name for m in client.search_registered_models())
+        raise LookupError(
+            f"{tracking_uri(root)}: no registered model {name!r} (registered: {', '.join(names) or 'none'})"
+        )
+    if not version:
+        return name, str(known[0])
+    if not version.isdigit() or int(version) not in known:
+        raise LookupError(f"{name}: no version {version!r} (versions: {', '.join(map(str, sorted(known)))})")
+    return name, version
+
+
+def workspace_state(paths: list[str], root: Path = Path(".")) -> dict[str, str]:
+    """What ``dvc status`` says of each path (or the DVC output holding it): ``modified``, ``deleted``, ...;
+    paths it does not name are absent. Empty outside a DVC repo."""
+    try:
+        from dvc.repo import Repo
+
+        with Repo(str(root)) as repo:
+            status = repo.status()
+    except Exception:  # not a DVC repo, or no dvc.yaml: nothing to compare with
+        return {}
+    changed: dict[str, str] = {}
+    for entries in status.values():
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            for key in ("changed outs", "changed deps"):
+                for path, state in (entry.get(key) or {}).items():
+                    changed[_norm(path, root)] = state
+    out = {}
+    for p in paths:
+        hit = next((c for c in changed if p == c or p.startswith(c + "/") or c.startswith(p + "/")), None)
+        if hit:
+            out[p] = changed[hit] if hit == p else f"{changed[hit]} ({hit})"
+    return out
+
+
+def trace(spec: str, root: Path = Path(".")) -> dict[str, Any]:
+    """The chain behind a registered model version: its logged inputs (digests as recorded when the model was
+    made), nested by producing stage as ``dvc.lock`` links them, each compared with the workspace now."""
+    root = Path(root)
+    name, version = resolve_version(spec, root)
+    back = walk_back(name, version, root)
+    graph = read_dvc_graph(root)
+    logged = {i["path"]: i for i in back["inputs"]}
+    state = workspace_state(list(logged), root)
+    nodes: dict[str, dict[str, Any]] = {}
+    for path, rec in logged.items():
+        now = _digest(path, root, graph)
+        if now.md5 is None:
+            status = "missing from the workspace"
+        elif rec["md5"] not in ("missing", (now.md5 or "")[:36]):
+            status = f"changed: {now.source} now has {now.md5}"
+        elif path in state:
+            status = f"workspace {state[path]} (dvc status)"
+        else:
+            status = "ok"
+        nodes[path] = {**rec, "stage": rec.get("dvc_stage") or now.stage, "status": status}
+    # the model's direct inputs head the tree; under each artifact: the DVC output holding it and, for an
+    # output, the dependencies of the stage that produced it
+    roots = [p for p, n in nodes.items() if n.get("direct") == "True"]
+    children: dict[str, list[str]] = {}
+    for path, node in nodes.items():
+        owner = _owner(path, graph)
+        kids = [owner] if owner and owner != path and owner in nodes else []
+        if node["stage"] and owner == path:
+            kids += [d for d in graph.deps.get(node["stage"], []) if d in nodes and d != path]
+        children[path] = list(dict.fromkeys(kids))
+    return {
+        "name": name,
+        "version": version,
+        "run_id": back["run_id"],
+        "source": back["source"],
+        "git_commit": back["tags"].get("git_commit"),
+        "git_dirty": back["tags"].get("git_dirty"),
+        "nodes": nodes,
+        "roots": roots,
+        "children": children,
+        "mismatches": sorted(p for p, n in nodes.items() if n["status"] != "ok"),
+    }
+
+
+def format_trace(t: dict[str, Any]) -> str:
+    """``vital lineage``'s text: a tree from the model down to the raw data, one artifact per line."""
+    commit = (t["git_commit"] or "unknown")[:12] + (" (dirty)" if t["git_dirty"] == "True" else "")
+    lines = [
+        f"{t['name']} version {t['version']}: {t['source']}",
+        f"  MLflow run {t['run_id']}, git {commit}",
+    ]
+    shown: set[str] = set()
+
+    def walk(path: str, depth: int) -> None:
+        n = t["nodes"][path]
+        made_by = f"stage {n['stage']}" if n["stage"] else "raw data"
+        again = " (see above)" if path in shown else ""
+        lines.append(
+            f"{'  ' * depth}<- {n['role']}: {path}  md5 {n['md5']}  [{made_by}]  {n['status']}{again}"
+        )
+        if again:
+            return
+        shown.add(path)
+        for kid in t["children"].get(path, []):
+            walk(kid, depth + 1)
+
+    for r in t["roots"]:
+        walk(r, 1)
+    for path in t["nodes"]:  # logged but not reached through dvc.lock as it is now
+        if path not in shown:
+            walk(path, 1)
+    if t["mismatches"]:
+        lines.append(f"workspace differs from this model's inputs at {len(t['mismatches'])} artifact(s):")
+        lines += [f"  {p}: {t['nodes'][p]['status']}" for p in t["mismatches"]]
+    else:
+        lines.append("workspace matches every input of this model")
+    return "\n".join(lines)

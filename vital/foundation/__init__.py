@@ -61,4 +61,7 @@ def run(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
         )
     metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
     write_json(paths.metric("foundation"), metrics)
+    from vital.lineage import log_stage  # MLflow run + registered `vital-foundation` (in a pipeline repo)
+
+    log_stage("foundation", fp.model_dump(), metrics, {"corpus": paths.corpus}, paths.foundation, paths.root)
     return metrics
