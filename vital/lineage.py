@@ -326,12 +326,12 @@ def log_stage(
     Logs only inside a pipeline repo, i.e. when ``<root>/params.yaml`` exists and its ``mlflow.enabled`` is
     true (a unit test's bare temp dir logs nothing); returns the ``log_tune`` record, or None.
     """
-    from vital.params import load_params
-
     params_file = Path(root) / "params.yaml"
     if not params_file.is_file():
         return None
-    mp = load_params(params_file).mlflow
+    # only the mlflow section: the stage has validated the whole file already
+    data = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
+    mp = MlflowParams.model_validate(data.get("mlflow") or {})
     if not mp.enabled or not _main_process():
         return None
     return log_tune(
@@ -458,7 +458,8 @@ def format_trace(t: dict[str, Any]) -> str:
 
     def walk(path: str, depth: int) -> None:
         n = t["nodes"][path]
-        made_by = f"stage {n['stage']}" if n["stage"] else "raw data"
+        src = n.get("digest_source") or ""
+        made_by = f"stage {n['stage']}" if n["stage"] else ("raw data" if src.endswith(".dvc") else "file")
         again = " (see above)" if path in shown else ""
         lines.append(
             f"{'  ' * depth}<- {n['role']}: {path}  md5 {n['md5']}  [{made_by}]  {n['status']}{again}"
