@@ -189,7 +189,9 @@ def default_remote(root: Path = Path(".")) -> str | None:
     cfg = configparser.ConfigParser()
     cfg.read([Path(root) / ".dvc" / "config", Path(root) / ".dvc" / "config.local"])
     name = cfg.get("core", "remote", fallback=None)
-    url = cfg.get(f'remote "{name}"', "url", fallback=None) if name else None
+    # DVC writes the section as ['remote "name"'] (configobj); configparser keeps those quotes in the name
+    section = next((x for x in (f"'remote \"{name}\"'", f'remote "{name}"') if cfg.has_section(x)), None)
+    url = cfg.get(section, "url", fallback=None) if name and section else None
     if url and "://" not in url and not Path(url).is_absolute():
         url = str((Path(root) / ".dvc" / url).resolve())
     return url
