@@ -102,7 +102,7 @@ def test_report_for_a_commit_pair_that_changes_human_weight(pair, monkeypatch):
     assert out.returncode == 0, out.stderr
     md = (root / "report.md").read_text()
     print(md)
-    assert md.startswith(f"## vital: `{base[:7]}` → `{head[:7]}`")
+    assert md.startswith(f"## vital: `{base[:7]}` → `HEAD ({head[:7]})`")
     assert "| `selector.human_weight` | `auto` | `1` |" in md
     sel = md[md.index("### Selection") : md.index("### VQA")]
     assert "| held-out clinician agreement: selector | 0.781 | 0.796 | +0.015 |" in sel

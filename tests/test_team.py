@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,24 @@ def test_shared_experiments_through_a_git_remote(tmp_path, s3):
     assert json.loads((b / "models" / "model.json").read_text())["weight"] == 3
     out = sh(b, "dvc", "repro", environ=s3["env"])
     assert runs(b) == [], out
+    # the PR report takes an experiment name as a revision: what w2 changed against the baseline
+    report = sh(
+        b,
+        sys.executable,
+        "-m",
+        "vital.cli",
+        "report",
+        "--base",
+        "main",
+        "--head",
+        "w2",
+        "--md",
+        "--no-mlflow",
+        environ=env(PYTHONPATH=str(REPO)),
+    )
+    assert "| `train.weight` | `1.0` | `2` |" in report, report
+    assert "`w2 (" in report.splitlines()[0]
+    assert "| metrics/eval.json | `mean` |" in report
 
 
 def test_demo_default_remote_stays_the_in_repo_store():

@@ -128,6 +128,26 @@ def _rev_name(root: Path, rev: str | None) -> str:
     return _run(["git", "rev-parse", "--short", rev], root).strip()
 
 
+def resolve(root: Path, rev: str) -> str:
+    """A git revision or a DVC experiment name (``dvc exp show``) -> its commit sha."""
+    import subprocess
+
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode == 0:
+        return proc.stdout.strip()
+    try:
+        from dvc.scm import SCM, resolve_rev
+
+        return resolve_rev(SCM(str(root)), rev)
+    except Exception as e:
+        raise ReportError(f"{rev!r} is neither a git revision nor a DVC experiment in {root}") from e
+
+
 def _dvc_diff(kind: str, root: Path, base: str, head: str | None) -> dict:
     """``dvc params|metrics diff --json`` (the CLI: the same code and output users see)."""
     out = _run(["dvc", kind, "diff", base, *([head] if head else []), "--json"], root)
@@ -363,8 +383,14 @@ def pr_report(
     """Markdown for a pull request: params changed, metrics diff, selection and VQA deltas with their spreads
     over seeds, curves (PNGs under ``images``, linked relative to ``root``), MLflow runs and versions."""
     root = Path(root)
-    head_name = _rev_name(root, head)
-    lines = [f"## vital: `{_rev_name(root, base)}` → `{head_name}`", ""]
+    names = (base, head)
+    base, head = resolve(root, base), (None if head is None else resolve(root, head))
+
+    def label(name: str | None, sha: str | None) -> str:
+        short = _rev_name(root, sha)
+        return short if name in (None, sha) or name.startswith(short) else f"{name} ({short})"
+
+    lines = [f"## vital: `{label(names[0], base)}` → `{label(names[1], head)}`", ""]
     lines += ["### Params changed", "", *_params_section(_dvc_diff("params", root, base, head)), ""]
     sel_old, sel_new = (
         _json_at(root, base, "metrics/select.json"),
