@@ -123,9 +123,9 @@ def test_lineage_prints_the_chain_from_model_to_corpus_with_dvc_digests(chain, m
     assert order == sorted(order)
     assert text.splitlines()[0].startswith("vital-llava version 1: ")
     first = sh(root, "git", "rev-parse", "HEAD~1", environ=e).strip()[:12]
-    assert (
-        f"git {first} (dirty)" in text.splitlines()[1]
-    )  # run inside `dvc repro`, before the lock was committed
+    # made inside `dvc repro`, before its results were committed: the pipeline's commit
+    assert f"git {first}" in text.splitlines()[1]
+    assert "<- raw: data/corpus  md5" in text and "[raw data]" in text
     assert "<- raw: step.py  md5" in text and "[file]" in text
     assert "workspace matches every input of this model" in text
     # the selector was registered by the select stage (log_stage): its own chain starts at its inputs

@@ -424,7 +424,9 @@ def trace(spec: str, root: Path = Path(".")) -> dict[str, Any]:
             status = f"workspace {state[path]} (dvc status)"
         else:
             status = "ok"
-        nodes[path] = {**rec, "stage": rec.get("dvc_stage") or now.stage, "status": status}
+        owner = _owner(path, graph)
+        raw = bool(owner) and graph.outs[owner][2].endswith(".dvc")  # inside data tracked by a .dvc file
+        nodes[path] = {**rec, "stage": rec.get("dvc_stage") or now.stage, "status": status, "raw": raw}
     # the model's direct inputs head the tree; under each artifact: the DVC output holding it and, for an
     # output, the dependencies of the stage that produced it
     roots = [p for p, n in nodes.items() if n.get("direct") == "True"]
@@ -460,8 +462,7 @@ def format_trace(t: dict[str, Any]) -> str:
 
     def walk(path: str, depth: int) -> None:
         n = t["nodes"][path]
-        src = n.get("digest_source") or ""
-        made_by = f"stage {n['stage']}" if n["stage"] else ("raw data" if src.endswith(".dvc") else "file")
+        made_by = f"stage {n['stage']}" if n["stage"] else ("raw data" if n.get("raw") else "file")
         again = " (see above)" if path in shown else ""
         lines.append(
             f"{'  ' * depth}<- {n['role']}: {path}  md5 {n['md5']}  [{made_by}]  {n['status']}{again}"
