@@ -108,7 +108,8 @@ def test_report_for_a_commit_pair_that_changes_human_weight(pair, monkeypatch):
     assert "| held-out clinician agreement: selector | 0.781 | 0.796 | +0.015 |" in sel
     assert "selector minus judge (95% CI) | +0.005 [-0.0442, 0.0552] | +0.021 [-0.03, 0.07]" in sel
     vqa = md[md.index("### VQA") : md.index("### Metrics diff")]
-    assert "**demo**, fine-tuned (mean ± sd over seeds)" in vqa and "**demo**, zero-shot" in vqa
+    assert "**demo**, fine-tuned (mean ± sd over seeds)" in vqa
+    assert "<summary>demo, zero-shot: unchanged</summary>" in vqa  # evaluate.json is the same in both
     assert (
         "| **top − random** closed_accuracy | +0.008 ± 0.013 (n=3, 2/3 wins) | +0.018 ± 0.013 (n=3, 2/3 wins) |"
         in vqa
@@ -122,7 +123,7 @@ def test_report_for_a_commit_pair_that_changes_human_weight(pair, monkeypatch):
     assert "select_weights" not in curves  # unchanged plots are not drawn
     mlf = md[md.index("### MLflow") :]
     run_id = lineage.walk_back("vital-select", 1, root)["run_id"]
-    assert f"| `vital-select` | 1 | `{run_id}` |" in mlf
+    assert f"| `vital-select` | 1 | `{run_id}` | `{head[:7]}` |" in mlf
 
 
 def test_report_against_the_workspace_and_errors(pair):

@@ -66,7 +66,7 @@ def _lineage(args) -> int:
     except LookupError as e:
         print(f"vital lineage: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(t, indent=2) if args.json else format_trace(t))
+    print(json.dumps(t, indent=2) if args.json else format_trace(t, everything=args.all))
     return 1 if args.check and t["mismatches"] else 0
 
 
@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lin.add_argument("model", help="registered model name, optionally @version (default: the latest)")
     lin.add_argument("--json", action="store_true", help="machine-readable output")
+    lin.add_argument("--all", action="store_true", help="also list code files and metrics that still match")
     lin.add_argument("--check", action="store_true", help="exit 1 if the workspace no longer matches")
     lin.set_defaults(func=_lineage)
 

@@ -393,9 +393,10 @@ def workspace_state(paths: list[str], root: Path = Path(".")) -> dict[str, str]:
         for entry in entries:
             if not isinstance(entry, dict):
                 continue
-            for key in ("changed outs", "changed deps"):
-                for path, state in (entry.get(key) or {}).items():
-                    changed[_norm(path, root)] = state
+            # outputs only: a stale consumer's "changed deps" says the consumer needs a rerun, not that the
+            # artifact itself differs from what the model was made from
+            for path, state in (entry.get("changed outs") or {}).items():
+                changed[_norm(path, root)] = state
     out = {}
     for p in paths:
         hit = next((c for c in changed if p == c or p.startswith(c + "/") or c.startswith(p + "/")), None)
@@ -422,6 +423,8 @@ def trace(spec: str, root: Path = Path(".")) -> dict[str, Any]:
             status = f"changed: {now.source} now has {now.md5}"
         elif path in state:
             status = f"workspace {state[path]} (dvc status)"
+        elif (root / path).is_file() and rec["md5"] != "missing" and file_md5(root / path) != rec["md5"]:
+            status = "workspace modified (md5 differs)"
         else:
             status = "ok"
         owner = _owner(path, graph)
@@ -451,8 +454,11 @@ def trace(spec: str, root: Path = Path(".")) -> dict[str, Any]:
     }
 
 
-def format_trace(t: dict[str, Any]) -> str:
-    """``vital lineage``'s text: a tree from the model down to the raw data, one artifact per line."""
+def format_trace(t: dict[str, Any], everything: bool = False) -> str:
+    """``vital lineage``'s text: a tree from the model down to the raw data, one artifact per line.
+
+    Without ``everything``, code files and metrics (deps and outputs that are not data or models) are left
+    out unless they no longer match; every mismatch is listed at the end either way."""
     commit = (t["git_commit"] or "unknown")[:12] + (" (dirty)" if t["git_dirty"] == "True" else "")
     lines = [
         f"{t['name']} version {t['version']}: {t['source']}",
@@ -460,7 +466,14 @@ def format_trace(t: dict[str, Any]) -> str:
     ]
     shown: set[str] = set()
 
+    def hidden(path: str) -> bool:
+        n = t["nodes"][path]
+        side = path.startswith("metrics/") or (not n["stage"] and not n.get("raw"))
+        return not everything and side and n["status"] == "ok"
+
     def walk(path: str, depth: int) -> None:
+        if hidden(path):
+            return
         n = t["nodes"][path]
         made_by = f"stage {n['stage']}" if n["stage"] else ("raw data" if n.get("raw") else "file")
         again = " (see above)" if path in shown else ""
@@ -478,6 +491,8 @@ def format_trace(t: dict[str, Any]) -> str:
     for path in t["nodes"]:  # logged but not reached through dvc.lock as it is now
         if path not in shown:
             walk(path, 1)
+    if not everything:
+        lines.insert(2, "  (code files and metrics that still match are left out: --all shows them)")
     if t["mismatches"]:
         lines.append(f"workspace differs from this model's inputs at {len(t['mismatches'])} artifact(s):")
         lines += [f"  {p}: {t['nodes'][p]['status']}" for p in t["mismatches"]]

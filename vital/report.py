@@ -271,7 +271,10 @@ def _vqa_section(old: dict, new: dict, title: str) -> list[str]:
                 a, b = (o.get(gain) or {}).get(key), (n.get(gain) or {}).get(key)
                 if a or b:
                     rows.append([f"**{gain.replace('_minus_', ' − ')}** {key}", _spread(a), _spread(b)])
-        if rows:
+        if rows and o == n:  # the stages behind it did not rerun: keep the comment short
+            lines += [f"<details><summary>{set_name}, {title}: unchanged</summary>", ""]
+            lines += _table(["", "base", "this PR"], rows) + ["</details>", ""]
+        elif rows:
             lines += [f"**{set_name}**, {title} (mean ± sd over seeds):", ""]
             lines += _table(["", "base", "this PR"], rows) + [""]
     return lines or [f"No {title} metrics at either revision."]
@@ -361,15 +364,23 @@ def _mlflow_section(root: Path, head: str | None) -> list[str]:
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     commit = _run(["git", "rev-parse", head], root).strip() if head else git_commit(root)[0]
+    # a model made by `dvc repro` before its results were committed carries the parent commit, dirty
+    parent = _run(["git", "rev-parse", f"{commit}^"], root).strip() if head else commit
     rows = []
     for model in client.search_registered_models():
         for v in client.search_model_versions(f"name='{model.name}'"):
-            if v.tags.get("git_commit") == commit:
-                rows.append([f"`{model.name}`", str(v.version), f"`{v.run_id}`", f"`{v.source}`"])
+            logged = v.tags.get("git_commit")
+            if logged == commit and (head or v.tags.get("git_dirty") != "True"):
+                made = f"`{commit[:7]}`"
+            elif logged == parent and v.tags.get("git_dirty") == "True":
+                made = f"`{parent[:7]}` + uncommitted changes"
+            else:
+                continue
+            rows.append([f"`{model.name}`", str(v.version), f"`{v.run_id}`", made, f"`{v.source}`"])
     if not rows:
         return [f"No registered model version was logged from commit `{(commit or '?')[:12]}` in `{uri}`."]
     rows.sort(key=lambda r: (r[0], int(r[1])))
-    return _table(["registered model", "version", "MLflow run", "source"], rows)
+    return _table(["registered model", "version", "MLflow run", "logged from", "source"], rows)
 
 
 def pr_report(
