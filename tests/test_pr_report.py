@@ -88,8 +88,12 @@ def test_report_for_a_commit_pair_that_changes_human_weight(pair, monkeypatch):
             sys.executable,
             "-c",
             "from vital.lineage import log_tune; from vital.params import MlflowParams;"
-            "log_tune({'human_weight': 1}, {'agreement': 0.7962}, {'pairs': 'params.yaml'}, __import__('pathlib')"
-            ".Path('metrics'), MlflowParams(registered_model='vital-select'))",
+            "import pathlib, sys; mp = MlflowParams(registered_model='vital-select');"
+            "log_tune({'human_weight': 1}, {'agreement': 0.7962}, {'pairs': 'params.yaml'}, pathlib.Path('m'), mp);"
+            # made by `dvc repro` on the base commit before B was committed; and an unrelated dirty run
+            "log_tune({}, {}, {}, pathlib.Path('m'), mp, tags={'git_commit': sys.argv[1], 'git_dirty': 'True'});"
+            "log_tune({}, {}, {}, pathlib.Path('m'), mp, tags={'git_commit': sys.argv[1], 'git_dirty': 'False'})",
+            base,
         ],
         cwd=root,
         env=e,
@@ -124,6 +128,11 @@ def test_report_for_a_commit_pair_that_changes_human_weight(pair, monkeypatch):
     mlf = md[md.index("### MLflow") :]
     run_id = lineage.walk_back("vital-select", 1, root)["run_id"]
     assert f"| `vital-select` | 1 | `{run_id}` | `{head[:7]}` |" in mlf
+    assert (
+        f"| `vital-select` | 2 | `{lineage.walk_back('vital-select', 2, root)['run_id']}` | `{base[:7]}` + uncommitted"
+        in mlf
+    )
+    assert "| `vital-select` | 3 |" not in mlf  # logged from the clean base: not this PR's
 
 
 def test_report_against_the_workspace_and_errors(pair):
