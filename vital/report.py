@@ -336,6 +336,12 @@ def render_curves(root: Path, base: str, head: str | None, out_dir: Path, limit:
                 if data and col in data[0]:
                     j = data[0].index(col)
                     ax.plot([r[0] for r in data[1]], [r[j] for r in data[1]], style, label=label, marker=".")
+            xs = sorted({r[0] for d in (a, b) if d for r in d[1]})
+            gaps = [y - x for x, y in zip(xs, xs[1:], strict=False)]
+            if (
+                gaps and min(xs) >= 0 and max(gaps) > 50 * min(gaps)
+            ):  # a grid like human_weight 0, 1, ..., 1000
+                ax.set_xscale("symlog", linthresh=1)
             ax.set_xlabel(header[0])
             ax.set_ylabel(col)
             ax.legend(fontsize=7)
