@@ -276,7 +276,9 @@ def paper_params(root: Path, base_url: str, clip: str, llava: str) -> dict:
     p["foundation"] |= {"clip": clip}
     p["align"] |= {"model": llava}
     p["sample"] |= {"per_domain": PER_DOMAIN, "domains": list(DOMAINS)}
-    p["sample"]["corpus"] = {"format": "vital"}  # corpus() writes vital's figure records with the images beside
+    p["sample"]["corpus"] = {
+        "format": "vital"
+    }  # corpus() writes vital's figure records with the images beside
     for stage in ("generate", "judge"):
         p[stage] |= {"mode": "online", "client": client}  # batch mode is tested in tests/test_llm_batch.py
     p["generate"] |= {"candidates": CANDIDATES, "demos_per_prompt": 1, "max_image_side": 64}

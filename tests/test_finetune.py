@@ -101,7 +101,7 @@ def test_finetune_trains_every_set_and_writes_a_loadable_checkpoint(finetuned):
 
 
 def test_each_fine_tuned_model_is_registered_per_set_with_its_inputs(finetuned, monkeypatch):
-    from vital.llava import lineage
+    from vital import lineage
     from vital.params import MlflowParams
 
     root, metrics = finetuned

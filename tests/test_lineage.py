@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import yaml
 
-from vital.llava import lineage
+from vital import lineage
 from vital.params import MlflowParams
 
 
@@ -129,3 +129,77 @@ def test_tag_keys_of_matrix_stages_are_valid_mlflow_names():
     # a fine-tuned model's upstream includes the tune@<subset>-<seed> matrix stages; MLflow refuses "@"
     assert lineage.tag_key("dvc.tune@top-0.models/tuned/top-s0") == "dvc.tune_top-0.models/tuned/top-s0"
     assert lineage.tag_key("dvc.base.models/base") == "dvc.base.models/base"
+
+
+def _registered(root, name):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(lineage.tracking_uri(root))
+    return [str(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'")]
+
+
+def test_foundation_run_logs_its_model_in_a_pipeline_repo(tmp_path, monkeypatch):
+    """vital.foundation.run calls log_stage: a repo with params.yaml gets `vital-foundation`, a bare dir not."""
+    import torch
+
+    from vital.foundation import build_tiny_clip, run
+    from vital.params import FoundationParams
+    from vital.paths import Paths
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    model, _, _ = build_tiny_clip(FoundationParams())
+    ckpt = tmp_path / "w.pt"
+    torch.save(model.state_dict(), ckpt)
+    fp = FoundationParams(backend="pretrained", clip="vital-tiny-clip", clip_pretrained=str(ckpt))
+    bare = tmp_path / "bare"
+    run(fp, Paths(bare))
+    assert not (bare / "mlflow.db").exists()  # no params.yaml: not a pipeline run, nothing logged
+
+    repo = tmp_path / "repo"
+    (repo / "data" / "corpus").mkdir(parents=True)
+    (repo / "data" / "corpus" / "figures.jsonl").write_text('{"pair_id": "a"}\n')
+    (repo / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"experiment": "vital"}}))
+    run(fp, Paths(repo))
+    assert _registered(repo, "vital-foundation") == ["1"]
+    back = lineage.walk_back("vital-foundation", 1, repo)
+    assert back["source"] == str((repo / "models" / "foundation").resolve())
+    assert back["tags"]["vital.stage"] == "foundation"
+    corpus = next(i for i in back["inputs"] if i["path"] == "data/corpus")
+    assert corpus["role"] == "corpus" and corpus["md5"] == lineage.tree_md5(repo / "data" / "corpus")[:36]
+
+    (repo / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"enabled": False}}))
+    run(fp, Paths(repo))
+    assert _registered(repo, "vital-foundation") == ["1"]  # mlflow.enabled: false logs nothing
+
+
+def test_select_run_logs_its_model_with_pairs_labels_judgments(tmp_path, monkeypatch):
+    from tests.test_selector import synthetic
+    from vital.params import SelectorParams
+    from vital.selector import run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    paths = synthetic(tmp_path / "repo", figures=60)
+    (paths.root / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"experiment": "vital"}}))
+    run(SelectorParams(human_weight=1, epochs=2, compare_weights=[]), paths)
+    back = lineage.walk_back("vital-select", 1, paths.root)
+    roles = {i["role"]: i for i in back["inputs"]}
+    assert {"embeddings", "pairs", "judgments", "labels"} <= set(roles)
+    assert roles["pairs"]["md5"] == lineage.file_md5(paths.pairs) and roles["pairs"]["direct"] == "True"
+    assert back["params"]["human_weight"] == "1.0"
+    assert back["source"] == str(paths.selector.resolve())
+
+
+def test_inputs_name_the_default_remote_object(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text(
+        "[core]\n    remote = team\n['remote \"team\"']\n    url = s3://bucket/store\n"
+    )
+    assert lineage.default_remote(tmp_path) == "s3://bucket/store"
+    assert (
+        lineage.remote_object("s3://bucket/store", "ab12cd.dir") == "s3://bucket/store/files/md5/ab/12cd.dir"
+    )
+    (tmp_path / ".dvc" / "config").write_text(
+        "[core]\n    remote = demo\n['remote \"demo\"']\n    url = ../store\n"
+    )
+    assert lineage.default_remote(tmp_path) == str((tmp_path / "store").resolve())

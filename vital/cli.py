@@ -8,6 +8,8 @@ vital generate --dry-run   count requests, estimate tokens and cost; send nothin
 vital judge --dry-run      the same for judging
 vital annotate --annotator dr_smith   rank candidates in the browser into data/labels/dr_smith.jsonl
 vital fetch-images URLS.jsonl --out data/corpus/shards   PMC OA packages -> figure shards + index
+vital report --base origin/main --md  a pull-request report: params, metrics, selection/VQA deltas, curves
+vital lineage vital-llava@3           the chain behind a registered model, with digests and workspace drift
 """
 
 from __future__ import annotations
@@ -37,10 +39,36 @@ def _params(args) -> int:
 
 
 def _report(args) -> int:
-    from vital.report import summary
+    from vital.report import ReportError, pr_report, summary
 
-    print(summary(Paths()))
+    if not args.base:
+        if args.md or args.head:
+            print("vital report: --md and --head compare two revisions and need --base REV", file=sys.stderr)
+            return 2
+        print(summary(Paths()))
+        return 0
+    try:
+        text = pr_report(Path("."), args.base, args.head, images=Path(args.images), mlflow=not args.no_mlflow)
+    except ReportError as e:
+        print(f"vital report: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text, end="")
     return 0
+
+
+def _lineage(args) -> int:
+    from vital.lineage import format_trace, trace
+
+    try:
+        t = trace(args.model, Path("."))
+    except LookupError as e:
+        print(f"vital lineage: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(t, indent=2) if args.json else format_trace(t, everything=args.all))
+    return 1 if args.check and t["mismatches"] else 0
 
 
 def _annotate(args) -> int:
@@ -178,7 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
     world.set_defaults(func=_world)
 
     sub.add_parser("params", help="validate and print parameters").set_defaults(func=_params)
-    sub.add_parser("report", help="key numbers of the last run").set_defaults(func=_report)
+    rep = sub.add_parser("report", help="key numbers of the last run; with --base, a pull-request report")
+    rep.add_argument("--base", help="git revision to compare with (e.g. origin/main): writes the PR report")
+    rep.add_argument("--head", help="revision to report on (default: the workspace)")
+    rep.add_argument("--md", action="store_true", help="Markdown (the PR report's only format)")
+    rep.add_argument("--out", help="write the report here instead of stdout")
+    rep.add_argument(
+        "--images", default=".vital/report", help="folder for the curve PNGs (default: .vital/report)"
+    )
+    rep.add_argument("--no-mlflow", action="store_true", help="leave out MLflow runs and registered versions")
+    rep.set_defaults(func=_report)
+
+    lin = sub.add_parser(
+        "lineage", help="the chain behind a registered model: inputs, digests, workspace drift"
+    )
+    lin.add_argument("model", help="registered model name, optionally @version (default: the latest)")
+    lin.add_argument("--json", action="store_true", help="machine-readable output")
+    lin.add_argument("--all", action="store_true", help="also list code files and metrics that still match")
+    lin.add_argument("--check", action="store_true", help="exit 1 if the workspace no longer matches")
+    lin.set_defaults(func=_lineage)
 
     dag = sub.add_parser("dag", help="each stage's deps (code closure + data) for these params")
     mode = dag.add_mutually_exclusive_group()

@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vital import lineage
 from vital.io import RecordError, write_json
-from vital.llava import lineage, tune
+from vital.llava import tune
 from vital.params import FinetuneParams, MlflowParams, Params
 from vital.paths import Paths
 from vital.vqa.items import LoadedSet, VQAItem

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from vital.paths import Paths
@@ -83,3 +84,352 @@ def summary(paths: Paths) -> str:
         lines += _model_lines(res)
         lines += _gain_lines(res)
     return "\n".join(lines) if lines else "no metrics yet: run `dvc repro`"
+
+
+# --- the pull-request report: `vital report --base REV --md` ------------------------------------------------
+
+SPREAD_KEYS = ("closed_accuracy", "open_recall", "closed_discrimination")
+
+
+class ReportError(RuntimeError):
+    """A revision, or a command the report needs, failed; the message names it."""
+
+
+def _run(cmd: list[str], root: Path) -> str:
+    import subprocess
+
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ReportError(
+            f"`{' '.join(cmd)}` failed in {root}: {(proc.stderr or proc.stdout).strip()[-800:]}"
+        )
+    return proc.stdout
+
+
+def _at(root: Path, rev: str | None, path: str) -> str | None:
+    """A git-tracked file at ``rev`` (None: the workspace); None if it is not there."""
+    if rev is None:
+        f = Path(root) / path
+        return f.read_text() if f.is_file() else None
+    import subprocess
+
+    proc = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _json_at(root: Path, rev: str | None, path: str) -> dict:
+    text = _at(root, rev, path)
+    return json.loads(text) if text else {}
+
+
+def _rev_name(root: Path, rev: str | None) -> str:
+    if rev is None:
+        return "workspace"
+    return _run(["git", "rev-parse", "--short", rev], root).strip()
+
+
+def resolve(root: Path, rev: str) -> str:
+    """A git revision or a DVC experiment name (``dvc exp show``) -> its commit sha."""
+    import subprocess
+
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode == 0:
+        return proc.stdout.strip()
+    try:
+        from dvc.scm import SCM, resolve_rev
+
+        return resolve_rev(SCM(str(root)), rev)
+    except Exception as e:
+        raise ReportError(f"{rev!r} is neither a git revision nor a DVC experiment in {root}") from e
+
+
+def _dvc_diff(kind: str, root: Path, base: str, head: str | None) -> dict:
+    """``dvc params|metrics diff --json`` (the CLI: the same code and output users see)."""
+    out = _run(["dvc", kind, "diff", base, *([head] if head else []), "--json"], root)
+    return json.loads(out) if out.strip() else {}
+
+
+def _num(x) -> str:
+    if isinstance(x, bool) or x is None:
+        return "-" if x is None else str(x)
+    if isinstance(x, float):
+        return f"{x:.4g}" if abs(x) < 1e-3 and x != 0 else f"{x:.3f}"
+    return str(x)
+
+
+def _signed(x) -> str:
+    return "-" if not isinstance(x, int | float) else (f"{x:+.3f}" if isinstance(x, float) else f"{x:+d}")
+
+
+def _spread(d: dict | None) -> str:
+    if not isinstance(d, dict) or d.get("mean") is None:
+        return "-"
+    wins = f", {d['wins']}/{d.get('n')} wins" if "wins" in d else ""
+    return f"{_signed(float(d['mean']))} ± {float(d.get('std') or 0):.3f} (n={d.get('n')}{wins})"
+
+
+def _mean_sd(d: dict | None) -> str:
+    if not isinstance(d, dict) or d.get("mean") is None:
+        return "-"
+    return f"{float(d['mean']):.3f} ± {float(d.get('std') or 0):.3f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return out
+
+
+def _params_section(diff: dict) -> list[str]:
+    rows = [
+        [f"`{key}`", f"`{v.get('old')}`", f"`{v.get('new')}`"]
+        for file, keys in sorted(diff.items())
+        for key, v in sorted(keys.items())
+    ]
+    if not rows:
+        return ["No params changed."]
+    return _table(["param", "base", "this PR"], rows)
+
+
+def _metrics_section(diff: dict, limit: int) -> list[str]:
+    rows = []
+    for file, keys in sorted(diff.items()):
+        for key, v in sorted(keys.items()):
+            if "dropped_examples" in key or key.startswith("_stage") or key.endswith("wall_seconds"):
+                continue  # wall times and examples differ on every run
+            rows.append(
+                [f"{file}", f"`{key}`", _num(v.get("old")), _num(v.get("new")), _signed(v.get("diff"))]
+            )
+    if not rows:
+        return ["No metric changed (wall times aside)."]
+    lines = _table(["file", "metric", "base", "this PR", "change"], rows[:limit])
+    if len(rows) > limit:
+        rest = _table(["file", "metric", "base", "this PR", "change"], rows[limit:])
+        lines += [
+            "",
+            f"<details><summary>{len(rows) - limit} more changed metrics</summary>",
+            "",
+            *rest,
+            "</details>",
+        ]
+    return lines
+
+
+def _select_section(old: dict, new: dict) -> list[str]:
+    if not old and not new:
+        return ["No `metrics/select.json` at either revision."]
+    ho, hn = old.get("heldout_human", {}), new.get("heldout_human", {})
+
+    def agree(h, who):
+        return (h.get(who) or {}).get("agreement")
+
+    rows = [
+        ["`selector.human_weight` used", _num(old.get("human_weight")), _num(new.get("human_weight")), ""]
+    ]
+    for who in ("selector", "judge", "random", "clinician_vs_clinician"):
+        a, b = agree(ho, who), agree(hn, who)
+        change = _signed(b - a) if isinstance(a, int | float) and isinstance(b, int | float) else "-"
+        rows.append([f"held-out clinician agreement: {who}", _num(a), _num(b), change])
+    for key in ("selector_minus_judge", "selector_minus_weight0"):
+        a, b = ho.get(key) or {}, hn.get(key) or {}
+        if a or b:
+            rows.append(
+                [
+                    f"{key.replace('_', ' ')} (95% CI)",
+                    f"{_signed(a.get('difference'))} {a.get('ci95', '')}",
+                    f"{_signed(b.get('difference'))} {b.get('ci95', '')}",
+                    "",
+                ]
+            )
+    pairs = hn.get("pairs") or ho.get("pairs")
+    return [
+        f"Held-out clinician pairs: {pairs}.",
+        "",
+        *_table(["selection", "base", "this PR", "change"], rows),
+    ]
+
+
+def _vqa_section(old: dict, new: dict, title: str) -> list[str]:
+    lines = []
+    for set_name in sorted(k for k in set(old) | set(new) if not k.startswith("_")):
+        o, n = old.get(set_name) or {}, new.get(set_name) or {}
+        if not isinstance(o, dict) or not isinstance(n, dict):
+            continue
+        rows = []
+        for group in ("top_over_seeds", "random_over_seeds", "base_over_seeds"):
+            for key in SPREAD_KEYS:
+                a, b = (o.get(group) or {}).get(key), (n.get(group) or {}).get(key)
+                if a or b:
+                    rows.append([f"{group.replace('_over_seeds', '')} {key}", _mean_sd(a), _mean_sd(b)])
+        for gain in ("top_minus_random", "top_minus_base", "random_minus_base"):
+            for key in SPREAD_KEYS:
+                a, b = (o.get(gain) or {}).get(key), (n.get(gain) or {}).get(key)
+                if a or b:
+                    rows.append([f"**{gain.replace('_minus_', ' − ')}** {key}", _spread(a), _spread(b)])
+        if rows and o == n:  # the stages behind it did not rerun: keep the comment short
+            lines += [f"<details><summary>{set_name}, {title}: unchanged</summary>", ""]
+            lines += _table(["", "base", "this PR"], rows) + ["</details>", ""]
+        elif rows:
+            lines += [f"**{set_name}**, {title} (mean ± sd over seeds):", ""]
+            lines += _table(["", "base", "this PR"], rows) + [""]
+    return lines or [f"No {title} metrics at either revision."]
+
+
+def _csv_at(root: Path, rev: str | None, path: str) -> tuple[list[str], list[list[float]]] | None:
+    import csv
+    import io
+
+    text = _at(root, rev, path)
+    if not text:
+        return None
+    rows = list(csv.reader(io.StringIO(text)))
+    if len(rows) < 2:
+        return None
+    try:
+        return rows[0], [[float(c) for c in r] for r in rows[1:] if r]
+    except ValueError:
+        return None
+
+
+def _plot_files(root: Path, rev: str | None) -> set[str]:
+    if rev is None:
+        base = Path(root) / "metrics" / "plots"
+        return {p.relative_to(root).as_posix() for p in base.rglob("*.csv")} if base.is_dir() else set()
+    import subprocess
+
+    out = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", rev, "metrics/plots"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {p for p in out.split() if p.endswith(".csv")}
+
+
+def render_curves(root: Path, base: str, head: str | None, out_dir: Path, limit: int = 12) -> list[Path]:
+    """A PNG per plot CSV (``metrics/plots/**.csv``) that differs between the revisions: base dashed, PR solid.
+
+    matplotlib (installed with mlflow) draws them; an empty list if it cannot be imported."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out_dir = Path(out_dir)
+    written = []
+    for path in sorted(_plot_files(root, base) | _plot_files(root, head)):
+        a, b = _csv_at(root, base, path), _csv_at(root, head, path)
+        if a == b or len(written) >= limit:
+            continue
+        header = (b or a)[0]
+        fig, axes = plt.subplots(1, len(header) - 1, figsize=(4.2 * (len(header) - 1), 3.0), squeeze=False)
+        for i, col in enumerate(header[1:], start=1):
+            ax = axes[0][i - 1]
+            for data, style, label in ((a, "--", "base"), (b, "-", "this PR")):
+                if data and col in data[0]:
+                    j = data[0].index(col)
+                    ax.plot([r[0] for r in data[1]], [r[j] for r in data[1]], style, label=label, marker=".")
+            xs = sorted({r[0] for d in (a, b) if d for r in d[1]})
+            gaps = [y - x for x, y in zip(xs, xs[1:], strict=False)]
+            if (
+                gaps and min(xs) >= 0 and max(gaps) > 50 * min(gaps)
+            ):  # a grid like human_weight 0, 1, ..., 1000
+                ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlabel(header[0])
+            ax.set_ylabel(col)
+            ax.legend(fontsize=7)
+        fig.suptitle(path, fontsize=9)
+        fig.tight_layout()
+        png = out_dir / (path.removeprefix("metrics/plots/").removesuffix(".csv").replace("/", "__") + ".png")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=80)
+        plt.close(fig)
+        written.append(png)
+    return written
+
+
+def _mlflow_section(root: Path, head: str | None) -> list[str]:
+    """Registered model versions whose run was logged from the PR's commit (every version if head is the
+    workspace and none match HEAD)."""
+    from vital.lineage import git_commit, tracking_uri
+
+    uri = tracking_uri(root)
+    db = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and not Path(db).is_file():
+        return [f"No MLflow tracking store at `{uri}`."]
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    commit = _run(["git", "rev-parse", head], root).strip() if head else git_commit(root)[0]
+    # a model made by `dvc repro` before its results were committed carries the parent commit, dirty
+    parent = _run(["git", "rev-parse", f"{commit}^"], root).strip() if head else commit
+    rows = []
+    for model in client.search_registered_models():
+        for v in client.search_model_versions(f"name='{model.name}'"):
+            logged = v.tags.get("git_commit")
+            if logged == commit and (head or v.tags.get("git_dirty") != "True"):
+                made = f"`{commit[:7]}`"
+            elif logged == parent and v.tags.get("git_dirty") == "True":
+                made = f"`{parent[:7]}` + uncommitted changes"
+            else:
+                continue
+            rows.append([f"`{model.name}`", str(v.version), f"`{v.run_id}`", made, f"`{v.source}`"])
+    if not rows:
+        return [f"No registered model version was logged from commit `{(commit or '?')[:12]}` in `{uri}`."]
+    rows.sort(key=lambda r: (r[0], int(r[1])))
+    return _table(["registered model", "version", "MLflow run", "logged from", "source"], rows)
+
+
+def pr_report(
+    root: Path,
+    base: str,
+    head: str | None = None,
+    images: Path | None = None,
+    metrics_limit: int = 40,
+    mlflow: bool = True,
+) -> str:
+    """Markdown for a pull request: params changed, metrics diff, selection and VQA deltas with their spreads
+    over seeds, curves (PNGs under ``images``, linked relative to ``root``), MLflow runs and versions."""
+    root = Path(root)
+    names = (base, head)
+    base, head = resolve(root, base), (None if head is None else resolve(root, head))
+
+    def label(name: str | None, sha: str | None) -> str:
+        short = _rev_name(root, sha)
+        return short if name in (None, sha) or name.startswith(short) else f"{name} ({short})"
+
+    lines = [f"## vital: `{label(names[0], base)}` → `{label(names[1], head)}`", ""]
+    lines += ["### Params changed", "", *_params_section(_dvc_diff("params", root, base, head)), ""]
+    sel_old, sel_new = (
+        _json_at(root, base, "metrics/select.json"),
+        _json_at(root, head, "metrics/select.json"),
+    )
+    lines += ["### Selection", "", *_select_section(sel_old, sel_new), ""]
+    lines += ["### VQA", ""]
+    for path, title in (
+        ("metrics/evaluate.json", "zero-shot"),
+        ("metrics/evaluate_finetuned.json", "fine-tuned"),
+    ):
+        lines += _vqa_section(_json_at(root, base, path), _json_at(root, head, path), title)
+    lines += ["### Metrics diff (`dvc metrics diff`)", ""]
+    lines += [*_metrics_section(_dvc_diff("metrics", root, base, head), metrics_limit), ""]
+    if images is not None:
+        pngs = render_curves(root, base, head, images)
+        lines += ["### Curves that changed", ""]
+        if pngs:
+            lines += [f"![{p.stem}]({Path(os.path.relpath(p, root)).as_posix()})" for p in pngs]
+        else:
+            lines += ["No plot CSV changed (or matplotlib is missing)."]
+        lines += [""]
+    if mlflow:
+        lines += ["### MLflow", "", *_mlflow_section(root, head), ""]
+    return "\n".join(lines).rstrip() + "\n"

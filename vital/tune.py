@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vital.llava import lineage, tune
+from vital import lineage
+from vital.llava import tune
 from vital.params import Params
 from vital.paths import Paths, is_local, repo_relative
 

@@ -60,6 +60,9 @@ def run(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
     metrics = choose(BACKENDS, fp.backend, "foundation.backend").load()(fp, paths)
     metrics["wall_s"] = round(time.perf_counter() - start, 1)
     write_json(paths.metric("foundation"), metrics)
+    from vital.lineage import log_stage  # MLflow run + registered `vital-foundation` (in a pipeline repo)
+
+    log_stage("foundation", fp.model_dump(), metrics, {"corpus": paths.corpus}, paths.foundation, paths.root)
     return metrics
 
 

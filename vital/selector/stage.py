@@ -166,6 +166,21 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
             selector_scores, weight0_scores, human_held, sp.seed
         )
     write_json(paths.metric("select"), metrics)
+    from vital.lineage import log_stage  # MLflow run + registered `vital-select` (in a pipeline repo)
+
+    log_stage(
+        "select",
+        sp.model_dump(),
+        metrics,
+        {
+            "embeddings": paths.embeddings,
+            "pairs": paths.pairs,
+            "judgments": paths.judgments,
+            "labels": paths.labels,
+        },
+        paths.selector,
+        paths.root,
+    )
     return metrics
 
 
