@@ -78,8 +78,13 @@ def test_bad_records_are_counted(tmp_path: Path):
             + "\n"
         )
     m = run(EmbedParams(), paths)
-    assert m["dropped"] == {"unknown_figure": 1, "unreadable_image": 1, "figure_image_unreadable": 3}
-    assert figs[1]["pair_id"] in m["dropped_examples"]["unreadable_image"][0]
+    assert m["dropped_by_reason"] == {
+        "figure_image_unreadable": 3,
+        "unknown_figure": 1,
+        "unreadable_image": 1,
+    }
+    unreadable = [e for e in m["dropped_examples"] if e["reason"] == "unreadable_image"]
+    assert unreadable[0]["where"] == figs[1]["pair_id"]
     assert m["candidates"] == 15
 
 
@@ -92,9 +97,12 @@ def test_invalid_lines_are_counted_with_file_and_line(tmp_path: Path):
     with paths.candidates.open("a") as f:
         f.write(json.dumps({"id": "fig0000#9"}) + "\n")
     m = run(EmbedParams(), paths)
-    assert m["dropped"] == {"invalid_figure_record": 1, "invalid_candidate": 1}
-    assert m["dropped_examples"]["invalid_figure_record"][0].startswith(f"{paths.sample}:{n_sample + 1}: ")
-    assert m["dropped_examples"]["invalid_candidate"][0].startswith(f"{paths.candidates}:{n_cands + 1}: ")
+    assert m["dropped_by_reason"] == {"invalid_candidate": 1, "invalid_figure_record": 1}
+    where = {e["reason"]: e["where"] for e in m["dropped_examples"]}
+    assert where == {
+        "invalid_figure_record": f"{paths.sample}:{n_sample + 1}",
+        "invalid_candidate": f"{paths.candidates}:{n_cands + 1}",
+    }
     assert m["candidates"] == 18
 
 

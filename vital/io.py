@@ -31,18 +31,29 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
 
 
 def read_records(
-    path: str | os.PathLike, model: type[M], invalid: Callable[[str], None] = lambda _: None
+    path: str | os.PathLike, model: type[M], invalid: Callable[[str, str], None] = lambda where, detail: None
 ) -> Iterator[tuple[int, M]]:
-    """``(number, record)`` of every record of ``path`` that validates as ``model`` (numbered from 1 as
-    ``read_jsonl`` yields them); an invalid one is skipped and passed to ``invalid`` as
-    ``"<path>:<number>: <pydantic's first message>"``."""
-    for i, raw in enumerate(read_jsonl(path), 1):
-        try:
-            rec = model.model_validate(raw)
-        except ValidationError as e:
-            invalid(f"{path}:{i}: {e.errors()[0]['msg']}")
-            continue
-        yield i, rec
+    """``(line number, record)`` of every line of the JSONL ``path`` that parses and validates as ``model``;
+    any other line is skipped and passed to ``invalid(where, detail)`` with ``where`` = ``"<path>:<line>"``
+    (``Drops.invalid(reason)`` counts them). Blank lines are skipped silently."""
+    path = Path(path)
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                invalid(where, f"not valid JSON ({e.msg})")
+                continue
+            try:
+                rec = model.model_validate(raw)
+            except ValidationError as e:
+                err = e.errors()[0]
+                invalid(where, f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}")
+                continue
+            yield lineno, rec
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict | Any]) -> int:

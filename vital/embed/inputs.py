@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
+from vital.drops import Drops
 from vital.io import RecordError, read_records
 from vital.schema import Candidate, FigureRecord
 
@@ -14,10 +14,10 @@ from vital.schema import Candidate, FigureRecord
 class EmbedInputs:
     figures: dict[str, FigureRecord]  # pair_id -> record, only figures with candidates
     candidates: list[Candidate]
-    problems: dict[str, list[str]] = field(default_factory=dict)
+    drops: Drops = field(default_factory=Drops)
 
-    def problem(self, reason: str, detail: str) -> None:
-        self.problems.setdefault(reason, []).append(detail)
+    def problem(self, reason: str, where: str, detail: str = "") -> None:
+        self.drops.add(reason, where, detail)
 
 
 def read_inputs(candidates_file: Path, sample_file: Path) -> EmbedInputs:
@@ -27,28 +27,27 @@ def read_inputs(candidates_file: Path, sample_file: Path) -> EmbedInputs:
             raise FileNotFoundError(f"{f}: not found (run the upstream stage first)")
     sample: dict[str, FigureRecord] = {}
     out = EmbedInputs({}, [])
-    for _, rec in read_records(sample_file, FigureRecord, partial(out.problem, "invalid_figure_record")):
+    for _, rec in read_records(sample_file, FigureRecord, out.drops.invalid("invalid_figure_record")):
         sample[rec.pair_id] = rec
     seen: set[str] = set()
-    for i, cand in read_records(candidates_file, Candidate, partial(out.problem, "invalid_candidate")):
+    for i, cand in read_records(candidates_file, Candidate, out.drops.invalid("invalid_candidate")):
         if cand.id in seen:
-            out.problem("duplicate_candidate", f"{candidates_file}:{i}: {cand.id}")
+            out.problem("duplicate_candidate", f"{candidates_file}:{i}", cand.id)
             continue
         if cand.pair_id not in sample:
             out.problem(
-                "unknown_figure", f"{candidates_file}:{i}: {cand.id} (figure {cand.pair_id} not in sample)"
+                "unknown_figure", f"{candidates_file}:{i}", f"{cand.id} (figure {cand.pair_id} not in sample)"
             )
             continue
         if len(cand.conversations) < 2:
-            out.problem("no_answer", f"{candidates_file}:{i}: {cand.id}")
+            out.problem("no_answer", f"{candidates_file}:{i}", cand.id)
             continue
         seen.add(cand.id)
         out.candidates.append(cand)
         out.figures.setdefault(cand.pair_id, sample[cand.pair_id])
     if not out.candidates:
-        raise RecordError(f"{candidates_file}: no usable candidates ({_summary(out.problems)})")
+        raise RecordError(
+            f"{candidates_file}: no usable candidates ({dict(out.drops.counts) or 'no problems recorded'}; "
+            f"{out.drops.summary()})"
+        )
     return out
-
-
-def _summary(problems: dict[str, list[str]]) -> str:
-    return ", ".join(f"{k}: {len(v)}" for k, v in problems.items()) or "no problems recorded"

@@ -22,8 +22,6 @@ from vital.io import RecordError, read_json, write_json
 from vital.params import EmbedParams, Params
 from vital.paths import Paths
 
-MAX_LISTED = 50
-
 
 def backbone_ref(ep: EmbedParams, paths: Paths) -> tuple[str, str | None]:
     """What ``embed.backbone`` points at. ``foundation`` = the foundation stage's output: its trained
@@ -55,13 +53,6 @@ def fingerprint(ref: tuple[str, str | None], ep: EmbedParams, inputs: list[Path]
     for p in [*inputs, *(w for w in weights if w is not None and w.is_file())]:
         h.update(_file_digest(p).encode())
     return h.hexdigest()
-
-
-def _listed(problems: dict[str, list[str]]) -> dict[str, Any]:
-    return {
-        "dropped": {k: len(v) for k, v in problems.items()},
-        "dropped_examples": {k: v[:MAX_LISTED] for k, v in problems.items()},
-    }
 
 
 def text_stats(tokens: torch.Tensor, pair_ids: list[str]) -> dict[str, int]:
@@ -101,7 +92,7 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
     fig_feats, failed, fig_side = encode_images_ranked(model, ds, ep, len(fig_ids), want_side, ranks)
     image_s = time.perf_counter() - t0
     for i, err in failed.items():
-        inputs.problem("unreadable_image", f"{fig_ids[i]}: {ds.images[i]} ({err})")
+        inputs.problem("unreadable_image", fig_ids[i], f"{ds.images[i]} ({err})")
     bad_figs = {fig_ids[i] for i in failed}
     for c in inputs.candidates:
         if c.pair_id in bad_figs:
@@ -141,7 +132,7 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
         **text_stats(tokens, token_owner),
         "side_features": bool(want_side and fig_side is not None),
         **side_info,
-        **_listed(inputs.problems),
+        **inputs.drops.metrics(),
     }
     if not ranks.main:  # every rank holds the merged result; one writes it
         return meta

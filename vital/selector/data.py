@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vital.drops import Drops
 from vital.io import read_records
 from vital.schema import Judgment, Pair, Preference
 
@@ -36,22 +37,19 @@ class PairSet:
         )
 
 
-def read_pairs(path: Path, index: dict[str, int], problems: dict[str, list[str]]) -> dict[str, list[Pair]]:
+def read_pairs(path: Path, index: dict[str, int], drops: Drops) -> dict[str, list[Pair]]:
     """Pairs by split; a pair naming a candidate without features is dropped and counted."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run the pairs stage first)")
     out: dict[str, list[Pair]] = defaultdict(list)
 
-    def invalid(detail: str) -> None:
-        problems.setdefault("invalid_pair", []).append(detail)
-
-    for i, p in read_records(path, Pair, invalid):
+    for i, p in read_records(path, Pair, drops.invalid("invalid_pair")):
         missing = [c for c in (p.winner, p.loser) if c not in index]
         if missing:
-            problems.setdefault("pair_without_features", []).append(f"{path}:{i}: {missing}")
+            drops.add("pair_without_features", f"{path}:{i}", str(missing))
             continue
         if p.winner == p.loser:
-            problems.setdefault("pair_with_itself", []).append(f"{path}:{i}: {p.winner}")
+            drops.add("pair_with_itself", f"{path}:{i}", p.winner)
             continue
         out[p.split].append(p)
     return out

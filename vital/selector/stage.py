@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from vital.drops import Drops
 from vital.embed.store import load_embeddings
 from vital.io import RecordError, write_json, write_jsonl
 from vital.params import Params, ParamsError, SelectorParams
@@ -49,8 +50,8 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     check_device(sp.device)
     emb = load_embeddings(paths.embeddings)
     index = emb.index()
-    problems: dict[str, list[str]] = {}
-    by_split = read_pairs(paths.pairs, index, problems)
+    drops = Drops()
+    by_split = read_pairs(paths.pairs, index, drops)
     if not by_split.get("train"):
         raise RecordError(f"{paths.pairs}: no training pairs with features")
     x = embedding_features(emb)
@@ -156,8 +157,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
             f"{w:g}": (None if a is None else round(a, 4)) for w, a in sorted(by_weight.items())
         },
         "candidates_scored": len(scores),
-        "dropped": {k: len(v) for k, v in problems.items()},
-        "dropped_examples": {k: v[:50] for k, v in problems.items()},
+        **drops.metrics(),
         "wall_s": round(time.perf_counter() - start, 2),
     }
     if weight0_scores is not None:
