@@ -49,7 +49,7 @@ def test_best_per_figure_top_and_random(tmp_path: Path):
     paths = make(tmp_path)
     m = run(CurateParams(keep=[10, 50]), paths)
     top10, top50, rnd50 = load(paths, "top10"), load(paths, "top50"), load(paths, "random50")
-    assert m["pool"] == 20 and m["dropped"] == {"unscored_candidate": 1}
+    assert m["pool"] == 20 and m["dropped_by_reason"] == {"unscored_candidate": 1}
     assert [r["id"] for r in top10] == ["F19#1", "F18#2"]  # F19#2 has no score
     assert len(top50) == len(rnd50) == 10
     assert len({r["provenance"]["pair_id"] for r in top50}) == 10  # one per figure
@@ -86,7 +86,7 @@ def test_all_policy_and_mixture(tmp_path: Path):
     mix = load(paths, "mix")
     assert len(mix) == 25 and mix[-1]["provenance"] == {"source": str(ext)}
     assert m["mixtures"]["mix"]["by_domain"]["chest_xray"] == 1
-    assert m["dropped"]["invalid_external_record"] == 1
+    assert m["dropped_by_reason"]["invalid_external_record"] == 1
 
 
 def test_bad_mix_part(tmp_path: Path):
@@ -130,11 +130,13 @@ def test_streamed_output_is_the_json_list_and_external_problems_name_their_line(
     ext = tmp_path / "llava_med_60k.json"
     ext.write_text(json.dumps([good, {"id": "ext2", "conversations": []}, 5, good], indent=1))
     m = run(CurateParams(keep=[40], policy="all", mix={"mix": ["top40", str(ext)]}), paths)
-    assert m["dropped"] == {
-        "unscored_candidate": 1,
-        "invalid_external_record": 2,
+    assert m["dropped"] == 4 and m["dropped_by_reason"] == {
         "duplicate_id_in_mixture": 1,
+        "invalid_external_record": 2,
+        "unscored_candidate": 1,
     }
-    assert [w.split(" ")[-1] for w in m["dropped_examples"]["invalid_external_record"]] == ["[1]", "[2]"]
-    assert all(w.startswith(f"{ext}:") for w in m["dropped_examples"]["invalid_external_record"])
+    external = [e["where"] for e in m["dropped_examples"] if e["reason"] == "invalid_external_record"]
+    assert [w.split(" ")[-1] for w in external] == ["[1]", "[2]"] and all(
+        w.startswith(f"{ext}:") for w in external
+    )
     assert m["mixtures"]["mix"]["records"] == 25

@@ -79,12 +79,13 @@ def test_bad_labels_are_counted_not_fatal(tmp_path: Path):
     ]
     paths = write_world(tmp_path, labels=labels)
     m = run(PairsParams(), paths)
-    assert m["dropped"] == {
-        "label_unknown_candidate": 1,
-        "label_candidate_of_other_figure": 1,
+    assert m["dropped_by_reason"] == {
         "invalid_label": 1,
+        "label_candidate_of_other_figure": 1,
+        "label_unknown_candidate": 1,
     }
-    assert "F0#9" in m["dropped_examples"]["label_unknown_candidate"][0]
+    unknown = next(e for e in m["dropped_examples"] if e["reason"] == "label_unknown_candidate")
+    assert "F0#9" in unknown["detail"] and unknown["where"].startswith(f"{paths.labels}:")
     assert m["labels_used"] == 1
 
 

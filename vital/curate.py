@@ -26,26 +26,25 @@ from typing import Any
 from pydantic import ValidationError
 
 from vital.corpus import Malformed, reader
+from vital.drops import Drops
 from vital.io import RecordError, _atomic, read_jsonl, write_json
 from vital.params import CurateParams, Params
 from vital.paths import Paths, repo_relative
 from vital.schema import DOMAINS, Candidate
-
-MAX_LISTED = 50
 
 
 def subset_name(kind: str, keep: int) -> str:
     return f"{kind}{keep}"
 
 
-def read_scores(path: Path, problems: dict[str, list[str]]) -> dict[str, float]:
+def read_scores(path: Path, problems: Drops) -> dict[str, float]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run the select stage first)")
     out: dict[str, float] = {}
     for i, raw in enumerate(read_jsonl(path), 1):
         cid, score = raw.get("candidate_id"), raw.get("score")
         if not isinstance(cid, str) or not isinstance(score, int | float):
-            problems.setdefault("invalid_score", []).append(f"{path}:{i}")
+            problems.add("invalid_score", f"{path}:{i}")
             continue
         out[cid] = float(score)
     return out
@@ -61,7 +60,7 @@ class CandidateRef:
     offset: int
 
 
-def read_candidates(path: Path, problems: dict[str, list[str]]) -> list[CandidateRef]:
+def read_candidates(path: Path, problems: Drops) -> list[CandidateRef]:
     """Every valid candidate's reference (validated once, conversation not kept); bad lines counted."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run the generate stage first)")
@@ -78,7 +77,7 @@ def read_candidates(path: Path, problems: dict[str, list[str]]) -> list[Candidat
                 err = e.errors()[0]
                 if err["type"] == "json_invalid":
                     raise RecordError(f"{path}:{i}: not valid JSON ({err['msg']})") from None
-                problems.setdefault("invalid_candidate", []).append(f"{path}:{i}: {err['msg']}")
+                problems.add("invalid_candidate", f"{path}:{i}", err["msg"])
                 continue
             out.append(CandidateRef(c.id, c.pair_id, c.domain, start))
     return out
@@ -112,13 +111,13 @@ def write_json_list(path: Path, records: Iterable[Any]) -> int:
 
 
 def pool(
-    cands: list[CandidateRef], scores: dict[str, float], policy: str, problems: dict[str, list[str]]
+    cands: list[CandidateRef], scores: dict[str, float], policy: str, problems: Drops
 ) -> list[tuple[CandidateRef, float]]:
     """Scored candidates eligible for selection, best first (ties broken by id, so ranking is deterministic)."""
     scored = []
     for c in cands:
         if c.id not in scores:
-            problems.setdefault("unscored_candidate", []).append(c.id)
+            problems.add("unscored_candidate", c.id)
             continue
         scored.append((c, scores[c.id]))
     if policy == "best_per_figure":
@@ -192,19 +191,19 @@ def _valid_llava(rec: Any) -> bool:
     )
 
 
-def iter_instruction_file(path: Path, problems: dict[str, list[str]]) -> Iterator[dict[str, Any]]:
+def iter_instruction_file(path: Path, problems: Drops) -> Iterator[dict[str, Any]]:
     """An external LLaVA instruction file (JSON list as LLaVA-Med publishes it, or JSONL), streamed;
     a record that is not a LLaVA conversation is counted and listed with its file:line."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: instruction file for curate.mix not found")
     for where, rec in reader("llava_conversations", "instructions").read(path):
         if isinstance(rec, Malformed) or not _valid_llava(rec):
-            problems.setdefault("invalid_external_record", []).append(where)
+            problems.add("invalid_external_record", where)
             continue
         yield {**rec, "provenance": {"source": str(path)}}
 
 
-def load_instruction_file(path: Path, problems: dict[str, list[str]]) -> list[dict[str, Any]]:
+def load_instruction_file(path: Path, problems: Drops) -> list[dict[str, Any]]:
     """:func:`iter_instruction_file` as a list (small files, tests)."""
     return list(iter_instruction_file(path, problems))
 
@@ -213,7 +212,7 @@ def mixture_records(
     name: str,
     parts: list[str],
     subsets: dict[str, Any],
-    problems: dict[str, list[str]],
+    problems: Drops,
     by_part: dict[str, int],
     domains: Counter,
 ) -> Iterator[dict[str, Any]]:
@@ -226,7 +225,7 @@ def mixture_records(
         for r in recs:
             rid = str(r.get("id"))
             if rid in seen:
-                problems.setdefault("duplicate_id_in_mixture", []).append(f"{name}: {rid} ({part})")
+                problems.add("duplicate_id_in_mixture", f"{name}: {rid}", part)
                 continue
             seen.add(rid)
             domains[_domain_of(r)] += 1
@@ -236,7 +235,7 @@ def mixture_records(
 
 
 def build_mixture(
-    name: str, parts: list[str], subsets: dict[str, list[dict]], problems: dict[str, list[str]]
+    name: str, parts: list[str], subsets: dict[str, list[dict]], problems: Drops
 ) -> tuple[list[dict], dict[str, int]]:
     """:func:`mixture_records` over in-memory subsets, as a list (small inputs, tests)."""
     by_part: dict[str, int] = {}
@@ -248,7 +247,7 @@ def build_mixture(
 def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
     """The curate stage: ``artifacts/curated/{top,random}<k>.json`` (+ mixtures) and ``metrics/curate.json``."""
     start = time.perf_counter()
-    problems: dict[str, list[str]] = {}
+    problems = Drops()
     scores = read_scores(paths.scores, problems)
     cands = read_candidates(paths.candidates, problems)
     ranked = pool(cands, scores, cp.policy, problems)
@@ -309,8 +308,7 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
         "pool_by_domain": dict(sorted(Counter(c.domain for c, _ in ranked).items())),
         "subsets": report,
         "mixtures": mixtures,
-        "dropped": {k: len(v) for k, v in problems.items()},
-        "dropped_examples": {k: v[:MAX_LISTED] for k, v in problems.items()},
+        **problems.metrics(),
         "wall_s": round(time.perf_counter() - start, 2),
     }
     write_json(paths.metric("curate"), metrics)

@@ -12,48 +12,25 @@ import random
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from vital.io import RecordError, read_jsonl, write_json, write_jsonl
+from vital.drops import Drops
+from vital.io import RecordError, read_records, write_json, write_jsonl
 from vital.params import PairsParams, Params
 from vital.paths import Paths
 from vital.schema import Judgment, Pair, Preference
 
-MAX_LISTED = 50
 
-
-@dataclass
-class Problems:
-    by_reason: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-
-    def add(self, reason: str, detail: str) -> None:
-        self.by_reason[reason].append(detail)
-
-    def metrics(self) -> dict[str, Any]:
-        return {
-            "dropped": {k: len(v) for k, v in self.by_reason.items()},
-            "dropped_examples": {k: v[:MAX_LISTED] for k, v in self.by_reason.items()},
-        }
-
-
-def read_judgments(path: Path, problems: Problems) -> dict[str, Judgment]:
+def read_judgments(path: Path, problems: Drops) -> dict[str, Judgment]:
     """candidate_id -> judgment; a second judgment of the same candidate is dropped and counted."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run the judge stage first)")
     out: dict[str, Judgment] = {}
-    for i, raw in enumerate(read_jsonl(path), 1):
-        try:
-            j = Judgment.model_validate(raw)
-        except ValidationError as e:
-            problems.add("invalid_judgment", f"{path}:{i}: {e.errors()[0]['loc']} {e.errors()[0]['msg']}")
-            continue
+    for i, j in read_records(path, Judgment, problems.invalid("invalid_judgment")):
         if j.candidate_id in out:
-            problems.add("duplicate_judgment", f"{path}:{i}: {j.candidate_id}")
+            problems.add("duplicate_judgment", f"{path}:{i}", f"{j.candidate_id}")
             continue
         out[j.candidate_id] = j
     if not out:
@@ -61,29 +38,24 @@ def read_judgments(path: Path, problems: Problems) -> dict[str, Judgment]:
     return out
 
 
-def read_labels(path: Path, known: dict[str, Judgment], problems: Problems) -> list[Preference]:
+def read_labels(path: Path, known: dict[str, Judgment], problems: Drops) -> list[Preference]:
     """Clinician preferences whose candidates all exist and belong to the labelled figure."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run the labels stage first)")
     prefs = []
-    for i, raw in enumerate(read_jsonl(path), 1):
-        try:
-            p = Preference.model_validate(raw)
-        except ValidationError as e:
-            problems.add("invalid_label", f"{path}:{i}: {e.errors()[0]['loc']} {e.errors()[0]['msg']}")
-            continue
+    for i, p in read_records(path, Preference, problems.invalid("invalid_label")):
         unknown = [c for c in p.ranking if c not in known]
         if unknown:
-            problems.add("label_unknown_candidate", f"{path}:{i}: {p.annotator} names unknown {unknown}")
+            problems.add("label_unknown_candidate", f"{path}:{i}", f"{p.annotator} names unknown {unknown}")
             continue
         foreign = [c for c in p.ranking if known[c].pair_id != p.pair_id]
         if foreign:
             problems.add(
-                "label_candidate_of_other_figure", f"{path}:{i}: {foreign} not of figure {p.pair_id}"
+                "label_candidate_of_other_figure", f"{path}:{i}", f"{foreign} not of figure {p.pair_id}"
             )
             continue
         if len(set(p.ranking)) != len(p.ranking):
-            problems.add("label_repeats_candidate", f"{path}:{i}: {p.ranking}")
+            problems.add("label_repeats_candidate", f"{path}:{i}", f"{p.ranking}")
             continue
         prefs.append(p)
     return prefs
@@ -197,7 +169,7 @@ def build_pairs(
 def run(pp: PairsParams, paths: Paths) -> dict[str, Any]:
     """The pairs stage: ``artifacts/pairs.jsonl`` and ``metrics/pairs.json``."""
     start = time.perf_counter()
-    problems = Problems()
+    problems = Drops()
     judgments = read_judgments(paths.judgments, problems)
     prefs = read_labels(paths.labels, judgments, problems)
     warnings = []
