@@ -99,7 +99,7 @@ cfg = SampleParams.model_validate({"per_domain": int(sys.argv[2]), "corpus": {
 t = time.perf_counter()
 out = Path(sys.argv[3])
 r = run(Path(sys.argv[1]), out / "sample.jsonl", out / "sample.json", cfg)
-print(json.dumps({"rows": r["read"], "sampled": r["sampled"], "skipped": r["skipped_by_reason"],
+print(json.dumps({"rows": r["read"], "sampled": r["sampled"], "skipped": r["dropped_by_reason"],
                   "wall_s": time.perf_counter() - t,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

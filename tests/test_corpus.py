@@ -160,8 +160,8 @@ def test_llava_med_corpus_with_image_urls_joined_onto_the_sample(tmp_path):
     by_id = {r["pair_id"]: r for r in recs}
     assert by_id["100_F1"]["pmc_tar_url"].endswith("PMC100_F1.tar.gz")  # the first line wins
     assert by_id["100_F1"]["image"] == "images/100_F1.jpg"
-    assert result["skipped_by_reason"] == {"image_urls_invalid_record": 1, "image_urls_duplicate_pair_id": 1}
-    listed = [p["where"] for p in read_json(tmp_path / "m.json")["problems"]]
+    assert result["dropped_by_reason"] == {"image_urls_invalid_record": 1, "image_urls_duplicate_pair_id": 1}
+    listed = [p["where"] for p in read_json(tmp_path / "m.json")["dropped_examples"]]
     assert listed == [f"{tmp_path / 'urls.jsonl'}:16", f"{tmp_path / 'urls.jsonl'}:17"]
 
 

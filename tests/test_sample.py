@@ -54,7 +54,7 @@ def test_stratified_and_reproducible(tmp_path):
     figures = _corpus(tmp_path / "corpus", _balanced(10))
     cfg = SampleParams(per_domain=4, seed=1)
     recs, result = _run(tmp_path, figures, cfg)
-    assert result["sampled"] == 20 and result["read"] == 50 and result["skipped"] == 0
+    assert result["sampled"] == 20 and result["read"] == 50 and result["dropped"] == 0
     assert all(result["per_domain"][d] == {"available": 10, "sampled": 4} for d in DOMAINS)
     again, _ = _run(tmp_path, figures, cfg, "b")
     assert again == recs
@@ -96,7 +96,7 @@ def test_bad_records_are_counted_and_listed(tmp_path):
     figures = _corpus(tmp_path / "c", good + bad, extra_lines=("{not json", "[1, 2]"))
     recs, result = _run(tmp_path, figures, SampleParams(per_domain=5))
     assert len(recs) == 10
-    assert result["skipped_by_reason"] == {
+    assert result["dropped_by_reason"] == {
         "duplicate_pair_id": 1,
         "empty_caption": 1,
         "invalid_json": 1,
@@ -104,11 +104,13 @@ def test_bad_records_are_counted_and_listed(tmp_path):
         "missing_image": 1,
         "unknown_domain": 1,
     }
-    assert result["skipped"] == 7 and result["read"] == 17
-    where = {p["reason"]: p["where"] for p in result["problems"]}
+    assert result["dropped"] == 7 and result["read"] == 17
+    where = {p["reason"]: p["where"] for p in result["dropped_examples"]}
     assert where["invalid_json"] == f"{figures}:16"
     assert where["missing_image"] == f"{figures}:13"
-    assert any("pair_id" in p["detail"] for p in result["problems"] if p["reason"] == "invalid_record")
+    assert any(
+        "pair_id" in p["detail"] for p in result["dropped_examples"] if p["reason"] == "invalid_record"
+    )
 
 
 def test_clear_errors(tmp_path):
@@ -160,7 +162,7 @@ def test_no_usable_record_writes_metrics_then_names_lines(tmp_path):
     assert f"{figures}:3: duplicate_pair_id" in msg and f"{figures}:4: invalid_json" in msg
     result = read_json(metrics)
     assert result["sampled"] == 0 and result["read"] == 4
-    assert result["skipped_by_reason"] == {
+    assert result["dropped_by_reason"] == {
         "duplicate_pair_id": 1,
         "empty_caption": 1,
         "invalid_json": 1,
@@ -185,7 +187,7 @@ def test_no_usable_record_writes_metrics_then_names_lines(tmp_path):
 def test_records_without_pmid_are_usable(tmp_path):
     records = [{k: v for k, v in r.items() if k != "pmid"} for r in _balanced(2)]
     recs, result = _run(tmp_path, _corpus(tmp_path / "c", records), SampleParams(per_domain=2))
-    assert result["sampled"] == 10 and result["skipped"] == 0 and "pmid" not in recs[0]
+    assert result["sampled"] == 10 and result["dropped"] == 0 and "pmid" not in recs[0]
 
 
 def test_first_record_of_a_pair_id_wins_even_when_invalid_or_in_another_domain(tmp_path):
@@ -198,8 +200,8 @@ def test_first_record_of_a_pair_id_wins_even_when_invalid_or_in_another_domain(t
     recs, result = _run(tmp_path, figures, SampleParams(per_domain=10))
     ids = [r["pair_id"] for r in recs]
     assert len(ids) == len(set(ids)) == 15 and "PMC1900_F1" not in ids
-    assert result["skipped_by_reason"] == {"duplicate_pair_id": 2, "empty_caption": 1}
-    dups = [p for p in result["problems"] if p["reason"] == "duplicate_pair_id"]
+    assert result["dropped_by_reason"] == {"duplicate_pair_id": 2, "empty_caption": 1}
+    dups = [p for p in result["dropped_examples"] if p["reason"] == "duplicate_pair_id"]
     assert [d["where"] for d in dups] == [f"{figures}:17", f"{figures}:18"]
     assert {d["pair_id"] for d in dups} == {"PMC1900_F1", records[1]["pair_id"]}
     assert result["per_domain"]["gross"] == {"available": 3, "sampled": 3}  # the copy is not counted

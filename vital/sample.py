@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from vital.corpus import Malformed, reader
+from vital.drops import Drops
 from vital.io import RecordError, write_json, write_jsonl
 from vital.params import Params, SampleParams
 from vital.paths import Paths, repo_relative
@@ -36,20 +37,6 @@ from vital.progress import progress
 from vital.schema import DOMAINS, FigureRecord
 from vital.seeding import stable_seed
 from vital.shards import image_exists, open_image
-
-MAX_LISTED = 50  # problems listed in metrics (all are counted)
-
-
-class _Problems:
-    def __init__(self):
-        self.counts: Counter[str] = Counter()
-        self.listed: list[dict] = []
-
-    def add(self, where: str, reason: str, detail: str = "", pair_id: str | None = None) -> None:
-        self.counts[reason] += 1
-        if len(self.listed) < MAX_LISTED:
-            self.listed.append({"where": where, "pair_id": pair_id, "reason": reason, "detail": detail})
-
 
 _PLAIN = (str, type(None))
 
@@ -112,7 +99,7 @@ class _Pass:
 
     def __init__(self, cfg: SampleParams, capacity: int):
         self.cfg, self.capacity = cfg, capacity
-        self.problems = _Problems()
+        self.problems = Drops()
         self.available: Counter[str] = Counter()
         self.not_selected: Counter[str] = Counter()
         # per domain, a max-heap (negated key) holding the `capacity` smallest hash keys seen so far
@@ -130,7 +117,7 @@ class _Pass:
         for ordinal, (where, raw) in enumerate(progress(items, "sample: reading corpus")):
             self.read += 1
             if isinstance(raw, Malformed):
-                self.problems.add(where, raw.reason, raw.detail)
+                self.problems.add(raw.reason, where, raw.detail)
                 continue
             pid = raw.get("pair_id")
             key = key_of(pid) if isinstance(pid, str) and pid else None
@@ -141,13 +128,13 @@ class _Pass:
                     ids = first.setdefault(key, set())
                     if pid in ids:
                         self.problems.add(
-                            where, "duplicate_pair_id", f"{pid} appears earlier (first wins)", pid
+                            "duplicate_pair_id", where, f"{pid} appears earlier (first wins)", pair_id=pid
                         )
                         continue
                     ids.add(pid)
             domain, reason, detail = _check(raw, root, cfg.corpus.check_images)
             if reason:
-                self.problems.add(where, reason, detail, pid if isinstance(pid, str) else None)
+                self.problems.add(reason, where, detail, pair_id=pid if isinstance(pid, str) else None)
                 continue
             if domain not in self.heaps:
                 self.not_selected[domain] += 1
@@ -228,17 +215,19 @@ def diverse(
     return [pool[i] for i in chosen]
 
 
-def join_image_urls(records: list[dict], path: Path, problems: _Problems) -> dict[str, int]:
+def join_image_urls(records: list[dict], path: Path, problems: Drops) -> dict[str, int]:
     """Add LLaVA-Med's ``pmc_tar_url`` and ``image_file_path`` to sampled records (first line wins)."""
     wanted = {r["pair_id"]: r for r in records}
     done: set[str] = set()
     for where, raw in reader("llava_med_image_urls", "image_urls").read(path):
         if isinstance(raw, Malformed):
-            problems.add(where, f"image_urls_{raw.reason}", raw.detail)
+            problems.add(f"image_urls_{raw.reason}", where, raw.detail)
             continue
         pid = raw["pair_id"]
         if pid in done:  # only the sampled pair_ids are tracked: memory stays bounded by the sample
-            problems.add(where, "image_urls_duplicate_pair_id", f"{pid} appears earlier (first wins)", pid)
+            problems.add(
+                "image_urls_duplicate_pair_id", where, f"{pid} appears earlier (first wins)", pair_id=pid
+            )
         elif pid in wanted:
             done.add(pid)
             wanted[pid]["pmc_tar_url"] = raw["pmc_tar_url"]
@@ -297,19 +286,17 @@ def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict
     if records and cfg.corpus.image_urls:
         result["image_urls"] = join_image_urls(records, Path(cfg.corpus.image_urls), p.problems)
     result |= {
-        "skipped": sum(p.problems.counts.values()),
-        "skipped_by_reason": dict(sorted(p.problems.counts.items())),
-        "problems": p.problems.listed,
+        **p.problems.metrics(),
         "wall_s": round(time.perf_counter() - start, 3),
     }
     write_json(metrics, result)
     if not records:
         shown = "\n  ".join(
-            f"{x['where']}: {x['reason']} {x['detail']}".rstrip() for x in p.problems.listed[:5]
+            f"{x['where']}: {x['reason']} {x['detail']}".rstrip() for x in p.problems.examples[:5]
         )
         raise RecordError(
             f"{path}: no usable figures for domains {cfg.domains} (format {cfg.corpus.format!r}; read {p.read}, "
-            f"skipped {result['skipped_by_reason']}, other domains {dict(p.not_selected)}; all listed in "
+            f"skipped {result['dropped_by_reason']}, other domains {dict(p.not_selected)}; all listed in "
             f"{metrics})" + (f"\n  {shown}" if shown else "")
         )
     write_jsonl(out, records)
@@ -318,7 +305,7 @@ def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict
 
 def run_stage(p: Params, paths: Paths) -> dict:
     result = run(paths.figures, paths.sample, paths.metric("sample"), p.sample)
-    print(f"sample: {result['sampled']} figures, {result['skipped']} records skipped -> {paths.sample}")
+    print(f"sample: {result['sampled']} figures, {result['dropped']} records skipped -> {paths.sample}")
     return result
 
 
