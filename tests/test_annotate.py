@@ -220,7 +220,7 @@ def test_api_validates_rankings_appends_them_and_resumes(paths):
     restarted = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
     assert restarted.next_task().pair_id == "PMC2_F1"
     result = labels.run(LabelsParams(backend="files"), paths)
-    assert result["labels"] == 1 and result["human_pairs"] == 6 and result["skipped"] == 0
+    assert result["labels"] == 1 and result["human_pairs"] == 6 and result["dropped"] == 0
 
 
 def test_a_regenerated_candidate_makes_its_ranking_stale_not_silently_wrong(paths):
@@ -232,8 +232,8 @@ def test_a_regenerated_candidate_makes_its_ranking_stale_not_silently_wrong(path
     cands[2]["conversations"][1]["value"] = "A different answer."
     write_jsonl(paths.candidates, cands)
     result = labels.run(LabelsParams(backend="files"), paths)
-    assert result["labels"] == 1 and result["skipped_by_reason"] == {"candidate_changed": 1}
-    problem = result["problems"][0]
+    assert result["labels"] == 1 and result["dropped_by_reason"] == {"candidate_changed": 1}
+    problem = result["dropped_examples"][0]
     assert problem["where"].endswith("dr_a.jsonl:1") and "PMC1_F1#2" in problem["detail"]
     # the clinician is offered the figure again, and the new ranking is the one the stage uses
     again = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
@@ -241,7 +241,7 @@ def test_a_regenerated_candidate_makes_its_ranking_stale_not_silently_wrong(path
     again.submit({"pair_id": "PMC1_F1", "ranking": [c.id for c in again.tasks["PMC1_F1"].candidates]})
     assert again.next_task() is None
     result = labels.run(LabelsParams(backend="files"), paths)
-    assert result["labels"] == 2 and result["skipped_by_reason"] == {"candidate_changed": 1}
+    assert result["labels"] == 2 and result["dropped_by_reason"] == {"candidate_changed": 1}
 
 
 def test_appends_safely_to_a_hand_edited_file_and_beside_a_second_session(paths):
@@ -370,7 +370,7 @@ def test_unreadable_label_lines_are_named_at_start_and_the_good_ones_count(paths
     again.submit({"pair_id": "PMC2_F1", "ranking": _ids(again, "PMC2_F1")})  # on a line of its own
     assert json.loads(file.read_bytes().split(b"\n")[3])["pair_id"] == "PMC2_F1"
     result = labels.run(LabelsParams(backend="files"), paths)
-    assert result["labels"] == 2 and result["skipped_by_reason"] == {"invalid_json": 1, "invalid_utf8": 1}
+    assert result["labels"] == 2 and result["dropped_by_reason"] == {"invalid_json": 1, "invalid_utf8": 1}
 
     proc, line = _cli(["--annotator", "dr_a", "--port", "0"], cwd=paths.root)
     err = _stop(proc)

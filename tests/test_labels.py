@@ -113,7 +113,7 @@ def test_files_backend_reads_real_labels(paths):
     _write(paths, "dr_b.jsonl", [{"pair_id": a, "annotator": "dr_b", "ranking": [f"{a}#2", f"{a}#0"]}])
     result = run(LabelsParams(backend="files"), paths)
     prefs = _labels(paths)
-    assert len(prefs) == 3 and result["skipped"] == 0
+    assert len(prefs) == 3 and result["dropped"] == 0
     assert result["annotators"] == {"dr_a": 2, "dr_b": 1} and result["overlap_tasks"] == 1
     assert result["clinician_agreement"] == {
         "figures": 1, "annotators": ["dr_a", "dr_b"], "pairs": 1, "agreement": 1.0,
@@ -142,11 +142,11 @@ def test_files_backend_reports_bad_lines(paths):
     empty = _write(paths, "empty.jsonl", [])
     result = run(LabelsParams(backend="files"), paths)
     assert result["labels"] == 1
-    assert result["skipped_by_reason"] == {
+    assert result["dropped_by_reason"] == {
         "duplicate_candidate": 1, "duplicate_label": 1, "empty_file": 1, "invalid_json": 1, "invalid_record": 1,
         "invalid_ties": 1, "ranking_too_short": 1, "unknown_candidate": 1, "wrong_figure": 1,
     }  # fmt: skip
-    problems = {p["reason"]: p for p in result["problems"]}
+    problems = {p["reason"]: p for p in result["dropped_examples"]}
     assert (
         problems["unknown_candidate"]["where"] == f"{path}:2"
         and f"{a}#9" in problems["unknown_candidate"]["detail"]
@@ -179,7 +179,7 @@ def test_files_backend_latest_record_per_annotator_and_figure_wins(paths):
     assert prefs == {("dr_a", a): first, ("dr_a", b): [f"{b}#0", f"{b}#1"], ("dr_b", a): second}
     assert result["labels"] == 3 and result["annotators"] == {"dr_a": 2, "dr_b": 1}
     assert result["superseded"] == {"count": 2, "where": [f"{path}:1", f"{path}:3"]}
-    assert result["skipped_by_reason"] == {"duplicate_label": 1}
+    assert result["dropped_by_reason"] == {"duplicate_label": 1}
     # one voice per annotator and figure in the agreement too: dr_a's latest against dr_b
     agreement = result["clinician_agreement"]
     assert agreement["figures"] == 1 and agreement["pairs"] == 3 and agreement["agreement"] == 0.0
@@ -199,8 +199,8 @@ def test_files_backend_reports_non_utf8_lines_and_overlapping_ties(paths):
         )
     result = run(LabelsParams(backend="files"), paths)
     assert result["labels"] == 1
-    assert result["skipped_by_reason"] == {"invalid_ties": 1, "invalid_utf8": 1}
-    problems = {p["reason"]: p for p in result["problems"]}
+    assert result["dropped_by_reason"] == {"invalid_ties": 1, "invalid_utf8": 1}
+    problems = {p["reason"]: p for p in result["dropped_examples"]}
     assert problems["invalid_utf8"]["where"] == f"{path}:2" and "0xff" in problems["invalid_utf8"]["detail"]
     assert problems["invalid_ties"]["where"] == f"{path}:3" and f"{a}#1" in problems["invalid_ties"]["detail"]
 

@@ -28,7 +28,8 @@ import krippendorff
 import numpy as np
 from pydantic import ValidationError
 
-from vital.io import read_jsonl, write_json, write_jsonl
+from vital.drops import Drops
+from vital.io import read_records, write_json, write_jsonl
 from vital.params import LabelsParams, Params
 from vital.paths import Paths
 from vital.registry import Backend, choose
@@ -41,35 +42,21 @@ class LabelsError(ValueError):
     """Label input that cannot produce any usable preference; the message names the file."""
 
 
-class Problems:
-    def __init__(self):
-        self.counts: Counter[str] = Counter()
-        self.listed: list[dict] = []
-
-    def add(self, where: str, reason: str, detail: str = "") -> None:
-        self.counts[reason] += 1
-        if len(self.listed) < MAX_LISTED:
-            self.listed.append({"where": where, "reason": reason, "detail": detail})
-
-
-def load_candidates(path: Path, problems: Problems) -> dict[str, list[Candidate]]:
+def load_candidates(path: Path, problems: Drops) -> dict[str, list[Candidate]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: candidates not found (run the generate stage first)")
     by_figure: dict[str, list[Candidate]] = defaultdict(list)
-    for i, raw in enumerate(read_jsonl(path), 1):
-        try:
-            c = Candidate.model_validate(raw)
-        except ValidationError as e:
-            problems.add(f"{path}:{i}", "invalid_candidate", str(e.errors()[0]["msg"]))
-            continue
+    for _, c in read_records(path, Candidate, problems.invalid("invalid_candidate")):
         by_figure[c.pair_id].append(c)
     return by_figure
 
 
-def load_sample(path: Path) -> dict[str, FigureRecord]:
+def load_sample(path: Path, problems: Drops) -> dict[str, FigureRecord]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: sample not found (run the sample stage first)")
-    return {r["pair_id"]: FigureRecord.model_validate(r) for r in read_jsonl(path)}
+    return {
+        r.pair_id: r for _, r in read_records(path, FigureRecord, problems.invalid("invalid_figure_record"))
+    }
 
 
 def pairwise_agreement(a: list[str], b: list[str], ties: tuple[list[list[str]], ...] = ()) -> tuple[int, int]:
@@ -192,7 +179,7 @@ def validate_preference(
     return pref, "", ""
 
 
-def file_labels(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[list[Preference], dict]:
+def file_labels(cfg: LabelsParams, paths: Paths, problems: Drops) -> tuple[list[Preference], dict]:
     folder = paths.labels_dir
     files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
     if not files:
@@ -215,12 +202,12 @@ def file_labels(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[li
             try:
                 line = raw_line.decode("utf-8")
             except UnicodeDecodeError as e:
-                problems.add(where, "invalid_utf8", f"byte 0x{raw_line[e.start]:02x} at column {e.start + 1}")
+                problems.add("invalid_utf8", where, f"byte 0x{raw_line[e.start]:02x} at column {e.start + 1}")
                 continue
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as e:
-                problems.add(where, "invalid_json", e.msg)
+                problems.add("invalid_json", where, e.msg)
                 continue
             pref, reason, detail = validate_preference(raw, known, digests)
             if pref is not None:
@@ -232,17 +219,17 @@ def file_labels(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[li
                         f"{pref.annotator} ranked {pref.ranking} at {before[1]}",
                     )
             if reason:
-                problems.add(where, reason, detail)
+                problems.add(reason, where, detail)
                 continue
             if key in latest:
                 superseded.append(latest[key][1])
             latest[key] = (pref, where)
         if n_lines == 0:
             empty.append(str(path))
-            problems.add(str(path), "empty_file", "no label lines")
+            problems.add("empty_file", str(path), "no label lines")
     prefs = [pref for pref, _ in latest.values()]
     if not prefs:
-        first = "; ".join(f"{p['where']}: {p['reason']} ({p['detail']})" for p in problems.listed[:3])
+        first = "; ".join(f"{p['where']}: {p['reason']} ({p['detail']})" for p in problems.examples[:3])
         raise LabelsError(f"{folder}: no usable preference in {len(files)} label file(s). {first}")
     extra = {"files": [str(p) for p in files], "empty_files": empty}
     # corrections: an earlier ranking by the same annotator of the same figure, replaced by a later one
@@ -263,7 +250,7 @@ def run(cfg: LabelsParams, paths: Paths) -> dict:
     """Collect preferences with ``cfg.backend``; write labels and metrics; return the metrics."""
     start = time.perf_counter()
     backend = choose(BACKENDS, cfg.backend, "labels.backend").load()
-    problems = Problems()
+    problems = Drops()
     prefs, extra = backend(cfg, paths, problems)
     write_jsonl(paths.labels, prefs)
     tasks = {p.pair_id for p in prefs}
@@ -278,9 +265,7 @@ def run(cfg: LabelsParams, paths: Paths) -> dict:
         "human_pairs": sum(len(p.ranking) * (len(p.ranking) - 1) // 2 for p in prefs),
         "clinician_agreement": clinician_agreement(prefs),
         **extra,
-        "skipped": sum(problems.counts.values()),
-        "skipped_by_reason": dict(sorted(problems.counts.items())),
-        "problems": problems.listed,
+        **problems.metrics(),
         "wall_s": round(time.perf_counter() - start, 3),
     }
     write_json(paths.metric("labels"), result)
@@ -291,6 +276,6 @@ def run_stage(p: Params, paths: Paths) -> dict:
     result = run(p.labels, paths)
     print(
         f"labels ({result['backend']}): {result['labels']} preferences on {result['tasks']} figures, "
-        f"{result['skipped']} skipped -> {paths.labels}"
+        f"{result['dropped']} skipped -> {paths.labels}"
     )
     return result

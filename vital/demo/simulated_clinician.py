@@ -9,7 +9,8 @@ ranking); slips are seeded by annotator, so two annotators disagree now and then
 from __future__ import annotations
 
 from vital.demo.claims import check_claims, extract_claims, gpt_text, style_flags
-from vital.labels import Problems, load_candidates, load_sample, pairwise_agreement
+from vital.drops import Drops
+from vital.labels import load_candidates, load_sample, pairwise_agreement
 from vital.params import LabelsParams
 from vital.paths import Paths
 from vital.progress import progress
@@ -93,17 +94,17 @@ def _tasks(eligible: list[str], cfg: LabelsParams) -> list[str]:
     return sorted(eligible, key=lambda pid: stable_seed(cfg.seed, "labels", pid))[: cfg.figures]
 
 
-def simulated_labels(cfg: LabelsParams, paths: Paths, problems: Problems) -> tuple[list[Preference], dict]:
+def simulated_labels(cfg: LabelsParams, paths: Paths, problems: Drops) -> tuple[list[Preference], dict]:
     truth = load_truth(paths.truth)
-    sample = load_sample(paths.sample)
+    sample = load_sample(paths.sample, problems)
     candidates = load_candidates(paths.candidates, problems)
     eligible = []
     for pid in sample:
         n = len(candidates.get(pid, []))
         if n < 2:
-            problems.add(f"{paths.sample}:{pid}", "too_few_candidates", f"{pid} has {n} candidate(s)")
+            problems.add("too_few_candidates", f"{paths.sample}:{pid}", f"{pid} has {n} candidate(s)")
         elif pid not in truth:
-            problems.add(f"{paths.sample}:{pid}", "no_truth", f"{pid} is not in {paths.truth}")
+            problems.add("no_truth", f"{paths.sample}:{pid}", f"{pid} is not in {paths.truth}")
         else:
             eligible.append(pid)
     tasks = _tasks(eligible, cfg)
