@@ -53,7 +53,7 @@ def _run(world, **kw):
 
 def test_align_builds_a_loadable_base_and_trains_projector_and_lm(world):
     m = _run(world)
-    assert m["examples"] == 12 and m["dropped"] == 1 and m["drop_reasons"] == {"image file missing": 1}
+    assert m["examples"] == 12 and m["dropped"] == 1 and m["dropped_by_reason"] == {"image file missing": 1}
     assert m["steps"] == 6 and m["final_loss"] < m["first_loss"]
     assert len((world / "align.csv").read_text().splitlines()) == 7
     model = LlavaForConditionalGeneration.from_pretrained(world / "base")

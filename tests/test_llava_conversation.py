@@ -117,7 +117,7 @@ def test_dataset_counts_problems_and_collates(processor, tmp_path):
         "image file missing": 1,
         "expected a user turn (turns must alternate, human first)": 1,
     }
-    assert any("t.json record x2" in e for e in ds.problems.examples)
+    assert any("t.json record x2" in e["where"] for e in ds.problems.examples)
     long = {"id": "long", "image": records[0]["image"], "conversations": TWO_ROUNDS}
     ds2 = ConversationDataset([records[0], long], processor, tmp_path, max_length=128)
     batch = Collator(processor.tokenizer.pad_token_id)([ds2[0], ds2[1]])
@@ -140,6 +140,10 @@ def test_empty_or_corrupt_training_images_are_skipped_with_their_path(processor,
     ds = ConversationDataset(records, processor, tmp_path, max_length=128, source="t.json")
     assert len(ds) == 2
     assert ds.problems.counts == {"image file is empty": 1, "image file is not a readable image": 1}
-    assert any("record e" in e and str(tmp_path / "empty.png") in e for e in ds.problems.examples)
-    assert any("record c" in e and str(tmp_path / "corrupt.png") in e for e in ds.problems.examples)
+    assert any(
+        "record e" in e["where"] and str(tmp_path / "empty.png") in e["where"] for e in ds.problems.examples
+    )
+    assert any(
+        "record c" in e["where"] and str(tmp_path / "corrupt.png") in e["where"] for e in ds.problems.examples
+    )
     assert all(ds[i]["pixel_values"].shape == (3, 64, 64) for i in range(len(ds)))

@@ -98,7 +98,10 @@ def lora_run(world):
 def test_lora_tune_writes_complete_checkpoint(world, lora_run):
     m = lora_run
     assert m["examples"] == 24 and m["dropped"] == 2
-    assert m["drop_reasons"] == {"image file missing": 1, "first human turn has no <image> placeholder": 1}
+    assert m["dropped_by_reason"] == {
+        "first human turn has no <image> placeholder": 1,
+        "image file missing": 1,
+    }
     assert m["steps"] == STEPS and m["final_loss"] < m["first_loss"]
     assert json.loads((world / "lora.json").read_text())["steps"] == STEPS
     assert (world / "lora.csv").read_text().splitlines()[0] == "step,loss"

@@ -104,7 +104,7 @@ def run(
             ap.max_length,
             source=str(figures),
         )
-        metrics.update(examples=len(data), **data.problems.as_dict())
+        metrics.update(examples=len(data), **data.problems.metrics())
         metrics["trainable_params"] = set_trainable(model, ap.trainable)
         cfg = LoopConfig(
             checkpoint_dir=checkpoint_dir,

@@ -8,14 +8,14 @@ by each assistant message, after the generation prompt, is what the model must l
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vital.drops import Drops
 from vital.images import check_image
 from vital.shards import image_exists, open_image
 
@@ -123,27 +123,6 @@ def encode(processor, messages: list[dict[str, Any]], max_length: int) -> Encode
     return Encoded(ids, labels)
 
 
-@dataclass
-class Problems:
-    """Records skipped while building a dataset: counted by reason, first few listed."""
-
-    counts: Counter = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-    limit: int = 20
-
-    def add(self, reason: str, where: str) -> None:
-        self.counts[reason] += 1
-        if len(self.examples) < self.limit:
-            self.examples.append(f"{where}: {reason}")
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"dropped": self.total, "drop_reasons": dict(self.counts), "dropped_examples": self.examples}
-
-
 def _reason(err: Exception) -> str:
     msg = str(err)
     return msg.split(": ", 1)[1] if msg.startswith("turn ") else msg
@@ -163,7 +142,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.processor = processor
         self.image_root = Path(image_root)
         self.items: list[tuple[str, Path, Encoded]] = []
-        self.problems = Problems()
+        self.problems = Drops(listed=20)
         self._pixels: dict[int, torch.Tensor] = {}
         for n, rec in enumerate(records):
             rid = str(rec.get("id", n))

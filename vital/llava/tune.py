@@ -277,7 +277,7 @@ def _metrics(tp, dataset, result: LoopResult, trainable: int, total: int, record
         "seed": tp.seed,
         "records": len(records),
         "examples": len(dataset),
-        **dataset.problems.as_dict(),
+        **dataset.problems.metrics(),
         "target_tokens_per_epoch": dataset.n_target_tokens,
         "trainable_params": trainable,
         "total_params": total,
