@@ -47,7 +47,7 @@ def test_generates_validates_and_counts_skips(world):
         cands = list(read_jsonl(world / "artifacts" / "candidates.jsonl"))
         assert len(cands) == 8 and m["candidates"] == 8 and m["candidates_failed"] == 0
         assert {c["id"] for c in cands} == {f"PMC{i:04d}_F1#{k}" for i in range(2, 6) for k in range(2)}
-        assert m["skipped_by_reason"] == {"missing_image": 1, "empty_caption": 1}
+        assert m["dropped_by_reason"] == {"empty_caption": 1, "missing_image": 1}
         assert m["requests_sent"] == 10 and m["cache_hits"] == 0  # 8 + 2 re-asks for invalid output
         assert m["input_tokens"] > 0 and m["estimated_cost_usd"] > 0
         first = cands[0]["conversations"][0]
@@ -149,7 +149,9 @@ def test_dry_run_counts_and_prices_without_sending(world):
         p = api_params(server.base_url, world)
         est = generate.dry_run(p, Paths(world))
         assert server.log == []
-        assert est["requests_to_send"] == 8 and est["cached"] == 0 and est["figures_skipped"] == 1
+        assert est["requests_to_send"] == 8 and est["cached"] == 0
+        # the empty caption, and the missing image found while the requests were built (once missed)
+        assert est["dropped_by_reason"] == {"empty_caption": 1, "missing_image": 1}
         assert est["estimated_input_tokens"] > 8 * 85 and est["estimated_output_tokens_max"] == 8 * 1024
         assert est["estimated_cost_usd_max"] == pytest.approx(
             est["estimated_input_tokens"] * 2.5e-6 + est["estimated_output_tokens_max"] * 1e-5, abs=1e-4

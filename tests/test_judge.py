@@ -140,11 +140,16 @@ def test_heuristic_backend_runs_offline(tmp_path):
         }
         for r in recs
     ]
-    (tmp_path / "artifacts" / "candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cands))
+    cands[1] = {**cands[1], "conversations": "not a list"}  # a malformed candidate, and a half-written line
+    lines = [json.dumps(c) + "\n" for c in cands] + ['{"id": "PMC9#0", "pair_id"\n']
+    (tmp_path / "artifacts" / "candidates.jsonl").write_text("".join(lines))
     from vital.params import parse_params
 
-    m = judge.run(parse_params({}), Paths(tmp_path))
-    assert m["judged"] == 3 and m["requests_sent"] == 0
+    m = judge.run(parse_params({}), Paths(tmp_path))  # skips and counts them: no pydantic traceback
+    assert m["judged"] == 2 and m["requests_sent"] == 0
+    assert m["dropped"] == 2 and m["dropped_by_reason"] == {"invalid_candidate": 2}
+    where = [e["where"] for e in m["dropped_examples"]]
+    assert where == [f"{tmp_path / 'artifacts' / 'candidates.jsonl'}:{n}" for n in (2, 4)]
     js = list(read_jsonl(tmp_path / "artifacts" / "judgments.jsonl"))
     assert all(0 <= j["score"] <= 10 for j in js) and js[0]["judge"]["backend"] == "heuristic"
 

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
-from vital.io import read_jsonl, write_json, write_jsonl
+from vital.io import read_records, write_json, write_jsonl
 from vital.llm.accounting import no_price_note, summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.cache import RequestCache
@@ -56,35 +57,22 @@ class Result:
 
 
 # ---------------------------------------------------------------- inputs
-def load_figures(
-    path: Path, corpus: Path, check_images: bool = True
-) -> tuple[list[FigureRecord], list[dict]]:
-    """Sampled figures plus the skipped ones ({pair_id, reason}); record problems never abort the stage."""
-    figures, skipped = [], []
-    for i, raw in enumerate(read_jsonl(path), 1):
-        try:
-            rec = FigureRecord.model_validate(raw)
-        except ValueError as e:
-            skipped.append(
-                {
-                    "pair_id": raw.get("pair_id", f"{path}:{i}"),
-                    "reason": "invalid_record",
-                    "detail": str(e)[:200],
-                }
-            )
-            continue
+def load_figures(path: Path, corpus: Path, check_images: bool = True) -> tuple[list[FigureRecord], Drops]:
+    """Sampled figures, and the ones skipped (counted by reason, listed with file:line or pair_id); record
+    problems never abort the stage."""
+    figures, drops = [], Drops()
+    for _, rec in read_records(path, FigureRecord, drops.invalid("invalid_record")):
         if not rec.fig_caption.strip():
-            skipped.append({"pair_id": rec.pair_id, "reason": "empty_caption"})
+            drops.add("empty_caption", rec.pair_id)
             continue
         if check_images:
             try:
                 check_image(corpus / rec.image)
             except ImageError as e:
-                reason = "missing_image" if "not found" in str(e) else "corrupt_image"
-                skipped.append({"pair_id": rec.pair_id, "reason": reason, "detail": str(e)})
+                drops.add("missing_image" if "not found" in str(e) else "corrupt_image", rec.pair_id, str(e))
                 continue
         figures.append(rec)
-    return figures, skipped
+    return figures, drops
 
 
 # ---------------------------------------------------------------- backends
@@ -231,7 +219,7 @@ def run(params: Params, paths: Paths) -> dict:
     gp = params.generate
     backend = backend_for(params, paths)
     backend.preflight()  # config errors surface here, before any request
-    figures, skipped = load_figures(paths.sample, paths.corpus, check_images=gp.backend == "template")
+    figures, drops = load_figures(paths.sample, paths.corpus, check_images=gp.backend == "template")
     candidates, failures = [], []
     for res in backend.generate(figures):
         cid = f"{res.record.pair_id}#{res.k}"
@@ -250,9 +238,10 @@ def run(params: Params, paths: Paths) -> dict:
                 generator=res.provenance,
             )
         )
-    total = len(figures) + len(skipped)
+    total = len(figures) + drops.total
     late = getattr(backend, "image_skips", [])  # images found unreadable while encoding
-    skipped += late
+    for skip in late:
+        drops.add(skip["reason"], skip["pair_id"], skip.get("detail", ""))
     candidates.sort(key=lambda c: (c.pair_id, int(c.id.rsplit("#", 1)[1])))
     write_jsonl(paths.candidates, candidates)
     write_jsonl(paths.artifacts / "generate_failures.jsonl", failures)
@@ -261,9 +250,7 @@ def run(params: Params, paths: Paths) -> dict:
         "model": gp.model,
         "figures": total,
         "figures_used": len(figures) - len(late),
-        "figures_skipped": len(skipped),
-        "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)),
-        "skipped": skipped,
+        **drops.metrics(),
         "candidates_requested": (len(figures) - len(late)) * gp.candidates,
         "candidates": len(candidates),
         "candidates_failed": len(failures),
@@ -301,7 +288,7 @@ def run(params: Params, paths: Paths) -> dict:
     if not candidates and total:
         raise StageFailed(
             f"generate: no candidates written: all {total} figures were skipped "
-            f"({', '.join(f'{r} {n}' for r, n in metrics['skipped_by_reason'].items())}; see {paths.metric('generate')})"
+            f"({', '.join(f'{r} {n}' for r, n in metrics['dropped_by_reason'].items())}; see {paths.metric('generate')})"
         )
     return metrics
 
@@ -319,7 +306,7 @@ def dry_run(params: Params, paths: Paths) -> dict:
     backend = backend_for(params, paths)
     backend.demos = load_demonstrations(paths.demonstrations)
     cache = backend.runtime.open_cache()
-    figures, skipped = load_figures(paths.sample, paths.corpus, check_images=False)
+    figures, drops = load_figures(paths.sample, paths.corpus, check_images=False)
     return _estimate(
         (
             backend.request(rec, url, k, 0)
@@ -331,8 +318,9 @@ def dry_run(params: Params, paths: Paths) -> dict:
         backend.runtime.price,
         gp,
         len(figures),
-        skipped + backend.image_skips,
+        drops,
         "generate",
+        backend.image_skips,
     )
 
 
@@ -347,9 +335,16 @@ def _urls(backend: OpenAIBackend, chunk: list[FigureRecord]) -> list[tuple[Figur
 
 
 def _estimate(
-    requests, cache: RequestCache, price, sp: GenerateParams, figures: int, skipped: list[dict], section: str
+    requests,
+    cache: RequestCache,
+    price,
+    sp: GenerateParams,
+    figures: int,
+    drops: Drops,
+    section: str,
+    late_skips: list[dict] = (),
 ) -> dict:
-    """Shared by generate and judge dry runs."""
+    """Shared by generate and judge dry runs; ``late_skips``: images found unreadable while requests are built."""
     n = hits = tok_in = tok_out = 0
     for req in requests:
         if req.key in cache:
@@ -366,8 +361,7 @@ def _estimate(
         "model": sp.model,
         "mode": sp.mode,
         "figures": figures,
-        "figures_skipped": len(skipped),
-        "skipped": skipped,
+        **_with_late(drops, late_skips).metrics(),
         "requests_to_send": n,
         "cached": hits,
         "estimated_input_tokens": tok_in,
@@ -381,3 +375,9 @@ def _estimate(
             + ("" if price else "; " + no_price_note(section, sp.model, sp.prices))
         ),
     }
+
+
+def _with_late(drops: Drops, late_skips: list[dict]) -> Drops:
+    for skip in late_skips:
+        drops.add(skip["reason"], skip["pair_id"], skip.get("detail", ""))
+    return drops

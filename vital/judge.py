@@ -12,9 +12,10 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
+from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
 from vital.generate import _estimate
-from vital.io import read_jsonl, write_json, write_jsonl
+from vital.io import read_records, write_json, write_jsonl
 from vital.llm.accounting import summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.engine import Request, message_content
@@ -37,12 +38,11 @@ from vital.schema import Candidate, FigureRecord, Judgment
 CANDIDATES_PER_CHUNK = 512
 
 
-def load_inputs(paths: Paths) -> tuple[list[Candidate], dict[str, FigureRecord]]:
-    figures = {}
-    for raw in read_jsonl(paths.sample):
-        rec = FigureRecord.model_validate(raw)
-        figures[rec.pair_id] = rec
-    cands = [Candidate.model_validate(raw) for raw in read_jsonl(paths.candidates)]
+def load_inputs(paths: Paths, drops: Drops) -> tuple[list[Candidate], dict[str, FigureRecord]]:
+    """Candidates and their figures; a malformed line of either file is skipped and counted in ``drops``."""
+    sample = read_records(paths.sample, FigureRecord, drops.invalid("invalid_figure_record"))
+    figures = {rec.pair_id: rec for _, rec in sample}
+    cands = [c for _, c in read_records(paths.candidates, Candidate, drops.invalid("invalid_candidate"))]
     return cands, figures
 
 
@@ -153,14 +153,14 @@ def backend_for(params: Params, paths: Paths):
     return choose(JUDGES, params.judge.backend, "judge.backend").load()(params, paths)
 
 
-def _pairs(cands: list[Candidate], figures: dict[str, FigureRecord]) -> tuple[list, list[dict]]:
-    items, missing = [], []
+def _pairs(cands: list[Candidate], figures: dict[str, FigureRecord], drops: Drops) -> list:
+    items = []
     for c in cands:
         if c.pair_id in figures:
             items.append((c, figures[c.pair_id]))
         else:
-            missing.append({"candidate_id": c.id, "reason": "figure_not_in_sample", "detail": c.pair_id})
-    return items, missing
+            drops.add("figure_not_in_sample", c.id, c.pair_id)
+    return items
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -168,8 +168,9 @@ def run(params: Params, paths: Paths) -> dict:
     t0 = time.monotonic()
     backend = backend_for(params, paths)
     backend.preflight()
-    cands, figures = load_inputs(paths)
-    items, failed = _pairs(cands, figures)
+    drops = Drops()
+    cands, figures = load_inputs(paths, drops)
+    items, failed = _pairs(cands, figures, drops), []
     prov = backend.provenance()
     judgments = []
     for cand, score, rationale, detail in backend.score(items):
@@ -192,6 +193,7 @@ def run(params: Params, paths: Paths) -> dict:
         "unjudged": len(failed),
         "unjudged_by_reason": dict(Counter(f["reason"] for f in failed)),
         "unjudged_list": failed,
+        **drops.metrics(),  # input lines and candidates that could not be judged at all
         "score_mean": round(sum(scores) / len(scores), 4) if scores else None,
         **backend.metrics(),
         "wall_s": round(time.monotonic() - t0, 3),
@@ -202,12 +204,15 @@ def run(params: Params, paths: Paths) -> dict:
         file=sys.stderr,
     )
     if not cands:
-        raise StageFailed(f"judge: {paths.candidates} holds no candidates; nothing to judge (rerun generate)")
+        why = f" ({drops.total} unreadable: {drops.summary()})" if drops else ""
+        raise StageFailed(
+            f"judge: {paths.candidates} holds no usable candidates{why}; nothing to judge (rerun generate)"
+        )
     api = params.judge.backend in ("openai", "azure")
     check_failed_share(
         "judge",
         "candidates",
-        len(failed),
+        len(failed) + drops.counts["figure_not_in_sample"],
         len(cands),
         metrics["unjudged_by_reason"],
         max_failed_share("judge", params.judge.client.max_failed_share) if api else None,
@@ -227,8 +232,9 @@ def dry_run(params: Params, paths: Paths) -> dict:
         }
     backend = backend_for(params, paths)
     cache = backend.runtime.open_cache()
-    cands, figures = load_inputs(paths)
-    items, missing = _pairs(cands, figures)
+    drops = Drops()
+    cands, figures = load_inputs(paths, drops)
+    items = _pairs(cands, figures, drops)
 
     def requests():
         for cand, rec in items:
@@ -236,6 +242,6 @@ def dry_run(params: Params, paths: Paths) -> dict:
             if url is not None:
                 yield backend.request(cand, rec, url, 0)
 
-    est = _estimate(requests(), cache, backend.runtime.price, jp, len(figures), missing, "judge")
+    est = _estimate(requests(), cache, backend.runtime.price, jp, len(figures), drops, "judge")
     est["candidates"] = len(cands)
     return est
