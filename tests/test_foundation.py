@@ -78,8 +78,8 @@ def test_train_save_and_load_back(tmp_path: Path):
     fp = tiny_params()
     metrics = run(fp, paths)
 
-    assert metrics["figures"] == 95 and metrics["skipped"] == 1
-    assert bad["pair_id"] in metrics["problems"][0]
+    assert metrics["figures"] == 95 and metrics["dropped"] == 1
+    assert metrics["dropped_examples"][0]["where"] == bad["pair_id"]
     assert metrics["final_loss"] < metrics["initial_loss"]
     saved = json.loads(paths.metric("foundation").read_text())
     assert saved["steps"] == 40 and "laterality_probe" in saved

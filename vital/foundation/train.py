@@ -23,6 +23,7 @@ from open_clip.loss import ClipLoss
 from PIL import UnidentifiedImageError
 from pydantic import ValidationError
 
+from vital.drops import Drops
 from vital.foundation.clip import build_tiny_clip, save_clip, tiny_clip_config
 from vital.io import RecordError, read_jsonl
 from vital.params import FoundationParams
@@ -39,7 +40,7 @@ class Corpus:
     pair_ids: list[str]
     images: torch.Tensor  # (N, 3, H, W), already preprocessed
     texts: list[str]
-    problems: list[str]
+    drops: Drops
 
 
 _SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
@@ -62,36 +63,30 @@ def clip_text(rec: FigureRecord) -> str:
     return f"{rec.fig_caption} {mention}".strip()
 
 
-def load_corpus(figures: Path, corpus_root: Path, preprocess: Callable, max_problems: int = 50) -> Corpus:
+def load_corpus(figures: Path, corpus_root: Path, preprocess: Callable) -> Corpus:
     """Read figure records and decode their images; bad records are skipped, counted and listed."""
     if not figures.is_file():
         raise FileNotFoundError(f"{figures}: corpus index not found (build the demo world: `vital world`)")
-    pair_ids, images, texts, problems = [], [], [], []
+    pair_ids, images, texts, drops = [], [], [], Drops()
     for i, raw in enumerate(progress(read_jsonl(figures), desc="decode corpus")):
         try:
             rec = FigureRecord.model_validate(raw)
         except ValidationError as e:
-            problems.append(f"{figures}:{i + 1}: invalid figure record ({e.error_count()} errors)")
+            drops.add("invalid_figure_record", f"{figures}:{i + 1}", f"{e.error_count()} errors")
             continue
         try:
             with open_image(rec.image, corpus_root) as im:
                 images.append(preprocess(im.convert("RGB")))
         except (OSError, UnidentifiedImageError) as e:
-            problems.append(f"{rec.pair_id}: image {rec.image} unreadable ({type(e).__name__})")
+            drops.add("unreadable_image", rec.pair_id, f"{rec.image}: {type(e).__name__}")
             continue
         pair_ids.append(rec.pair_id)
         texts.append(clip_text(rec))
     if len(pair_ids) < 2:
         raise RecordError(
-            f"{figures}: fewer than 2 usable figures ({len(problems)} problems: {problems[:3]})"
+            f"{figures}: fewer than 2 usable figures ({drops.total} skipped: {drops.summary()})"
         )
-    return Corpus(
-        pair_ids, torch.stack(images), texts, problems[:max_problems] + _more(problems, max_problems)
-    )
-
-
-def _more(items: list, shown: int) -> list[str]:
-    return [f"... and {len(items) - shown} more"] if len(items) > shown else []
+    return Corpus(pair_ids, torch.stack(images), texts, drops)
 
 
 def split_heldout(n: int, heldout: int, seed: int) -> tuple[list[int], list[int]]:
@@ -278,8 +273,7 @@ def train_demo(
         "backend": "demo",
         "model": "vital-tiny-clip",
         "figures": len(corpus.pair_ids),
-        "skipped": len(corpus.problems),
-        "problems": corpus.problems,
+        **corpus.drops.metrics(),
         "steps": fp.steps,
         "batch_size": fp.batch_size,
         "mirror_augment": fp.mirror_augment,
