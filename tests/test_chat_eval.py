@@ -131,9 +131,10 @@ def test_heuristic_stage_end_to_end(tmp_path):
     assert w["position_consistency"] == 1.0 and w["n_both_orders"] == 5
     assert w["by_order"]["ab"] == {"a_higher": 3, "b_higher": 0, "tie": 2, "failed": 0}
     assert w["by_order"]["ba"] == w["by_order"]["ab"]
-    assert demo["data"]["n_open"] == 5 and demo["data"]["n_skipped"] == 1
+    assert demo["data"]["n_open"] == 5 and demo["data"]["dropped"] == 1
     assert (
-        "no question_id" in demo["data"]["skipped"][0] and "base/demo.jsonl#7" in demo["data"]["skipped"][0]
+        "no question_id" in demo["data"]["dropped_examples"][0]["detail"]
+        and "base/demo.jsonl#7" in demo["data"]["dropped_examples"][0]["where"]
     )
     rows = list(read_jsonl(tmp_path / "artifacts" / "chat_eval" / "judgments.jsonl"))
     assert len(rows) == 3 * 5 * 2 and m["_stage"]["judgments"] == 30 and m["_stage"]["unscored"] == 0
@@ -163,7 +164,9 @@ def test_stale_predictions_are_listed(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = chat_eval.run(params(), Paths(tmp_path))["demo"]
     assert m["data"]["missing_predictions"]["base"] == 1
-    assert "q1" in m["data"]["skipped"][0] and "stale" in m["data"]["skipped"][0]
+    assert "q1" in m["data"]["dropped_examples"][0]["detail"] and "stale" in str(
+        m["data"]["dropped_examples"][0]
+    )
 
 
 def test_bad_params_and_inputs_name_what_to_fix(tmp_path):

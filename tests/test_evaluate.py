@@ -112,7 +112,7 @@ def test_run_writes_metrics_and_predictions_hand_computed(tmp_path):
     assert base["open_recall"] == 0.0
     assert base["by_domain"]["ct_scan"]["closed_accuracy_legacy"] == pytest.approx(1 / 2)
     assert demo["chance"] == {"n_closed": 4, "closed_chance": 0.5, "closed_majority": 0.5}
-    assert demo["data"]["n_items"] == 6 and demo["data"]["n_skipped"] == 0
+    assert demo["data"]["n_items"] == 6 and demo["data"]["dropped"] == 0
     assert on_file["_stage"]["models"] == {"top-s0": "models/tuned/top-s0", "base": "models/base"}
     assert on_file["_stage"]["wall_s"] >= 0
 

@@ -349,7 +349,7 @@ def test_bad_records_are_skipped_and_listed(tmp_path):
     assert s.skipped[2].endswith("#25: duplicate question id 'vqa_0000_q0'")
     assert "#26: answer_type 'MULTI' is neither CLOSED nor OPEN" in s.skipped[3]
     report = s.report()
-    assert report["n_skipped"] == 4 and report["n_closed"] == 21 and report["n_open"] == 1
+    assert report["dropped"] == 4 and report["n_closed"] == 21 and report["n_open"] == 1
 
     with pytest.raises(VQAFormatError, match=r"4 of 26 records .* are invalid"):
         load_set("demo", "demo", path, options=SetOptions(max_invalid_fraction=0.1))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from vital.drops import Drops
 from vital.evaluate import load_sets, tuned_models
 from vital.io import read_jsonl, write_json, write_jsonl
 from vital.llm.accounting import estimate_cost
@@ -297,8 +298,7 @@ def score_set(cs: ChatSet, judge: ChatJudge, cp: ChatEvalParams) -> tuple[dict, 
         "n_items": cs.n_loaded,
         "n_open": len(cs.items),
         "missing_predictions": missing,
-        "n_skipped": len(cs.skipped),
-        "skipped": cs.skipped[:MAX_LISTED],
+        **Drops.from_lines(cs.skipped, listed=MAX_LISTED).metrics(),
     }
     return {"relative": relative, "win_rate": wins, "data": data}, rows
 

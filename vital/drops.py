@@ -24,6 +24,15 @@ class Drops:
         if len(self.examples) < self.listed:
             self.examples.append({"where": where, "reason": reason, "detail": detail, **extra})
 
+    @classmethod
+    def from_lines(cls, lines: list[str], reason: str = "invalid_record", listed: int = LISTED) -> Drops:
+        """Drops from ``"<where>: <why>"`` lines; a line whose why starts "duplicate" counts as ``duplicate``."""
+        drops = cls(listed)
+        for line in lines:
+            where, _, detail = line.partition(": ")
+            drops.add("duplicate" if detail.startswith("duplicate") else reason, where, detail)
+        return drops
+
     def invalid(self, reason: str):
         """A ``read_records`` callback counting each invalid line under ``reason``."""
         return lambda where, detail: self.add(reason, where, detail)

@@ -5,7 +5,7 @@
     {"<set>": {"<model>": {"closed_accuracy": ..., "closed_accuracy_legacy": ..., "open_recall": ...,
                            "n_closed": ..., "n_open": ..., "by_domain": {...}},
                "chance": {"closed_chance": 0.5, "closed_majority": ...},
-               "data": {"n_items": ..., "n_skipped": ..., "skipped": [...], "filtered": {...}}},
+               "data": {"n_items": ..., "dropped": ..., "dropped_examples": [...], "filtered": {...}}},
      "_stage": {"wall_s": ..., "models": {"<model>": "<dir or hub id>"}}}
 
 Predictions go to ``artifacts/predictions/<model>/<set>.jsonl`` (LLaVA-Med answer-file fields plus

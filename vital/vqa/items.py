@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from vital.drops import Drops
+
 AnswerType = Literal["CLOSED", "OPEN"]
 
 
@@ -50,7 +52,6 @@ class LoadedSet:
             "n_items": len(self.items),
             "n_closed": sum(i.answer_type == "CLOSED" for i in self.items),
             "n_open": sum(i.answer_type == "OPEN" for i in self.items),
-            "n_skipped": len(self.skipped),
-            "skipped": self.skipped[:max_listed],
+            **Drops.from_lines(self.skipped, listed=max_listed).metrics(),
             "filtered": dict(self.filtered),
         }
