@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
+
+from _child import child  # bench/_child.py (bench/ is sys.path[0] when run as a script)
 
 DOMAINS = ("chest_xray", "ct_scan", "mri", "histology", "gross")
 WORDS = [
@@ -117,14 +116,6 @@ print(json.dumps({"candidates": m["candidates"], "mix210k": m["mixtures"]["mix21
                   "wall_s": time.perf_counter() - t,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
-
-
-def child(code: str, *args: str) -> dict:
-    env = {**os.environ, "VITAL_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
-    if proc.returncode:
-        raise SystemExit(proc.stderr)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

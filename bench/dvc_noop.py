@@ -34,19 +34,10 @@ def sh(cwd: Path, *cmd: str) -> None:
     subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True)
 
 
-def placeholder(path: Path) -> None:
-    if path.exists():
-        return
-    if path.suffix:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("placeholder\n")
-    else:
-        path.mkdir(parents=True)
-        (path / "placeholder").write_text("placeholder\n")
-
-
 def vital_repo(root: Path) -> Path:
     from dvc.repo import Repo
+
+    from vital import dag
 
     if not (REPO / "data" / "corpus" / "figures.jsonl").is_file():
         sys.exit("bench/dvc_noop.py: no demo data here; run `dvc pull data.dvc` first")
@@ -60,12 +51,9 @@ def vital_repo(root: Path) -> Path:
             shutil.copy(src, repo / item)
     sh(repo, "git", "init", "-q")
     sh(repo, "dvc", "init", "-q")
+    dag.placeholders(repo, real=("stages/", "vital/", "params", "data/"))  # the demo data is real
     with Repo(str(repo)) as r:
         stages = list(r.index.stages)
-        for stage in stages:
-            for entry in [*stage.deps, *stage.outs]:
-                if not entry.def_path.startswith(("stages/", "vital/", "params", "data/")):
-                    placeholder(repo / entry.def_path)
     sh(repo, "dvc", "commit", "-f", "-q")
     print(f"vital: {len(stages)} stages, dvc.lock {(repo / 'dvc.lock').stat().st_size // 1024} KiB")
     return repo

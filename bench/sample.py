@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _child import child  # bench/_child.py (bench/ is sys.path[0] when run as a script)
 
 DOMAINS = ("chest_xray", "ct_scan", "mri", "histology", "gross")
 WORDS = [
@@ -103,14 +102,6 @@ print(json.dumps({"rows": r["read"], "sampled": r["sampled"], "skipped": r["drop
                   "wall_s": time.perf_counter() - t,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
-
-
-def child(code: str, *args: str) -> dict:
-    env = {**os.environ, "VITAL_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
-    if proc.returncode:
-        raise SystemExit(proc.stderr)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

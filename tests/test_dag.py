@@ -98,17 +98,6 @@ def sh(cwd: Path, *cmd: str) -> str:
     return out.stdout
 
 
-def _placeholder(path: Path) -> None:
-    if path.exists():
-        return
-    if path.suffix:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("placeholder\n")
-    else:
-        path.mkdir(parents=True)
-        (path / "placeholder").write_text("placeholder\n")
-
-
 def changed_stages(root: Path) -> set[str]:
     status = json.loads(sh(root, "dvc", "status", "--json") or "{}")
     return {name.split("@")[0] for name in status}
@@ -118,8 +107,6 @@ def changed_stages(root: Path) -> set[str]:
 def locked(tmp_path_factory) -> Path:
     """The repo's code, dvc.yaml and params in a fresh git + DVC repo, every stage committed as up to date
     (placeholder inputs and outputs: `dvc status` compares hashes, nothing needs to run)."""
-    from dvc.repo import Repo
-
     root = tmp_path_factory.mktemp("dag")
     for item in ("dvc.yaml", "params.yaml", "params-paper.yaml", "stages", "vital"):
         src = REPO / item
@@ -129,11 +116,7 @@ def locked(tmp_path_factory) -> Path:
             shutil.copy(src, root / item)
     sh(root, "git", "init", "-q")
     sh(root, "dvc", "init", "-q")
-    with Repo(str(root)) as repo:
-        for stage in repo.index.stages:
-            for entry in [*stage.deps, *stage.outs]:
-                if not entry.def_path.startswith(("stages/", "vital/", "params")):
-                    _placeholder(root / entry.def_path)
+    assert dag.placeholders(root) > 0
     sh(root, "dvc", "commit", "-f")
     assert changed_stages(root) == set()
     return root
@@ -179,10 +162,7 @@ def test_paper_profile_does_not_rerun_on_a_demo_edit(locked, tmp_path):
         shutil.copy(locked / "params-paper.yaml", locked / "params.yaml")
         sh(locked, "vital", "dag", "--write")
         assert "vital/demo" not in (locked / "dvc.yaml").read_text()
-        for stage in STAGES:  # the paper profile's inputs (eval sets, ...) as placeholders, then lock
-            for d in dag.stage_deps(STAGES[stage], paper_params(), locked).data:
-                if "${" not in d:
-                    _placeholder(locked / d)
+        dag.placeholders(locked)  # the paper profile's own inputs (its corpus, eval sets) too
         sh(locked, "dvc", "commit", "-f")
         edit(locked, "vital/demo/template_generator.py")
         edit(locked, "vital/world/findings.py")

@@ -30,30 +30,37 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
                 raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
 
 
+def json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any, str]]:
+    """``(where, value, error)`` per non-blank line of a JSONL file, ``where`` = ``"<path>:<line>"``; a line
+    that is not JSON has ``error`` set (and ``value`` None) instead of stopping the read."""
+    path = Path(path)
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line), ""
+            except json.JSONDecodeError as e:
+                yield f"{path}:{lineno}", None, e.msg
+
+
 def read_records(
     path: str | os.PathLike, model: type[M], invalid: Callable[[str, str], None] = lambda where, detail: None
 ) -> Iterator[tuple[int, M]]:
     """``(line number, record)`` of every line of the JSONL ``path`` that parses and validates as ``model``;
     any other line is skipped and passed to ``invalid(where, detail)`` with ``where`` = ``"<path>:<line>"``
     (``Drops.invalid(reason)`` counts them). Blank lines are skipped silently."""
-    path = Path(path)
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                invalid(where, f"not valid JSON ({e.msg})")
-                continue
-            try:
-                rec = model.model_validate(raw)
-            except ValidationError as e:
-                err = e.errors()[0]
-                invalid(where, f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}")
-                continue
-            yield lineno, rec
+    for where, raw, error in json_lines(path):
+        if error:
+            invalid(where, f"not valid JSON ({error})")
+            continue
+        try:
+            rec = model.model_validate(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            invalid(where, f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}")
+            continue
+        yield int(where.rsplit(":", 1)[1]), rec
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict | Any]) -> int:

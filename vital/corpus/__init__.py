@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vital.corpus.jsonstream import iter_json_records
-from vital.io import RecordError
+from vital.io import RecordError, json_lines
 from vital.schema import DOMAINS
 
 Kind = Literal["figures", "image_urls", "instructions"]
@@ -87,19 +87,12 @@ def formats(kind: Kind) -> set[str]:
 # ------------------------------------------------------------------ line sources
 def jsonl_lines(path: Path) -> Iterator[Item]:
     """(file:line, dict) per non-blank line; a line that is not a JSON object is a Malformed."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, Malformed("invalid_json", e.msg)
-                continue
-            if not isinstance(raw, dict):
-                yield where, Malformed("invalid_record", f"expected a JSON object, got {type(raw).__name__}")
-                continue
+    for where, raw, error in json_lines(path):
+        if error:
+            yield where, Malformed("invalid_json", error)
+        elif not isinstance(raw, dict):
+            yield where, Malformed("invalid_record", f"expected a JSON object, got {type(raw).__name__}")
+        else:
             yield where, raw
 
 
