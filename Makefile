@@ -26,3 +26,4 @@ test: install
 lint: install
 	ruff check vital stages tests bench
 	ruff format --check vital stages tests bench
+	vital dag --check
