@@ -67,8 +67,8 @@ def test_clinician_labels_revealed_in_rounds_pull_the_head_from_the_judge_to_the
         # judge-only heads follow the judge (~chance on clinician pairs here); all labels: the clinicians
         assert (
             by[("random", seed, 0)]["heldout_agreement"]
-            < 0.7
-            < 0.85
+            < 0.5
+            < 0.8
             < by[("random", seed, 25)]["heldout_agreement"]
         )
     summary = {(s["order"], s["labelled_figures"]): s for s in summarise(rows)}
