@@ -1,6 +1,6 @@
 """Held-out clinician agreement against the number of clinician-labelled figures, random vs active order.
 
-    python bench/active_labels.py [--root .] [--sizes 10 20 40 80 160] [--seeds 0 1 2] [--human-weight 10]
+    python bench/active_labels.py [--root .] [--sizes 10 20 40 80 160 10000] [--seeds 0 1 2] [--human-weight 1]
 
 Reads the select stage's inputs (``artifacts/embeddings``, ``pairs.jsonl``, ``judgments.jsonl``; run
 ``dvc repro select`` first) and simulates labelling rounds with ``vital.active.label_curve``: the judge's
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 20, 40, 80, 160, 10_000])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--orders", nargs="+", default=list(ACTIVE_ORDERS), choices=ACTIVE_ORDERS)
-    ap.add_argument("--human-weight", type=float, default=10.0)
+    ap.add_argument("--human-weight", type=float, default=1.0)
     ap.add_argument("--out", type=Path, default=Path("bench/results/active_labels.csv"))
     args = ap.parse_args()
 
