@@ -141,5 +141,5 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "min": min(v),
             "max": max(v),
         }
-        for (o, n), v in groups.items()
+        for (o, n), v in sorted(groups.items())
     ]
