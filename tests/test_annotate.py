@@ -716,3 +716,112 @@ def test_a_figure_ranked_in_another_tab_moves_the_page_on(paths, tmp_path):
     finally:
         server.shutdown()
     assert len(list(read_jsonl(paths.labels_dir / "dr_c.jsonl"))) == 1
+
+
+def test_active_orders_have_known_answers_on_tiny_inputs():
+    from vital.annotate.order import (
+        OrderError,
+        disagreement,
+        figure_order,
+        ranked,
+        rating_gap,
+        tau,
+        uncertainty,
+    )
+
+    assert rating_gap([3.0, 1.0, 1.5]) == 0.5 and rating_gap([2.0]) == float("inf")
+    assert tau([1, 2, 3], [10, 20, 30]) == 1 and tau([1, 2, 3], [3, 2, 1]) == -1
+    assert tau([1, 2, 3], [1, 1, 3]) == 2 / 3  # the pair tied by one side counts as neither
+    figures = {"a": ["a0", "a1", "a2"], "b": ["b0", "b1"], "c": ["c0", "c1"], "d": ["d0", "d1"]}
+    sel = {"a0": 0.0, "a1": 0.2, "a2": 3.0, "b0": 1.0, "b1": 1.1, "c0": 0.0, "c1": 2.0, "d0": 1.0}
+    judge = {"a0": 1.0, "a1": 2.0, "a2": 3.0, "b0": 5.0, "b1": 1.0, "c0": 1.0, "c1": 4.0, "d0": 1.0}
+    assert uncertainty(sel, figures) == pytest.approx({"a": 0.2, "b": 0.1, "c": 2.0})  # d: one scored
+    assert disagreement(sel, judge, figures) == {"a": 0.0, "b": 2.0, "c": 0.0}
+    ids = list(figures)
+    assert figure_order("sample", ids, figures, dict) == ids
+    assert figure_order("uncertain", ids, figures, lambda: sel) == ["b", "a", "c", "d"]
+    assert figure_order("disagree", ids, figures, lambda: sel, lambda: judge) == ["b", "a", "c", "d"]
+    assert ranked(["x", "y", "z"], {"z": 1.0, "y": 1.0}, descending=True) == ["y", "z", "x"]  # stable
+    with pytest.raises(OrderError, match="order='best'"):
+        figure_order("best", ids, figures, lambda: sel)
+
+
+# per figure PMC{i}_F1 of _project(8): the selector's smallest gap between its candidates; PMC7_F1 has a
+# single scored candidate, so it goes last
+GAPS = [0.5, 0.1, 0.9, 0.3, 0.05, 0.7, 0.2, None]
+UNCERTAIN = [f"PMC{i}_F1" for i in (4, 1, 6, 3, 0, 5, 2, 7)]
+# the judge agrees with the selector's order except on PMC2 (reversed), PMC5 (one swap) and PMC0 (a tie)
+JUDGE = {0: [1, 1, 9], 2: [9, 5, 1], 5: [5, 1, 9]}
+DISAGREE = [f"PMC{i}_F1" for i in (2, 5, 0, 1, 3, 4, 6, 7)]
+
+
+def _scores(paths: Paths) -> None:
+    scores, judgments = [], []
+    for i, gap in enumerate(GAPS):
+        pid = f"PMC{i}_F1"
+        sel = [0.0, 5.0] if gap is None else [0.0, gap, 5.0]
+        for k, s in enumerate(sel):
+            scores.append({"candidate_id": f"{pid}#{k}", "pair_id": pid, "score": s})
+        for k, s in enumerate(JUDGE.get(i, [1, 5, 9])):
+            judgments.append({"candidate_id": f"{pid}#{k}", "pair_id": pid, "score": s})
+    scores = [s for s in scores if not (s["pair_id"] == "PMC7_F1" and s["candidate_id"] != "PMC7_F1#0")]
+    write_jsonl(paths.scores, scores)
+    write_jsonl(paths.judgments, judgments)
+
+
+def test_order_serves_uncertain_or_disagreeing_figures_first_after_the_overlap_set(tmp_path):
+    paths = _project(tmp_path, 8)
+    with pytest.raises(AnnotationError, match=r"scores.jsonl: not found \(run the select stage"):
+        load_tasks(paths, "dr_a", order="uncertain")
+    with pytest.raises(AnnotationError, match="order='random'"):
+        load_tasks(paths, "dr_a", order="random")
+    _scores(paths)
+
+    def ids(**kw) -> list[str]:
+        return [t.pair_id for t in load_tasks(paths, "dr_a", **kw)]
+
+    assert ids(order="uncertain") == UNCERTAIN and ids(order="disagree") == DISAGREE
+    assert ids(order="sample") == ids() == [f"PMC{i}_F1" for i in range(8)]
+    assert ids(order="uncertain", limit=3) == UNCERTAIN[:3]
+    shared = ids(overlap=3)[:3]
+    for order, expected in (("uncertain", UNCERTAIN), ("disagree", DISAGREE)):
+        assert ids(overlap=3, order=order) == shared + [p for p in expected if p not in shared]
+
+    # the page gets them in that order: the next task after each ranking is the next in the order
+    session = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a", overlap=2, order="uncertain"))
+    server, base = _serve(session)
+    try:
+        served = []
+        for _ in range(8):
+            task = json.loads(_call(f"{base}/api/task")[1])["task"]
+            served.append(task["pair_id"])
+            ranking = sorted(c["id"] for c in task["candidates"])
+            assert _call(f"{base}/api/label", {"pair_id": task["pair_id"], "ranking": ranking})[0] == 200
+        assert json.loads(_call(f"{base}/api/task")[1])["task"] is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    shared2 = ids(overlap=2)[:2]
+    assert served == shared2 + [p for p in UNCERTAIN if p not in shared2]
+
+    # bad score files name the line; the command line refuses and names the file
+    with paths.scores.open("a") as f:
+        f.write('{"candidate_id": "PMC0_F1#9", "score": "high"}\n')
+    with pytest.raises(AnnotationError, match=r"--order uncertain: .*scores.jsonl:23: expected"):
+        load_tasks(paths, "dr_a", order="uncertain")
+    proc = subprocess.run(
+        [sys.executable, "-m", "vital.cli", "annotate", "--annotator", "dr_b", "--order", "disagree"],
+        cwd=paths.root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 2 and "scores.jsonl:23: expected" in proc.stderr
+    _scores(paths)
+    proc, line = _cli(["--annotator", "dr_b", "--order", "disagree", "--port", "0"], cwd=paths.root)
+    try:
+        address = re.search(r"open (http://\S+/)", line).group(1)
+        assert json.loads(_call(f"{address}api/task")[1])["task"]["pair_id"] == DISAGREE[0]
+    finally:
+        _stop(proc)
+    assert "0 of 8 figures ranked, disagree first" in line

@@ -77,7 +77,7 @@ def _annotate(args) -> int:
 
     paths = Paths()
     try:
-        tasks = load_tasks(paths, args.annotator, args.seed, args.limit, args.overlap)
+        tasks = load_tasks(paths, args.annotator, args.seed, args.limit, args.overlap, args.order)
         session = AnnotationSession(paths, args.annotator, tasks)
         server = make_server(session, args.host, args.port)
     except (AnnotationError, OSError) as e:
@@ -98,6 +98,8 @@ def _annotate(args) -> int:
     else:
         url = f"http://{host}:{port}/"
     shared = f" (the first {args.overlap} shared by every annotator)" if args.overlap else ""
+    if args.order != "sample":
+        shared += f", {args.order} first"
     print(f"vital annotate: {p['ranked']} of {p['total']} figures ranked{shared}; open {url}", flush=True)
     print(
         f"labels go to {session.label_file} (use them with labels.backend: files); Ctrl-C stops", flush=True
@@ -253,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="serve first N figures shared by every annotator (fixed set and order, for agreement); "
         "the rest in an order of each annotator's own",
+    )
+    ann.add_argument(
+        "--order",
+        choices=("sample", "uncertain", "disagree"),
+        default="sample",
+        help="sample (default): sample order; uncertain: figures whose candidates the selector rates "
+        "closest first (artifacts/scores.jsonl); disagree: figures where judge and selector order the "
+        "candidates most differently first (1 - Kendall tau); after the --overlap set, if any",
     )
     ann.set_defaults(func=_annotate)
 

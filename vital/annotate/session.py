@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from vital.annotate.order import ORDERS, OrderError, figure_order, read_scores
 from vital.io import read_jsonl
 from vital.labels import validate_preference
 from vital.paths import Paths
@@ -80,7 +81,12 @@ def _validated(path: Path, model: type[BaseModel], what: str) -> Iterator:
 
 
 def load_tasks(
-    paths: Paths, annotator: str, seed: int = 0, limit: int | None = None, overlap: int = 0
+    paths: Paths,
+    annotator: str,
+    seed: int = 0,
+    limit: int | None = None,
+    overlap: int = 0,
+    order: str = "sample",
 ) -> list[Task]:
     """A task per sampled figure with two or more candidates, candidates shuffled per annotator.
 
@@ -92,11 +98,17 @@ def load_tasks(
     every annotator so that inter-annotator agreement can be measured on them, and the rest follow in
     an order of each annotator's own, so that clinicians spread over different figures. ``limit`` then
     cuts that sequence.
+
+    ``order`` ``uncertain`` or ``disagree`` (see :mod:`vital.annotate.order`) puts the figures where the
+    selector is least certain, or where judge and selector disagree most, first; with ``overlap`` the
+    shared set still comes first (the same set as with ``sample``) and the rest follow in that order.
     """
     if limit is not None and limit < 1:
         raise AnnotationError(f"limit={limit}: offer at least one figure")
     if overlap < 0:
         raise AnnotationError(f"overlap={overlap}: expected 0 (no shared set) or more figures")
+    if order not in ORDERS:
+        raise AnnotationError(f"order={order!r}: expected one of {', '.join(ORDERS)}")
     for path, stage in ((paths.sample, "sample"), (paths.candidates, "generate")):
         if not path.is_file():
             raise AnnotationError(f"{path}: not found (run the {stage} stage first: dvc repro {stage})")
@@ -108,8 +120,8 @@ def load_tasks(
         cands = by_figure.get(fig.pair_id, [])
         if len(cands) < 2:
             continue
-        order = rng_for("annotate", seed, annotator, fig.pair_id).permutation(len(cands))
-        tasks.append(Task(fig.pair_id, fig.fig_caption, fig.image, tuple(cands[int(k)] for k in order)))
+        shuffle = rng_for("annotate", seed, annotator, fig.pair_id).permutation(len(cands))
+        tasks.append(Task(fig.pair_id, fig.fig_caption, fig.image, tuple(cands[int(k)] for k in shuffle)))
     if not tasks:
         raise AnnotationError(
             f"{paths.sample}: no sampled figure has two or more candidates in {paths.candidates}"
@@ -122,9 +134,27 @@ def load_tasks(
         shared = sorted(tasks, key=lambda t: stable_seed(seed, "annotate-overlap", t.pair_id))[:overlap]
         ids = {t.pair_id for t in shared}
         rest = [t for t in tasks if t.pair_id not in ids]
-        rest.sort(key=lambda t: stable_seed(seed, "annotate-order", annotator, t.pair_id))
-        tasks = shared + rest
+        if order == "sample":
+            rest.sort(key=lambda t: stable_seed(seed, "annotate-order", annotator, t.pair_id))
+        tasks = shared + _in_order(rest, order, paths)
+    else:
+        tasks = _in_order(tasks, order, paths)
     return tasks[:limit] if limit is not None else tasks
+
+
+def _in_order(tasks: list[Task], order: str, paths: Paths) -> list[Task]:
+    by_id = {t.pair_id: t for t in tasks}
+    try:
+        ids = figure_order(
+            order,
+            list(by_id),
+            {pid: [c.id for c in t.candidates] for pid, t in by_id.items()},
+            lambda: read_scores(paths.scores, "score", "select"),
+            lambda: read_scores(paths.judgments, "score", "judge"),
+        )
+    except OrderError as e:
+        raise AnnotationError(f"--order {order}: {e}") from None
+    return [by_id[pid] for pid in ids]
 
 
 class AnnotationSession:
