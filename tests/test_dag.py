@@ -137,7 +137,7 @@ def restore(root: Path, module: str) -> None:
     [
         "vital/io.py",
         "vital/seeding.py",
-        "vital/embed.py",
+        "vital/embed/stage.py",
         "vital/demo/template_generator.py",
         "vital/vqa/metrics.py",
     ],
