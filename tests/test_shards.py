@@ -90,5 +90,5 @@ def test_embed_reads_figures_from_shards_with_the_same_features(tmp_path: Path):
     sharded.sample.write_text("".join(json.dumps({**f, "image": refs[f["pair_id"]]}) + "\n" for f in figs))
     m = run(EmbedParams(batch_size=4, text_mode="joint"), sharded)
     got = load_embeddings(sharded.embeddings)
-    assert m["figures"] == 6 and m.get("dropped", {}) == {}
+    assert m["figures"] == 6 and m["dropped"] == 0
     assert np.array_equal(got.image, expected.image) and np.array_equal(got.text, expected.text)
