@@ -134,6 +134,27 @@ STAGES: dict[str, Stage] = {
             doc="top-k% subsets, same-size random baselines, mixtures",
         ),
         Stage(
+            "bakeoff",
+            "vital.bakeoff.stage:run_stage",
+            "bakeoff",
+            reads=(
+                "artifacts/candidates.jsonl",
+                "artifacts/scores.jsonl",
+                "artifacts/scores_by_weight.jsonl",
+                "artifacts/judgments.jsonl",
+                "artifacts/embeddings",
+                # each method's upstream cost (seconds, API spend, clinician labels)
+                "metrics/embed.json",
+                "metrics/judge.json",
+                "metrics/labels.json",
+                "metrics/pairs.json",
+                "metrics/select.json",
+            ),
+            backends=(("bakeoff.quality", "vital.bakeoff.quality:QUALITY"),),
+            param_reads=("vital.bakeoff.stage:ifd_model",),
+            doc="selection methods compared on the same pool: subsets, quality, gain over random, cost",
+        ),
+        Stage(
             "tune",
             "vital.tune:run_stage",
             "tune",
