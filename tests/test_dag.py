@@ -83,6 +83,25 @@ def test_stage_refuses_to_run_when_dvc_yaml_misses_a_dep(tmp_path):
         dag.check_stage("sample", load_params(REPO / "params.yaml"), tmp_path)
 
 
+
+def test_bakeoff_pipeline_file_is_generated_and_checked_like_the_root_one(tmp_path):
+    from vital.pipeline import PIPELINES, in_pipeline
+
+    assert PIPELINES == ("dvc.yaml", "bakeoff/dvc.yaml")
+    assert set(in_pipeline("bakeoff/dvc.yaml")) == {"bakeoff_tune", "bakeoff_evaluate"}
+    params = load_params(REPO / "params.yaml")
+    assert dag.problems(REPO / "bakeoff/dvc.yaml", params, REPO) == []
+    # the root file's check does not ask for the bakeoff's downstream stages, nor the reverse
+    assert "bakeoff_tune" not in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert "models/bakeoff/judge-s0" in dag.stage_deps(STAGES["bakeoff_evaluate"], params, REPO).data
+    doc = yaml.safe_load((REPO / "bakeoff/dvc.yaml").read_text())
+    doc["stages"]["bakeoff_tune"]["deps"].remove("vital/bakeoff")
+    (tmp_path / "bakeoff").mkdir()
+    (tmp_path / "bakeoff/dvc.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(dag.DagError, match=r"bakeoff/dvc.yaml: stage .bakeoff_tune. runs or reads vital/bakeoff"):
+        dag.check_stage("bakeoff_tune", params, tmp_path)
+    assert dag.problems(tmp_path / "bakeoff/dvc.yaml", params, tmp_path)[0].startswith("stage 'bakeoff_tune'")
+
 # ------------------------------------------------------------------ a real DVC repo
 def sh(cwd: Path, *cmd: str) -> str:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
