@@ -83,7 +83,6 @@ def test_stage_refuses_to_run_when_dvc_yaml_misses_a_dep(tmp_path):
         dag.check_stage("sample", load_params(REPO / "params.yaml"), tmp_path)
 
 
-
 def test_bakeoff_pipeline_file_is_generated_and_checked_like_the_root_one(tmp_path):
     from vital.pipeline import PIPELINES, in_pipeline
 
@@ -98,9 +97,12 @@ def test_bakeoff_pipeline_file_is_generated_and_checked_like_the_root_one(tmp_pa
     doc["stages"]["bakeoff_tune"]["deps"].remove("vital/bakeoff")
     (tmp_path / "bakeoff").mkdir()
     (tmp_path / "bakeoff/dvc.yaml").write_text(yaml.safe_dump(doc))
-    with pytest.raises(dag.DagError, match=r"bakeoff/dvc.yaml: stage .bakeoff_tune. runs or reads vital/bakeoff"):
+    with pytest.raises(
+        dag.DagError, match=r"bakeoff/dvc.yaml: stage .bakeoff_tune. runs or reads vital/bakeoff"
+    ):
         dag.check_stage("bakeoff_tune", params, tmp_path)
     assert dag.problems(tmp_path / "bakeoff/dvc.yaml", params, tmp_path)[0].startswith("stage 'bakeoff_tune'")
+
 
 # ------------------------------------------------------------------ a real DVC repo
 def sh(cwd: Path, *cmd: str) -> str:

@@ -67,7 +67,9 @@ def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
             model = LlavaAnswerer(model_dir(paths, method, seed), device=ev.device, dtype=ev.dtype)
             for s in sets:
                 preds = model.answer(s.items, ev.batch_size, ev.max_new_tokens, f"{method}-s{seed}/{s.name}")
-                summary = {k: v for k, v in summarize(s.items, preds, by=()).items() if not isinstance(v, dict)}
+                summary = {
+                    k: v for k, v in summarize(s.items, preds, by=()).items() if not isinstance(v, dict)
+                }
                 lik = likelihood_closed_accuracy(s.items, model.yes_no_logprobs(s.items, ev.batch_size))
                 summary["yes_no_likelihood_accuracy"] = lik["accuracy"]
                 per[s.name].setdefault(method, {})[seed] = summary
