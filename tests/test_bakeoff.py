@@ -267,3 +267,60 @@ def test_stage_without_quality_still_writes_subsets_and_cost(tmp_path: Path):
     assert "vs_random" not in m and m["headline"] is None and m["subsets"]["judge-40"]["records"] == 3
     with pytest.raises(ParamsError, match="bakeoff.quality: unknown backend 'oracle'"):
         run(parse_params({"bakeoff": {"quality": "oracle"}}), paths)
+
+
+# ------------------------------------------------------------------ downstream: tune per method and seed, evaluate
+def test_downstream_tunes_each_method_subset_and_reports_over_seeds(tmp_path: Path, tiny_llava: Path):
+    from vital.bakeoff.downstream import evaluate_stage, subset_file, tune_stage
+    from vital.llava.testing import side_records, write_llava_json
+
+    paths = Paths(tmp_path)
+    records = side_records(paths.corpus, 8)
+    bake = {
+        "methods": ["random", "judge"],
+        "downstream_methods": ["random", "judge"],
+        "seeds": [0],
+        "keep": [40],
+        "downstream_keep": 40,
+    }
+    vqa = paths.vqa / "tiny"
+    (vqa / "images").mkdir(parents=True)
+    questions = []
+    for i, r in enumerate(records[:4]):
+        (vqa / r["image"]).write_bytes((paths.corpus / r["image"]).read_bytes())
+        side = r["conversations"][1]["value"]
+        q = {"question_id": f"q{i}", "image": r["image"], "question": "Is the lesion on the left?"}
+        questions.append({**q, "answer": "yes" if side == "left" else "no", "answer_type": "CLOSED"})
+        questions.append(
+            {**q, "question_id": f"o{i}", "question": "Which side?", "answer": side, "answer_type": "OPEN"}
+        )
+    write_jsonl(vqa / "questions.jsonl", questions)
+    p = parse_params(
+        {
+            "bakeoff": bake,
+            "tune": {"base": str(tiny_llava), "max_steps": 2, "batch_size": 4, "seeds": [0], "keep": 40},
+            "curate": {"keep": [40]},
+            "evaluate": {
+                "sets": [{"name": "tiny", "format": "demo", "path": str(vqa / "questions.jsonl")}],
+                "device": "cpu",
+                "max_new_tokens": 4,
+            },
+            "finetune": {"sets": []},
+        }
+    )
+    for method in ("random", "judge"):
+        write_llava_json(subset_file(p, paths, method, 0), records[:4] if method == "judge" else records[4:])
+        tune_stage(p, paths, method, 0)
+        assert (paths.root / "models" / "bakeoff" / f"{method}-s0" / "config.json").is_file()
+    with pytest.raises(ValueError, match="not one of bakeoff.downstream_methods"):
+        tune_stage(p, paths, "length", 0)
+    out = evaluate_stage(p, paths)
+    row = out["tiny"]
+    assert set(row) == {"random", "judge"}
+    seed0 = row["judge"]["per_seed"][0]
+    assert {"closed_accuracy", "closed_accuracy_legacy", "open_recall", "yes_no_likelihood_accuracy"} <= set(
+        seed0
+    )
+    assert 0 <= seed0["yes_no_likelihood_accuracy"] <= 1
+    assert "closed_accuracy" in row["judge"]["minus_random"] and "NOT LLaVA-Med" in out["note"]
+    assert (paths.plots / "bakeoff_downstream.csv").read_text().startswith("set,method,closed_accuracy")
