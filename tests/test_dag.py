@@ -126,7 +126,7 @@ def _placeholder(path: Path) -> None:
 
 def changed_stages(root: Path) -> set[str]:
     status = json.loads(sh(root, "dvc", "status", "--json") or "{}")
-    return {name.split("@")[0] for name in status}
+    return {name.split("@")[0].split(":")[-1] for name in status}  # bakeoff/dvc.yaml:bakeoff_tune@judge-0
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def locked(tmp_path_factory) -> Path:
     from dvc.repo import Repo
 
     root = tmp_path_factory.mktemp("dag")
-    for item in ("dvc.yaml", "params.yaml", "params-paper.yaml", "stages", "vital"):
+    for item in ("dvc.yaml", "bakeoff", "params.yaml", "params-paper.yaml", "stages", "vital"):
         src = REPO / item
         if src.is_dir():
             shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
@@ -189,6 +189,7 @@ def test_an_edit_marks_exactly_the_stages_whose_closure_holds_it(locked, module)
 @pytest.mark.slow
 def test_paper_profile_does_not_rerun_on_a_demo_edit(locked, tmp_path):
     shutil.copy(locked / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(locked / "bakeoff" / "dvc.yaml", tmp_path / "bakeoff.dvc.yaml")
     shutil.copy(locked / "params.yaml", tmp_path / "params.yaml")
     try:
         shutil.copy(locked / "params-paper.yaml", locked / "params.yaml")
@@ -208,5 +209,6 @@ def test_paper_profile_does_not_rerun_on_a_demo_edit(locked, tmp_path):
         for module in ("vital/demo/template_generator.py", "vital/world/findings.py", "vital/generate.py"):
             restore(locked, module)
         shutil.copy(tmp_path / "dvc.yaml", locked / "dvc.yaml")
+        shutil.copy(tmp_path / "bakeoff.dvc.yaml", locked / "bakeoff" / "dvc.yaml")
         shutil.copy(tmp_path / "params.yaml", locked / "params.yaml")
         sh(locked, "dvc", "commit", "-f")
