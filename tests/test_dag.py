@@ -169,7 +169,7 @@ def restore(root: Path, module: str) -> None:
     [
         "vital/io.py",
         "vital/seeding.py",
-        "vital/embed.py",
+        "vital/embed/store.py",
         "vital/demo/template_generator.py",
         "vital/vqa/metrics.py",
     ],
