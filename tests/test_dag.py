@@ -89,6 +89,27 @@ def test_stage_refuses_to_run_when_dvc_yaml_misses_a_dep(tmp_path):
         dag.check_stage("sample", load_params(REPO / "params.yaml"), tmp_path)
 
 
+def test_bakeoff_pipeline_file_is_generated_and_checked_like_the_root_one(tmp_path):
+    from vital.pipeline import PIPELINES, in_pipeline
+
+    assert PIPELINES == ("dvc.yaml", "bakeoff/dvc.yaml")
+    assert set(in_pipeline("bakeoff/dvc.yaml")) == {"bakeoff_tune", "bakeoff_evaluate"}
+    params = load_params(REPO / "params.yaml")
+    assert dag.problems(REPO / "bakeoff/dvc.yaml", params, REPO) == []
+    # the root file's check does not ask for the bakeoff's downstream stages, nor the reverse
+    assert "bakeoff_tune" not in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert "models/bakeoff/judge-s0" in dag.stage_deps(STAGES["bakeoff_evaluate"], params, REPO).data
+    doc = yaml.safe_load((REPO / "bakeoff/dvc.yaml").read_text())
+    doc["stages"]["bakeoff_tune"]["deps"].remove("vital/bakeoff")
+    (tmp_path / "bakeoff").mkdir()
+    (tmp_path / "bakeoff/dvc.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(
+        dag.DagError, match=r"bakeoff/dvc.yaml: stage .bakeoff_tune. runs or reads vital/bakeoff"
+    ):
+        dag.check_stage("bakeoff_tune", params, tmp_path)
+    assert dag.problems(tmp_path / "bakeoff/dvc.yaml", params, tmp_path)[0].startswith("stage 'bakeoff_tune'")
+
+
 # ------------------------------------------------------------------ a real DVC repo
 def sh(cwd: Path, *cmd: str) -> str:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
@@ -100,7 +121,7 @@ def sh(cwd: Path, *cmd: str) -> str:
 
 def changed_stages(root: Path) -> set[str]:
     status = json.loads(sh(root, "dvc", "status", "--json") or "{}")
-    return {name.split("@")[0] for name in status}
+    return {name.split("@")[0].split(":")[-1] for name in status}  # bakeoff/dvc.yaml:bakeoff_tune@judge-0
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +129,7 @@ def locked(tmp_path_factory) -> Path:
     """The repo's code, dvc.yaml and params in a fresh git + DVC repo, every stage committed as up to date
     (placeholder inputs and outputs: `dvc status` compares hashes, nothing needs to run)."""
     root = tmp_path_factory.mktemp("dag")
-    for item in ("dvc.yaml", "params.yaml", "params-paper.yaml", "stages", "vital"):
+    for item in ("dvc.yaml", "bakeoff", "params.yaml", "params-paper.yaml", "stages", "vital"):
         src = REPO / item
         if src.is_dir():
             shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
@@ -138,6 +159,7 @@ def restore(root: Path, module: str) -> None:
         "vital/io.py",
         "vital/seeding.py",
         "vital/embed/stage.py",
+        "vital/embed/store.py",
         "vital/demo/template_generator.py",
         "vital/vqa/metrics.py",
     ],
@@ -157,6 +179,7 @@ def test_an_edit_marks_exactly_the_stages_whose_closure_holds_it(locked, module)
 @pytest.mark.slow
 def test_paper_profile_does_not_rerun_on_a_demo_edit(locked, tmp_path):
     shutil.copy(locked / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(locked / "bakeoff" / "dvc.yaml", tmp_path / "bakeoff.dvc.yaml")
     shutil.copy(locked / "params.yaml", tmp_path / "params.yaml")
     try:
         shutil.copy(locked / "params-paper.yaml", locked / "params.yaml")
@@ -173,5 +196,6 @@ def test_paper_profile_does_not_rerun_on_a_demo_edit(locked, tmp_path):
         for module in ("vital/demo/template_generator.py", "vital/world/findings.py", "vital/generate.py"):
             restore(locked, module)
         shutil.copy(tmp_path / "dvc.yaml", locked / "dvc.yaml")
+        shutil.copy(tmp_path / "bakeoff.dvc.yaml", locked / "bakeoff" / "dvc.yaml")
         shutil.copy(tmp_path / "params.yaml", locked / "params.yaml")
         sh(locked, "dvc", "commit", "-f")

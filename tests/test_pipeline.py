@@ -44,6 +44,7 @@ ALL_STAGES = {
     "embed",
     "select",
     "curate",
+    "bakeoff",
     "tune@top-0",
     "tune@random-0",
     "finetune@top-0",
@@ -58,6 +59,7 @@ ALL_STAGES = {
 DOWNSTREAM_OF_SELECTOR = {
     "select",
     "curate",
+    "bakeoff",
     "tune@top-0",
     "finetune@top-0",
     "evaluate",

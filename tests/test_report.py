@@ -44,3 +44,42 @@ def test_summary_reads_the_stage_metrics(tmp_path):
     fine = text[text.index("fine-tuned on its train split") :]
     assert "base-s0     0.700 (-) / 0.400 / 0.600" in fine and "top - base closed_accuracy: 0.200" in fine
     assert json.loads((tmp_path / "metrics" / "select.json").read_text())
+
+
+def test_summary_prints_the_bakeoff_table(tmp_path):
+    import json
+
+    from vital.paths import Paths
+    from vital.report import summary
+
+    paths = Paths(tmp_path)
+    paths.metrics.mkdir(parents=True)
+    gain = {"value": 0.05, "minus_random": {"mean": -0.4, "std": 0.02}, "wins": "3/3", "ci95": [-0.45, -0.33]}
+    bakeoff = {
+        "headline": "flawed",
+        "lower_is_better": ["flawed"],
+        "quality_scorer": "truth",
+        "seeds": [0, 1, 2],
+        "vs_random": {"40": {"random": {"flawed": {"mean": 0.45, "std": 0.02}}, "judge": {"flawed": gain}}},
+        "cost": {
+            "judge": {
+                "cpu_seconds_scoring": 1.0,
+                "upstream_wall_seconds": 7.2,
+                "api_usd": 0.5,
+                "clinician_labels": 0,
+            }
+        },
+    }
+    (paths.metrics / "bakeoff.json").write_text(json.dumps(bakeoff))
+    seeds = {
+        "closed_accuracy": {"mean": 0.6, "std": 0.1},
+        "yes_no_likelihood_accuracy": {"mean": 0.7, "std": 0.0},
+    }
+    (paths.metrics / "bakeoff_downstream.json").write_text(
+        json.dumps({"keep": 40, "demo": {"judge": {"over_seeds": seeds}}})
+    )
+    text = summary(paths)
+    assert "flawed share by method and subset size (lower is better" in text
+    assert "judge       0.050  -0.400 ± 0.020 (wins 3/3, 95% CI [-0.45, -0.33])" in text
+    assert "$0.50 / 0" in text
+    assert "not LLaVA-Med's metric" in text and "0.600 ± 0.100" in text and "0.700 ± 0.000" in text

@@ -93,6 +93,12 @@ def test_human_pairs_beat_judge_and_weight_zero(world: Paths):
     # every candidate scored, the model and curves saved
     scores = [json.loads(x) for x in world.scores.read_text().splitlines()]
     assert len(scores) == 1200 and {"candidate_id", "pair_id", "score"} <= set(scores[0])
+    # every trained head's scores by weight: the configured head's equal scores.jsonl (the bakeoff reads "0")
+    by_weight = [json.loads(x) for x in world.scores_by_weight.read_text().splitlines()]
+    assert [r["candidate_id"] for r in by_weight] == [r["candidate_id"] for r in scores]
+    assert set(by_weight[0]["scores"]) == {"0", "50"}
+    assert [r["scores"]["50"] for r in by_weight] == [r["score"] for r in scores]
+    assert [r["scores"]["0"] for r in by_weight] != [r["score"] for r in scores]
     head, cfg = load_selector(world.selector)
     assert cfg["in_dim"] == 64 and cfg["params"]["human_weight"] == 50
     curve = (world.plots / "select_curve.csv").read_text().splitlines()
@@ -109,6 +115,8 @@ def test_auto_weight_is_the_best_on_validation_clinicians_and_equals_that_fixed_
     assert m["human_weight"] == chosen and by_val[f"{chosen:g}"] == max(by_val.values())
     assert chosen > 0  # clinicians see the truth, the judge a noisy mix: weight 0 cannot win
     assert set(m["heldout_human_agreement_by_weight"]) == {"0", "50", "5"}  # every tried head, held out
+    heads = [json.loads(x)["scores"] for x in world.scores_by_weight.read_text().splitlines()]
+    assert set(heads[0]) == {"0", "50", "5"}
     assert "selector_minus_weight0" in m["heldout_human"]
     auto_scores = world.scores.read_text()
     fixed = run(SelectorParams(human_weight=chosen, **kw), world)

@@ -171,3 +171,49 @@ def test_unreadable_image_names_the_question(tiny, tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(OSError, match=r"question qX: cannot read image .*broken\.png"):
         answer(tiny, [VQAItem("qX", bad, "Is there a lesion?", "yes", "CLOSED")], device="cpu")
+
+
+# ------------------------------------------------------------------ yes/no likelihood (not LLaVA-Med's metric)
+def test_yes_no_logprobs_match_an_unpadded_forward_and_any_batch_size(tiny, items):
+    a = LlavaAnswerer(tiny, device="cpu")
+    batched = a.yes_no_logprobs(items, batch_size=5)
+    single = a.yes_no_logprobs(items, batch_size=1)
+    assert len(batched) == len(items)
+    for (y1, n1), (y5, n5) in zip(single, batched, strict=True):
+        assert y1 == pytest.approx(y5, abs=1e-4) and n1 == pytest.approx(n5, abs=1e-4)
+    # one question straight through transformers: the model's own loss on the word's tokens
+    item, tok = items[0], a.processor.tokenizer
+    image = Image.open(item.image_path).convert("RGB")
+
+    def logprob(word: str) -> float:
+        prompt = a.prompt(item.question)
+        k = len(tok(prompt + word, add_special_tokens=False)["input_ids"]) - len(
+            tok(prompt, add_special_tokens=False)["input_ids"]
+        )
+        inputs = a.processor(images=[image], text=[prompt + word], return_tensors="pt")
+        labels = inputs["input_ids"].clone()
+        labels[:, :-k] = -100
+        with torch.no_grad():
+            return -a.model(**inputs, labels=labels).loss.item() * k
+
+    yes = torch.logsumexp(torch.tensor([logprob(" Yes"), logprob(" yes")]), 0).item()
+    no = torch.logsumexp(torch.tensor([logprob(" No"), logprob(" no")]), 0).item()
+    assert single[0] == (pytest.approx(yes, abs=1e-4), pytest.approx(no, abs=1e-4))
+    assert yes < 0 and no < 0 and yes != no
+
+
+def test_likelihood_closed_accuracy_scores_yes_no_questions_only(tmp_path):
+    from vital.llava.inference import likelihood_closed_accuracy
+
+    img = tmp_path / "x.png"
+    qs = [
+        VQAItem("a", img, "Lesion?", "yes", "CLOSED"),
+        VQAItem("b", img, "Lesion?", "No.", "CLOSED"),
+        VQAItem("c", img, "Lesion?", "no", "CLOSED"),
+        VQAItem("d", img, "Which side?", "left", "CLOSED"),  # not yes/no: skipped
+        VQAItem("e", img, "Where?", "yes", "OPEN"),  # open: skipped
+    ]
+    lp = [(-0.1, -2.0), (-3.0, -0.2), (-0.1, -2.0), (-0.1, -2.0), (-0.1, -2.0)]
+    m = likelihood_closed_accuracy(qs, lp)
+    assert m["questions"] == 3 and m["accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+    assert "not LLaVA-Med" in m["metric"]

@@ -164,13 +164,15 @@ def _run(args) -> int:
 
 def _dag(args) -> int:
     from vital import dag
+    from vital.pipeline import PIPELINES
 
-    params, dvc_yaml = load_params(args.params), Path("dvc.yaml")
+    params = load_params(args.params)
     if args.write:
-        changed = dag.write(dvc_yaml, params)
-        print(f"{dvc_yaml}: deps rewritten for {', '.join(changed) or 'no stage (already exact)'}")
+        for dvc_yaml in map(Path, PIPELINES):
+            changed = dag.write(dvc_yaml, params)
+            print(f"{dvc_yaml}: deps rewritten for {', '.join(changed) or 'no stage (already exact)'}")
         return 0
-    found = dag.problems(dvc_yaml, params)
+    found = [f"{f}: {line}" for f in PIPELINES for line in dag.problems(Path(f), params)]
     if args.check:
         for line in found:
             print(f"vital dag: {line}", file=sys.stderr)

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from vital.params import Params
-from vital.pipeline import STAGES, Stage
+from vital.pipeline import STAGES, Stage, in_pipeline
 
 PACKAGE = "vital"
 LIBRARY = Path(__file__).resolve().parent  # the vital/ package directory
@@ -179,13 +179,21 @@ def covered(path: str, deps: Iterable[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
 
+def pipeline_name(dvc_yaml: Path, root: Path) -> str:
+    """``dvc_yaml`` relative to the repository root, as the stage table names it (``Stage.pipeline``)."""
+    try:
+        return Path(dvc_yaml).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return Path(dvc_yaml).name
+
+
 def problems(
     dvc_yaml: Path, params: Params, root: Path = Path("."), only: Iterable[str] | None = None
 ) -> list[str]:
     """What dvc.yaml gets wrong: deps a stage needs but does not declare, and declared deps it does not use."""
     have = declared(dvc_yaml)
     out = []
-    for name in only or STAGES:
+    for name in only or in_pipeline(pipeline_name(dvc_yaml, root)):
         if name not in have:
             out.append(f"stage {name!r} is not in {dvc_yaml}")
             continue
@@ -204,7 +212,7 @@ def write(dvc_yaml: Path, params: Params, root: Path = Path(".")) -> list[str]:
     yaml = _yaml()
     doc = yaml.load(Path(dvc_yaml).read_text(encoding="utf-8"))
     changed = []
-    for name, stage in STAGES.items():
+    for name, stage in in_pipeline(pipeline_name(dvc_yaml, root)).items():
         body = _body(doc["stages"], name)
         if body is None:
             raise DagError(f"{dvc_yaml}: no stage {name!r} (the stage table in vital/pipeline.py names it)")
@@ -238,7 +246,7 @@ def placeholders(root: Path, real: tuple[str, ...] = ("stages/", "vital/", "para
 
 def check_stage(name: str, params: Params, root: Path = Path(".")) -> None:
     """Refuse to run a stage whose dvc.yaml deps miss code or data it uses (run outside DVC: no check)."""
-    dvc_yaml = root / "dvc.yaml"
+    dvc_yaml = root / STAGES[name].pipeline
     if not dvc_yaml.is_file() or name not in declared(dvc_yaml):
         return
     need = stage_deps(STAGES[name], params, root).all
@@ -246,7 +254,7 @@ def check_stage(name: str, params: Params, root: Path = Path(".")) -> None:
     missing = [d for d in need if "${" not in d and not covered(d, have)]
     if missing:
         raise DagError(
-            f"dvc.yaml: stage {name!r} runs or reads {', '.join(missing)}, which its deps do not list, so "
+            f"{STAGES[name].pipeline}: stage {name!r} runs or reads {', '.join(missing)}, which its deps do not list, so "
             "DVC would not rerun it when they change; run `vital dag --write` (after a params change of "
             "backend, sets or models, or a new import) and then `dvc repro`"
         )

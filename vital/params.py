@@ -340,6 +340,56 @@ class CurateParams(Section):
         return self
 
 
+class BakeoffParams(Section):
+    """Selection methods compared on the same candidate pool (``vital.bakeoff``; docs/bakeoff.md)."""
+
+    methods: list[str] = Field(
+        default_factory=lambda: ["random", "length", "clip", "judge", "selector_w0", "selector", "ifd"],
+        min_length=1,
+        description="selection methods of vital.bakeoff.methods.METHODS; random is the baseline of the others",
+    )
+    keep: list[int] = Field(
+        default_factory=lambda: [10, 40, 80], min_length=1, description="subset sizes, percent"
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="random subsets (and downstream tunes) per seed",
+    )
+    quality: str = Field(
+        "truth", description="quality scorer of every subset: truth (demo world's hidden truth) | none"
+    )
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of each gain over random")
+    ifd_model: str = Field(
+        "models/base", description="ifd: the LLaVA whose language model scores the answers"
+    )
+    ifd_max_length: int = Field(128, ge=16, description="ifd: tokens per question+answer round")
+    ifd_batch_size: int = Field(64, ge=1)
+    downstream_keep: int = Field(
+        40, gt=0, le=100, description="bakeoff/dvc.yaml tunes on this size (one of keep)"
+    )
+    downstream_methods: list[str] = Field(
+        default_factory=lambda: ["random", "length", "clip", "judge", "selector", "ifd"],
+        description="methods tuned downstream (bakeoff/dvc.yaml), each over seeds",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for name in ("methods", "downstream_methods", "keep", "seeds"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: listed twice in {values}")
+        for i, k in enumerate(self.keep):
+            if not 0 < k <= 100:
+                raise ValueError(f"keep[{i}]={k} must be a percentage in (0, 100]")
+        if self.downstream_keep not in self.keep:
+            raise ValueError(f"downstream_keep={self.downstream_keep} is not one of keep={self.keep}")
+        missing = [m for m in self.downstream_methods if m not in self.methods]
+        if missing:
+            raise ValueError(f"downstream_methods: {missing} are not in methods {self.methods}")
+        return self
+
+
 class LoraParams(Section):
     r: int = Field(64, ge=1)
     alpha: int = Field(64, ge=1)
@@ -517,6 +567,7 @@ class Params(Section):
     embed: EmbedParams = Field(default_factory=EmbedParams)
     selector: SelectorParams = Field(default_factory=SelectorParams)
     curate: CurateParams = Field(default_factory=CurateParams)
+    bakeoff: BakeoffParams = Field(default_factory=BakeoffParams)
     tune: TuneParams = Field(default_factory=TuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)

@@ -101,6 +101,15 @@ class Paths:
         return self.artifacts / "scores.jsonl"
 
     @property
+    def scores_by_weight(self) -> Path:
+        """Every selector head's scores by human weight (select; read by the bakeoff)."""
+        return self.artifacts / "scores_by_weight.jsonl"
+
+    @property
+    def bakeoff(self) -> Path:
+        return self.artifacts / "bakeoff"
+
+    @property
     def curated(self) -> Path:
         return self.artifacts / "curated"
 

@@ -37,6 +37,7 @@ class Stage:
     param_reads: tuple[str, ...] = ()
     options: tuple[Option, ...] = ()
     doc: str = ""
+    pipeline: str = "dvc.yaml"  # the dvc.yaml that declares it (bakeoff/dvc.yaml: the bakeoff's downstream)
 
 
 _SEED = Option("seed", int, "overrides the section's seed")
@@ -134,6 +135,48 @@ STAGES: dict[str, Stage] = {
             doc="top-k% subsets, same-size random baselines, mixtures",
         ),
         Stage(
+            "bakeoff",
+            "vital.bakeoff.stage:run_stage",
+            "bakeoff",
+            reads=(
+                "artifacts/candidates.jsonl",
+                "artifacts/scores.jsonl",
+                "artifacts/scores_by_weight.jsonl",
+                "artifacts/judgments.jsonl",
+                "artifacts/embeddings",
+                # each method's upstream cost (seconds, API spend, clinician labels)
+                "metrics/embed.json",
+                "metrics/judge.json",
+                "metrics/labels.json",
+                "metrics/pairs.json",
+                "metrics/select.json",
+            ),
+            backends=(("bakeoff.quality", "vital.bakeoff.quality:QUALITY"),),
+            param_reads=("vital.bakeoff.stage:ifd_model",),
+            doc="selection methods compared on the same pool: subsets, quality, gain over random, cost",
+        ),
+        Stage(
+            "bakeoff_tune",
+            "vital.bakeoff.downstream:tune_stage",
+            "bakeoff_tune",
+            reads=("artifacts/bakeoff", "data/corpus/images"),
+            param_reads=("vital.tune:base_model",),
+            options=(
+                Option("method", str, "a method of bakeoff.downstream_methods", required=True),
+                Option("seed", int, "tune seed (random: also its subset's seed)", required=True),
+            ),
+            doc="tune the base on one bakeoff method's subset, one seed",
+            pipeline="bakeoff/dvc.yaml",
+        ),
+        Stage(
+            "bakeoff_evaluate",
+            "vital.bakeoff.downstream:evaluate_stage",
+            "bakeoff_evaluate",
+            param_reads=("vital.evaluate:eval_files", "vital.bakeoff.downstream:downstream_models"),
+            doc="VQA of every bakeoff-tuned model, over seeds and minus random",
+            pipeline="bakeoff/dvc.yaml",
+        ),
+        Stage(
             "tune",
             "vital.tune:run_stage",
             "tune",
@@ -194,6 +237,14 @@ STAGES: dict[str, Stage] = {
         ),
     )
 }
+
+
+PIPELINES = tuple(dict.fromkeys(s.pipeline for s in STAGES.values()))
+"""Every dvc.yaml the stage table spans, relative to the repository root."""
+
+
+def in_pipeline(pipeline: str) -> dict[str, Stage]:
+    return {n: s for n, s in STAGES.items() if s.pipeline == pipeline}
 
 
 def by_script(script: str) -> list[Stage]:

@@ -83,7 +83,60 @@ def summary(paths: Paths) -> str:
         )
         lines += _model_lines(res)
         lines += _gain_lines(res)
+    lines += bakeoff_lines(_load(paths.metric("bakeoff")), _load(paths.metric("bakeoff_downstream")))
     return "\n".join(lines) if lines else "no metrics yet: run `dvc repro`"
+
+
+def bakeoff_lines(m: dict, downstream: dict) -> list[str]:
+    """The bake-off table: each method's headline quality per size, minus random (spread over random seeds,
+    wins, bootstrap CI), its cost; then the downstream VQA over seeds, minus random."""
+    lines: list[str] = []
+    head = m.get("headline")
+    if m and head:
+        better = "lower" if head in m.get("lower_is_better", []) else "higher"
+        lines.append(
+            f"bakeoff   {head} share by method and subset size ({better} is better; "
+            f"{m.get('quality_scorer')} quality), minus random over {len(m.get('seeds', []))} seeds:"
+        )
+        for k, row in m.get("vs_random", {}).items():
+            r = row.get("random", {}).get(head, {})
+            lines.append(f"            {k:>3}%  random {_fmt(r.get('mean'))} ± {_fmt(r.get('std'))}")
+            for method, e in row.items():
+                if method == "random":
+                    continue
+                h = e[head]
+                d = h["minus_random"]
+                lines.append(
+                    f"                  {method:<12}{_fmt(h['value'])}  {d['mean']:+.3f} ± {d['std']:.3f} "
+                    f"(wins {h['wins']}, 95% CI {h['ci95']})"
+                )
+    if m.get("cost"):
+        lines.append("bakeoff   cost: CPU s scoring + upstream wall s / API $ / clinician labels")
+        for method, c in m["cost"].items():
+            lines.append(
+                f"            {method:<12}{c['cpu_seconds_scoring']:.1f} + {c['upstream_wall_seconds']:.1f} s"
+                f" / ${c['api_usd']:.2f} / {c['clinician_labels']}"
+            )
+    for set_name, row in downstream.items():
+        if not isinstance(row, dict):
+            continue
+        lines.append(
+            f"bakeoff   downstream {set_name} ({downstream.get('keep')}% subsets): closed acc / legacy / open recall"
+            " / yes-no likelihood acc (not LLaVA-Med's metric), mean ± std over seeds"
+        )
+        for method, e in row.items():
+            o = e.get("over_seeds", {})
+            cells = [
+                f"{_fmt(o.get(k, {}).get('mean'))} ± {_fmt(o.get(k, {}).get('std'))}"
+                for k in (
+                    "closed_accuracy",
+                    "closed_accuracy_legacy",
+                    "open_recall",
+                    "yes_no_likelihood_accuracy",
+                )
+            ]
+            lines.append(f"            {method:<12}{' / '.join(cells)}")
+    return lines
 
 
 # --- the pull-request report: `vital report --base REV --md` ------------------------------------------------

@@ -17,6 +17,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from vital.progress import progress
 from vital.shards import open_image
 from vital.vqa.items import VQAItem
+from vital.vqa.metrics import yes_no_reference
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -104,6 +105,65 @@ class LlavaAnswerer:
                     answers[i] = text
                 bar.update(len(idx))
         return answers
+
+    @torch.no_grad()
+    def yes_no_logprobs(self, items: Sequence[VQAItem], batch_size: int = 8) -> list[tuple[float, float]]:
+        """(log p(yes), log p(no)) of each question's answer starting with that word, after its generation
+        prompt: the log-likelihood of the word's tokens, summed over its spellings ("Yes", "yes").
+
+        Order of ``items``; left padding, as ``answer``, so every continuation ends each row.
+        """
+        tok = self.processor.tokenizer
+        out: list[tuple[float, float]] = []
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            images = [_rgb(i) for i in batch]
+            prompts = [self.prompt(i.question) for i in batch]
+            sides = []
+            for spellings in (("Yes", "yes"), ("No", "no")):
+                per = [self._continuation_logprob(images, prompts, " " + w, tok) for w in spellings]
+                sides.append(torch.logsumexp(torch.stack(per), dim=0))
+            out.extend(zip(sides[0].tolist(), sides[1].tolist(), strict=True))
+        return out
+
+    def _continuation_logprob(self, images, prompts: list[str], word: str, tok) -> torch.Tensor:
+        """log p(word | prompt) per row: the word's tokens, teacher-forced at the right end of each row."""
+        n = [
+            len(tok(p + word, add_special_tokens=False)["input_ids"])
+            - len(tok(p, add_special_tokens=False)["input_ids"])
+            for p in prompts
+        ]
+        inputs = self.processor(
+            images=images, text=[p + word for p in prompts], padding=True, return_tensors="pt"
+        ).to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        ids = inputs["input_ids"]
+        logp = torch.log_softmax(self.model(**inputs).logits[:, :-1].float(), dim=-1)
+        token_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # log p of token t+1 at t
+        width = token_lp.shape[1]
+        return torch.stack([token_lp[r, width - k :].sum() for r, k in enumerate(n)])
+
+
+def likelihood_closed_accuracy(
+    items: Sequence[VQAItem], logprobs: Sequence[tuple[float, float]]
+) -> dict[str, float | int | str]:
+    """Closed yes/no accuracy scored by the model's likelihood of "yes" against "no".
+
+    NOT LLaVA-Med's metric (which reads the generated answer): it asks only which of the two the model
+    finds likelier, so it measures what the model knows even when its free text does not start with yes or no.
+    Questions whose reference is not yes/no are skipped.
+    """
+    hits = []
+    for item, (yes, no) in zip(items, logprobs, strict=True):
+        ref = yes_no_reference(item.answer)
+        if item.answer_type == "CLOSED" and ref is not None:
+            hits.append(float(("yes" if yes > no else "no") == ref))
+    return {
+        "metric": "yes/no likelihood (not LLaVA-Med's closed-set accuracy)",
+        "questions": len(hits),
+        "accuracy": round(sum(hits) / len(hits), 4) if hits else None,
+    }
 
 
 def _rgb(item: VQAItem) -> Image.Image:

@@ -68,6 +68,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     auto: dict[str, Any] | None = None
     by_weight: dict[float, float | None] = {}  # held-out clinician agreement of a head per human weight
     weight0_scores: dict[str, float] | None = None
+    heads: dict[float, list[float]] = {}  # every trained head's scores, by human weight (scores_by_weight)
     best: TrainResult | None = None
     if sp.human_weight == "auto":
         val_human = [p for p in by_split.get("val", []) if p.source == "human"]
@@ -81,7 +82,8 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
         by_val: dict[float, tuple[float, float]] = {}
         for w in dict.fromkeys(sp.auto_weights):  # one head at a time: with a backbone each is a model copy
             res = fit(w, desc=f"selector w={w:g}")
-            head_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
+            heads[w] = rate_all(res.rater).tolist()
+            head_scores = dict(zip(emb.candidate_ids, heads[w], strict=True))
             by_val[w] = (agreement(head_scores, val_human) or 0.0, pooled_auc(head_scores, val_human) or 0.0)
             by_weight[w] = agreement(head_scores, [p for p in held if p.source == "human"])
             if w == 0:
@@ -100,6 +102,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     val = to_pairset(by_split.get("val", []), index, sp.human_weight)
     result = best or fit(sp.human_weight)
     scores = rate_all(result.rater).numpy()
+    heads.setdefault(sp.human_weight, scores.tolist())
     selector_scores = dict(zip(emb.candidate_ids, scores.tolist(), strict=True))
     judge = read_scores_of_judge(paths.judgments)
     prefs = read_prefs(paths.labels)
@@ -111,8 +114,9 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
             continue
         res = fit(w, desc=f"selector w={w:g}")
         by_weight[w] = _human_agreement(res.rater, emb.candidate_ids, held)
+        heads[w] = rate_all(res.rater).tolist()
         if w == 0:
-            weight0_scores = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
+            weight0_scores = dict(zip(emb.candidate_ids, heads[w], strict=True))
     if sp.human_weight == 0:
         weight0_scores = None  # the selector itself: no gap to report
 
@@ -138,6 +142,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
             for c, p, s in zip(emb.candidate_ids, emb.pair_ids, scores, strict=True)
         ),
     )
+    write_scores_by_weight(paths.scores_by_weight, emb.candidate_ids, emb.pair_ids, heads)
     _write_curve(paths.plots / "select_curve.csv", result.curve)
     _write_weights(paths.plots / "select_weights.csv", by_weight)
     metrics = {
@@ -182,6 +187,25 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
         paths.root,
     )
     return metrics
+
+
+def write_scores_by_weight(
+    path: Path, ids: list[str], pair_ids: list[str], heads: dict[float, list[float]]
+) -> None:
+    """``artifacts/scores_by_weight.jsonl``: every trained head's score of every candidate, keyed by its
+    human weight (``"0"``, ``"400"``), so that other consumers (the bakeoff's ``selector_w0``) need no retrain."""
+    order = sorted(heads)
+    write_jsonl(
+        path,
+        (
+            {
+                "candidate_id": c,
+                "pair_id": p,
+                "scores": {f"{w:g}": round(float(heads[w][i]), 6) for w in order},
+            }
+            for i, (c, p) in enumerate(zip(ids, pair_ids, strict=True))
+        ),
+    )
 
 
 def _write_curve(path: Path, curve: list[dict[str, float]]) -> None:

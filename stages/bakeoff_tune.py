@@ -1,0 +1,6 @@
+"""Stage bakeoff_tune (bakeoff/dvc.yaml; vital/pipeline.py has the table, `vital run bakeoff_tune` the same)."""
+
+from vital.stage import main
+
+if __name__ == "__main__":
+    main("bakeoff_tune")

@@ -1,0 +1,113 @@
+"""The bakeoff downstream (``bakeoff/dvc.yaml``): tune the base on each method's subset, evaluate, compare.
+
+``bakeoff_tune`` (a matrix over ``bakeoff.downstream_methods`` x ``bakeoff.seeds``) tunes ``tune.base`` on
+``artifacts/bakeoff/<method>-<downstream_keep>.json`` (random: the seed's own random subset) with the tune
+section's budget and that seed, into ``models/bakeoff/<method>-s<seed>``. ``bakeoff_evaluate`` asks every
+such model the ``evaluate.sets`` questions zero-shot and reports closed-set accuracy (corrected and
+LLaVA-Med's legacy figure), open-set recall, and the yes/no likelihood accuracy (NOT LLaVA-Med's metric,
+:func:`vital.llava.inference.likelihood_closed_accuracy`), each over seeds and minus random.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+from vital.bakeoff.stage import subset_name
+from vital.evaluate import _load_named_sets, seed_difference, summarize_seeds
+from vital.io import write_json
+from vital.params import Params
+from vital.paths import Paths
+from vital.vqa.metrics import summarize
+
+MEASURES = ("closed_accuracy", "closed_accuracy_legacy", "open_recall", "yes_no_likelihood_accuracy")
+
+
+def subset_file(p: Params, paths: Paths, method: str, seed: int) -> Path:
+    keep = p.bakeoff.downstream_keep
+    return paths.bakeoff / f"{subset_name(method, keep, seed if method == 'random' else None)}.json"
+
+
+def model_dir(paths: Paths, method: str, seed: int) -> Path:
+    return paths.root / "models" / "bakeoff" / f"{method}-s{seed}"
+
+
+def tune_stage(p: Params, paths: Paths, method: str, seed: int) -> dict[str, Any]:
+    """``models/bakeoff/<method>-s<seed>``: the base tuned on the method's subset, tune's budget."""
+    from vital.llava import tune
+
+    if method not in p.bakeoff.downstream_methods:
+        raise ValueError(f"--method {method!r} is not one of bakeoff.downstream_methods")
+    tp = p.tune.model_copy(update={"seed": seed})
+    name = f"{method}-s{seed}"
+    return tune.run(
+        base=tp.base,
+        data=subset_file(p, paths, method, seed),
+        image_root=paths.corpus,
+        out=model_dir(paths, method, seed),
+        tp=tp,
+        checkpoint_dir=paths.root / ".vital" / "checkpoints" / "bakeoff" / name,
+        metrics_path=paths.metrics / "bakeoff_tune" / f"{name}.json",
+        curve_path=paths.plots / "bakeoff_tune" / f"{name}.csv",
+    )
+
+
+def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
+    """``metrics/bakeoff_downstream.json`` and ``metrics/plots/bakeoff_downstream.csv``."""
+    from vital.llava.inference import LlavaAnswerer, likelihood_closed_accuracy
+
+    start = time.perf_counter()
+    bp, ev = p.bakeoff, p.evaluate
+    sets = _load_named_sets(p, paths)
+    per: dict[str, dict[str, dict[int, dict[str, Any]]]] = {s.name: {} for s in sets}
+    for method in bp.downstream_methods:
+        for seed in bp.seeds:
+            model = LlavaAnswerer(model_dir(paths, method, seed), device=ev.device, dtype=ev.dtype)
+            for s in sets:
+                preds = model.answer(s.items, ev.batch_size, ev.max_new_tokens, f"{method}-s{seed}/{s.name}")
+                summary = {
+                    k: v for k, v in summarize(s.items, preds, by=()).items() if not isinstance(v, dict)
+                }
+                lik = likelihood_closed_accuracy(s.items, model.yes_no_logprobs(s.items, ev.batch_size))
+                summary["yes_no_likelihood_accuracy"] = lik["accuracy"]
+                per[s.name].setdefault(method, {})[seed] = summary
+            del model
+    out: dict[str, Any] = {
+        "keep": bp.downstream_keep,
+        "seeds": bp.seeds,
+        "note": "yes_no_likelihood_accuracy is NOT LLaVA-Med's metric: it compares the model's likelihood of "
+        "'yes' and 'no' instead of reading its generated answer",
+    }
+    for s in sets:
+        row: dict[str, Any] = {}
+        for method, by_seed in per[s.name].items():
+            row[method] = {"over_seeds": summarize_seeds(by_seed), "per_seed": by_seed}
+            if method != "random" and "random" in per[s.name]:
+                row[method]["minus_random"] = {
+                    m: seed_difference(by_seed, per[s.name]["random"], m)
+                    for m in MEASURES
+                    if any(isinstance(r.get(m), int | float) for r in by_seed.values())
+                }
+        out[s.name] = row
+    _write_plot(paths.plots / "bakeoff_downstream.csv", out, [s.name for s in sets])
+    out["wall_seconds"] = round(time.perf_counter() - start, 2)
+    write_json(paths.metric("bakeoff_downstream"), out)
+    return out
+
+
+def _write_plot(path: Path, out: dict[str, Any], sets: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["set", "method", *MEASURES])
+        for s in sets:
+            for method, entry in out[s].items():
+                means = [entry["over_seeds"].get(m, {}).get("mean", "") for m in MEASURES]
+                w.writerow([s, method, *means])
+
+
+def downstream_models(p: Params, root: Path) -> list[str]:
+    """What bakeoff_evaluate reads: every tuned model of the matrix."""
+    return [f"models/bakeoff/{m}-s{s}" for m in p.bakeoff.downstream_methods for s in p.bakeoff.seeds]

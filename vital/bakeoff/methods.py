@@ -1,0 +1,146 @@
+"""Selection methods compared by the bakeoff: name -> scorer ``(pool, seed) -> {candidate_id: score}``.
+
+Every method rates candidates of the same pool (``artifacts/candidates.jsonl``); higher is better. The
+stage then applies curate's per-figure policy and keeps the top k% of each method's ranking, exactly as
+curate does with the selector's scores. Adding a method is one entry in :data:`METHODS` and one name in
+``bakeoff.methods`` (params.yaml).
+
+``uses`` names the upstream stages a method needs (for its cost: API spend of the judge, clinician labels,
+CPU seconds of those stages, see :mod:`vital.bakeoff.cost`).
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from vital.io import RecordError, read_jsonl
+from vital.params import BakeoffParams, ParamsError
+from vital.paths import Paths
+from vital.schema import Candidate
+
+
+@dataclass
+class Pool:
+    """The candidate pool and the upstream outputs the methods read, each loaded on first use."""
+
+    paths: Paths
+    bp: BakeoffParams
+    candidates: list[Candidate]
+
+    @cached_property
+    def ids(self) -> set[str]:
+        return {c.id for c in self.candidates}
+
+    @cached_property
+    def embeddings(self):
+        from vital.embed.store import load_embeddings
+
+        return load_embeddings(self.paths.embeddings)
+
+    def score_file(self, path: Path, field: str = "score", key: str | None = None) -> dict[str, float]:
+        """``candidate_id -> score`` of a JSONL file (``key``: inside a ``scores`` mapping); errors name the line."""
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found (run its stage first)")
+        out: dict[str, float] = {}
+        for i, rec in enumerate(read_jsonl(path), 1):
+            value = rec.get(field)
+            if key is not None:
+                if not isinstance(value, dict) or key not in value:
+                    have = sorted(value) if isinstance(value, dict) else None
+                    raise RecordError(f"{path}:{i}: no {field}[{key!r}] (has {have})")
+                value = value[key]
+            cid = rec.get("candidate_id")
+            if not isinstance(cid, str) or not isinstance(value, int | float):
+                raise RecordError(f"{path}:{i}: needs candidate_id and a numeric {field}")
+            out[cid] = float(value)
+        return out
+
+
+# ------------------------------------------------------------------ the scorers
+def random_scores(pool: Pool, seed: int) -> dict[str, float]:
+    """A seeded uniform draw: per figure one random candidate, figures in random order (curate's baseline)."""
+    rng = _random.Random(seed)
+    return {c.id: rng.random() for c in sorted(pool.candidates, key=lambda c: c.id)}
+
+
+def answer_words(c: Candidate) -> int:
+    return sum(len(t.value.split()) for t in c.conversations if t.from_ == "gpt")
+
+
+def length_scores(pool: Pool, seed: int) -> dict[str, float]:
+    """Words in the answers (the gpt turns): longer first (Zhao et al.'s strong cheap baseline)."""
+    return {c.id: float(answer_words(c)) for c in pool.candidates}
+
+
+def clip_scores(pool: Pool, seed: int) -> dict[str, float]:
+    """DataComp-style CLIP score: cosine of the stored image and text features of each candidate."""
+    emb = pool.embeddings
+    img = emb.image / np.maximum(np.linalg.norm(emb.image, axis=1, keepdims=True), 1e-12)
+    txt = emb.text / np.maximum(np.linalg.norm(emb.text, axis=1, keepdims=True), 1e-12)
+    cos = (img * txt).sum(axis=1)
+    return {cid: float(s) for cid, s in zip(emb.candidate_ids, cos, strict=True)}
+
+
+def judge_scores(pool: Pool, seed: int) -> dict[str, float]:
+    """AlpaGasus-style filtering: the judge's 0-10 rubric score alone."""
+    return pool.score_file(pool.paths.judgments)
+
+
+def selector_scores(pool: Pool, seed: int) -> dict[str, float]:
+    """The selector as configured (``artifacts/scores.jsonl``, what curate ranks by)."""
+    return pool.score_file(pool.paths.scores)
+
+
+def selector_w0_scores(pool: Pool, seed: int) -> dict[str, float]:
+    """The selector head trained on judge pairs only (``human_weight: 0``), from ``scores_by_weight.jsonl``."""
+    return pool.score_file(pool.paths.scores_by_weight, field="scores", key="0")
+
+
+def ifd_scores(pool: Pool, seed: int) -> dict[str, float]:
+    """Superfiltering-style instruction-following difficulty (see :mod:`vital.bakeoff.ifd`)."""
+    from vital.bakeoff.ifd import ifd_scores as score
+
+    return score(pool.candidates, pool.bp)
+
+
+@dataclass(frozen=True)
+class Method:
+    scorer: Callable[[Pool, int], dict[str, float]]
+    uses: tuple[str, ...] = ()  # upstream stages whose outputs (and cost) it relies on
+    seeded: bool = False  # one subset per bakeoff seed (else one subset)
+    doc: str = ""
+
+
+METHODS: dict[str, Method] = {
+    "random": Method(random_scores, seeded=True, doc="same-size random subset, one per seed"),
+    "length": Method(length_scores, doc="longest answers (words in the gpt turns)"),
+    "clip": Method(clip_scores, uses=("embed",), doc="CLIP image-text cosine of the stored features"),
+    "judge": Method(judge_scores, uses=("judge",), doc="judge rubric score alone (AlpaGasus-style)"),
+    "selector_w0": Method(
+        selector_w0_scores,
+        uses=("embed", "judge", "pairs", "select"),
+        doc="selector head trained on judge pairs only (human_weight 0)",
+    ),
+    "selector": Method(
+        selector_scores,
+        uses=("embed", "judge", "labels", "pairs", "select"),
+        doc="the selector as configured (artifacts/scores.jsonl)",
+    ),
+    "ifd": Method(
+        ifd_scores, doc="instruction-following difficulty under the base LLM (Superfiltering-style)"
+    ),
+}
+
+
+def check_methods(names: list[str]) -> None:
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ParamsError(f"bakeoff.methods: unknown {unknown}; choose from {sorted(METHODS)}")
+    if "random" not in names:
+        raise ParamsError("bakeoff.methods: must include random (every gain is measured against it)")
