@@ -33,12 +33,12 @@ vqa-finetune: install
 # retrain foundation + base from scratch (backend demo, ~2 CPU-minutes) and check the bytes equal data/pretrained
 pretrain: install
 	dvc pull --quiet data.dvc
-	vital pretrain
+	OMP_NUM_THREADS=1 vital pretrain
 
 # retrain them and store them as the new data/pretrained (in data.dvc, pushed to the in-repo remote dvcstore/)
 pretrain-update: install
 	dvc pull --quiet data.dvc
-	vital pretrain --write
+	OMP_NUM_THREADS=1 vital pretrain --write
 	dvc add data
 	dvc push data.dvc
 
