@@ -78,7 +78,7 @@ def test_restore_copies_bytes_and_refuses_other_params(tmp_path: Path):
 def test_pretrain_write_check_and_restore(tmp_path: Path):
     make_corpus(tmp_path, 48)
     params = Params(
-        foundation=tiny_params(steps=5, vocab_size=200),
+        foundation=tiny_params(steps=5, vocab_size=300),
         align=AlignParams(hidden_size=32, heads=2, steps=3, batch_size=4, max_length=64),
     )
     assert pretrain(params, tmp_path, write=True) == []
