@@ -24,8 +24,8 @@ BIN = Path(sys.executable).parent
 
 TINY = {
     "world": {"figures": 150, "vqa_figures": 20, "vqa_train_figures": 20},
-    "foundation": {"steps": 30, "batch_size": 32},
-    "align": {"steps": 20, "batch_size": 16},
+    "foundation": {"backend": "demo", "steps": 30, "batch_size": 32},  # tiny: trained here, not restored
+    "align": {"backend": "demo", "steps": 20, "batch_size": 16},
     "sample": {"per_domain": 16},
     "labels": {"figures": 40},
     "selector": {"epochs": 5},
