@@ -111,6 +111,7 @@ def repo(tmp_path_factory) -> Path:
         )
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(root, "vital", "dag", "--write")  # deps for the tiny world's backends (foundation/align trained, not restored)
     (root / ".gitignore").write_text("/.vital/\n/mlflow.db\n/mlruns/\n__pycache__/\n")
     sh(root, "git", "init", "-q")
     sh(root, "dvc", "init", "-q")
