@@ -24,8 +24,8 @@ BIN = Path(sys.executable).parent
 
 TINY = {
     "world": {"figures": 150, "vqa_figures": 20, "vqa_train_figures": 20},
-    "foundation": {"steps": 30, "batch_size": 32},
-    "align": {"steps": 20, "batch_size": 16},
+    "foundation": {"backend": "demo", "steps": 30, "batch_size": 32},  # tiny: trained here, not restored
+    "align": {"backend": "demo", "steps": 20, "batch_size": 16},
     "sample": {"per_domain": 16},
     "labels": {"figures": 40},
     "selector": {"epochs": 5},
@@ -113,6 +113,8 @@ def repo(tmp_path_factory) -> Path:
         )
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # deps for the tiny world's backends (foundation and align trained here, not restored)
+    sh(root, "vital", "dag", "--write")
     (root / ".gitignore").write_text("/.vital/\n/mlflow.db\n/mlruns/\n__pycache__/\n")
     sh(root, "git", "init", "-q")
     sh(root, "dvc", "init", "-q")

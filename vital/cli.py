@@ -10,6 +10,7 @@ vital annotate --annotator dr_smith   rank candidates in the browser into data/l
 vital fetch-images URLS.jsonl --out data/corpus/shards   PMC OA packages -> figure shards + index
 vital report --base origin/main --md  a pull-request report: params, metrics, selection/VQA deltas, curves
 vital lineage vital-llava@3           the chain behind a registered model, with digests and workspace drift
+vital pretrain [--write]   retrain the demo's foundation + base from scratch; compare with data/pretrained
 """
 
 from __future__ import annotations
@@ -151,6 +152,26 @@ def _add_fetch_images(sub) -> None:
     f.set_defaults(func=_fetch_images)
 
 
+def _pretrain(args) -> int:
+    from vital.pretrain import PRETRAINED, pretrain
+
+    params = load_params(args.params)
+    problems = pretrain(params, Path("."), write=args.write, keep=Path(args.keep) if args.keep else None)
+    for line in problems:
+        print(f"vital pretrain: {line}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{PRETRAINED}: {'written' if args.write else 'retrained byte-identical'}")
+    return 0
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="retrain the demo's foundation + base; compare with data/pretrained")
+    p.add_argument("--write", action="store_true", help="replace data/pretrained with the retrained models")
+    p.add_argument("--keep", default=None, help="train into this folder (kept) instead of a temporary one")
+    p.set_defaults(func=_pretrain)
+
+
 def _run(args) -> int:
     from vital import stage
     from vital.pipeline import STAGES
@@ -273,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true")
         p.set_defaults(func=_dry_run(name))
     _add_fetch_images(sub)
+    _add_pretrain(sub)
     return parser
 
 

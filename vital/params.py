@@ -40,9 +40,10 @@ class WorldParams(Section):
 
 # ---------------------------------------------------------------- foundation / base model
 class FoundationParams(Section):
-    """Image/text encoders. ``demo`` pretrains a tiny CLIP on the corpus; ``pretrained`` records checkpoints."""
+    """Image/text encoders. ``demo`` pretrains a tiny CLIP on the corpus; ``pretrained`` records checkpoints;
+    ``restore`` copies the demo's stored ones from data/pretrained (vital.pretrained)."""
 
-    backend: Literal["demo", "pretrained"] = "demo"
+    backend: Literal["demo", "pretrained", "restore"] = "restore"
     clip: str = Field("vital-tiny-clip", description="open_clip model name, 'hf-hub:<id>' or local dir")
     clip_pretrained: str | None = Field(None, description="local checkpoint file for `clip`")
     image_size: int = Field(64, ge=16)
@@ -62,9 +63,10 @@ class FoundationParams(Section):
 
 
 class AlignParams(Section):
-    """Base LLaVA model. ``demo`` assembles a tiny LLaVA and aligns it on captions (LLaVA-Med stage 1)."""
+    """Base LLaVA model. ``demo`` assembles a tiny LLaVA and aligns it on captions (LLaVA-Med stage 1);
+    ``restore`` copies the demo's stored one from data/pretrained (vital.pretrained)."""
 
-    backend: Literal["demo", "pretrained"] = "demo"
+    backend: Literal["demo", "pretrained", "restore"] = "restore"
     model: str = Field("models/base", description="hub id or local dir of a LlavaForConditionalGeneration")
     hidden_size: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)

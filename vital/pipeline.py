@@ -50,14 +50,16 @@ STAGES: dict[str, Stage] = {
             "vital.foundation:run_stage",
             "foundation",
             backends=(("foundation.backend", "vital.foundation:BACKENDS"),),
-            doc="demo: pretrain the tiny CLIP and tokenizer; pretrained: record the checkpoints",
+            doc="demo: pretrain the tiny CLIP and tokenizer; pretrained: record the checkpoints; "
+            "restore: copy data/pretrained/foundation",
         ),
         Stage(
             "align",
             "vital.llava.align:run_stage",
             "align",
-            reads=("models/foundation", "data/corpus"),
-            doc="assemble the base LLaVA and align it on captions (pretrained: record the checkpoint)",
+            backends=(("align.backend", "vital.llava.align:BACKENDS"),),
+            doc="assemble the base LLaVA and align it on captions (pretrained: record the checkpoint; "
+            "restore: copy data/pretrained/base)",
         ),
         Stage(
             "sample",

@@ -17,6 +17,18 @@ from typing import TYPE_CHECKING, Any
 from vital.io import RecordError, read_jsonl, write_empty_curve, write_json
 from vital.params import AlignParams, Params
 from vital.paths import Paths
+from vital.registry import Backend, choose
+
+_TRAIN_READS = ("models/foundation", "data/corpus")
+# align.backend -> the function that makes models/base (params, paths) and what it reads
+BACKENDS: dict[str, Backend] = {
+    "demo": Backend("vital.llava.align:train_stage", reads=_TRAIN_READS),
+    "pretrained": Backend("vital.llava.align:train_stage", reads=_TRAIN_READS),
+    "restore": Backend(
+        "vital.pretrained:restore_base",
+        reads=("data/pretrained/base", "data/pretrained/metrics", "data/pretrained/params.json"),
+    ),
+}
 
 if TYPE_CHECKING:
     import torch
@@ -138,13 +150,18 @@ def run(
 
 
 def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
-    """The align stage: ``models/base`` from ``models/foundation`` (demo) or the recorded checkpoint."""
+    """The align stage: ``models/base`` from ``models/foundation`` (demo), the recorded checkpoint
+    (pretrained) or the stored demo checkpoint (restore)."""
+    return choose(BACKENDS, p.align.backend, "align.backend").load()(p.align, paths)
+
+
+def train_stage(ap: AlignParams, paths: Paths) -> dict[str, Any]:
     return run(
         foundation_dir=paths.foundation,
         figures=paths.figures,
         corpus_root=paths.corpus,
         out=paths.base_model,
-        ap=p.align,
+        ap=ap,
         checkpoint_dir=paths.root / ".vital" / "checkpoints" / "align",
         metrics_path=paths.metric("align"),
         curve_path=paths.plots / "align_loss.csv",
