@@ -88,3 +88,23 @@ def test_paper_profile_is_valid_and_names_the_real_backends():
 def test_unquoted_no_from_dvc_exp_rewrite_means_no_mixed_precision():
     # `dvc exp run -S` rewrites params.yaml; `mixed_precision: no` then loads as YAML false
     assert parse_params(yaml.safe_load("tune:\n  mixed_precision: no\n")).tune.mixed_precision == "no"
+
+
+def test_backend_registries_match_the_params_choices():
+    """Every backend a params Literal allows is registered, and every registered one can be chosen."""
+    import typing
+
+    from vital import chat_eval, foundation, generate, judge, labels
+    from vital.params import ChatEvalParams, FoundationParams, GenerateParams, JudgeParams, LabelsParams
+
+    for section, registry in (
+        (GenerateParams, generate.GENERATORS),
+        (JudgeParams, judge.JUDGES),
+        (LabelsParams, labels.BACKENDS),
+        (ChatEvalParams, chat_eval.BACKENDS),
+        (FoundationParams, foundation.BACKENDS),
+    ):
+        allowed = set(typing.get_args(section.model_fields["backend"].annotation))
+        assert allowed == set(registry), f"{section.__name__}.backend {sorted(allowed)} vs {sorted(registry)}"
+        for name, backend in registry.items():
+            assert callable(backend.load()), f"{section.__name__}: {name} -> {backend.target} does not load"
