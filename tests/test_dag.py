@@ -199,3 +199,15 @@ def test_paper_profile_does_not_rerun_on_a_demo_edit(locked, tmp_path):
         shutil.copy(tmp_path / "bakeoff.dvc.yaml", locked / "bakeoff" / "dvc.yaml")
         shutil.copy(tmp_path / "params.yaml", locked / "params.yaml")
         sh(locked, "dvc", "commit", "-f")
+
+
+def test_curate_mix_files_are_deps_of_curate(tmp_path):
+    """An instruction file named in curate.mix is read by curate: an edit to it must rerun curate."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["curate"]["mix"] = {"mixed": ["top40", "data/llava_med/llava_med_instruct_10k.json"]}
+    params = parse_params(raw)
+    deps = dag.stage_deps(STAGES["curate"], params, REPO)
+    assert "data/llava_med/llava_med_instruct_10k.json" in deps.data and "top40" not in deps.data
+    with pytest.raises(dag.DagError, match="llava_med_instruct_10k.json"):  # dvc.yaml written without it
+        shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+        dag.check_stage("curate", params, tmp_path)
