@@ -53,7 +53,7 @@ def make_corpus(root: Path, n: int, size: int = 32, seed: int = 0) -> list[dict]
 
 def tiny_params(**kw) -> FoundationParams:
     base = dict(image_size=32, patch_size=8, width=32, layers=1, embed_dim=16, context_length=24, steps=40)
-    return FoundationParams(**{**base, "batch_size": 16, "lr": 3e-3, **kw})
+    return FoundationParams(**{**base, "backend": "demo", "batch_size": 16, "lr": 3e-3, **kw})
 
 
 def test_tiny_clip_is_a_standard_open_clip_vit():

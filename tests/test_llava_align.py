@@ -38,7 +38,7 @@ def world(tmp_path_factory):
 
 
 def _run(world, **kw):
-    ap = AlignParams(hidden_size=32, heads=2, steps=6, batch_size=4, seed=0, **kw)
+    ap = AlignParams(backend="demo", hidden_size=32, heads=2, steps=6, batch_size=4, seed=0, **kw)
     return align.run(
         world / "foundation",
         world / "corpus" / "figures.jsonl",
@@ -75,7 +75,14 @@ def test_projector_only_alignment_keeps_the_language_model(world):
 
 def test_missing_foundation_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="foundation stage"):
-        align.run(tmp_path, tmp_path / "f.jsonl", tmp_path, tmp_path / "b", AlignParams(), tmp_path / "c")
+        align.run(
+            tmp_path,
+            tmp_path / "f.jsonl",
+            tmp_path,
+            tmp_path / "b",
+            AlignParams(backend="demo"),
+            tmp_path / "c",
+        )
 
 
 def test_caption_conversations_pick_instructions_deterministically(world):

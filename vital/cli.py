@@ -189,11 +189,11 @@ def _dag(args) -> int:
 
     params = load_params(args.params)
     if args.write:
-        for dvc_yaml in map(Path, PIPELINES):
+        for dvc_yaml in (Path(f) for f in PIPELINES if Path(f).is_file()):  # a repo may have only dvc.yaml
             changed = dag.write(dvc_yaml, params)
             print(f"{dvc_yaml}: deps rewritten for {', '.join(changed) or 'no stage (already exact)'}")
         return 0
-    found = [f"{f}: {line}" for f in PIPELINES for line in dag.problems(Path(f), params)]
+    found = [f"{f}: {line}" for f in PIPELINES if Path(f).is_file() for line in dag.problems(Path(f), params)]
     if args.check:
         for line in found:
             print(f"vital dag: {line}", file=sys.stderr)
