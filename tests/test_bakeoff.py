@@ -128,7 +128,7 @@ def tiny_world(root: Path, figures: int = 40) -> Paths:
     write_json(paths.metric("judge"), {"estimated_cost_usd": 1.25, "wall_s": 3.0})
     write_json(paths.metric("labels"), {"labels": 17, "human_pairs": 60, "wall_s": 0.5})
     for stage in ("embed", "pairs", "select"):
-        write_json(paths.metric(stage), {"wall_seconds": 2.0})
+        write_json(paths.metric(stage), {"wall_s": 2.0})
     return paths
 
 

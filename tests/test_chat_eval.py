@@ -171,10 +171,15 @@ def test_stale_predictions_are_listed(tmp_path):
 
 def test_bad_params_and_inputs_name_what_to_fix(tmp_path):
     make_eval_world(tmp_path)
-    with pytest.raises(ParamsError, match=r"chat_eval\.sets: \['vqa_rad'\]"):
-        chat_eval.run(params(sets=["vqa_rad"]), Paths(tmp_path))
+    # cross-section checks run when params load (so `vital params` catches them), not when the stage runs
+    with pytest.raises(ParamsError, match=r"chat_eval\.sets: \['vqa_rad'\] are not names of evaluate\.sets"):
+        params(sets=["vqa_rad"])
     with pytest.raises(ParamsError, match=r"chat_eval\.compare: \['topk'\]"):
-        chat_eval.run(params(compare=["top-s0", "topk"]), Paths(tmp_path))
+        params(compare=["top-s0", "topk"])
+    with pytest.raises(ParamsError, match=r"chat_eval\.compare: \['top-s1'\]"):
+        params(compare=["top-s0", "top-s1"])  # seed 1 is not in tune.seeds
+    with pytest.raises(ParamsError, match="'reference' is reserved by chat_eval"):
+        parse_params({"evaluate": {"models": {"reference": "models/base"}}})
     with pytest.raises(ParamsError, match="chat_eval.compare"):
         params(compare=["top-s0", "top-s0"])
     (tmp_path / "artifacts" / "predictions" / "base" / "demo.jsonl").unlink()

@@ -88,7 +88,10 @@ def _fake_checkpoints(root: Path) -> None:
 
 
 # one tuned model, named and placed as the tune stage's matrix does
-ONE_TUNE = {"tune": {"subsets": ["top"], "seeds": [0]}}
+ONE_TUNE = {
+    "tune": {"subsets": ["top"], "seeds": [0]},
+    "chat_eval": {"compare": ["top-s0", "base"]},
+}
 
 
 def test_run_writes_metrics_and_predictions_hand_computed(tmp_path):
@@ -247,7 +250,9 @@ def test_finetuned_models_are_scored_on_their_set_beside_the_base_control(tmp_pa
         path = Path(str(model))
         return ScriptedAnswerer(str(path), TUNED if path.parent.name.startswith("top") else BASE)
 
-    params = parse_params({"tune": {"subsets": ["top"], "seeds": [0, 1]}})
+    params = parse_params(
+        {"tune": {"subsets": ["top"], "seeds": [0, 1]}, "chat_eval": {"compare": ["top-s0", "top-s1"]}}
+    )
     out = run_finetuned(params, Paths(tmp_path), answerer=factory)
     ft = out["demo"]
     expected = {

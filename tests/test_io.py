@@ -31,3 +31,27 @@ def test_read_records_skips_and_reports_invalid_lines(tmp_path: Path):
     assert second["where"] == f"{f}:4" and "not valid JSON" in second["detail"]
     # without a callback invalid lines are skipped silently
     assert [j.score for _, j in read_records(f, Judgment)] == [7, 3]
+
+
+def test_every_plot_csv_goes_through_one_writer(tmp_path: Path):
+    from vital.io import write_csv, write_curve
+
+    n = write_curve(tmp_path / "a" / "loss.csv", [(1, 2.5), (2, 0.1234567)])
+    assert n == 2 and (tmp_path / "a" / "loss.csv").read_bytes() == b"step,loss\n1,2.500000\n2,0.123457\n"
+    write_curve(tmp_path / "empty.csv", [])  # a backend that trains nothing still writes the declared curve
+    assert (tmp_path / "empty.csv").read_text() == "step,loss\n"
+    write_csv(tmp_path / "t.csv", ["set", "note"], [["demo", 'says "hi", twice'], ["x", ""]])
+    assert (tmp_path / "t.csv").read_text() == 'set,note\ndemo,"says ""hi"", twice"\nx,\n'
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+
+
+def test_no_module_but_io_writes_csv():
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "vital"
+    writers = [
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*.py")
+        if p.name != "io.py" and re.search(r"csv\.(writer|DictWriter)\(", p.read_text(encoding="utf-8"))
+    ]
+    assert writers == [], f"{writers} write CSV themselves; use vital.io.write_csv"

@@ -144,6 +144,40 @@ def test_first_repro_runs_every_stage_and_writes_metrics(repo):
     assert json.loads((repo / "metrics" / "finetune" / "top-s0.json").read_text())["demo"]["steps"] == 6
 
 
+def _keys(node, found: set[str]) -> set[str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            found.add(k)
+            _keys(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            _keys(v, found)
+    return found
+
+
+def _sections_with(node, key: str):
+    if isinstance(node, dict):
+        if key in node:
+            yield node
+        for v in node.values():
+            yield from _sections_with(v, key)
+
+
+def test_every_stage_reports_time_and_drops_under_the_same_keys(repo):
+    files = sorted((repo / "metrics").rglob("*.json"))
+    assert len(files) >= len(ALL_STAGES) - 2
+    for path in files:
+        m = json.loads(path.read_text())
+        keys = _keys(m, set())
+        assert not keys & {"wall_seconds", "wall_time_s", "drop_reasons"}, path
+        times = [k for k in keys if "wall" in k]
+        assert "wall_s" in times and set(times) <= {"wall_s", "train_wall_s", "upstream_wall_seconds"}, path
+        for section in _sections_with(m, "dropped"):
+            assert {"dropped_by_reason", "dropped_examples"} <= set(section), (path, sorted(section))
+    for path in sorted((repo / "metrics" / "plots").rglob("*.csv")):
+        assert b"\r" not in path.read_bytes() and path.read_text().split("\n", 1)[0], path
+
+
 def test_second_repro_runs_nothing(repo):
     out = sh(repo, "dvc", "repro")
     assert ran_stages(out.stdout) == set()

@@ -28,13 +28,13 @@ from vital.io import read_jsonl, write_json, write_jsonl
 from vital.llm.accounting import estimate_cost
 from vital.llm.engine import Outcome, Request, message_content
 from vital.llm.runtime import LLMRuntime
-from vital.params import ChatEvalParams, Params, ParamsError
+from vital.params import CHAT_REFERENCE, ChatEvalParams, Params
 from vital.paths import Paths
 from vital.registry import Backend, choose
 from vital.vqa.items import LoadedSet, VQAItem
 from vital.vqa.judge import parse_pair_scores, relative_scores, win_rate
 
-REFERENCE = "reference"
+REFERENCE = CHAT_REFERENCE
 MAX_LISTED = 20
 
 
@@ -214,23 +214,9 @@ class ChatSet:
 
 
 def _chosen_sets(params: Params) -> list[str]:
+    """``chat_eval.sets`` (names params.py checked against evaluate.sets), or every evaluate set."""
     known = [s.name for s in params.evaluate.sets]
-    chosen = params.chat_eval.sets if params.chat_eval.sets is not None else known
-    unknown = [n for n in chosen if n not in known]
-    if unknown:
-        raise ParamsError(f"chat_eval.sets: {unknown} are not names of evaluate.sets {known}")
-    return chosen
-
-
-def _check_compare(params: Params) -> None:
-    models = [*tuned_models(params), *params.evaluate.models]
-    bad = [m for m in params.chat_eval.compare if m not in models]
-    if bad:
-        raise ParamsError(f"chat_eval.compare: {bad} are not names of evaluate.models {models}")
-    if REFERENCE in models:
-        raise ParamsError(
-            f"evaluate.models: {REFERENCE!r} is reserved by chat_eval for the reference answers"
-        )
+    return params.chat_eval.sets if params.chat_eval.sets is not None else known
 
 
 def read_predictions(path: Path, items: dict[str, VQAItem], skipped: list[str]) -> dict[str, str]:
@@ -305,7 +291,6 @@ def score_set(cs: ChatSet, judge: ChatJudge, cp: ChatEvalParams) -> tuple[dict, 
 
 def _load(params: Params, paths: Paths) -> list[ChatSet]:
     names = _chosen_sets(params)
-    _check_compare(params)
     ev = params.evaluate.model_copy(update={"sets": [s for s in params.evaluate.sets if s.name in names]})
     models = [*tuned_models(params), *ev.models]
     return [load_chat_set(s, models, paths.predictions) for s in load_sets(ev, paths.root)]

@@ -228,11 +228,7 @@ CLAIM_METRICS = ("closed_accuracy", "closed_discrimination", "open_recall")
 
 def tuned_models(params: Params) -> dict[str, str]:
     """The tune stage's matrix: ``<subset>-s<seed>`` -> ``models/tuned/<subset>-s<seed>``."""
-    return {
-        f"{subset}-s{seed}": f"models/tuned/{subset}-s{seed}"
-        for subset in params.tune.subsets
-        for seed in params.tune.seeds
-    }
+    return {name: f"models/tuned/{name}" for name in params.tune.model_names()}
 
 
 def finetuned_models(params: Params) -> dict[str, str]:

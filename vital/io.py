@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,13 +86,24 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
         f.write("\n")
 
 
-def write_empty_curve(path: str | os.PathLike) -> None:
-    """A loss curve (``step,loss`` CSV for ``dvc plots``) with no points: what a stage that dvc.yaml declares
-    a curve for writes when its backend trains nothing (e.g. ``backend: pretrained``)."""
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """A CSV table for ``dvc plots`` (``\\n`` line ends, written atomically); returns the number of rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
     with _atomic(path) as f:
-        f.write("step,loss\n")
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        for row in rows:
+            w.writerow(row)
+            n += 1
+    return n
+
+
+def write_curve(path: str | os.PathLike, losses: Iterable[tuple[int, float]]) -> int:
+    """A loss curve, ``step,loss``. A stage whose backend trains nothing (``restore``) writes it empty,
+    because dvc.yaml declares the curve for every backend."""
+    return write_csv(path, ["step", "loss"], ((step, f"{loss:.6f}") for step, loss in losses))
 
 
 def read_json(path: str | os.PathLike) -> Any:

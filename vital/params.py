@@ -22,6 +22,9 @@ class ParamsError(ValueError):
     """Invalid params.yaml; the message names the file and every offending key."""
 
 
+CHAT_REFERENCE = "reference"  # chat_eval's name for the reference answers; no evaluated model may take it
+
+
 # ---------------------------------------------------------------- demo world (data.dvc, not a stage)
 class WorldParams(Section):
     """Size and difficulty of the synthetic demo world built by ``vital world``."""
@@ -447,6 +450,10 @@ class TuneParams(TrainParams):
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one tune per seed")
 
+    def model_names(self) -> list[str]:
+        """The tune stage's matrix, one model per subset and seed: ``<subset>-s<seed>``."""
+        return [f"{subset}-s{seed}" for subset in self.subsets for seed in self.seeds]
+
 
 def _no_duplicate_names(sets: list[EvalSet]) -> None:
     names = [s.name for s in sets]
@@ -594,7 +601,23 @@ class Params(Section):
                     f"finetune.sets[{i}] ({s.path}, split {s.split}) is the test split evaluate.sets scores as "
                     f"{s.name!r}: fine-tuning on it would train on the test questions"
                 )
+        self._check_chat_eval(sorted(evaluated))
         return self
+
+    def _check_chat_eval(self, set_names: list[str]) -> None:
+        unknown = [n for n in self.chat_eval.sets or [] if n not in set_names]
+        if unknown:
+            raise ValueError(f"chat_eval.sets: {unknown} are not names of evaluate.sets {set_names}")
+        models = [*self.tune.model_names(), *self.evaluate.models]
+        bad = [m for m in self.chat_eval.compare if m not in models]
+        if bad:
+            raise ValueError(
+                f"chat_eval.compare: {bad} are not names of evaluate.models or tuned models {models}"
+            )
+        if CHAT_REFERENCE in models:
+            raise ValueError(
+                f"evaluate.models: {CHAT_REFERENCE!r} is reserved by chat_eval for the reference answers"
+            )
 
 
 def _describe(err: ValidationError, path: Path) -> str:

@@ -249,12 +249,22 @@ def _params_section(diff: dict) -> list[str]:
     return _table(["param", "base", "this PR"], rows)
 
 
+def _differs_every_run(key: str) -> bool:
+    """Wall times, rates and listed examples: they change on every run, so a diff of them says nothing."""
+    last = key.rsplit(".", 1)[-1]
+    return (
+        "dropped_examples" in key
+        or key.startswith("_stage")
+        or last.endswith(("wall_s", "wall_seconds", "_per_s"))
+    )
+
+
 def _metrics_section(diff: dict, limit: int) -> list[str]:
     rows = []
     for file, keys in sorted(diff.items()):
         for key, v in sorted(keys.items()):
-            if "dropped_examples" in key or key.startswith("_stage") or key.endswith("wall_seconds"):
-                continue  # wall times and examples differ on every run
+            if _differs_every_run(key):
+                continue
             rows.append(
                 [f"{file}", f"`{key}`", _num(v.get("old")), _num(v.get("new")), _signed(v.get("diff"))]
             )

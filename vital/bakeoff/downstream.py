@@ -10,14 +10,13 @@ LLaVA-Med's legacy figure), open-set recall, and the yes/no likelihood accuracy 
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
 
 from vital.bakeoff.stage import subset_name
 from vital.evaluate import _load_named_sets, seed_difference, summarize_seeds
-from vital.io import write_json
+from vital.io import write_csv, write_json
 from vital.params import Params
 from vital.paths import Paths
 from vital.vqa.metrics import summarize
@@ -92,20 +91,18 @@ def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
                 }
         out[s.name] = row
     _write_plot(paths.plots / "bakeoff_downstream.csv", out, [s.name for s in sets])
-    out["wall_seconds"] = round(time.perf_counter() - start, 2)
+    out["wall_s"] = round(time.perf_counter() - start, 2)
     write_json(paths.metric("bakeoff_downstream"), out)
     return out
 
 
 def _write_plot(path: Path, out: dict[str, Any], sets: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["set", "method", *MEASURES])
-        for s in sets:
-            for method, entry in out[s].items():
-                means = [entry["over_seeds"].get(m, {}).get("mean", "") for m in MEASURES]
-                w.writerow([s, method, *means])
+    rows = (
+        [s, method, *(entry["over_seeds"].get(m, {}).get("mean", "") for m in MEASURES)]
+        for s in sets
+        for method, entry in out[s].items()
+    )
+    write_csv(path, ["set", "method", *MEASURES], rows)
 
 
 def downstream_models(p: Params, root: Path) -> list[str]:

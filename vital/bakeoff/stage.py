@@ -11,7 +11,6 @@ size is reported with its spread over the random seeds, wins, and a bootstrap CI
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,13 @@ import numpy as np
 from vital.bakeoff.methods import METHODS, Pool, check_methods
 from vital.bakeoff.quality import QUALITY
 from vital.curate import CandidateRef, pool, write_json_list
-from vital.io import RecordError, read_json, read_records, write_json
+from vital.io import RecordError, read_json, read_records, write_csv, write_json
 from vital.params import Params
 from vital.paths import Paths, is_local, repo_relative
 from vital.registry import choose
 from vital.schema import Candidate
 
 HEADLINE = "flawed"
-# upstream stage -> its metrics file's wall-time key
-WALL_KEYS = ("wall_seconds", "wall_s")
 
 
 def subset_name(method: str, keep: int, seed: int | None = None) -> str:
@@ -56,7 +53,7 @@ def stage_cost(paths: Paths, stage: str) -> dict[str, float]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (the bakeoff reads each method's upstream cost from it)")
     m = read_json(path)
-    out = {"seconds": float(next((m[k] for k in WALL_KEYS if k in m), 0.0))}
+    out = {"seconds": float(m.get("wall_s", 0.0))}
     if "estimated_cost_usd" in m:
         out["api_usd"] = float(m["estimated_cost_usd"] or 0.0)
     if stage == "labels":
@@ -125,17 +122,13 @@ def write_plot(
     path: Path, quality: dict[str, dict[str, Any]], methods: list[str], keep: list[int], seeds
 ) -> None:
     """``keep`` and one column per method (the headline share; random: its mean over seeds)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["keep", *methods])
-        for k in keep:
-            row: list[Any] = [k]
-            for m in methods:
-                names = [subset_name(m, k, s) for s in seeds] if METHODS[m].seeded else [subset_name(m, k)]
-                values = [quality[n][HEADLINE] for n in names if HEADLINE in quality.get(n, {})]
-                row.append(round(float(np.mean(values)), 4) if values else "")
-            w.writerow(row)
+
+    def cell(m: str, k: int) -> float | str:
+        names = [subset_name(m, k, s) for s in seeds] if METHODS[m].seeded else [subset_name(m, k)]
+        values = [quality[n][HEADLINE] for n in names if HEADLINE in quality.get(n, {})]
+        return round(float(np.mean(values)), 4) if values else ""
+
+    write_csv(path, ["keep", *methods], ([k, *(cell(m, k) for m in methods)] for k in keep))
 
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
@@ -238,7 +231,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             bp.bootstrap,
         )
     write_plot(paths.plots / "bakeoff_quality.csv", quality, bp.methods, bp.keep, bp.seeds)
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
+    metrics["wall_s"] = round(time.perf_counter() - start, 2)
     write_json(paths.metric("bakeoff"), metrics)
     return metrics
 

@@ -16,7 +16,7 @@ from vital.foundation.clip import (
     save_clip,
     tiny_clip_config,
 )
-from vital.io import write_empty_curve, write_json
+from vital.io import write_curve, write_json
 from vital.params import FoundationParams, Params
 from vital.paths import Paths
 from vital.registry import Backend, choose
@@ -54,7 +54,7 @@ BACKENDS: dict[str, Backend] = {
 
 
 def record_stage(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
-    write_empty_curve(paths.plots / "foundation_loss.csv")  # dvc.yaml declares it for every backend
+    write_curve(paths.plots / "foundation_loss.csv", [])  # dvc.yaml declares it for every backend
     return record_pretrained(fp, paths.foundation / "clip")
 
 

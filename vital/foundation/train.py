@@ -7,7 +7,6 @@ initialised tower never learns laterality; a pretrained, frozen one does).
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 import re
@@ -25,7 +24,7 @@ from pydantic import ValidationError
 
 from vital.drops import Drops
 from vital.foundation.clip import build_tiny_clip, save_clip, tiny_clip_config
-from vital.io import RecordError, read_jsonl
+from vital.io import RecordError, read_jsonl, write_curve
 from vital.params import FoundationParams
 from vital.paths import Paths
 from vital.progress import progress
@@ -227,14 +226,6 @@ def laterality_probe(
         "pretrained_accuracy": round(linear_probe(image_features(trained, imgs), y, seed), 4),
         "random_init_accuracy": round(linear_probe(image_features(random_init, imgs), y, seed), 4),
     }
-
-
-def write_curve(path: Path, curve: list[tuple[int, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "loss"])
-        w.writerows((s, round(v, 5)) for s, v in curve)
 
 
 def train_demo(

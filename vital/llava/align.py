@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vital.io import RecordError, read_jsonl, write_empty_curve, write_json
+from vital.io import RecordError, read_jsonl, write_curve, write_json
 from vital.params import AlignParams, Params
 from vital.paths import Paths
 from vital.registry import Backend, choose
@@ -80,7 +80,7 @@ def _record_pretrained(
     if metrics_path is not None:
         write_json(metrics_path, record)
     if curve_path is not None:
-        write_empty_curve(curve_path)  # nothing trained, but dvc.yaml declares the curve
+        write_curve(curve_path, [])  # nothing trained, but dvc.yaml declares the curve
     return record
 
 
@@ -101,7 +101,7 @@ def run(
     # torch, transformers and peft only when a model is built or trained (a record takes no 10 s of imports)
     from vital.llava.build import build_from_foundation, load_llava, save_llava
     from vital.llava.conversation import Collator, ConversationDataset
-    from vital.llava.trainer import LoopConfig, train, write_curve
+    from vital.llava.trainer import LoopConfig, train
 
     if ap.backend == "demo":
         model, processor = build_from_foundation(foundation_dir, ap)

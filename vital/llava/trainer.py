@@ -252,13 +252,3 @@ def train(
     bar.close()
     result.wall_s = time.perf_counter() - start
     return model, result, accelerator
-
-
-def write_curve(path: Path, losses: list[tuple[int, float]]) -> None:
-    """Loss curve as CSV (``step,loss``) for ``dvc plots``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["step,loss"] + [f"{s},{v:.6f}" for s, v in losses]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)

@@ -21,10 +21,10 @@ from packaging.version import Version
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
 
-from vital.io import RecordError, read_json, write_json
+from vital.io import RecordError, read_json, write_curve, write_json
 from vital.llava.build import load_llava
 from vital.llava.conversation import Collator, ConversationDataset
-from vital.llava.trainer import LoopConfig, LoopResult, train, write_curve
+from vital.llava.trainer import LoopConfig, LoopResult, train
 from vital.params import ParamsError, TrainParams
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import torch
 
 from vital.drops import Drops
 from vital.embed.store import load_embeddings
-from vital.io import RecordError, write_json, write_jsonl
+from vital.io import RecordError, write_csv, write_json, write_jsonl
 from vital.params import Params, ParamsError, SelectorParams
 from vital.paths import Paths
 from vital.schema import Pair
@@ -208,19 +207,16 @@ def write_scores_by_weight(
     )
 
 
+CURVE_COLUMNS = ["epoch", "train_loss", "val_agreement"]
+
+
 def _write_curve(path: Path, curve: list[dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_agreement"])
-        w.writeheader()
-        w.writerows(curve)
+    write_csv(path, CURVE_COLUMNS, ([row[c] for c in CURVE_COLUMNS] for row in curve))
 
 
 def _write_weights(path: Path, by_weight: dict[float, float | None]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["human_weight", "heldout_human_agreement"])
-        w.writerows((f"{k:g}", "" if v is None else round(v, 4)) for k, v in sorted(by_weight.items()))
+    rows = ((f"{k:g}", "" if v is None else round(v, 4)) for k, v in sorted(by_weight.items()))
+    write_csv(path, ["human_weight", "heldout_human_agreement"], rows)
 
 
 def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
