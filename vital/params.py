@@ -123,6 +123,11 @@ class CorpusParams(Section):
     check_images: bool = Field(
         True, description="skip records whose image file is missing (off before images are fetched)"
     )
+    shards: str | None = Field(
+        None,
+        description="index.parquet of a `vital fetch-images` run: each record's image becomes its shard "
+        "ref (by pair_id); a record not in the index is skipped as image_not_fetched",
+    )
 
 
 class DiversityParams(Section):

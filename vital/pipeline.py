@@ -40,6 +40,8 @@ class Stage:
     pipeline: str = "dvc.yaml"  # the dvc.yaml that declares it (bakeoff/dvc.yaml: the bakeoff's downstream)
 
 
+# the figures' images: data/corpus/images, or the fetched shards when sample.corpus.shards is set
+_IMAGES = "vital.sample:corpus_images"
 _SEED = Option("seed", int, "overrides the section's seed")
 
 STAGES: dict[str, Stage] = {
@@ -72,16 +74,18 @@ STAGES: dict[str, Stage] = {
             "generate",
             "vital.generate:run",
             "generate",
-            reads=("artifacts/sample.jsonl", "data/demonstrations", "data/corpus/images"),
+            reads=("artifacts/sample.jsonl", "data/demonstrations"),
             backends=(("generate.backend", "vital.generate:GENERATORS"),),
+            param_reads=(_IMAGES,),
             doc="candidate conversations per sampled figure",
         ),
         Stage(
             "judge",
             "vital.judge:run",
             "judge",
-            reads=("artifacts/candidates.jsonl", "artifacts/sample.jsonl", "data/corpus/images"),
+            reads=("artifacts/candidates.jsonl", "artifacts/sample.jsonl"),
             backends=(("judge.backend", "vital.judge:JUDGES"),),
+            param_reads=(_IMAGES,),
             doc="0-10 rubric score per candidate (model preference)",
         ),
         Stage(
@@ -107,8 +111,8 @@ STAGES: dict[str, Stage] = {
                 "models/foundation",
                 "artifacts/candidates.jsonl",
                 "artifacts/sample.jsonl",
-                "data/corpus/images",
             ),
+            param_reads=(_IMAGES,),
             doc="image and text features of every candidate",
         ),
         Stage(
@@ -124,8 +128,8 @@ STAGES: dict[str, Stage] = {
                 "artifacts/candidates.jsonl",
                 "artifacts/sample.jsonl",
                 "models/foundation",
-                "data/corpus/images",
             ),
+            param_reads=(_IMAGES,),  # read with selector.finetune_backbone only
             doc="train the selection model, score every candidate",
         ),
         Stage(
@@ -161,8 +165,8 @@ STAGES: dict[str, Stage] = {
             "bakeoff_tune",
             "vital.bakeoff.downstream:tune_stage",
             "bakeoff_tune",
-            reads=("artifacts/bakeoff", "data/corpus/images"),
-            param_reads=("vital.tune:base_model",),
+            reads=("artifacts/bakeoff",),
+            param_reads=("vital.tune:base_model", _IMAGES),
             options=(
                 Option("method", str, "a method of bakeoff.downstream_methods", required=True),
                 Option("seed", int, "tune seed (random: also its subset's seed)", required=True),
@@ -182,8 +186,8 @@ STAGES: dict[str, Stage] = {
             "tune",
             "vital.tune:run_stage",
             "tune",
-            reads=("artifacts/curated/${item.subset}${tune.keep}.json", "data/corpus/images"),
-            param_reads=("vital.tune:base_model",),
+            reads=("artifacts/curated/${item.subset}${tune.keep}.json",),
+            param_reads=("vital.tune:base_model", _IMAGES),
             options=(Option("subset", str, "curated subset: top or random", required=True), _SEED),
             doc="instruction-tune the base LLaVA on a curated subset",
         ),

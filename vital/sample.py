@@ -8,6 +8,12 @@ a figure's selection does not change when unrelated records are added or removed
 by ``per_domain`` records per domain (times ``diversity.pool_factor`` with the diversity step) plus
 8 bytes per corpus record (the hash keys used to find repeated ``pair_id``s).
 
+Fetched shards: with ``sample.corpus.shards`` (the ``index.parquet`` of a ``vital fetch-images`` run),
+each record's ``image`` is replaced by its figure's shard reference (``shards/shard-00000.tar#<key>.jpg``,
+relative to the corpus folder) found by ``pair_id``; a record whose figure is not in the index (its
+fetch failed: see the fetch's ``report.jsonl``) is skipped as ``image_not_fetched``. The index is held as a
+``pair_id -> ref`` dict.
+
 Repeated ``pair_id``: the first record with a pair_id wins, valid or not; every later one is skipped as
 ``duplicate_pair_id`` and listed with its line. Duplicates are found after one pass over the hash keys;
 only when there are any is the corpus read a second time, skipping them, so the sample and the counts
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import os
 import time
 from array import array
 from collections import Counter
@@ -36,7 +43,7 @@ from vital.paths import Paths, repo_relative
 from vital.progress import progress
 from vital.schema import DOMAINS, FigureRecord
 from vital.seeding import stable_seed
-from vital.shards import image_exists, open_image
+from vital.shards import image_exists, open_image, read_index
 
 _PLAIN = (str, type(None))
 
@@ -111,7 +118,13 @@ class _Pass:
         key = _key_fn(self.cfg.seed)
         self.keys.extend(key(p) for p in pair_ids if isinstance(p, str) and p)
 
-    def run(self, items: Iterator, root: Path, suspects: set[int] | None = None) -> None:
+    def run(
+        self,
+        items: Iterator,
+        root: Path,
+        suspects: set[int] | None = None,
+        shard_refs: dict[str, str] | None = None,
+    ) -> None:
         cfg, key_of = self.cfg, _key_fn(self.cfg.seed)
         first: dict[int, set[str]] = {}
         for ordinal, (where, raw) in enumerate(progress(items, "sample: reading corpus")):
@@ -132,6 +145,17 @@ class _Pass:
                         )
                         continue
                     ids.add(pid)
+            if shard_refs is not None and isinstance(pid, str) and pid:
+                ref = shard_refs.get(pid)
+                if ref is None:
+                    self.problems.add(
+                        "image_not_fetched",
+                        where,
+                        f"not in {cfg.corpus.shards} (see report.jsonl beside it)",
+                        pair_id=pid,
+                    )
+                    continue
+                raw = {**raw, "image": ref}
             domain, reason, detail = _check(raw, root, cfg.corpus.check_images)
             if reason:
                 self.problems.add(reason, where, detail, pair_id=pid if isinstance(pid, str) else None)
@@ -235,6 +259,25 @@ def join_image_urls(records: list[dict], path: Path, problems: Drops) -> dict[st
     return {"joined": len(done), "without_url": len(wanted) - len(done)}
 
 
+def shard_refs(index: Path, root: Path) -> dict[str, str]:
+    """``pair_id -> shard ref`` from a fetch's ``index.parquet``, the refs made relative to ``root`` (the
+    corpus folder every stage opens images from); the index's refs are relative to its folder's parent."""
+    if not index.is_file():
+        raise FileNotFoundError(
+            f"{index}: fetch index not found (sample.corpus.shards; write it with `vital fetch-images`)"
+        )
+    try:
+        refs = read_index(index)
+    except Exception as e:  # pyarrow's errors: not Parquet, no pair_id/ref columns
+        raise ValueError(
+            f"{index}: not a fetch index (sample.corpus.shards): {e.__class__.__name__}: {e}"
+        ) from None
+    base = os.path.relpath(index.resolve().parent.parent, root.resolve())
+    if base == ".":
+        return refs
+    return {pid: f"{Path(base).as_posix()}/{ref}" for pid, ref in refs.items()}
+
+
 def _corpus_path(figures_path: Path, cfg: SampleParams) -> Path:
     return Path(cfg.corpus.path) if cfg.corpus.path else Path(figures_path)
 
@@ -254,6 +297,7 @@ def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict
             f"{path}: corpus not found ({hint}, or build the demo world with `vital world`)"
         )
     root = path if path.is_dir() else path.parent
+    refs = shard_refs(Path(cfg.corpus.shards), root) if cfg.corpus.shards else None
     fmt = reader(cfg.corpus.format)
     capacity = cfg.per_domain * (cfg.diversity.pool_factor if cfg.diversity.clusters else 1)
     p = _Pass(cfg, capacity)
@@ -262,13 +306,13 @@ def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict
         p.collect_keys(pair_ids)
         repeated = p.repeated_keys()
         p.keys = array("Q")
-        p.run(fmt.read(path, images=cfg.corpus.images), root, suspects=repeated)
+        p.run(fmt.read(path, images=cfg.corpus.images), root, suspects=repeated, shard_refs=refs)
     else:
-        p.run(fmt.read(path, images=cfg.corpus.images), root)
+        p.run(fmt.read(path, images=cfg.corpus.images), root, shard_refs=refs)
         repeated = p.repeated_keys()
         if repeated:  # read again, skipping every copy after the first
             p = _Pass(cfg, capacity)
-            p.run(fmt.read(path, images=cfg.corpus.images), root, suspects=repeated)
+            p.run(fmt.read(path, images=cfg.corpus.images), root, suspects=repeated, shard_refs=refs)
     chosen = {}
     for d, heap in p.heaps.items():
         items = [(-k, o, raw) for k, o, raw in heap]
@@ -276,7 +320,8 @@ def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict
         chosen[d] = sorted(picked, key=lambda it: it[1])  # corpus order within a domain
     records = [raw for d in cfg.domains for _, _, raw in chosen[d]]
     result: dict[str, Any] = {
-        "corpus": {"format": cfg.corpus.format, "path": str(path)},
+        "corpus": {"format": cfg.corpus.format, "path": str(path)}
+        | ({"shards": cfg.corpus.shards, "indexed": len(refs)} if refs is not None else {}),
         "read": p.read,
         "sampled": len(records),
         "per_domain": {d: {"available": p.available[d], "sampled": len(chosen[d])} for d in cfg.domains},
@@ -310,11 +355,23 @@ def run_stage(p: Params, paths: Paths) -> dict:
 
 
 def corpus_files(p: Params, root: Path) -> list[str]:
-    """The corpus index ``sample.corpus`` names, the image-URL file joined onto it, and the images whose
-    thumbnails the diversity step clusters."""
+    """The corpus index ``sample.corpus`` names, the image-URL file joined onto it, the fetch index whose
+    shard refs replace the records' images (and its shards, when image checks open them), and the images
+    whose thumbnails the diversity step clusters."""
     c = p.sample.corpus
     index = c.path or "data/corpus/figures.jsonl"
     files = [index, *([c.image_urls] if c.image_urls else [])]
-    if p.sample.diversity.clusters and c.check_images:
+    if c.shards:
+        files.append(c.shards)
+        if c.check_images:
+            files.append(str(Path(c.shards).parent))
+    elif p.sample.diversity.clusters and c.check_images:
         files.append(str(Path(index).parent / c.images))
     return [repo_relative(f, root) for f in files]
+
+
+def corpus_images(p: Params, root: Path) -> list[str]:
+    """What stages that open the sampled figures read: the fetched shards when ``sample.corpus.shards``
+    is set (the index's folder), else the corpus' image folder."""
+    shards = p.sample.corpus.shards
+    return [repo_relative(str(Path(shards).parent), root) if shards else "data/corpus/images"]
