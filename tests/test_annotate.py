@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -257,6 +258,32 @@ def test_appends_safely_to_a_hand_edited_file_and_beside_a_second_session(paths)
     assert err.value.status == 409 and second.next_task().pair_id == "PMC2_F1"
     lines = list(read_jsonl(paths.labels_dir / "dr_a.jsonl"))
     assert [line["pair_id"] for line in lines] == ["PMC3_F1", "PMC1_F1"] and lines[1]["ranking"] == ids
+
+
+def test_a_figure_in_a_fetched_shard_is_served_from_the_shard(paths):
+    """With sample.corpus.shards, sampled images are shard refs (vital fetch-images): served as the member."""
+    from vital.shards import ShardWriter, make_ref
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 10, 10)).save(jpeg, "JPEG")
+    writer = ShardWriter(paths.corpus / "shards" / "shard-00000.tar")
+    writer.add("PMC1_F1", "jpg", jpeg.getvalue(), {"pair_id": "PMC1_F1"})
+    writer.commit()
+    rows = list(read_jsonl(paths.sample))
+    rows[0]["image"] = make_ref("shards/shard-00000.tar", "PMC1_F1.jpg")
+    rows[1]["image"] = make_ref("shards/shard-00000.tar", "PMC2_F1.jpg")  # not in the shard
+    write_jsonl(paths.sample, rows)
+    for p in (paths.corpus / "images" / "ct").iterdir():
+        p.unlink()
+    session = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    server, url = _serve(session)
+    try:
+        status, body, headers = _call(f"{url}/image/PMC1_F1", with_headers=True)
+        assert status == 200 and body == jpeg.getvalue() and headers["Content-Type"] == "image/jpeg"
+        status, body = _call(f"{url}/image/PMC2_F1")
+        assert status == 404 and "PMC2_F1.jpg" in json.loads(body)["error"]
+    finally:
+        server.shutdown()
 
 
 def test_an_image_outside_the_corpus_is_not_served_and_limit_must_be_positive(paths):

@@ -200,14 +200,11 @@ def make_handler(session: AnnotationSession) -> type[BaseHTTPRequestHandler]:
                 self._json(HTTPStatus.OK, {"saved": session.saved_rankings()})
             elif route.startswith("/image/"):
                 try:
-                    path = session.image_path(unquote(route[len("/image/") :]))
-                    body = path.read_bytes()
+                    body, name = session.image(unquote(route[len("/image/") :]))
                 except (AnnotationError, OSError) as e:
                     self._json(HTTPStatus.NOT_FOUND, {"error": str(e)})
                     return
-                self._send(
-                    HTTPStatus.OK, body, mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-                )
+                self._send(HTTPStatus.OK, body, mimetypes.guess_type(name)[0] or "application/octet-stream")
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {route}"})
 

@@ -27,6 +27,7 @@ from vital.labels import validate_preference
 from vital.paths import Paths
 from vital.schema import Candidate, FigureRecord
 from vital.seeding import rng_for, stable_seed
+from vital.shards import read_bytes, split_ref
 
 # matched in full (``re.fullmatch``): no newline slips past a ``$``, and no ".", ".." or "-x" file names
 ANNOTATOR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -342,9 +343,12 @@ class AnnotationSession:
         with self._lock:
             return self._task(pair_id)
 
-    def image_path(self, pair_id: str) -> Path:
+    def image(self, pair_id: str) -> tuple[bytes, str]:
+        """The figure's bytes and file name: a file under the corpus folder, or a member of a fetched
+        shard (``shards/shard-00000.tar#<key>.jpg``, see :mod:`vital.shards`)."""
         task = self._task(pair_id)
-        path = (self.paths.corpus / task.image).resolve()
+        file, member = split_ref(task.image)
+        path = (self.paths.corpus / file).resolve()
         if not path.is_relative_to(self.paths.corpus.resolve()):
             raise AnnotationError(f"figure {pair_id}: image path {task.image!r} leaves the corpus folder")
-        return path
+        return read_bytes(task.image, self.paths.corpus), member or path.name
