@@ -274,7 +274,7 @@ def train_demo(
         "retrieval_top1_i2t": round(after, 4),
         "retrieval_top1_i2t_untrained": round(before, 4),
         "retrieval_chance": round(1 / max(1, len(held_idx)), 4),
-        "train_seconds": round(train_s, 1),
+        "train_wall_s": round(train_s, 1),
     }
     if tokenizer_dir is not None:
         from vital.llava.tokenizer import train_tokenizer
