@@ -454,6 +454,11 @@ class TuneParams(TrainParams):
         description="tune on the selector's top-k% and on the same-size random baseline (the method's claim)",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one tune per seed")
+    epochs: float = Field(
+        5,
+        gt=0,
+        description="passes over the curated subset (the demo's: 16 and 8 gave the same picture, README)",
+    )
 
     def model_names(self) -> list[str]:
         """The tune stage's matrix, one model per subset and seed: ``<subset>-s<seed>``."""
