@@ -14,6 +14,7 @@ import yaml
 from vital.bakeoff.methods import METHODS, Pool, check_methods
 from vital.bakeoff.stage import bootstrap_gain, run, subset_name
 from vital.demo.truth_quality import TruthQuality
+from vital.drops import Drops
 from vital.embed.store import save_embeddings
 from vital.io import RecordError, write_json, write_jsonl
 from vital.params import BakeoffParams, ParamsError, parse_params
@@ -140,7 +141,7 @@ def world(tmp_path_factory) -> Paths:
 def _pool(paths: Paths) -> Pool:
     from vital.bakeoff.stage import read_pool
 
-    return Pool(paths, BakeoffParams(), read_pool(paths, {}))
+    return Pool(paths, BakeoffParams(), read_pool(paths, Drops()))
 
 
 def _best(scores: dict[str, float], pid: str = "F03") -> str:
@@ -267,6 +268,19 @@ def test_stage_without_quality_still_writes_subsets_and_cost(tmp_path: Path):
     assert "vs_random" not in m and m["headline"] is None and m["subsets"]["judge-40"]["records"] == 3
     with pytest.raises(ParamsError, match="bakeoff.quality: unknown backend 'oracle'"):
         run(parse_params({"bakeoff": {"quality": "oracle"}}), paths)
+
+
+def test_a_malformed_candidate_line_is_skipped_and_counted_like_every_stage(tmp_path: Path):
+    paths = tiny_world(tmp_path, figures=8)
+    with paths.candidates.open("a", encoding="utf-8") as f:
+        f.write("{not json\n" + json.dumps({"id": "x"}) + "\n")
+    p = parse_params(
+        {"bakeoff": {"methods": ["random", "judge"], "downstream_methods": ["random"], "quality": "none"}}
+    )
+    m = run(p, paths)
+    assert m["dropped"] == 2 and m["dropped_by_reason"] == {"invalid_candidate": 2}
+    assert [e["where"] for e in m["dropped_examples"]] == [f"{paths.candidates}:33", f"{paths.candidates}:34"]
+    assert m["subsets"]["judge-40"]["records"] == 3  # the 32 good candidates still make every subset
 
 
 # ------------------------------------------------------------------ downstream: tune per method and seed, evaluate

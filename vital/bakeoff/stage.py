@@ -20,6 +20,7 @@ import numpy as np
 from vital.bakeoff.methods import METHODS, Pool, check_methods
 from vital.bakeoff.quality import QUALITY
 from vital.curate import CandidateRef, pool, write_json_list
+from vital.drops import Drops
 from vital.io import RecordError, read_json, read_records, write_csv, write_json
 from vital.params import Params
 from vital.paths import Paths, is_local, repo_relative
@@ -33,17 +34,12 @@ def subset_name(method: str, keep: int, seed: int | None = None) -> str:
     return f"{method}-{keep}" if seed is None else f"{method}-s{seed}-{keep}"
 
 
-def read_pool(paths: Paths, problems: dict[str, list[str]]) -> list[Candidate]:
+def read_pool(paths: Paths, drops: Drops) -> list[Candidate]:
     if not paths.candidates.is_file():
         raise FileNotFoundError(f"{paths.candidates}: not found (run the generate stage first)")
-    out = [
-        c
-        for _, c in read_records(
-            paths.candidates, Candidate, problems.setdefault("invalid_candidate", []).append
-        )
-    ]
+    out = [c for _, c in read_records(paths.candidates, Candidate, drops.invalid("invalid_candidate"))]
     if not out:
-        raise RecordError(f"{paths.candidates}: no valid candidate")
+        raise RecordError(f"{paths.candidates}: no valid candidate ({drops.summary()})")
     return out
 
 
@@ -136,8 +132,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     bp = params.bakeoff
     check_methods(bp.methods)
     scorer = choose(QUALITY, bp.quality, "bakeoff.quality").load()(paths)
-    problems: dict[str, list[str]] = {}
-    candidates = read_pool(paths, problems)
+    drops = Drops()
+    candidates = read_pool(paths, drops)
     by_id = {c.id: c for c in candidates}
     refs = [CandidateRef(c.id, c.pair_id, c.domain, 0) for c in candidates]
     pool_ = Pool(paths, bp, candidates)
@@ -156,8 +152,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         for seed in bp.seeds if spec.seeded else [None]:
             scores = spec.scorer(pool_, 0 if seed is None else seed)
             missing = [c.id for c in candidates if c.id not in scores]
-            if missing:
-                problems.setdefault(f"unscored_by_{method}", []).extend(missing)
+            for cid in missing:
+                drops.add(f"unscored_by_{method}", cid, "the method gave this candidate no score")
             ranked = pool(refs, scores, params.curate.policy, {})
             for k in bp.keep:
                 name = subset_name(method, k, seed)
@@ -216,8 +212,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         else {},
         "subsets": {n: {**s, **({"quality": quality[n]} if measures else {})} for n, s in subsets.items()},
         "cost": costs,
-        "dropped": {k: len(v) for k, v in problems.items() if v},
-        "dropped_examples": {k: v[:50] for k, v in problems.items() if v},
+        **drops.metrics(),
     }
     if measures:
         metrics["vs_random"] = compare(
