@@ -76,10 +76,21 @@ def test_summary_prints_the_bakeoff_table(tmp_path):
         "yes_no_likelihood_accuracy": {"mean": 0.7, "std": 0.0},
     }
     (paths.metrics / "bakeoff_downstream.json").write_text(
-        json.dumps({"keep": 40, "demo": {"judge": {"over_seeds": seeds}}})
+        json.dumps(
+            {
+                "keep": 40,
+                "demo": {
+                    "judge": {
+                        "over_seeds": seeds,
+                        "minus_random": {"open_recall": {"mean": 0.1, "std": 0.05, "wins": 3, "n": 3}},
+                    }
+                },
+            }
+        )
     )
     text = summary(paths)
     assert "flawed share by method and subset size (lower is better" in text
     assert "judge       0.050  -0.400 ± 0.020 (wins 3/3, 95% CI [-0.45, -0.33])" in text
     assert "$0.50 / 0" in text
     assert "not LLaVA-Med's metric" in text and "0.600 ± 0.100" in text and "0.700 ± 0.000" in text
+    assert "− random  - / - / +0.100 ± 0.050 (3/3 wins) / -" in text

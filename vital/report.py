@@ -127,16 +127,24 @@ def bakeoff_lines(m: dict, downstream: dict) -> list[str]:
         for method, e in row.items():
             o = e.get("over_seeds", {})
             cells = [
-                f"{_fmt(o.get(k, {}).get('mean'))} ± {_fmt(o.get(k, {}).get('std'))}"
-                for k in (
-                    "closed_accuracy",
-                    "closed_accuracy_legacy",
-                    "open_recall",
-                    "yes_no_likelihood_accuracy",
-                )
+                f"{_fmt(o.get(k, {}).get('mean'))} ± {_fmt(o.get(k, {}).get('std'))}" for k in DOWNSTREAM
             ]
             lines.append(f"            {method:<12}{' / '.join(cells)}")
+            gain = e.get("minus_random")
+            if gain:
+                cells = [_gain(gain.get(k)) for k in DOWNSTREAM]
+                lines.append(f"              − random  {' / '.join(cells)}")
     return lines
+
+
+DOWNSTREAM = ("closed_accuracy", "closed_accuracy_legacy", "open_recall", "yes_no_likelihood_accuracy")
+
+
+def _gain(d: dict | None) -> str:
+    """A per-seed difference: mean ± std and the seeds where the method won."""
+    if not isinstance(d, dict) or d.get("mean") is None:
+        return "-"
+    return f"{float(d['mean']):+.3f} ± {float(d.get('std') or 0):.3f} ({d.get('wins')}/{d.get('n')} wins)"
 
 
 # --- the pull-request report: `vital report --base REV --md` ------------------------------------------------
