@@ -20,7 +20,7 @@ import yaml
 from tests.test_fetch import PMC, image_bytes, pmc, targz  # noqa: F401 (pmc: the server fixture)
 from tests.test_pipeline import REPO, TINY, _merge, ran_stages, sh
 from vital import dag
-from vital.io import read_json, read_jsonl
+from vital.io import RecordError, read_json, read_jsonl
 from vital.params import SampleParams, parse_params
 from vital.pipeline import STAGES
 from vital.sample import run
@@ -88,7 +88,7 @@ def test_a_missing_or_unreadable_index_names_the_param(tmp_path: Path):
         run(figures, tmp_path / "s.jsonl", tmp_path / "s.json", cfg)
     (tmp_path / "bad.parquet").write_text("not parquet")
     cfg = SampleParams.model_validate({"corpus": {"shards": str(tmp_path / "bad.parquet")}})
-    with pytest.raises(ValueError, match=r"bad.parquet: not a fetch index \(sample.corpus.shards\)"):
+    with pytest.raises(RecordError, match=r"bad.parquet: not a fetch index \(sample.corpus.shards\)"):
         run(figures, tmp_path / "s.jsonl", tmp_path / "s.json", cfg)
 
 

@@ -269,7 +269,7 @@ def shard_refs(index: Path, root: Path) -> dict[str, str]:
     try:
         refs = read_index(index)
     except Exception as e:  # pyarrow's errors: not Parquet, no pair_id/ref columns
-        raise ValueError(
+        raise RecordError(
             f"{index}: not a fetch index (sample.corpus.shards): {e.__class__.__name__}: {e}"
         ) from None
     base = os.path.relpath(index.resolve().parent.parent, root.resolve())
