@@ -3,6 +3,9 @@
 ``VITAL_FORBID_IMPORTS`` (comma-separated module prefixes, e.g. ``vital.demo,vital.world``): when set,
 importing any module under one of them raises ``ImportError`` naming it. It proves that a profile's stages
 run without the demo code (tests/test_paper_profile.py); unset, nothing is installed.
+
+Importing vital caps the CPU float kernels at AVX2 before torch loads (``vital.determinism``), so that
+stage outputs do not depend on the machine's instruction set; ``VITAL_CPU_KERNELS=native`` opts out.
 """
 
 import os
@@ -33,3 +36,7 @@ def _forbid_imports() -> None:
 
 
 _forbid_imports()
+
+from vital.determinism import pin_cpu_kernels  # noqa: E402
+
+pin_cpu_kernels()

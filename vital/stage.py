@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from vital.dag import DagError, check_stage
+from vital.determinism import pin_threads
 from vital.failures import StageFailed
 from vital.io import RecordError
 from vital.params import Params, ParamsError, load_params
@@ -56,6 +57,7 @@ def run_stage(
     check the stage's DVC deps, run ``fn(params, paths, **options)``; errors end it with one line, exit 2."""
     start = time.perf_counter()
     try:
+        pin_threads()
         params = load_params(params_file)
         paths = Paths()
         check_stage(name, params, paths.root)
