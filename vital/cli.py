@@ -46,7 +46,15 @@ def _report(args) -> int:
         if args.md or args.head:
             print("vital report: --md and --head compare two revisions and need --base REV", file=sys.stderr)
             return 2
-        print(summary(Paths()))
+        freshness = None
+        if not args.no_status:
+            from vital.freshness import check
+
+            try:
+                freshness = check(Path("."))
+            except Exception as e:  # not a DVC repository: the numbers without marks, and why
+                print(f"vital report: stale results not marked ({' '.join(str(e).split())})", file=sys.stderr)
+        print(summary(Paths(), freshness))
         return 0
     try:
         text = pr_report(Path("."), args.base, args.head, images=Path(args.images), mlflow=not args.no_mlflow)
@@ -240,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", default=".vital/report", help="folder for the curve PNGs (default: .vital/report)"
     )
     rep.add_argument("--no-mlflow", action="store_true", help="leave out MLflow runs and registered versions")
+    rep.add_argument(
+        "--no-status", action="store_true", help="skip DVC's status (sections are then not marked stale)"
+    )
     rep.set_defaults(func=_report)
 
     lin = sub.add_parser(

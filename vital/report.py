@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from vital.freshness import Freshness
 from vital.paths import Paths
 
 
@@ -42,10 +43,18 @@ def _gain_lines(res: dict) -> list[str]:
     return lines
 
 
-def summary(paths: Paths) -> str:
+def _stale_line(freshness: Freshness | None, stage: str) -> list[str]:
+    why = freshness.of(stage) if freshness is not None else None
+    return [f"  !! {why}"] if why else []
+
+
+def summary(paths: Paths, freshness: Freshness | None = None) -> str:
+    """The key numbers; with ``freshness`` (vital.freshness.check), every section whose producing stage is not
+    up to date with the code and params in force is marked so, with the command that refreshes it."""
     lines = []
     gen = _load(paths.metric("generate"))
     if gen:
+        lines += _stale_line(freshness, "generate")
         lines.append(
             f"generate  {gen.get('backend')}/{gen.get('model')}: {gen.get('candidates')} candidates, "
             f"{gen.get('candidates_failed', 0)} rejected {gen.get('failures_by_reason', {})}, "
@@ -53,6 +62,7 @@ def summary(paths: Paths) -> str:
         )
     held = _load(paths.metric("select")).get("heldout_human", {})
     if held:
+        lines += _stale_line(freshness, "select")
         lines.append(f"select    agreement with {held.get('pairs')} held-out clinician pairs:")
         for who in ("selector", "judge", "random", "clinician_vs_clinician"):
             if isinstance(held.get(who), dict):
@@ -65,6 +75,7 @@ def summary(paths: Paths) -> str:
     for set_name, res in ev.items():
         if set_name.startswith("_") or not isinstance(res, dict):
             continue
+        lines += _stale_line(freshness, "evaluate")
         lines.append(
             f"evaluate  {set_name}, zero-shot: closed-set accuracy (legacy substring) / yes-no discrimination"
             " / open-set recall"
@@ -78,21 +89,25 @@ def summary(paths: Paths) -> str:
     for set_name, res in _load(paths.metric("evaluate_finetuned")).items():
         if set_name.startswith("_") or not isinstance(res, dict):
             continue
+        lines += _stale_line(freshness, "evaluate_finetuned")
         lines.append(
             f"evaluate  {set_name}, each model fine-tuned on its train split (LLaVA-Med's protocol):"
         )
         lines += _model_lines(res)
         lines += _gain_lines(res)
-    lines += bakeoff_lines(_load(paths.metric("bakeoff")), _load(paths.metric("bakeoff_downstream")))
+    lines += bakeoff_lines(
+        _load(paths.metric("bakeoff")), _load(paths.metric("bakeoff_downstream")), freshness
+    )
     return "\n".join(lines) if lines else "no metrics yet: run `dvc repro`"
 
 
-def bakeoff_lines(m: dict, downstream: dict) -> list[str]:
+def bakeoff_lines(m: dict, downstream: dict, freshness: Freshness | None = None) -> list[str]:
     """The bake-off table: each method's headline quality per size, minus random (spread over random seeds,
     wins, bootstrap CI), its cost; then the downstream VQA over seeds, minus random."""
     lines: list[str] = []
     head = m.get("headline")
     if m and head:
+        lines += _stale_line(freshness, "bakeoff")
         better = "lower" if head in m.get("lower_is_better", []) else "higher"
         lines.append(
             f"bakeoff   {head} share by method and subset size ({better} is better; "
@@ -120,6 +135,7 @@ def bakeoff_lines(m: dict, downstream: dict) -> list[str]:
     for set_name, row in downstream.items():
         if not isinstance(row, dict):
             continue
+        lines += _stale_line(freshness, "bakeoff_evaluate")
         lines.append(
             f"bakeoff   downstream {set_name} ({downstream.get('keep')}% subsets): closed acc / legacy / open recall"
             " / yes-no likelihood acc (not LLaVA-Med's metric), mean ± std over seeds"
@@ -325,8 +341,9 @@ def _select_section(old: dict, new: dict) -> list[str]:
     ]
 
 
-def _vqa_section(old: dict, new: dict, title: str) -> list[str]:
-    lines = []
+def _vqa_section(old: dict, new: dict, title: str, stale: str | None = None) -> list[str]:
+    """``stale``: why this PR's side is not the result of its code and params (None: it is, or unknown)."""
+    lines = [f"> **{title}: {stale}**", ""] if stale else []
     for set_name in sorted(k for k in set(old) | set(new) if not k.startswith("_")):
         o, n = old.get(set_name) or {}, new.get(set_name) or {}
         if not isinstance(o, dict) or not isinstance(n, dict):
@@ -342,13 +359,20 @@ def _vqa_section(old: dict, new: dict, title: str) -> list[str]:
                 a, b = (o.get(gain) or {}).get(key), (n.get(gain) or {}).get(key)
                 if a or b:
                     rows.append([f"**{gain.replace('_minus_', ' − ')}** {key}", _spread(a), _spread(b)])
-        if rows and o == n:  # the stages behind it did not rerun: keep the comment short
+        if rows and o == n and not stale:  # both sides are the code in force's result: keep it short
             lines += [f"<details><summary>{set_name}, {title}: unchanged</summary>", ""]
             lines += _table(["", "base", "this PR"], rows) + ["</details>", ""]
         elif rows:
             lines += [f"**{set_name}**, {title} (mean ± sd over seeds):", ""]
             lines += _table(["", "base", "this PR"], rows) + [""]
-    return lines or [f"No {title} metrics at either revision."]
+    return (
+        lines
+        if any(not x.startswith("> ") and x for x in lines)
+        else [
+            *lines,
+            f"No {title} metrics at either revision.",
+        ]
+    )
 
 
 def _csv_at(root: Path, rev: str | None, path: str) -> tuple[list[str], list[list[float]]] | None:
@@ -460,6 +484,20 @@ def _mlflow_section(root: Path, head: str | None) -> list[str]:
     return _table(["registered model", "version", "MLflow run", "logged from", "source"], rows)
 
 
+def _workspace_freshness(root: Path) -> Freshness | None:
+    from vital.freshness import check
+
+    try:
+        return check(root)
+    except Exception:  # not a DVC repository, or DVC cannot read it: report without marks
+        return None
+
+
+def _pr_stale(freshness: Freshness | None, stage: str) -> list[str]:
+    why = freshness.of(stage) if freshness is not None else None
+    return [f"> **{why}**", ""] if why and why.startswith("stale") else []
+
+
 def pr_report(
     root: Path,
     base: str,
@@ -471,6 +509,7 @@ def pr_report(
     """Markdown for a pull request: params changed, metrics diff, selection and VQA deltas with their spreads
     over seeds, curves (PNGs under ``images``, linked relative to ``root``), MLflow runs and versions."""
     root = Path(root)
+    freshness = _workspace_freshness(root) if head is None else None
     names = (base, head)
     base, head = resolve(root, base), (None if head is None else resolve(root, head))
 
@@ -484,13 +523,14 @@ def pr_report(
         _json_at(root, base, "metrics/select.json"),
         _json_at(root, head, "metrics/select.json"),
     )
-    lines += ["### Selection", "", *_select_section(sel_old, sel_new), ""]
+    lines += ["### Selection", "", *_pr_stale(freshness, "select"), *_select_section(sel_old, sel_new), ""]
     lines += ["### VQA", ""]
-    for path, title in (
-        ("metrics/evaluate.json", "zero-shot"),
-        ("metrics/evaluate_finetuned.json", "fine-tuned"),
+    for path, title, stage in (
+        ("metrics/evaluate.json", "zero-shot", "evaluate"),
+        ("metrics/evaluate_finetuned.json", "fine-tuned", "evaluate_finetuned"),
     ):
-        lines += _vqa_section(_json_at(root, base, path), _json_at(root, head, path), title)
+        stale = freshness.of(stage) if freshness is not None else None
+        lines += _vqa_section(_json_at(root, base, path), _json_at(root, head, path), title, stale)
     lines += ["### Metrics diff (`dvc metrics diff`)", ""]
     lines += [*_metrics_section(_dvc_diff("metrics", root, base, head), metrics_limit), ""]
     if images is not None:

@@ -1,0 +1,68 @@
+"""Stale is said: DVC's own status decides whether a result is the code and params in force's (issue 22)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.dvc_toy import make_repo, sh
+from vital.freshness import check, refresh_command
+from vital.paths import Paths
+from vital.report import pr_report, summary
+
+
+def test_a_changed_param_makes_its_stage_and_everything_downstream_stale(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    sh(repo, "dvc", "repro", "-q")
+    fresh = check(repo)
+    assert fresh.stale == {} and fresh.unknown == {}
+    assert fresh.of("evaluate") is None
+
+    (repo / "params.yaml").write_text("train:\n  weight: 2.0\n")
+    fresh = check(repo)
+    assert set(fresh.stale) == {"train", "evaluate"}  # prepare is untouched
+    assert "upstream stage train" in fresh.stale["evaluate"]
+    assert fresh.of("evaluate").startswith("stale:") and "`dvc repro evaluate`" in fresh.of("evaluate")
+
+    sh(repo, "dvc", "repro", "-q")
+    assert check(repo).stale == {}
+
+
+def test_outputs_missing_from_the_workspace_are_unknown_not_stale(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    sh(repo, "dvc", "repro", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "run")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))  # outputs are in no remote: not pulled
+    fresh = check(clone)
+    assert fresh.stale == {}
+    assert "not in the workspace" in fresh.of("train")
+
+
+def test_summary_marks_a_stale_section_with_the_command_that_refreshes_it(tmp_path):
+    paths = Paths(tmp_path)
+    paths.metric("evaluate_finetuned").parent.mkdir(parents=True)
+    paths.metric("evaluate_finetuned").write_text(
+        json.dumps({"demo": {"top-s0": {"closed_accuracy": 0.8, "open_recall": 0.5}}})
+    )
+    from vital.freshness import Freshness
+
+    text = summary(paths, Freshness(stale={"evaluate_finetuned": "models/tuned modified"}, unknown={}))
+    assert "stale: models/tuned modified; refresh with `make vqa-finetune`" in text
+    assert "!!" not in summary(paths, Freshness(stale={}, unknown={}))
+    assert refresh_command("bakeoff_tune@judge-1") == "make bakeoff"
+
+
+def test_pr_report_calls_a_stale_section_stale_never_unchanged(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    (repo / "metrics").mkdir(exist_ok=True)
+    ev = {"demo": {"top_over_seeds": {"closed_accuracy": {"mean": 0.5, "std": 0.1, "n": 3}}}}
+    (repo / "metrics" / "evaluate.json").write_text(json.dumps(ev))
+    sh(repo, "dvc", "repro", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "run")
+    report = pr_report(repo, "HEAD", mlflow=False)
+    assert "unchanged" in report  # same metrics, every stage current
+    (repo / "params.yaml").write_text("train:\n  weight: 3.0\n")
+    report = pr_report(repo, "HEAD", mlflow=False)
+    assert "zero-shot: stale" in report and "unchanged" not in report

@@ -1,0 +1,115 @@
+"""Is a result current? DVC's own status of the stage that produced it and of every stage upstream of it.
+
+A metrics file is committed with the run that wrote it, so after a change it can outlive the code and
+params that made it: `vital report` and the PR report ask this module before presenting a section as the
+result of the code in force. A stage is **stale** when DVC would rerun it (a dep or param changed, its
+command changed, it has no lock entry) or when a stage upstream of it is stale; its result is **unknown**
+when its inputs are not in the workspace (a fresh clone before `dvc pull`), which says nothing either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PIPELINES = ("dvc.yaml", "bakeoff/dvc.yaml")
+# stages the demo's `make demo` leaves out, and the command that brings them up to date
+REFRESH = {
+    "finetune": "make vqa-finetune",
+    "finetune_base": "make vqa-finetune",
+    "evaluate_finetuned": "make vqa-finetune",
+    "bakeoff_tune": "make bakeoff",
+    "bakeoff_evaluate": "make bakeoff",
+}
+
+
+@dataclass(frozen=True)
+class Freshness:
+    stale: dict[str, str]  # stage -> why (its own change, or the upstream stage that is stale)
+    unknown: dict[str, str]  # stage -> why it cannot be told (inputs missing from the workspace)
+
+    def of(self, stage: str) -> str | None:
+        """None when current; else one phrase saying why not and what refreshes it."""
+        if stage in self.stale:
+            return f"stale: {self.stale[stage]}; refresh with `{refresh_command(stage)}`"
+        if stage in self.unknown:
+            return f"not checked: {self.unknown[stage]}"
+        return None
+
+
+def refresh_command(stage: str) -> str:
+    base = stage.split("@", 1)[0]
+    return REFRESH.get(base, f"dvc repro {base}")
+
+
+def _name(stage) -> str:
+    return getattr(stage, "name", None) or str(stage)
+
+
+def _missing_outs(status: dict) -> set[str]:
+    """Outputs absent from the workspace (a fresh clone): a dep on them, or on a folder holding them, is
+    'modified' to DVC without saying anything about the code or params."""
+    missing = set()
+    for changes in status.values():
+        for entry in changes:
+            if isinstance(entry, dict) and isinstance(entry.get("changed outs"), dict):
+                missing |= {p for p, s in entry["changed outs"].items() if s in ("not in cache", "deleted")}
+    return missing
+
+
+def _own_change(changes: list, missing: set[str]) -> tuple[str | None, str | None]:
+    """(why stale, why unknown) from one stage's DVC status entries."""
+
+    def absent(path: str) -> bool:
+        return any(m == path or m.startswith(path.rstrip("/") + "/") for m in missing)
+
+    stale, unknown = [], []
+    for entry in changes:
+        if isinstance(entry, str):  # "changed command", "always changed"
+            stale.append(entry)
+            continue
+        for kind, what in entry.items():
+            if kind == "changed outs":
+                continue  # outputs missing or edited: the result is still the locked run's
+            if not isinstance(what, dict):
+                stale.append(kind)
+                continue
+            for path, state in what.items():
+                (unknown if state == "deleted" or absent(path) else stale).append(f"{path} {state}")
+    return ("; ".join(stale[:3]) or None), ("; ".join(unknown[:3]) or None)
+
+
+def check(root: Path) -> Freshness:
+    """DVC's status of every stage in both pipelines, propagated downstream."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        status = repo.status()
+        graph = repo.index.graph
+        by_addr = {}
+        for stage in graph.nodes:
+            if getattr(stage, "is_data_source", False) or not getattr(stage, "cmd", None):
+                continue
+            by_addr[stage.addressing] = stage
+        own_stale, own_unknown = {}, {}
+        missing = _missing_outs(status)
+        for addr, changes in status.items():
+            if addr not in by_addr:
+                continue
+            why_stale, why_unknown = _own_change(changes, missing)
+            name = _name(by_addr[addr])
+            if why_stale:
+                own_stale[name] = why_stale
+            elif why_unknown:
+                own_unknown[name] = "its inputs are not in the workspace (`dvc pull`, or `dvc repro`)"
+        stale, unknown = dict(own_stale), dict(own_unknown)
+        for stage in by_addr.values():
+            name = _name(stage)
+            if name in stale:
+                continue
+            upstream = [_name(s) for s in nx.descendants(graph, stage) if _name(s) in own_stale]
+            if upstream:
+                stale[name] = f"upstream stage {sorted(upstream)[0]} is stale"
+                unknown.pop(name, None)
+    return Freshness(stale, unknown)
