@@ -178,6 +178,17 @@ def is_synthetic(demo: dict) -> bool:
     return demo.get("synthetic") is True or bool(SYNTHETIC_ID.fullmatch(str(demo.get("id", ""))))
 
 
+def is_synthetic_candidate(generator: dict) -> bool:
+    """A candidate's provenance says it is synthetic: the template generator wrote it, or a generator was
+    prompted with synthetic demonstrations."""
+    demos = generator.get("demos") or []
+    return (
+        generator.get("backend") == "template"
+        or generator.get("synthetic") is True
+        or any(SYNTHETIC_ID.fullmatch(str(d)) for d in demos)
+    )
+
+
 def synthetic_ids(demos: dict[str, list[dict]]) -> list[str]:
     return [d["id"] for ds in demos.values() for d in ds if is_synthetic(d)]
 
