@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.llm_world import KEY, KEY_ENV, api_params, make_world
 from tests.openai_server import FakeOpenAIServer
@@ -17,6 +18,7 @@ from vital.llm.prompts import DemonstrationError, PromptFileError, load_demonstr
 from vital.params import ParamsError, parse_params
 from vital.paths import Paths
 from vital.pipeline import STAGES
+from vital.stage import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("chest_xray", "ct_scan", "mri", "histology", "gross")
@@ -78,6 +80,26 @@ def test_paid_generate_refuses_the_demo_worlds_demonstrations_before_any_request
         assert m["candidates"] == 8
     cands = list(read_jsonl(world / "artifacts" / "candidates.jsonl"))
     assert all(c["generator"]["synthetic"] is True for c in cands)
+
+
+@pytest.mark.skipif(not (REPO / "data" / "demonstrations").is_dir(), reason="demo data not pulled")
+def test_the_refusal_is_one_line_through_the_stage_wrapper(world, monkeypatch, capsys):
+    _demo_world_demonstrations(world)
+    with FakeOpenAIServer() as server:
+        data = api_params(server.base_url, world).model_dump(include={"generate"}, mode="json")
+        (world / "params.yaml").write_text(yaml.safe_dump(data))
+        monkeypatch.chdir(world)
+        with pytest.raises(SystemExit) as e:
+            run_stage("generate", generate.run)
+        assert server.log == []
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert err.splitlines() == [
+        "[generate] error: generate.allow_synthetic: data/demonstrations holds 20 synthetic demonstrations of "
+        "the demo world (demo_chest_xray_1, demo_chest_xray_2, demo_chest_xray_3 ...); put your clinicians' "
+        "demonstrations there (docs/generation.md), or set generate.allow_synthetic: true to pay for requests "
+        "with them"
+    ]
 
 
 @pytest.mark.skipif(not (REPO / "data" / "demonstrations").is_dir(), reason="demo data not pulled")
@@ -248,6 +270,7 @@ def test_paper_judge_scores_each_question_answer_pair(world):
 
     with FakeOpenAIServer(content_fn=reply) as server:
         p = _with(api_params(server.base_url, world), "judge", structure="paper", structured=False)
+        assert judge.dry_run(p, Paths(world))["requests_to_send"] == 8 * 3  # priced per pair too
         m = judge.run(p, Paths(world))
     assert m["judged"] == 8 and m["requests_sent"] == 8 * 3  # one request per question-answer pair
     body = bodies[0]
