@@ -251,7 +251,8 @@ def test_paper_generation_sends_one_demonstration_per_modality(world):
         MODALITIES
     )
     assert msgs[2]["content"].startswith("User: What is shown?\n\nAssistant: An axial CT")
-    assert msgs[-1]["content"][0]["text"].startswith("Figure caption")
+    image, text = msgs[-1]["content"]  # the image first, as the reference sends it
+    assert image["type"] == "image_url" and text["text"].startswith("Figure caption")
     cands = list(read_jsonl(world / "artifacts" / "candidates.jsonl"))
     assert all(len({d.split("-")[0] for d in c["generator"]["demos"]}) == 5 for c in cands)
 
@@ -302,3 +303,17 @@ def test_paper_judge_leaves_a_candidate_unjudged_when_one_pair_fails(world):
         m = judge.run(p, Paths(world))
     assert m["judged"] == 6 and m["unjudged"] == 2
     assert {u["candidate_id"] for u in m["unjudged_list"]} == {"PMC0003_F1#0", "PMC0003_F1#1"}
+
+
+def test_the_shipped_vital_texts_are_the_ones_earlier_runs_sent():
+    """sha256 of the vital structure's texts as they were when they were constants in vital/llm/prompts.py:
+    unchanged, the requests (and so the response-cache keys) of earlier paid runs are unchanged. Editing a
+    default makes every request new; update the digests only when that is meant."""
+    from hashlib import sha256
+
+    from vital.llm.prompts import generation_system, read_prompt
+
+    generation = generation_system(read_prompt(None, "generation", "vital", "generate.prompt_file"), 1, 3)
+    rubric = read_prompt(None, "judge", "vital", "judge.rubric_file")
+    assert sha256(generation.encode()).hexdigest().startswith("0ddb11db6a2a6793")
+    assert sha256(rubric.encode()).hexdigest().startswith("5e0d551769a518db")

@@ -308,15 +308,13 @@ def generation_messages(
     for demo in demos:
         messages.append({"role": "user", "content": context(demo["fig_caption"], _mentions(demo))})
         messages.append({"role": "assistant", "content": answer(demo)})
-    messages.append(
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": context(record.fig_caption, record.in_text_mention)},
-                {"type": "image_url", "image_url": {"url": image_url}},
-            ],
-        }
-    )
+    figure = [
+        {"type": "text", "text": context(record.fig_caption, record.in_text_mention)},
+        {"type": "image_url", "image_url": {"url": image_url}},
+    ]
+    if structure == "paper":  # the reference sends the image first
+        figure.reverse()
+    messages.append({"role": "user", "content": figure})
     return messages
 
 
