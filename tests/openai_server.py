@@ -35,11 +35,16 @@ def body_key(body: dict) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
+PAPER_JUDGE = json.dumps("[Context]\nFigure caption:")[1:-1]  # how a paper-structure judge request starts
+
+
 def default_content(body: dict) -> str:
     """A valid generated conversation, or a judge score when the prompt asks for one."""
     text = json.dumps(body.get("messages", []))
     if "score" in text and "rubric" in text.lower():
         return json.dumps({"score": 7, "rationale": "accurate and specific"})
+    if PAPER_JUDGE in text:  # the paper structure's judge: the score alone on the first line
+        return "7\nAccurate and specific."
     seed = body.get("seed", 0)
     return json.dumps(
         {

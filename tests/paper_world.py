@@ -31,6 +31,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from tests.openai_server import PAPER_JUDGE
+
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ("ct_scan", "histology")
 PER_DOMAIN = 4
@@ -49,6 +51,8 @@ def content(body: dict) -> str:
         return f"{_digest(body['messages']) % 10 + 1} 8\nscored by the test server"
     if "score" in text and "rubric" in text.lower():
         return json.dumps({"score": _digest(body["messages"]) % 11, "rationale": "scored by the test server"})
+    if PAPER_JUDGE in text:  # the paper structure's judge: the score alone on the first line
+        return f"{_digest(body['messages']) % 11}\nscored by the test server"
     k = body.get("seed", 0) % 3
     answers = [
         "An axial CT image showing a hypodense lesion in the left lobe of the liver.",

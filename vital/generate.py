@@ -34,10 +34,13 @@ from vital.llm.prompts import (
     image_data_url,
     load_demonstrations,
     pick_demonstrations,
+    prompt_path,
+    read_prompt,
+    synthetic_ids,
 )
 from vital.llm.runtime import LLMRuntime
-from vital.params import GenerateParams, Params
-from vital.paths import Paths
+from vital.params import GenerateParams, Params, ParamsError
+from vital.paths import Paths, repo_relative
 from vital.registry import Backend, choose
 from vital.schema import Candidate, FigureRecord
 
@@ -98,16 +101,37 @@ class OpenAIBackend:
             ),
         )
         self.demos: dict[str, list[dict]] = {}
+        self.synthetic: set[str] = set()
+        self.instructions = ""
         self.image_skips: list[dict] = []
 
-    def preflight(self) -> None:
+    def load_inputs(self, refuse_synthetic: bool = True) -> None:
+        """The prompt file and the demonstrations; refuses the demo's synthetic demonstrations unless
+        ``generate.allow_synthetic`` opts in (checked before any connection to the server)."""
+        gp = self.gp
+        self.instructions = read_prompt(gp.prompt_file, "generation", gp.structure, "generate.prompt_file")
         self.demos = load_demonstrations(self.paths.demonstrations)
+        self.synthetic = set(synthetic_ids(self.demos))
+        if refuse_synthetic and self.synthetic and gp.demos_per_prompt and not gp.allow_synthetic:
+            shown = ", ".join(sorted(self.synthetic)[:3]) + (" ..." if len(self.synthetic) > 3 else "")
+            raise ParamsError(
+                f"generate.allow_synthetic: {self.paths.demonstrations} holds {len(self.synthetic)} synthetic "
+                f"demonstrations of the demo world ({shown}); put your clinicians' demonstrations there "
+                "(docs/generation.md), or set generate.allow_synthetic: true to pay for requests with them"
+            )
+
+    def preflight(self) -> None:
+        self.load_inputs()
         self.runtime.preflight()
 
     def request(self, rec: FigureRecord, image_url: str, k: int, attempt: int) -> Request:
         gp = self.gp
-        demos = pick_demonstrations(self.demos, rec.primary_domain, gp.demos_per_prompt, gp.seed, rec.pair_id)
-        messages = generation_messages(rec, image_url, demos, gp.min_rounds, gp.max_rounds)
+        demos = pick_demonstrations(
+            self.demos, rec.primary_domain, gp.demos_per_prompt, gp.seed, rec.pair_id, gp.structure
+        )
+        messages = generation_messages(
+            rec, image_url, demos, gp.min_rounds, gp.max_rounds, self.instructions, gp.structure
+        )
         body = {
             "model": gp.model,
             "messages": messages,
@@ -166,6 +190,8 @@ class OpenAIBackend:
             "request": o.request.key,
             "demos": demo_ids,
         }
+        if self.synthetic.intersection(demo_ids):
+            prov["synthetic"] = True  # so a paid judge knows (judge.allow_synthetic)
         if not o.ok:
             return Result(rec, k, None, f"request_{o.error}", o.detail, prov)
         content, why = message_content(o.response)
@@ -206,6 +232,14 @@ def validated(rec: FigureRecord, k: int, turns: list[dict], min_rounds: int, pro
         return Result(rec, k, validate_conversation(turns, min_rounds), provenance=prov)
     except InvalidOutput as e:
         return Result(rec, k, None, e.reason, str(e), prov)
+
+
+def prompt_files(params: Params, root: Path) -> list[str]:
+    """The instruction file an API backend sends (the lab's or the shipped default): a dep of generate."""
+    gp = params.generate
+    if gp.backend == "template":
+        return []
+    return [repo_relative(prompt_path(gp.prompt_file, "generation", gp.structure), root)]
 
 
 def backend_for(params: Params, paths: Paths):
@@ -304,10 +338,10 @@ def dry_run(params: Params, paths: Paths) -> dict:
             "note": "offline template generator: no requests, no cost",
         }
     backend = backend_for(params, paths)
-    backend.demos = load_demonstrations(paths.demonstrations)
+    backend.load_inputs(refuse_synthetic=False)  # pricing sends nothing; the note below warns
     cache = backend.runtime.open_cache()
     figures, drops = load_figures(paths.sample, paths.corpus, check_images=False)
-    return _estimate(
+    est = _estimate(
         (
             backend.request(rec, url, k, 0)
             for chunk in _chunks(figures)
@@ -322,6 +356,13 @@ def dry_run(params: Params, paths: Paths) -> dict:
         "generate",
         backend.image_skips,
     )
+    if backend.synthetic and gp.demos_per_prompt and not gp.allow_synthetic:
+        est["synthetic_demonstrations"] = len(backend.synthetic)
+        est["note"] += (
+            f"; the run will refuse: {paths.demonstrations} holds the demo world's synthetic demonstrations "
+            "(generate.allow_synthetic)"
+        )
+    return est
 
 
 def _chunks(figures: list[FigureRecord]) -> Iterator[list[FigureRecord]]:

@@ -1,8 +1,11 @@
-"""Judge stage: the model preference, a 0-10 score per candidate on a clinician-written rubric.
+"""Judge stage: the model preference, a 0-10 score per candidate on a rubric the lab can edit.
 
 Backends are a registry: ``heuristic`` (offline demo stand-in, noisy agreement with the hidden
 truth) and ``openai``/``azure`` through the same engine as generation (structured output where
-the backend supports it, a tolerant parser otherwise). Unscored candidates are counted and listed.
+the backend supports it, a tolerant parser otherwise). ``judge.structure`` chooses the request:
+``vital`` scores the whole conversation on vital's own rubric (one request per candidate); ``paper``
+scores each question-answer pair as BioMed-VITAL's released code does (the candidate's score is the
+mean over its pairs). Unscored candidates are counted and listed.
 """
 
 from __future__ import annotations
@@ -27,11 +30,16 @@ from vital.llm.prompts import (
     estimate_image_tokens,
     estimate_text_tokens,
     image_data_url,
+    is_synthetic_candidate,
     judge_messages,
+    judge_pair_messages,
+    prompt_path,
+    qa_pairs,
+    read_prompt,
 )
 from vital.llm.runtime import LLMRuntime
-from vital.params import Params
-from vital.paths import Paths
+from vital.params import Params, ParamsError
+from vital.paths import Paths, repo_relative
 from vital.registry import Backend, choose
 from vital.schema import Candidate, FigureRecord, Judgment
 
@@ -65,8 +73,13 @@ class OpenAIJudge:
             BatchLimits(poll_s=jp.batch_poll_s),
         )
         self._urls: dict[str, str | None] = {}
+        self.rubric = ""
+
+    def load_rubric(self) -> None:
+        self.rubric = read_prompt(self.jp.rubric_file, "judge", self.jp.structure, "judge.rubric_file")
 
     def preflight(self) -> None:
+        self.load_rubric()
         self.runtime.preflight()
 
     def image(self, rec: FigureRecord) -> str | None:
@@ -81,7 +94,7 @@ class OpenAIJudge:
 
     def request(self, cand: Candidate, rec: FigureRecord, url: str, attempt: int) -> Request:
         jp = self.jp
-        messages = judge_messages(rec, url, turns_of(cand))
+        messages = judge_messages(rec, url, turns_of(cand), self.rubric)
         body = {
             "model": jp.model,
             "messages": messages,
@@ -94,9 +107,36 @@ class OpenAIJudge:
         est = estimate_text_tokens(messages) + estimate_image_tokens(jp.max_image_side) + jp.max_tokens
         return Request(body, est_tokens=est, tag=cand)
 
+    def pair_request(
+        self, cand: Candidate, rec: FigureRecord, url: str, index: int, qa: tuple[str, str], attempt: int
+    ) -> Request:
+        """The paper structure: one question-answer pair; the score comes on the first line (no schema)."""
+        jp = self.jp
+        messages = judge_pair_messages(rec, url, *qa, self.rubric)
+        body = {
+            "model": jp.model,
+            "messages": messages,
+            "temperature": jp.temperature,
+            "max_tokens": jp.max_tokens,
+            "seed": derived_seed(jp.seed, cand.id, index, attempt),
+        }
+        est = estimate_text_tokens(messages) + estimate_image_tokens(jp.max_image_side) + jp.max_tokens
+        return Request(body, est_tokens=est, tag=(cand, index))
+
+    def requests_for(self, cand: Candidate, rec: FigureRecord, url: str, attempt: int) -> list[Request]:
+        if self.jp.structure == "paper":
+            return [
+                self.pair_request(cand, rec, url, i, qa, attempt)
+                for i, qa in enumerate(qa_pairs(turns_of(cand)))
+            ]
+        return [self.request(cand, rec, url, attempt)]
+
     def score(
         self, items: list[tuple[Candidate, FigureRecord]]
-    ) -> Iterator[tuple[Candidate, float | None, str, str]]:
+    ) -> Iterator[tuple[Candidate, float | None, str, str | dict]]:
+        if self.jp.structure == "paper":
+            yield from self.score_pairs(items)
+            return
         for start in range(0, len(items), CANDIDATES_PER_CHUNK):
             chunk = items[start : start + CANDIDATES_PER_CHUNK]
             pending = []
@@ -135,6 +175,67 @@ class OpenAIJudge:
                 if not pending:
                     break
 
+    def score_pairs(
+        self, items: list[tuple[Candidate, FigureRecord]]
+    ) -> Iterator[tuple[Candidate, float | None, str, str | dict]]:
+        """Every question-answer pair scored on its own; a candidate's score is the mean over its pairs,
+        and it stays unjudged when any of its pairs does (with that pair's reason)."""
+        for start in range(0, len(items), CANDIDATES_PER_CHUNK):
+            chunk = items[start : start + CANDIDATES_PER_CHUNK]
+            pending, rounds = [], {}
+            for cand, rec in chunk:
+                url = self.image(rec)
+                if url is None:
+                    yield cand, None, "corrupt_image", f"{rec.image}"
+                    continue
+                rounds[cand.id] = len(qa_pairs(turns_of(cand)))
+                pending += [(cand, rec, url, i, qa) for i, qa in enumerate(qa_pairs(turns_of(cand)))]
+            self._urls.clear()
+            scored: dict[str, dict[int, tuple[float, str, str]]] = {cid: {} for cid in rounds}
+            failed: dict[str, tuple[str, str]] = {}
+            for attempt in range(self.jp.max_invalid_retries + 1):
+                outcomes = self.runtime.send(
+                    [self.pair_request(c, r, u, i, qa, attempt) for c, r, u, i, qa in pending],
+                    f"judge {start + len(chunk)}/{len(items)} (per QA pair)",
+                )
+                retry = []
+                for o, item in zip(outcomes, pending, strict=True):
+                    cand, index = item[0], item[3]
+                    if not o.ok:
+                        failed.setdefault(cand.id, (f"request_{o.error}", o.detail))
+                        continue
+                    content, why = message_content(o.response)
+                    try:
+                        if why:
+                            raise InvalidOutput(why)
+                        score, rationale = parse_score(content)
+                    except InvalidOutput as e:
+                        if attempt < self.jp.max_invalid_retries:
+                            retry.append(item)
+                            self.runtime.usage.reasks[e.reason] += 1
+                        else:
+                            failed.setdefault(cand.id, (e.reason, f"QA pair {index + 1}: {str(e)[:200]}"))
+                        continue
+                    scored[cand.id][index] = (score, rationale, o.request.key)
+                pending = retry
+                if not pending:
+                    break
+            for cand, _ in chunk:
+                if cand.id not in rounds:
+                    continue
+                if cand.id in failed or not rounds[cand.id]:
+                    yield (
+                        cand,
+                        None,
+                        *failed.get(cand.id, ("no_qa_pair", "the conversation has no question-answer pair")),
+                    )
+                    continue
+                per_pair = [scored[cand.id][i] for i in range(rounds[cand.id])]
+                scores = [p[0] for p in per_pair]
+                rationale = " | ".join(f"QA {i + 1}: {p[0]:g} {p[1]}".strip() for i, p in enumerate(per_pair))
+                detail = {"requests": [p[2] for p in per_pair], "pair_scores": scores, "aggregate": "mean"}
+                yield cand, round(sum(scores) / len(scores), 4), rationale, detail
+
     def provenance(self) -> dict:
         return {"backend": self.jp.backend, "model": self.jp.model, "mode": self.jp.mode}
 
@@ -147,6 +248,29 @@ JUDGES: dict[str, Backend] = {
     "openai": Backend("vital.judge:OpenAIJudge"),
     "azure": Backend("vital.judge:OpenAIJudge"),
 }
+
+
+def rubric_files(params: Params, root) -> list[str]:
+    """The rubric an API judge sends (the lab's file or the shipped default): a dep of judge."""
+    jp = params.judge
+    if jp.backend == "heuristic":
+        return []
+    return [repo_relative(prompt_path(jp.rubric_file, "judge", jp.structure), root)]
+
+
+def refuse_synthetic(params: Params, paths: Paths, cands: list[Candidate]) -> None:
+    """A paid judge does not score candidates written by the template generator or from the demo world's
+    synthetic demonstrations unless ``judge.allow_synthetic`` says so; checked before the first request."""
+    if params.judge.backend == "heuristic" or params.judge.allow_synthetic:
+        return
+    synthetic = [c.id for c in cands if is_synthetic_candidate(c.generator)]
+    if synthetic:
+        raise ParamsError(
+            f"judge.allow_synthetic: {len(synthetic)} of {len(cands)} candidates in {paths.candidates} were "
+            f"written by the template generator or from synthetic demonstrations (first: {synthetic[0]}); "
+            "generate them from your clinicians' demonstrations, or set judge.allow_synthetic: true to pay "
+            "for judging them"
+        )
 
 
 def backend_for(params: Params, paths: Paths):
@@ -170,6 +294,7 @@ def run(params: Params, paths: Paths) -> dict:
     backend.preflight()
     drops = Drops()
     cands, figures = load_inputs(paths, drops)
+    refuse_synthetic(params, paths, cands)
     items, failed = _pairs(cands, figures, drops), []
     prov = backend.provenance()
     judgments = []
@@ -177,7 +302,13 @@ def run(params: Params, paths: Paths) -> dict:
         if score is None:
             failed.append({"candidate_id": cand.id, "reason": rationale, "detail": detail})
             continue
-        judge = {**prov, "request": detail} if detail else prov
+        judge = (
+            {**prov, **detail}
+            if isinstance(detail, dict)
+            else {**prov, "request": detail}
+            if detail
+            else prov
+        )
         judgments.append(
             Judgment(
                 candidate_id=cand.id, pair_id=cand.pair_id, score=score, rationale=rationale, judge=judge
@@ -231,6 +362,7 @@ def dry_run(params: Params, paths: Paths) -> dict:
             "note": "offline heuristic judge: no requests, no cost",
         }
     backend = backend_for(params, paths)
+    backend.load_rubric()
     cache = backend.runtime.open_cache()
     drops = Drops()
     cands, figures = load_inputs(paths, drops)
@@ -240,7 +372,7 @@ def dry_run(params: Params, paths: Paths) -> dict:
         for cand, rec in items:
             url = backend.image(rec)
             if url is not None:
-                yield backend.request(cand, rec, url, 0)
+                yield from backend.requests_for(cand, rec, url, 0)
 
     est = _estimate(requests(), cache, backend.runtime.price, jp, len(figures), drops, "judge")
     est["candidates"] = len(cands)

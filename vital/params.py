@@ -217,6 +217,17 @@ class GenerateParams(Section):
     batch_max_lines: int = Field(50_000, ge=1, description="batch mode: requests per input file (API limit)")
     batch_max_mb: float = Field(190, gt=0, description="batch mode: MB per input file (API limit 200)")
     batch_rounds: int = Field(3, ge=1, description="batch mode: submissions of failed/expired lines")
+    structure: Literal["vital", "paper"] = Field(
+        "vital",
+        description="vital: JSON reply, min_rounds-max_rounds rounds, same-modality demonstrations; paper: "
+        "BioMed-VITAL's structure (4-5+ exchanges in the text's terms, demonstrations spread one per modality)",
+    )
+    prompt_file: str | None = Field(
+        None, description="the lab's instruction text; null: vital/llm/defaults/generation_<structure>.txt"
+    )
+    allow_synthetic: bool = Field(
+        False, description="let an API backend send the demo world's synthetic demonstrations (paid)"
+    )
 
     @model_validator(mode="after")
     def _rounds_range(self):
@@ -239,6 +250,27 @@ class JudgeParams(Section):
     structured: bool = Field(True, description="ask for a JSON-schema response (structured output)")
     prices: dict[str, Price] = Field(default_factory=dict, description="USD per 1M tokens, by model")
     batch_poll_s: float = Field(30, gt=0)
+    structure: Literal["vital", "paper"] = Field(
+        "vital",
+        description="vital: the whole conversation on vital's 5 criteria, JSON reply; paper: BioMed-VITAL's "
+        "structure, each question-answer pair with caption and mentions, score on the first line, mean per candidate",
+    )
+    rubric_file: str | None = Field(
+        None, description="the lab's rubric text; null: vital/llm/defaults/judge_<structure>.txt"
+    )
+    allow_synthetic: bool = Field(
+        False,
+        description="let an API backend judge candidates of the template generator or synthetic demonstrations",
+    )
+
+    @model_validator(mode="after")
+    def _paper_reply(self):
+        if self.structure == "paper" and self.structured and self.backend != "heuristic":
+            raise ValueError(
+                "structured: the paper structure asks for the score on the first line, not JSON; "
+                "set judge.structured: false"
+            )
+        return self
 
 
 class LabelsParams(Section):

@@ -76,7 +76,7 @@ STAGES: dict[str, Stage] = {
             "generate",
             reads=("artifacts/sample.jsonl", "data/demonstrations"),
             backends=(("generate.backend", "vital.generate:GENERATORS"),),
-            param_reads=(_IMAGES,),
+            param_reads=(_IMAGES, "vital.generate:prompt_files"),
             doc="candidate conversations per sampled figure",
         ),
         Stage(
@@ -85,7 +85,7 @@ STAGES: dict[str, Stage] = {
             "judge",
             reads=("artifacts/candidates.jsonl", "artifacts/sample.jsonl"),
             backends=(("judge.backend", "vital.judge:JUDGES"),),
-            param_reads=(_IMAGES,),
+            param_reads=(_IMAGES, "vital.judge:rubric_files"),
             doc="0-10 rubric score per candidate (model preference)",
         ),
         Stage(

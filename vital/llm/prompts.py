@@ -1,6 +1,19 @@
-"""Prompts as BioMed-VITAL prescribes: generation requirements, clinician-selected demonstrations
-sampled per modality (seeded per figure), the figure as a downscaled data URL with its real MIME
-type, and the caption and in-text mentions as context. Also the judge's clinician-written rubric.
+"""The generation and judge prompts, the demonstrations, and the figure as a data URL.
+
+The instructions are text files the lab edits: ``generate.prompt_file`` and ``judge.rubric_file`` name
+them; when they are null the defaults shipped in ``vital/llm/defaults/`` are used, one per structure:
+
+- ``vital`` (the default): vital's own prompts. Generation asks for ``min_rounds``-``max_rounds`` rounds
+  in JSON with demonstrations of the figure's own modality; the judge scores the whole conversation, with
+  the caption, on five criteria of vital's (accuracy caps the score, independence from the text) and
+  replies in JSON. They exist because the demo's checks (hidden-truth errors, leakage) are per
+  conversation, and a JSON reply is parsed without guessing.
+- ``paper``: the structure and criteria of BioMed-VITAL's released code, in this project's words.
+  Generation asks for at least 4-5 exchanges in the text's terminology, with one demonstration per
+  modality; the judge scores each question-answer pair with the image, caption and in-text mentions on
+  the reference's criteria, score on the first line.
+
+The figure is sent as a downscaled data URL with its real MIME type.
 """
 
 from __future__ import annotations
@@ -10,42 +23,15 @@ import hashlib
 import io
 import json
 import random
+import re
 from pathlib import Path
+from string import Template
 
 from PIL import Image, UnidentifiedImageError
 
 from vital.llm.client import ConfigError
 from vital.schema import FigureRecord
 from vital.shards import open_image, read_bytes
-
-GENERATION_SYSTEM = """\
-You are an AI assistant specialised in biomedicine, helping to build instruction-following data \
-for a biomedical vision-language model. You see a figure from a biomedical research paper together \
-with its caption and, sometimes, sentences of the paper that mention it.
-
-Write a multi-turn conversation between a person asking about the figure (human) and an assistant \
-answering as if looking at the image (gpt). Requirements:
-- Ask about what can be seen: imaging modality, anatomy or tissue, findings and their location, \
-number, size and appearance. Vary the questions.
-- Answers are precise, confident only as far as the image supports, and free of medical advice.
-- Use the caption and mentions only to get the facts right. Never reveal them: do not write \
-"the caption says", "as mentioned", "according to the text/context" or similar; speak of "the image".
-- Do not invent findings that neither the image nor the text supports.
-- {rounds}.
-
-Reply with JSON only: {{"conversations": [{{"from": "human", "value": "..."}}, {{"from": "gpt", "value": "..."}}, ...]}}"""
-
-JUDGE_SYSTEM = """\
-You are a clinician reviewing instruction-tuning data for a biomedical vision-language model. \
-You see a figure, its caption, and one generated conversation about the figure. Score the \
-conversation from 0 (unusable) to 10 (excellent) on this rubric:
-1. Accuracy: every answer agrees with the image and the caption; no hallucinated findings, side, \
-count or size. Any factual error caps the score at 4.
-2. Relevance: questions are about what the image shows and matter clinically.
-3. Specificity: answers are concrete (location, number, size, appearance), not vague.
-4. Independence: the conversation never refers to the caption or the text.
-5. Completeness and form: answers are complete sentences, not truncated.
-Reply with JSON only: {"score": <number 0-10>, "rationale": "<one or two sentences>"}"""
 
 JUDGE_SCHEMA = {
     "type": "json_schema",
@@ -65,49 +51,164 @@ _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": 
 
 
 class DemonstrationError(ConfigError):
-    """Demonstrations cannot be read; the message names the file."""
+    """Demonstrations cannot be read or are malformed; the message names the file (and line)."""
 
 
 class ImageError(ValueError):
     """A figure's image is missing or unreadable (a record-level problem)."""
 
 
+class PromptFileError(ConfigError):
+    """A prompt or rubric file cannot be read; the message names the param and the file."""
+
+
+DEFAULTS = Path(__file__).parent / "defaults"
+STRUCTURES = ("vital", "paper")
+# the ids `vital world` gives the demo's synthetic demonstrations (vital/world/__init__.py)
+SYNTHETIC_ID = re.compile(r"demo_(chest_xray|ct_scan|mri|histology|gross)_\d+")
+_PAPER_JUDGE_ROLE = "You are a careful and precise assistant who checks the quality of answers."
+
+
+# ---------------------------------------------------------------- prompt files
+def prompt_path(lab_file: str | None, kind: str, structure: str) -> Path:
+    """The lab's file if the param names one, else the shipped default ``<kind>_<structure>.txt``."""
+    return Path(lab_file) if lab_file else DEFAULTS / f"{kind}_{structure}.txt"
+
+
+def read_prompt(lab_file: str | None, kind: str, structure: str, param: str) -> str:
+    """The instruction text, stripped; one line naming ``param`` and the file when it cannot be used."""
+    path = prompt_path(lab_file, kind, structure)
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise PromptFileError(f"{param}: {path}: not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PromptFileError(f"{param}: {path}: unreadable ({e.__class__.__name__}: {e})") from None
+    if not text:
+        raise PromptFileError(f"{param}: {path}: empty")
+    return text
+
+
 # ---------------------------------------------------------------- demonstrations
+def _array_items(text: str, f: Path) -> list[tuple[int, object]]:
+    """The items of a top-level JSON array, each with the line it starts on."""
+    decoder = json.JSONDecoder()
+    i = len(text) - len(text.lstrip())
+    if not text.startswith("[", i):
+        raise DemonstrationError(
+            f"{f}:{text.count(chr(10), 0, i) + 1}: expected a JSON list of demonstrations"
+        )
+    items, i = [], i + 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if text.startswith("]", i):
+            return items
+        line = text.count("\n", 0, i) + 1
+        try:
+            item, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise DemonstrationError(f"{f}:{e.lineno}: not valid JSON ({e.msg})") from None
+        items.append((line, item))
+
+
+def _demo_problem(d: object) -> str | None:
+    if not isinstance(d, dict):
+        return "a demonstration is a JSON object"
+    if not isinstance(d.get("id"), str) or not d["id"].strip():
+        return "needs an id (a non-empty string)"
+    if not isinstance(d.get("fig_caption"), str) or not d["fig_caption"].strip():
+        return "needs fig_caption (a non-empty string)"
+    mentions = d.get("in_text_mention", [])
+    if not isinstance(mentions, list) or not all(
+        isinstance(m, str) or (isinstance(m, dict) and isinstance(m.get("tokens"), str)) for m in mentions
+    ):
+        return 'in_text_mention must be a list of strings or {"tokens": "..."} objects'
+    turns = d.get("conversations")
+    if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
+        return "conversations must be a list of question-answer turns (an even number, at least 2)"
+    for k, t in enumerate(turns):
+        want = "human" if k % 2 == 0 else "gpt"
+        if not isinstance(t, dict) or t.get("from") != want:
+            return f'conversations[{k}] must be a {want} turn ({{"from": "{want}", "value": ...}})'
+        if not isinstance(t.get("value"), str) or not t["value"].replace("<image>", "").strip():
+            return f"conversations[{k}] has no text"
+    if "synthetic" in d and not isinstance(d["synthetic"], bool):
+        return "synthetic must be true or false"
+    return None
+
+
 def load_demonstrations(directory: Path) -> dict[str, list[dict]]:
-    """``{domain: [demo, ...]}`` from ``<directory>/<domain>.json``; fails naming the file."""
+    """``{modality: [demo, ...]}`` from ``<directory>/<modality>.json`` (docs/generation.md); every problem
+    stops with one line naming the file and line."""
     directory = Path(directory)
     files = sorted(directory.glob("*.json")) if directory.is_dir() else []
     if not files:
         raise DemonstrationError(
-            f"{directory}: no demonstrations (<domain>.json) found; run `vital world` or add them"
+            f"{directory}: no demonstrations (<modality>.json) found; add them (format: docs/generation.md)"
         )
     out: dict[str, list[dict]] = {}
+    seen: dict[str, str] = {}
     for f in files:
         try:
-            demos = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DemonstrationError(f"{f}: unreadable demonstrations ({e})") from None
-        if not isinstance(demos, list):
-            raise DemonstrationError(f"{f}: expected a JSON list of demonstrations")
-        for i, d in enumerate(demos):
-            if (
-                not isinstance(d, dict)
-                or not d.get("fig_caption")
-                or not isinstance(d.get("conversations"), list)
-            ):
-                raise DemonstrationError(f"{f}[{i}]: a demonstration needs fig_caption and conversations")
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DemonstrationError(
+                f"{f}: unreadable demonstrations ({e.__class__.__name__}: {e})"
+            ) from None
+        demos = []
+        for line, d in _array_items(text, f):
+            problem = _demo_problem(d)
+            if problem:
+                raise DemonstrationError(f"{f}:{line}: {problem}")
+            if d["id"] in seen:
+                raise DemonstrationError(
+                    f"{f}:{line}: id {d['id']!r} is used again (first in {seen[d['id']]})"
+                )
+            seen[d["id"]] = f"{f}:{line}"
+            demos.append(d)
+        if not demos:
+            raise DemonstrationError(f"{f}:1: holds no demonstrations (remove the file or add some)")
         out[f.stem] = demos
     return out
 
 
+def is_synthetic(demo: dict) -> bool:
+    """Marked ``"synthetic": true``, or one of the demo world's generated demonstrations."""
+    return demo.get("synthetic") is True or bool(SYNTHETIC_ID.fullmatch(str(demo.get("id", ""))))
+
+
+def is_synthetic_candidate(generator: dict) -> bool:
+    """A candidate's provenance says it is synthetic: the template generator wrote it, or a generator was
+    prompted with synthetic demonstrations."""
+    demos = generator.get("demos") or []
+    return (
+        generator.get("backend") == "template"
+        or generator.get("synthetic") is True
+        or any(SYNTHETIC_ID.fullmatch(str(d)) for d in demos)
+    )
+
+
+def synthetic_ids(demos: dict[str, list[dict]]) -> list[str]:
+    return [d["id"] for ds in demos.values() for d in ds if is_synthetic(d)]
+
+
 def pick_demonstrations(
-    demos: dict[str, list[dict]], domain: str, k: int, seed: int, pair_id: str
+    demos: dict[str, list[dict]], domain: str, k: int, seed: int, pair_id: str, structure: str = "vital"
 ) -> list[dict]:
-    """k demonstrations of the figure's modality (falling back to all), the same on every rerun."""
-    pool = demos.get(domain) or [d for ds in demos.values() for d in ds]
-    if k <= 0 or not pool:
+    """k demonstrations, the same on every rerun. vital: of the figure's modality (falling back to all);
+    paper: spread over the modalities, one from each in turn (k = 5 with five modalities: one per
+    modality, as the reference samples them)."""
+    if k <= 0 or not demos:
         return []
     rng = random.Random(f"{seed}:{pair_id}")
+    if structure == "paper":
+        shuffled = {m: rng.sample(ds, len(ds)) for m, ds in sorted(demos.items())}
+        picked: list[dict] = []
+        for depth in range(max(len(ds) for ds in shuffled.values())):
+            picked += [ds[depth] for ds in shuffled.values() if depth < len(ds)]
+        return picked[:k]
+    pool = demos.get(domain) or [d for ds in demos.values() for d in ds]
     return rng.sample(pool, min(k, len(pool)))
 
 
@@ -168,36 +269,81 @@ def _demo_answer(demo: dict) -> str:
     return json.dumps({"conversations": turns}, ensure_ascii=False)
 
 
+def _mentions(demo: dict) -> list[str]:
+    return [m["tokens"] if isinstance(m, dict) else str(m) for m in demo.get("in_text_mention") or []]
+
+
+def _rounds(min_rounds: int, max_rounds: int) -> str:
+    if min_rounds < max_rounds:
+        return f"Between {min_rounds} and {max_rounds} question-answer rounds"
+    return f"Exactly {min_rounds} question-answer round{'s' if min_rounds > 1 else ''}"
+
+
+def generation_system(instructions: str, min_rounds: int, max_rounds: int) -> str:
+    """The prompt file's text with ``$rounds``, ``$min_rounds`` and ``$max_rounds`` filled in."""
+    return Template(instructions).safe_substitute(
+        rounds=_rounds(min_rounds, max_rounds), min_rounds=min_rounds, max_rounds=max_rounds
+    )
+
+
 def generation_messages(
-    record: FigureRecord, image_url: str, demos: list[dict], min_rounds: int, max_rounds: int
+    record: FigureRecord,
+    image_url: str,
+    demos: list[dict],
+    min_rounds: int,
+    max_rounds: int,
+    instructions: str | None = None,
+    structure: str = "vital",
 ) -> list[dict]:
-    rounds = (
-        f"Between {min_rounds} and {max_rounds} question-answer rounds"
-        if min_rounds < max_rounds
-        else f"Exactly {min_rounds} question-answer round{'s' if min_rounds > 1 else ''}"
+    """The chat request: instructions, each demonstration as a user turn (its caption and mentions) and
+    the assistant's conversation, then the figure. ``paper`` frames the text as the reference does and
+    writes the demonstrations as 'User:/Assistant:' paragraphs; ``vital`` as JSON."""
+    if instructions is None:
+        instructions = read_prompt(None, "generation", structure, "generate.prompt_file")
+    system = generation_system(instructions, min_rounds, max_rounds)
+    messages: list[dict] = [{"role": "system", "content": system}]
+    context, answer = (
+        (_paper_context, _paper_demo_answer) if structure == "paper" else (_context, _demo_answer)
     )
-    messages: list[dict] = [{"role": "system", "content": GENERATION_SYSTEM.format(rounds=rounds)}]
     for demo in demos:
-        mentions = demo.get("in_text_mention") or []
-        mentions = [m["tokens"] if isinstance(m, dict) else str(m) for m in mentions]
-        messages.append({"role": "user", "content": _context(demo["fig_caption"], mentions)})
-        messages.append({"role": "assistant", "content": _demo_answer(demo)})
-    messages.append(
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": _context(record.fig_caption, record.in_text_mention)},
-                {"type": "image_url", "image_url": {"url": image_url}},
-            ],
-        }
-    )
+        messages.append({"role": "user", "content": context(demo["fig_caption"], _mentions(demo))})
+        messages.append({"role": "assistant", "content": answer(demo)})
+    figure = [
+        {"type": "text", "text": context(record.fig_caption, record.in_text_mention)},
+        {"type": "image_url", "image_url": {"url": image_url}},
+    ]
+    if structure == "paper":  # the reference sends the image first
+        figure.reverse()
+    messages.append({"role": "user", "content": figure})
     return messages
 
 
-def judge_messages(record: FigureRecord, image_url: str, conversation: list[dict]) -> list[dict]:
+def _paper_context(caption: str, mentions: list[str]) -> str:
+    text = f"Figure caption (a description of the image, to read as an extension of it):\n{caption.strip()}"
+    mentions = [m.strip() for m in mentions if m.strip()]
+    if mentions:
+        text += "\n\nFigure context (where the article refers to the image):\n" + "\n".join(
+            f"- {m}" for m in mentions
+        )
+    return text
+
+
+def _paper_demo_answer(demo: dict) -> str:
+    return "\n\n".join(
+        ("User: " if t["from"] == "human" else "Assistant: ") + t["value"].replace("<image>", "").strip()
+        for t in demo["conversations"]
+    )
+
+
+def judge_messages(
+    record: FigureRecord, image_url: str, conversation: list[dict], rubric: str | None = None
+) -> list[dict]:
+    """vital's judge request: the rubric, then the caption, the whole conversation and the image."""
+    if rubric is None:
+        rubric = read_prompt(None, "judge", "vital", "judge.rubric_file")
     convo = "\n".join(f"{t['from']}: {t['value'].replace('<image>', '').strip()}" for t in conversation)
     return [
-        {"role": "system", "content": JUDGE_SYSTEM},
+        {"role": "system", "content": rubric},
         {
             "role": "user",
             "content": [
@@ -206,6 +352,37 @@ def judge_messages(record: FigureRecord, image_url: str, conversation: list[dict
                     "text": f"Figure caption: {record.fig_caption.strip()}\n\nConversation:\n{convo}",
                 },
                 {"type": "image_url", "image_url": {"url": image_url}},
+            ],
+        },
+    ]
+
+
+def qa_pairs(conversation: list[dict]) -> list[tuple[str, str]]:
+    """The conversation's (question, answer) rounds, without LLaVA's ``<image>`` token."""
+    text = [t["value"].replace("<image>", "").strip() for t in conversation]
+    return list(zip(text[0::2], text[1::2], strict=False))
+
+
+def judge_pair_messages(
+    record: FigureRecord, image_url: str, question: str, answer: str, rubric: str | None = None
+) -> list[dict]:
+    """The paper structure's judge request, one question-answer pair: the image, then the caption, the
+    in-text mentions, the pair and the rubric (which asks for the score on the first line)."""
+    if rubric is None:
+        rubric = read_prompt(None, "judge", "paper", "judge.rubric_file")
+    mentions = "\n".join(f"\t- {m.strip()}" for m in record.in_text_mention if m.strip()) or "\t- (none)"
+    text = (
+        f"[Context]\nFigure caption:\n\t- {record.fig_caption.strip()}\n\n"
+        f"Figure context:\n{mentions}\n\n"
+        f"Question:\n\t- {question}\n\nAnswer:\n\t- {answer}\n\n[Instructions]\n{rubric}"
+    )
+    return [
+        {"role": "system", "content": _PAPER_JUDGE_ROLE},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_url}},
+                {"type": "text", "text": text},
             ],
         },
     ]

@@ -7,7 +7,7 @@
     corpus/truth.jsonl                     hidden findings (read only by simulators and world evaluation)
     vqa/demo/questions.jsonl, images/      held-out VQA figures (never in the corpus): the test split
     vqa/demo/train.jsonl                   its train split, on figures of its own (for `finetune`)
-    demonstrations/<domain>.json           few-shot clinician demonstrations for the generation prompt
+    demonstrations/<domain>.json           synthetic few-shot demonstrations (stand-ins for clinicians')
     labels/README.md                       where real clinicians' preference files go
     world.json                             params used + counts
 
@@ -139,7 +139,8 @@ def _vqa(out: Path, cfg: WorldParams) -> dict[str, int]:
 
 
 def _demonstrations(out: Path, cfg: WorldParams) -> int:
-    """Clinician-written few-shot examples per domain, on figures that are not in the corpus."""
+    """Synthetic few-shot demonstrations per domain, written from hidden truth on figures that are not in the
+    corpus: stand-ins for clinician-selected ones (a paid generate refuses them: generate.allow_synthetic)."""
     n = 0
     for domain in DOMAINS:
         demos = []
