@@ -27,7 +27,9 @@ def test_a_changed_param_makes_its_stage_and_everything_downstream_stale(tmp_pat
     assert check(repo).stale == {}
 
 
-def test_outputs_missing_from_the_workspace_are_unknown_not_stale(tmp_path):
+def test_a_fresh_clone_is_judged_by_the_lock(tmp_path):
+    """Outputs not pulled: a stage is current when it ran on what its producer last locked, and stale when
+    its producer reran after it (the state `make demo` leaves the stages it does not run in)."""
     repo = make_repo(tmp_path / "repo")
     sh(repo, "dvc", "repro", "-q")
     sh(repo, "git", "add", "-A")
@@ -35,8 +37,18 @@ def test_outputs_missing_from_the_workspace_are_unknown_not_stale(tmp_path):
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))  # outputs are in no remote: not pulled
     fresh = check(clone)
-    assert fresh.stale == {}
-    assert "not in the workspace" in fresh.of("train")
+    assert fresh.stale == {} and fresh.unknown == {}
+
+    (repo / "data" / "raw.txt").write_text("zeta eta theta\n")
+    sh(repo, "dvc", "add", "-q", "data")
+    sh(repo, "dvc", "repro", "-q", "prepare")  # prepare reruns; train and evaluate are not rerun
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "prepare only")
+    sh(clone, "git", "pull", "-q")
+    fresh = check(clone)
+    assert "prepare" not in fresh.stale
+    assert "ran on an older artifacts/prep.txt" in fresh.stale["train"]
+    assert "upstream stage train" in fresh.stale["evaluate"]
 
 
 def test_summary_marks_a_stale_section_with_the_command_that_refreshes_it(tmp_path):

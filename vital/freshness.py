@@ -4,7 +4,11 @@ A metrics file is committed with the run that wrote it, so after a change it can
 params that made it: `vital report` and the PR report ask this module before presenting a section as the
 result of the code in force. A stage is **stale** when DVC would rerun it (a dep or param changed, its
 command changed, it has no lock entry) or when a stage upstream of it is stale; its result is **unknown**
-when its inputs are not in the workspace (a fresh clone before `dvc pull`), which says nothing either way.
+when its inputs are not in the workspace and the lock cannot vouch for them either.
+
+In a fresh clone (outputs not pulled) an input that another stage produces is judged by dvc.lock: the stage
+is current if it ran on the version its producer last locked; raw data under a ``.dvc`` file is taken as
+committed (a changed ``data.dvc`` is seen once the data is pulled).
 """
 
 from __future__ import annotations
@@ -57,8 +61,49 @@ def _missing_outs(status: dict) -> set[str]:
     return missing
 
 
-def _own_change(changes: list, missing: set[str]) -> tuple[str | None, str | None]:
-    """(why stale, why unknown) from one stage's DVC status entries."""
+@dataclass(frozen=True)
+class Locks:
+    """What dvc.lock recorded: each output's md5, and the md5 of each dep when each stage ran."""
+
+    outs: dict[str, str]  # out path -> md5
+    deps: dict[str, dict[str, str]]  # stage name -> dep path -> md5
+    raw: tuple[str, ...] = ()  # paths tracked by a .dvc file (data.dvc: "data")
+
+    def is_raw(self, path: str) -> bool:
+        return any(path == r or path.startswith(r.rstrip("/") + "/") for r in self.raw)
+
+    @classmethod
+    def read(cls, root: Path) -> Locks:
+        import yaml
+
+        outs, deps = {}, {}
+        for pipeline in PIPELINES:
+            lock = Path(root) / pipeline.replace("dvc.yaml", "dvc.lock")
+            if not lock.is_file():
+                continue
+            for name, entry in ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).items():
+                outs |= {o["path"]: o.get("md5") for o in entry.get("outs") or [] if "path" in o}
+                deps[name] = {d["path"]: d.get("md5") for d in entry.get("deps") or [] if "path" in d}
+        raw = []
+        for dvcfile in (p for p in Path(root).glob("*.dvc") if p.is_file()):
+            for out in (yaml.safe_load(dvcfile.read_text()) or {}).get("outs") or []:
+                raw.append(str(Path(dvcfile.parent.relative_to(root), out["path"]).as_posix()))
+        return cls(outs, deps, tuple(raw))
+
+    def consumed_older(self, stage: str, path: str) -> bool | None:
+        """Whether ``stage`` ran on another version of ``path`` than its producer's last locked output
+        (None: the lock cannot tell, e.g. ``path`` is no stage's output)."""
+        produced, consumed = self.outs.get(path), self.deps.get(stage, {}).get(path)
+        if produced is None or consumed is None:
+            return None
+        return produced != consumed
+
+
+def _own_change(
+    changes: list, missing: set[str], locks: Locks | None = None, stage: str = ""
+) -> tuple[str | None, str | None]:
+    """(why stale, why unknown) from one stage's DVC status entries. An input missing from the workspace (a
+    fresh clone) is judged by the lock instead: did this stage run on the version its producer last wrote?"""
 
     def absent(path: str) -> bool:
         return any(m == path or m.startswith(path.rstrip("/") + "/") for m in missing)
@@ -75,7 +120,16 @@ def _own_change(changes: list, missing: set[str]) -> tuple[str | None, str | Non
                 stale.append(kind)
                 continue
             for path, state in what.items():
-                (unknown if state == "deleted" or absent(path) else stale).append(f"{path} {state}")
+                if state == "deleted" or absent(path):
+                    older = locks.consumed_older(stage, path) if locks is not None else None
+                    if older is None and locks is not None and locks.is_raw(path):
+                        continue  # raw data not pulled: its version is the committed .dvc file's
+                    if older:
+                        stale.append(f"ran on an older {path} than its producer's last output")
+                    elif older is None:
+                        unknown.append(f"{path} {state}")
+                else:
+                    stale.append(f"{path} {state}")
     return ("; ".join(stale[:3]) or None), ("; ".join(unknown[:3]) or None)
 
 
@@ -94,11 +148,12 @@ def check(root: Path) -> Freshness:
             by_addr[stage.addressing] = stage
         own_stale, own_unknown = {}, {}
         missing = _missing_outs(status)
+        locks = Locks.read(root)
         for addr, changes in status.items():
             if addr not in by_addr:
                 continue
-            why_stale, why_unknown = _own_change(changes, missing)
             name = _name(by_addr[addr])
+            why_stale, why_unknown = _own_change(changes, missing, locks, name)
             if why_stale:
                 own_stale[name] = why_stale
             elif why_unknown:
