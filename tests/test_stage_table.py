@@ -134,3 +134,10 @@ def test_a_new_stage_is_three_edits_and_vital_dag_write(tmp_path):
     assert (root / "artifacts" / "hello.txt").read_text() == "hello, vital\n"
     assert yaml.safe_load((root / "metrics" / "hello.json").read_text()) == {"greetings": 1}
     assert "hello" in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+
+
+def test_judge_does_not_depend_on_generate():
+    """The dry-run estimate both share lives in vital/llm/, so an edit to generate.py does not rerun judge."""
+    params = load_params(REPO / "params.yaml")
+    assert "vital/generate.py" not in dag.stage_deps(STAGES["judge"], params, REPO).code
+    assert "vital/generate.py" in dag.stage_deps(STAGES["generate"], params, REPO).code
