@@ -47,8 +47,11 @@ pretrain-update: install
 	dvc add data
 	dvc push data.dvc
 
+# Two workers (pytest-xdist), one per core of the 2-core machine the suite is sized for; --dist loadfile keeps
+# each test file on one worker, so its module fixtures (tiny worlds, models, pipelines) are built once, as in one
+# process. --durations lists the slowest tests, to see what to share next.
 test: install
-	pytest -q
+	pytest -q -n 2 --dist loadfile --durations=15
 
 lint: install
 	ruff check vital stages tests bench

@@ -108,3 +108,30 @@ def test_backend_registries_match_the_params_choices():
         assert allowed == set(registry), f"{section.__name__}.backend {sorted(allowed)} vs {sorted(registry)}"
         for name, backend in registry.items():
             assert callable(backend.load()), f"{section.__name__}: {name} -> {backend.target} does not load"
+
+
+def test_bakeoff_methods_and_quality_are_the_registries_and_checked_at_load():
+    """bakeoff.methods and bakeoff.quality allow exactly the registered names; a misspelt one, or a method list
+    without random, fails when params load (`vital params`), naming the key, not when the stage runs."""
+    import typing
+
+    from vital.bakeoff.methods import METHODS
+    from vital.bakeoff.quality import QUALITY
+    from vital.params import BakeoffMethod, BakeoffParams, BakeoffQuality
+
+    assert set(typing.get_args(BakeoffMethod)) == set(METHODS)
+    assert set(typing.get_args(BakeoffQuality)) == set(QUALITY)
+    assert typing.get_args(BakeoffParams.model_fields["quality"].annotation) == typing.get_args(
+        BakeoffQuality
+    )
+    for raw, key in (
+        (
+            {"methods": ["random", "lenght"], "downstream_methods": ["random"]},
+            r"bakeoff\.methods\.1: .*'lenght'",
+        ),
+        ({"downstream_methods": ["random", "selectr"]}, r"bakeoff\.downstream_methods\.1: .*'selectr'"),
+        ({"quality": "truht"}, r"bakeoff\.quality: .*'truht'"),
+        ({"methods": ["length"], "downstream_methods": ["length"]}, r"bakeoff: .*must include random"),
+    ):
+        with pytest.raises(ParamsError, match=key):
+            parse_params({"bakeoff": raw}, "params.yaml")

@@ -197,16 +197,27 @@ def _dag(args) -> int:
 
     params = load_params(args.params)
     if args.write:
-        for dvc_yaml in (Path(f) for f in PIPELINES if Path(f).is_file()):  # a repo may have only dvc.yaml
-            changed = dag.write(dvc_yaml, params)
-            print(f"{dvc_yaml}: deps rewritten for {', '.join(changed) or 'no stage (already exact)'}")
+        added = dag.write_sections(Path(args.params), params)
+        if added:
+            print(f"{args.params}: added the sections {', '.join(added)} with the code defaults")
+        for dvc_yaml in (Path(f) for f in PIPELINES):
+            if dvc_yaml == Path("dvc.yaml") or dvc_yaml.is_file():  # a scratch repo may have only dvc.yaml
+                changed = dag.write(dvc_yaml, params)
+                print(f"{dvc_yaml}: regenerated {', '.join(changed) or 'no stage (already exact)'}")
+        if dag.write_docs(params):
+            print(f"{dag.DOCS}: stage table regenerated")
         return 0
     found = [f"{f}: {line}" for f in PIPELINES if Path(f).is_file() for line in dag.problems(Path(f), params)]
+    found += [f"{args.params}: no section {s!r}" for s in dag.missing_sections(Path(args.params), params)]
+    found += dag.docs_problems(params)
     if args.check:
         for line in found:
             print(f"vital dag: {line}", file=sys.stderr)
         if found:
-            print("vital dag: run `vital dag --write` to fix dvc.yaml", file=sys.stderr)
+            print(
+                "vital dag: run `vital dag --write` to regenerate them from vital/pipeline.py",
+                file=sys.stderr,
+            )
         return 1 if found else 0
     for name, deps in dag.all_deps(params).items():
         print(f"{name}:\n  code: {' '.join(deps.code)}\n  data: {' '.join(deps.data)}")

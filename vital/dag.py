@@ -137,7 +137,7 @@ def stage_deps(stage: Stage, params: Params, root: Path = Path(".")) -> StageDep
     for ref in stage.param_reads:
         data.extend(_call(ref, params, root))
     modules = closure(start)
-    code = [f"stages/{stage.script}.py", *compact({module_file(m) for m in modules})]
+    code = [stage.script_path, *compact({module_file(m) for m in modules})]
     data = list(dict.fromkeys(data))
     data = [d for d in data if not covered(d, [o for o in data if o != d])]  # a file inside a listed folder
     return StageDeps(code, data, modules)
@@ -166,12 +166,16 @@ def _body(stages: dict, name: str) -> dict | None:
     return spec.get("do", spec)
 
 
-def declared(dvc_yaml: Path) -> dict[str, list[str]]:
-    """deps of each stage in dvc.yaml, as written (templates unresolved)."""
+def _stages_of(dvc_yaml: Path) -> dict:
     import yaml
 
     doc = yaml.safe_load(Path(dvc_yaml).read_text(encoding="utf-8")) or {}
-    stages = doc.get("stages", {})
+    return doc.get("stages") or {}
+
+
+def declared(dvc_yaml: Path) -> dict[str, list[str]]:
+    """deps of each stage in dvc.yaml, as written (templates unresolved)."""
+    stages = _stages_of(dvc_yaml)
     return {name: [str(d) for d in (_body(stages, name) or {}).get("deps", [])] for name in stages}
 
 
@@ -187,13 +191,78 @@ def pipeline_name(dvc_yaml: Path, root: Path) -> str:
         return Path(dvc_yaml).name
 
 
+def stage_spec(stage: Stage, params: Params, root: Path = Path(".")) -> dict:
+    """The stage's whole entry in its dvc.yaml, generated from its row in the stage table."""
+    body: dict = {}
+    if stage.matrix:
+        body["matrix"] = dict(stage.matrix)
+    depth = len(Path(stage.pipeline).parent.parts)
+    if depth:
+        body["wdir"] = "/".join([".."] * depth)  # paths and commands are relative to the repository root
+    body["cmd"] = stage.cmd
+    body["deps"] = stage_deps(stage, params, root).all
+    body["params"] = list(stage.param_keys)
+    outs = [
+        o if isinstance(o, str) else o.path if o.cache else {o.path: {"cache": False}} for o in stage.outs
+    ]
+    if outs:
+        body["outs"] = outs
+    if stage.metric_files:
+        body["metrics"] = [{m: {"cache": False}} for m in stage.metric_files]
+    plots = [
+        {p.path: {"cache": False, "x": p.x, "y": p.y, **({"template": p.template} if p.template else {})}}
+        for p in stage.plots
+    ]
+    if plots:
+        body["plots"] = plots
+    return {"foreach": stage.foreach, "do": body} if stage.foreach else body
+
+
+def _render(name: str, spec: dict, comment: str) -> str:
+    import yaml
+
+    class Dumper(yaml.SafeDumper):  # lists indented under their key, as in the rest of dvc.yaml
+        def increase_indent(self, flow=False, indentless=False):
+            return super().increase_indent(flow, False)
+
+    text = yaml.dump(spec, Dumper=Dumper, sort_keys=False, default_flow_style=False, width=110)
+    lines = [f"  {name}:", *(f"    # {line}".rstrip() for line in comment.splitlines())]
+    lines += [f"    {line}" for line in text.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def _split(text: str) -> tuple[str, dict[str, str], str]:
+    """dvc.yaml as (what precedes the stages, each stage's text block, what follows them)."""
+    import re
+
+    lines = text.splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if line.rstrip() == "stages:"), None)
+    if at is None:
+        return text + ("" if text.endswith("\n") or not text else "\n") + "stages:\n", {}, ""
+    end = next((i for i in range(at + 1, len(lines)) if re.match(r"\S", lines[i])), len(lines))
+    blocks: dict[str, str] = {}
+    name = None
+    for line in lines[at + 1 : end]:
+        key = re.match(r"  ([A-Za-z_][\w-]*):\s*(#.*)?$", line)
+        if key:
+            name = key.group(1)
+            blocks[name] = ""
+        if name is not None:
+            blocks[name] += line
+    return "".join(lines[: at + 1]), blocks, "".join(lines[end:])
+
+
 def problems(
     dvc_yaml: Path, params: Params, root: Path = Path("."), only: Iterable[str] | None = None
 ) -> list[str]:
-    """What dvc.yaml gets wrong: deps a stage needs but does not declare, and declared deps it does not use."""
+    """Every way dvc.yaml differs from what the stage table generates: deps a stage needs but does not
+    declare, declared deps it does not use, any other key of its body (cmd, params, outs, metrics, plots,
+    matrix), and stages the table does not have."""
+    written = _stages_of(dvc_yaml)
     have = declared(dvc_yaml)
+    table = in_pipeline(pipeline_name(dvc_yaml, root))
     out = []
-    for name in only or in_pipeline(pipeline_name(dvc_yaml, root)):
+    for name in only or table:
         if name not in have:
             out.append(f"stage {name!r} is not in {dvc_yaml}")
             continue
@@ -204,25 +273,139 @@ def problems(
             out.append(f"stage {name!r} runs or reads {', '.join(missing)}, which its deps do not list")
         if extra:
             out.append(f"stage {name!r} lists {', '.join(extra)} in its deps but does not use them")
+        spec, now = stage_spec(STAGES[name], params, root), written[name] or {}
+        if "foreach" in spec or "foreach" in now:
+            if spec.get("foreach") != now.get("foreach"):
+                out.append(
+                    f"stage {name!r}: foreach is {now.get('foreach')!r}, the stage table says {spec.get('foreach')!r}"
+                )
+            spec, now = spec.get("do", spec), now.get("do", now)
+        for key in dict.fromkeys([*spec, *now]):
+            if key != "deps" and spec.get(key) != now.get(key):
+                out.append(
+                    f"stage {name!r}: {key} is {now.get(key)!r}, the stage table says {spec.get(key)!r}"
+                )
+        if not (Path(root) / STAGES[name].script_path).is_file():
+            out.append(f"stage {name!r}: {STAGES[name].script_path} is missing")
+    if only is None:
+        for name in written:
+            if name not in table:
+                out.append(f"stage {name!r} is in {dvc_yaml} but not in the stage table (vital/pipeline.py)")
     return out
 
 
+SCRIPT = '''"""Stage {name}: {doc} (vital/pipeline.py has the table, `vital run {name}` the same)."""
+
+from vital.stage import main
+
+if __name__ == "__main__":
+    main("{name}")
+'''
+
+
 def write(dvc_yaml: Path, params: Params, root: Path = Path(".")) -> list[str]:
-    """Rewrite every table stage's deps in dvc.yaml (everything else is kept); returns changed stage names."""
-    yaml = _yaml()
-    doc = yaml.load(Path(dvc_yaml).read_text(encoding="utf-8"))
-    changed = []
-    for name, stage in in_pipeline(pipeline_name(dvc_yaml, root)).items():
-        body = _body(doc["stages"], name)
-        if body is None:
-            raise DagError(f"{dvc_yaml}: no stage {name!r} (the stage table in vital/pipeline.py names it)")
-        deps = stage_deps(stage, params, root).all
-        if [str(d) for d in body.get("deps", [])] != deps:
+    """Regenerate every table stage's entry in dvc.yaml (the text before and after the stages, and stages the
+    table does not have, are kept) and write a missing stage script; returns the changed stage names."""
+    dvc_yaml = Path(dvc_yaml)
+    head, blocks, tail = _split(dvc_yaml.read_text(encoding="utf-8") if dvc_yaml.is_file() else "")
+    written = _stages_of(dvc_yaml) if dvc_yaml.is_file() else {}
+    table = in_pipeline(pipeline_name(dvc_yaml, root))
+    out, changed = [], []
+    for name, stage in table.items():
+        spec = stage_spec(stage, params, root)
+        if written.get(name) != spec:
             changed.append(name)
-        body["deps"] = deps
-    with Path(dvc_yaml).open("w", encoding="utf-8") as f:
-        yaml.dump(doc, f)
+        out.append(_render(name, spec, stage.comment))
+        script = Path(root) / stage.script_path
+        if not script.is_file():
+            script.parent.mkdir(parents=True, exist_ok=True)
+            script.write_text(SCRIPT.format(name=stage.name, doc=stage.doc or stage.name), encoding="utf-8")
+    out += [block.rstrip("\n") + "\n" for name, block in blocks.items() if name not in table]
+    body = "\n".join(out)
+    dvc_yaml.parent.mkdir(parents=True, exist_ok=True)
+    dvc_yaml.write_text(head + body + ("\n" + tail if tail else ""), encoding="utf-8")
     return changed
+
+
+def missing_sections(params_file: Path, params: Params) -> list[str]:
+    """Sections the table's stages name in ``params`` that ``params_file`` lacks (DVC needs them there)."""
+    import yaml
+
+    raw = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) if Path(params_file).is_file() else {}
+    wanted = {key.split(".")[0] for stage in STAGES.values() for key in stage.param_keys}
+    return sorted(s for s in wanted if s not in (raw or {}) and s in type(params).model_fields)
+
+
+def write_sections(params_file: Path, params: Params) -> list[str]:
+    """Append each missing section to ``params_file`` with the values in force (the code defaults)."""
+    import yaml
+
+    missing = missing_sections(params_file, params)
+    if missing:
+        text = Path(params_file).read_text(encoding="utf-8") if Path(params_file).is_file() else ""
+        dump = {s: getattr(params, s).model_dump(mode="json") for s in missing}
+        text += ("\n" if text and not text.endswith("\n") else "") + yaml.safe_dump(dump, sort_keys=False)
+        Path(params_file).write_text(text, encoding="utf-8")
+    return missing
+
+
+# ------------------------------------------------------------------ docs
+DOCS = "docs/architecture.md"
+DOCS_BEGIN = "<!-- stage table: generated by `vital dag --write` from vital/pipeline.py; do not edit -->"
+DOCS_END = "<!-- end of stage table -->"
+
+
+def docs_table(params: Params, root: Path = Path(".")) -> str:
+    """The docs' table of stages: what each does, reads (for these params) and writes."""
+
+    def code(paths) -> str:
+        return ", ".join(f"`{p}`" for p in paths) or "-"
+
+    rows = [
+        "| stage | what | reads | writes | params |",
+        "|---|---|---|---|---|",
+    ]
+    for name, stage in STAGES.items():
+        writes = [o if isinstance(o, str) else o.path for o in stage.outs]
+        writes += [*stage.metric_files, *(p.path for p in stage.plots)]
+        where = "" if stage.pipeline == "dvc.yaml" else f" ({stage.pipeline})"
+        reads = stage_deps(stage, params, root).data
+        rows.append(
+            f"| {name}{where} | {stage.doc} | {code(reads)} | {code(writes)} | {code(stage.param_keys)} |"
+        )
+    return "\n".join([DOCS_BEGIN, *rows, DOCS_END])
+
+
+def _docs_parts(root: Path) -> tuple[str, str, str] | None:
+    path = Path(root) / DOCS
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        return None
+    head, rest = text.split(DOCS_BEGIN, 1)
+    table, tail = rest.split(DOCS_END, 1)
+    return head, DOCS_BEGIN + table + DOCS_END, tail
+
+
+def docs_problems(params: Params, root: Path = Path(".")) -> list[str]:
+    parts = _docs_parts(root)
+    if parts is None:
+        return []
+    return (
+        []
+        if parts[1] == docs_table(params, root)
+        else [f"{DOCS}: the stage table differs from vital/pipeline.py"]
+    )
+
+
+def write_docs(params: Params, root: Path = Path(".")) -> bool:
+    parts = _docs_parts(root)
+    if parts is None:
+        return False
+    table = docs_table(params, root)
+    (Path(root) / DOCS).write_text(parts[0] + table + parts[2], encoding="utf-8")
+    return parts[1] != table
 
 
 def placeholders(root: Path, real: tuple[str, ...] = ("stages/", "vital/", "params")) -> int:

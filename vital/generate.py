@@ -19,9 +19,8 @@ from pathlib import Path
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
 from vital.io import read_records, write_json, write_jsonl
-from vital.llm.accounting import no_price_note, summary_line
+from vital.llm.accounting import dry_run_estimate, summary_line
 from vital.llm.batch import BatchLimits
-from vital.llm.cache import RequestCache
 from vital.llm.engine import Outcome, Request, message_content
 from vital.llm.parse import InvalidOutput, parse_conversation, validate_conversation
 from vital.llm.prompts import (
@@ -39,7 +38,7 @@ from vital.llm.prompts import (
     synthetic_ids,
 )
 from vital.llm.runtime import LLMRuntime
-from vital.params import GenerateParams, Params, ParamsError
+from vital.params import Params, ParamsError
 from vital.paths import Paths, repo_relative
 from vital.registry import Backend, choose
 from vital.schema import Candidate, FigureRecord
@@ -341,7 +340,7 @@ def dry_run(params: Params, paths: Paths) -> dict:
     backend.load_inputs(refuse_synthetic=False)  # pricing sends nothing; the note below warns
     cache = backend.runtime.open_cache()
     figures, drops = load_figures(paths.sample, paths.corpus, check_images=False)
-    est = _estimate(
+    est = dry_run_estimate(
         (
             backend.request(rec, url, k, 0)
             for chunk in _chunks(figures)
@@ -373,52 +372,3 @@ def _chunks(figures: list[FigureRecord]) -> Iterator[list[FigureRecord]]:
 def _urls(backend: OpenAIBackend, chunk: list[FigureRecord]) -> list[tuple[FigureRecord, str]]:
     urls = backend.images(chunk)
     return [(rec, urls[rec.pair_id]) for rec in chunk if rec.pair_id in urls]
-
-
-def _estimate(
-    requests,
-    cache: RequestCache,
-    price,
-    sp: GenerateParams,
-    figures: int,
-    drops: Drops,
-    section: str,
-    late_skips: list[dict] = (),
-) -> dict:
-    """Shared by generate and judge dry runs; ``late_skips``: images found unreadable while requests are built."""
-    n = hits = tok_in = tok_out = 0
-    for req in requests:
-        if req.key in cache:
-            hits += 1
-            continue
-        n += 1
-        tok_out += sp.max_tokens
-        tok_in += req.est_tokens - sp.max_tokens
-    cost_in = None if price is None else tok_in / 1e6 * price.input_per_1m
-    cost_out = None if price is None else tok_out / 1e6 * price.output_per_1m
-    return {
-        "stage": section,
-        "backend": sp.backend,
-        "model": sp.model,
-        "mode": sp.mode,
-        "figures": figures,
-        **_with_late(drops, late_skips).metrics(),
-        "requests_to_send": n,
-        "cached": hits,
-        "estimated_input_tokens": tok_in,
-        "estimated_output_tokens_max": tok_out,
-        "estimated_cost_usd_max": None if price is None else round(cost_in + cost_out, 4),
-        "estimated_cost_usd_input": None if price is None else round(cost_in, 4),
-        "price": None if price is None else price.model_dump(),
-        "price_known": price is not None,
-        "note": (
-            "first attempts only (invalid-output retries come on top); output at max_tokens is an upper bound"
-            + ("" if price else "; " + no_price_note(section, sp.model, sp.prices))
-        ),
-    }
-
-
-def _with_late(drops: Drops, late_skips: list[dict]) -> Drops:
-    for skip in late_skips:
-        drops.add(skip["reason"], skip["pair_id"], skip.get("detail", ""))
-    return drops

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
-from vital.generate import _estimate
 from vital.io import read_records, write_json, write_jsonl
-from vital.llm.accounting import summary_line
+from vital.llm.accounting import dry_run_estimate, summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.engine import Request, message_content
 from vital.llm.parse import InvalidOutput, parse_score
@@ -374,6 +373,6 @@ def dry_run(params: Params, paths: Paths) -> dict:
             if url is not None:
                 yield from backend.requests_for(cand, rec, url, 0)
 
-    est = _estimate(requests(), cache, backend.runtime.price, jp, len(figures), drops, "judge")
+    est = dry_run_estimate(requests(), cache, backend.runtime.price, jp, len(figures), drops, "judge")
     est["candidates"] = len(cands)
     return est

@@ -382,10 +382,16 @@ class CurateParams(Section):
         return self
 
 
+# the names of vital.bakeoff.methods.METHODS and vital.bakeoff.quality.QUALITY, so that a misspelt method or
+# scorer fails at load (`vital params`), not when the bakeoff stage runs; tests/test_params.py checks both ways
+BakeoffMethod = Literal["random", "length", "clip", "judge", "selector_w0", "selector", "ifd"]
+BakeoffQuality = Literal["truth", "none"]
+
+
 class BakeoffParams(Section):
     """Selection methods compared on the same candidate pool (``vital.bakeoff``; docs/bakeoff.md)."""
 
-    methods: list[str] = Field(
+    methods: list[BakeoffMethod] = Field(
         default_factory=lambda: ["random", "length", "clip", "judge", "selector_w0", "selector", "ifd"],
         min_length=1,
         description="selection methods of vital.bakeoff.methods.METHODS; random is the baseline of the others",
@@ -398,7 +404,7 @@ class BakeoffParams(Section):
         min_length=1,
         description="random subsets (and downstream tunes) per seed",
     )
-    quality: str = Field(
+    quality: BakeoffQuality = Field(
         "truth", description="quality scorer of every subset: truth (demo world's hidden truth) | none"
     )
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of each gain over random")
@@ -410,7 +416,7 @@ class BakeoffParams(Section):
     downstream_keep: int = Field(
         40, gt=0, le=100, description="bakeoff/dvc.yaml tunes on this size (one of keep)"
     )
-    downstream_methods: list[str] = Field(
+    downstream_methods: list[BakeoffMethod] = Field(
         default_factory=lambda: ["random", "length", "clip", "judge", "selector", "ifd"],
         description="methods tuned downstream (bakeoff/dvc.yaml), each over seeds",
     )
@@ -429,6 +435,8 @@ class BakeoffParams(Section):
         missing = [m for m in self.downstream_methods if m not in self.methods]
         if missing:
             raise ValueError(f"downstream_methods: {missing} are not in methods {self.methods}")
+        if "random" not in self.methods:
+            raise ValueError("methods: must include random (every gain is measured against it)")
         return self
 
 

@@ -1,9 +1,29 @@
-"""The stage table: every pipeline stage's script, entry function, inputs, backends and options.
+"""The stage table: the one declaration of every pipeline stage.
 
-One table serves ``stages/<script>.py``, ``vital run <stage>``, ``vital dag`` (which writes each stage's
-``deps`` in dvc.yaml from it) and the tests. Every entry function has one signature::
+One table serves ``stages/<script>.py``, ``vital run <stage>``, ``vital dag`` and the tests. ``vital dag
+--write`` generates from it each stage's whole body in its dvc.yaml (``cmd``, ``deps``, ``params``,
+``outs``, ``metrics``, ``plots``, ``matrix``/``foreach``, ``wdir``), a missing ``stages/<script>.py``, a
+missing params.yaml section (from the code defaults) and the stage table of docs/architecture.md;
+``vital dag --check`` fails on any drift between them. Every entry function has one signature::
 
     entry(params: Params, paths: Paths, **options) -> dict | None
+
+Adding a stage: the entry function, a ``Stage`` row below, its params section in vital/params.py (a
+pydantic model and its field in ``Params``), then ``vital dag --write``. The ``Stage`` fields, as they map
+to dvc.yaml:
+
+- ``name``: the stage's key; ``script``: ``stages/<script>.py`` (default: the name), run by ``cmd``
+  as ``python stages/<script>.py <args>``; ``args`` may use ``${item...}`` (matrix) or ``${item}`` (foreach)
+- ``entry``: ``module:function``; ``doc``: one line, the docs table and the script's ``--help``;
+  ``comment``: lines written above the stage in dvc.yaml
+- ``params``: the dvc.yaml ``params`` list (default: the section named like the stage)
+- ``reads``: repository paths it reads in every profile; ``backends``: (dotted param, registry) whose
+  chosen backend adds code and reads; ``param_reads``: functions (params, root) -> paths named by
+  params. Together with the import closure of the entry they are its ``deps`` (never written by hand)
+- ``outs``: paths, or ``Out(path, cache=False)``; ``metrics``: default ``metrics/<name>.json``;
+  ``plots``: ``Plot(path, x, y, template)``; metrics and plots are ``cache: false``
+- ``matrix``: (key, ``${...}``) pairs, or ``foreach``: one ``${...}``; ``options``: its command-line
+  options; ``pipeline``: the dvc.yaml that declares it (``bakeoff/dvc.yaml`` runs with ``wdir: ..``)
 
 Entries are named as ``module:function`` strings and imported only when their stage runs, so that this
 module imports nothing of the library and a stage's code is exactly its entry's import closure (plus the
@@ -26,10 +46,28 @@ class Option:
 
 
 @dataclass(frozen=True)
+class Out:
+    """An output in dvc.yaml's ``outs`` that is not a plain cached path."""
+
+    path: str
+    cache: bool = True
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A plot CSV the stage writes (``cache: false``), with the axes ``dvc plots`` draws."""
+
+    path: str
+    x: str
+    y: str
+    template: str = ""
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str  # the stage's name in dvc.yaml
     entry: str  # "module:function"
-    script: str  # stages/<script>.py
+    script: str = ""  # stages/<script>.py; default: the name
     reads: tuple[str, ...] = ()  # repository paths it reads in every profile (may hold ${item.*})
     # (dotted param, "module:REGISTRY"): the backend the param chooses, its code and the data it reads
     backends: tuple[tuple[str, str], ...] = ()
@@ -38,6 +76,30 @@ class Stage:
     options: tuple[Option, ...] = ()
     doc: str = ""
     pipeline: str = "dvc.yaml"  # the dvc.yaml that declares it (bakeoff/dvc.yaml: the bakeoff's downstream)
+    args: str = ""  # the command line's arguments after the script
+    params: tuple[str, ...] = ()  # dvc.yaml params; default: (name,)
+    outs: tuple[str | Out, ...] = ()
+    metrics: tuple[str, ...] | None = None  # default: (metrics/<name>.json,)
+    plots: tuple[Plot, ...] = ()
+    matrix: tuple[tuple[str, str], ...] = ()
+    foreach: str = ""
+    comment: str = ""
+
+    @property
+    def script_path(self) -> str:
+        return f"stages/{self.script or self.name}.py"
+
+    @property
+    def param_keys(self) -> tuple[str, ...]:
+        return self.params or (self.name,)
+
+    @property
+    def metric_files(self) -> tuple[str, ...]:
+        return (f"metrics/{self.name}.json",) if self.metrics is None else self.metrics
+
+    @property
+    def cmd(self) -> str:
+        return f"python {self.script_path} {self.args}".strip()
 
 
 # the figures' images: data/corpus/images, or the fetched shards when sample.corpus.shards is set
@@ -54,6 +116,8 @@ STAGES: dict[str, Stage] = {
             backends=(("foundation.backend", "vital.foundation:BACKENDS"),),
             doc="demo: pretrain the tiny CLIP and tokenizer; pretrained: record the checkpoints; "
             "restore: copy data/pretrained/foundation",
+            outs=("models/foundation",),
+            plots=(Plot("metrics/plots/foundation_loss.csv", "step", "loss"),),
         ),
         Stage(
             "align",
@@ -62,6 +126,8 @@ STAGES: dict[str, Stage] = {
             backends=(("align.backend", "vital.llava.align:BACKENDS"),),
             doc="assemble the base LLaVA and align it on captions (pretrained: record the checkpoint; "
             "restore: copy data/pretrained/base)",
+            outs=("models/base",),
+            plots=(Plot("metrics/plots/align_loss.csv", "step", "loss"),),
         ),
         Stage(
             "sample",
@@ -69,6 +135,7 @@ STAGES: dict[str, Stage] = {
             "sample",
             param_reads=("vital.sample:corpus_files",),
             doc="domain-stratified, seeded sample of figure records",
+            outs=("artifacts/sample.jsonl",),
         ),
         Stage(
             "generate",
@@ -78,6 +145,7 @@ STAGES: dict[str, Stage] = {
             backends=(("generate.backend", "vital.generate:GENERATORS"),),
             param_reads=(_IMAGES, "vital.generate:prompt_files"),
             doc="candidate conversations per sampled figure",
+            outs=("artifacts/candidates.jsonl", "artifacts/generate_failures.jsonl"),
         ),
         Stage(
             "judge",
@@ -87,6 +155,7 @@ STAGES: dict[str, Stage] = {
             backends=(("judge.backend", "vital.judge:JUDGES"),),
             param_reads=(_IMAGES, "vital.judge:rubric_files"),
             doc="0-10 rubric score per candidate (model preference)",
+            outs=("artifacts/judgments.jsonl",),
         ),
         Stage(
             "labels",
@@ -95,6 +164,7 @@ STAGES: dict[str, Stage] = {
             reads=("artifacts/candidates.jsonl", "artifacts/sample.jsonl"),
             backends=(("labels.backend", "vital.labels:BACKENDS"),),
             doc="clinician preferences (simulated, or files from data/labels)",
+            outs=("artifacts/labels.jsonl",),
         ),
         Stage(
             "pairs",
@@ -102,6 +172,7 @@ STAGES: dict[str, Stage] = {
             "pairs",
             reads=("artifacts/judgments.jsonl", "artifacts/labels.jsonl"),
             doc="model and human preference pairs, held-out split by figure",
+            outs=("artifacts/pairs.jsonl",),
         ),
         Stage(
             "embed",
@@ -114,6 +185,7 @@ STAGES: dict[str, Stage] = {
             ),
             param_reads=(_IMAGES,),
             doc="image and text features of every candidate",
+            outs=("artifacts/embeddings",),
         ),
         Stage(
             "select",
@@ -131,6 +203,15 @@ STAGES: dict[str, Stage] = {
             ),
             param_reads=(_IMAGES,),  # read with selector.finetune_backbone only
             doc="train the selection model, score every candidate",
+            params=("selector",),
+            outs=("models/selector", "artifacts/scores.jsonl", "artifacts/scores_by_weight.jsonl"),
+            plots=(
+                Plot("metrics/plots/select_curve.csv", "epoch", "val_agreement"),
+                # agreement vs human_weight; `dvc plots diff` overlays experiments
+                Plot(
+                    "metrics/plots/select_weights.csv", "human_weight", "heldout_human_agreement", "scatter"
+                ),
+            ),
         ),
         Stage(
             "curate",
@@ -139,6 +220,7 @@ STAGES: dict[str, Stage] = {
             reads=("artifacts/scores.jsonl", "artifacts/candidates.jsonl"),
             param_reads=("vital.curate:mix_files",),
             doc="top-k% subsets, same-size random baselines, mixtures",
+            outs=("artifacts/curated",),
         ),
         Stage(
             "bakeoff",
@@ -160,6 +242,11 @@ STAGES: dict[str, Stage] = {
             backends=(("bakeoff.quality", "vital.bakeoff.quality:QUALITY"),),
             param_reads=("vital.bakeoff.stage:ifd_model",),
             doc="selection methods compared on the same pool: subsets, quality, gain over random, cost",
+            params=("bakeoff", "curate.policy"),
+            # the quality CSV is drawn by dvc.yaml's top-level `plots` (a line per method)
+            outs=("artifacts/bakeoff", Out("metrics/plots/bakeoff_quality.csv", cache=False)),
+            comment="selection methods on the same pool (vital/bakeoff/methods.py): random x seeds, length, CLIP "
+            "score,\njudge alone, selector at human_weight 0 and as configured, IFD; quality against random, and cost",
         ),
         Stage(
             "bakeoff_tune",
@@ -172,6 +259,12 @@ STAGES: dict[str, Stage] = {
                 Option("seed", int, "tune seed (random: also its subset's seed)", required=True),
             ),
             doc="tune the base on one bakeoff method's subset, one seed",
+            args="--method ${item.method} --seed ${item.seed}",
+            matrix=(("method", "${bakeoff.downstream_methods}"), ("seed", "${bakeoff.seeds}")),
+            params=("bakeoff.downstream_keep", "tune"),
+            outs=("models/bakeoff/${item.method}-s${item.seed}",),
+            metrics=("metrics/bakeoff_tune/${item.method}-s${item.seed}.json",),
+            plots=(Plot("metrics/plots/bakeoff_tune/${item.method}-s${item.seed}.csv", "step", "loss"),),
             pipeline="bakeoff/dvc.yaml",
         ),
         Stage(
@@ -180,6 +273,11 @@ STAGES: dict[str, Stage] = {
             "bakeoff_evaluate",
             param_reads=("vital.evaluate:eval_files", "vital.bakeoff.downstream:downstream_models"),
             doc="VQA of every bakeoff-tuned model, over seeds and minus random",
+            params=("bakeoff.downstream_methods", "bakeoff.seeds", "evaluate"),
+            metrics=("metrics/bakeoff_downstream.json",),
+            plots=(
+                Plot("metrics/plots/bakeoff_downstream.csv", "method", "closed_accuracy", "bar_horizontal"),
+            ),
             pipeline="bakeoff/dvc.yaml",
         ),
         Stage(
@@ -190,6 +288,14 @@ STAGES: dict[str, Stage] = {
             param_reads=("vital.tune:base_model", _IMAGES),
             options=(Option("subset", str, "curated subset: top or random", required=True), _SEED),
             doc="instruction-tune the base LLaVA on a curated subset",
+            args="--subset ${item.subset} --seed ${item.seed}",
+            matrix=(("subset", "${tune.subsets}"), ("seed", "${tune.seeds}")),
+            params=("tune", "mlflow"),
+            outs=("models/tuned/${item.subset}-s${item.seed}",),
+            metrics=("metrics/tune/${item.subset}-s${item.seed}.json",),
+            plots=(Plot("metrics/plots/tune/${item.subset}-s${item.seed}.csv", "step", "loss"),),
+            comment="the method's claim, measured: the same base tuned on the selector's top-k% and on a random "
+            "subset\nof the same size, over several seeds; each model is hash-locked and reruns only when its data does",
         ),
         Stage(
             "finetune",
@@ -203,6 +309,15 @@ STAGES: dict[str, Stage] = {
                 _SEED,
             ),
             doc="LLaVA-Med's VQA protocol: fine-tune a tuned model on each train split",
+            args="--model models/tuned/${item.subset}-s${item.seed} --name ${item.subset}-s${item.seed} "
+            "--seed ${item.seed}",
+            matrix=(("subset", "${tune.subsets}"), ("seed", "${tune.seeds}")),
+            params=("finetune", "mlflow"),
+            outs=("models/finetuned/${item.subset}-s${item.seed}",),
+            metrics=("metrics/finetune/${item.subset}-s${item.seed}.json",),
+            plots=(Plot("metrics/plots/finetune/${item.subset}-s${item.seed}", "step", "loss"),),
+            comment="LLaVA-Med's VQA protocol: every tuned model fine-tuned on each finetune.sets train split, so "
+            "the\nevaluate stage can score it on the test split the way the field's VQA tables are made",
         ),
         Stage(
             "finetune_base",
@@ -215,6 +330,13 @@ STAGES: dict[str, Stage] = {
                 _SEED,
             ),
             doc="the control: the untuned base fine-tuned the same way",
+            args="--model ${tune.base} --name base-s${item} --seed ${item}",
+            foreach="${tune.seeds}",
+            params=("finetune", "tune.base", "mlflow"),
+            outs=("models/finetuned/base-s${item}",),
+            metrics=("metrics/finetune/base-s${item}.json",),
+            plots=(Plot("metrics/plots/finetune/base-s${item}", "step", "loss"),),
+            comment="the control: the untuned base fine-tuned the same way, once per seed",
         ),
         Stage(
             "evaluate",
@@ -223,6 +345,8 @@ STAGES: dict[str, Stage] = {
             reads=("models/tuned",),
             param_reads=("vital.evaluate:eval_files", "vital.evaluate:extra_models"),
             doc="zero-shot VQA of every tuned model and the base",
+            params=("evaluate", "tune.subsets", "tune.seeds"),
+            outs=("artifacts/predictions",),
         ),
         Stage(
             "evaluate_finetuned",
@@ -231,6 +355,10 @@ STAGES: dict[str, Stage] = {
             reads=("models/finetuned",),
             param_reads=("vital.evaluate:eval_files",),
             doc="each fine-tuned model on the test split of its set",
+            params=("evaluate", "finetune.sets", "tune.subsets", "tune.seeds"),
+            outs=("artifacts/predictions_finetuned",),
+            comment="LLaVA-Med's VQA protocol, scored: each fine-tuned model on the test split of the set it was "
+            "tuned on",
         ),
         Stage(
             "chat_eval",
@@ -240,6 +368,8 @@ STAGES: dict[str, Stage] = {
             backends=(("chat_eval.backend", "vital.chat_eval:BACKENDS"),),
             param_reads=("vital.evaluate:eval_files",),
             doc="judge-scored open answers and win rate",
+            params=("chat_eval", "evaluate.sets", "evaluate.models"),
+            outs=("artifacts/chat_eval",),
         ),
     )
 }
@@ -255,7 +385,7 @@ def in_pipeline(pipeline: str) -> dict[str, Stage]:
 
 def by_script(script: str) -> list[Stage]:
     """The dvc.yaml stages a script runs (finetune and finetune_base share one)."""
-    return [s for s in STAGES.values() if s.script == script]
+    return [s for s in STAGES.values() if (s.script or s.name) == script]
 
 
 def get(name: str) -> Stage:

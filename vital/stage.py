@@ -38,7 +38,7 @@ def _one_line(e: Exception) -> str:
 
 
 def parser(stage: Stage) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=f"stages/{stage.script}.py", description=f"{stage.name}: {stage.doc}")
+    ap = argparse.ArgumentParser(prog=stage.script_path, description=f"{stage.name}: {stage.doc}")
     for opt in stage.options:
         ap.add_argument(f"--{opt.name}", type=opt.type, required=opt.required, help=opt.help)
     ap.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")

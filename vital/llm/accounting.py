@@ -7,8 +7,14 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vital.params import Price
+
+if TYPE_CHECKING:
+    from vital.drops import Drops
+    from vital.llm.cache import RequestCache
+    from vital.params import GenerateParams, JudgeParams
 
 
 @dataclass
@@ -121,3 +127,52 @@ def offline_metrics() -> dict:
         "output_tokens": 0,
         "estimated_cost_usd": 0.0,
     }
+
+
+def dry_run_estimate(
+    requests,
+    cache: RequestCache,
+    price,
+    sp: GenerateParams | JudgeParams,
+    figures: int,
+    drops: Drops,
+    section: str,
+    late_skips: list[dict] = (),
+) -> dict:
+    """Shared by generate and judge dry runs; ``late_skips``: images found unreadable while requests are built."""
+    n = hits = tok_in = tok_out = 0
+    for req in requests:
+        if req.key in cache:
+            hits += 1
+            continue
+        n += 1
+        tok_out += sp.max_tokens
+        tok_in += req.est_tokens - sp.max_tokens
+    cost_in = None if price is None else tok_in / 1e6 * price.input_per_1m
+    cost_out = None if price is None else tok_out / 1e6 * price.output_per_1m
+    return {
+        "stage": section,
+        "backend": sp.backend,
+        "model": sp.model,
+        "mode": sp.mode,
+        "figures": figures,
+        **_with_late(drops, late_skips).metrics(),
+        "requests_to_send": n,
+        "cached": hits,
+        "estimated_input_tokens": tok_in,
+        "estimated_output_tokens_max": tok_out,
+        "estimated_cost_usd_max": None if price is None else round(cost_in + cost_out, 4),
+        "estimated_cost_usd_input": None if price is None else round(cost_in, 4),
+        "price": None if price is None else price.model_dump(),
+        "price_known": price is not None,
+        "note": (
+            "first attempts only (invalid-output retries come on top); output at max_tokens is an upper bound"
+            + ("" if price else "; " + no_price_note(section, sp.model, sp.prices))
+        ),
+    }
+
+
+def _with_late(drops: Drops, late_skips: list[dict]) -> Drops:
+    for skip in late_skips:
+        drops.add(skip["reason"], skip["pair_id"], skip.get("detail", ""))
+    return drops
