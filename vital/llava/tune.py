@@ -74,7 +74,8 @@ def check_precision(tp: TrainParams, section: str = "tune") -> None:
             f"with {section}.mixed_precision={half}, or launch under DeepSpeed (accelerate launch --config_file "
             "configs/accelerate/zero3.yaml)"
         )
-    if tp.mixed_precision != half:
+    # QLoRA's preparation puts every weight that is not 4-bit in float32, so it needs no autocast.
+    if tp.method == "lora" and tp.mixed_precision != half:
         raise ParamsError(
             f"{section}.load_dtype={tp.load_dtype} needs {section}.mixed_precision={half} (got "
             f"{tp.mixed_precision}): the trained weights are kept in float32 and the frozen ones in "
@@ -211,7 +212,7 @@ def _trainable_to_float32(model: torch.nn.Module) -> None:
 
 
 def trainable_dtypes(model: torch.nn.Module) -> list[str]:
-    """The dtypes of the trainable weights (``["float32"]`` once ``prepare_model`` has run)."""
+    """The dtypes of the trainable weights (``["float32"]`` for LoRA and QLoRA once ``prepare_model`` ran)."""
     return sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
 
 
