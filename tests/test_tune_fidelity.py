@@ -152,9 +152,11 @@ def test_half_precision_without_master_weights_is_refused_naming_the_param(secti
         tune.check_method(_params(**kw), section)
 
 
-def test_half_precision_full_is_left_to_deepspeed(monkeypatch):
+def test_half_precision_full_is_left_to_deepspeed_and_qlora_needs_no_autocast(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     tune.check_method(_params(method="full", load_dtype="bfloat16", mixed_precision="bf16"), "finetune")
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    tune.check_precision(_params(method="qlora", load_dtype="bfloat16", mixed_precision="no"), "tune")
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
