@@ -129,14 +129,19 @@ def assistant_spans(processor, messages: list[dict[str, Any]]) -> tuple[str, lis
 def next_turn_tag(processor) -> str | None:
     """The text that opens a user turn in the processor's chat template (``"USER:"`` for LLaVA-1.5's), found
     by rendering one turn more; None if the template renders it as nothing."""
+    from jinja2 import TemplateError  # what chat templates render with (transformers imports it lazily too)
+
     sentinel = "\x00next\x00"
 
     def user(text: str) -> dict[str, Any]:
         return {"role": "user", "content": [{"type": "text", "text": text}]}
 
     one = [user("a"), {"role": "assistant", "content": [{"type": "text", "text": "b"}]}]
-    before = processor.apply_chat_template(one, tokenize=False)
-    after = processor.apply_chat_template([*one, user(sentinel)], tokenize=False)
+    try:
+        before = processor.apply_chat_template(one, tokenize=False)
+        after = processor.apply_chat_template([*one, user(sentinel)], tokenize=False)
+    except (TemplateError, ValueError):  # a single-turn template (e.g. one that requires an image)
+        return None
     if not after.startswith(before) or sentinel not in after:
         return None
     return after[len(before) :].split(sentinel, 1)[0].strip() or None
