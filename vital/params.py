@@ -474,7 +474,21 @@ class TrainParams(Section):
     max_length: int = Field(256, ge=16)
     seed: int = 0
     load_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype the base weights are loaded in (bfloat16 for 13B on GPUs)"
+        "float32",
+        description="dtype the base weights are loaded in (bfloat16 for 13B on GPUs); trainable weights are "
+        "kept in float32 (master weights) and mixed_precision must match; full needs float32 outside DeepSpeed",
+    )
+    projector_lr: float | None = Field(
+        None, gt=0, description="learning rate of the projector (LLaVA-1.5 LoRA: 2e-5); null = lr"
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass (LLaVA always does): less memory, more time",
+    )
+    image_aspect_ratio: Literal["pad", "crop"] = Field(
+        "pad",
+        description="pad: to a square with the image processor's image_mean colour first (LLaVA-1.5); "
+        "crop: the processor's resize and centre crop only",
     )
 
     @field_validator("mixed_precision", mode="before")

@@ -3,7 +3,12 @@
 The prompt text comes from the processor's own chat template (the one saved with the checkpoint), so a
 model is trained on exactly the format ``processor.apply_chat_template(..., add_generation_prompt=True)``
 gives at evaluation. Assistant spans are found by rendering the conversation turn by turn: the text added
-by each assistant message, after the generation prompt, is what the model must learn to produce.
+by each assistant message after the generation prompt holds the answer.
+
+What is supervised is the answer and EOS, as LLaVA's ``preprocess_v1`` does (``... ASSISTANT: {a}</s>``),
+whatever the template puts after the answer: a template that ends the turn with EOS keeps it; one that ends
+it with whitespace only (llava-hf 1.5's ``{a} ``) gets EOS in place of that whitespace; any other
+end-of-turn text follows an inserted EOS, unsupervised. The next turn's role tokens are never targets.
 """
 
 from __future__ import annotations
@@ -65,9 +70,26 @@ def llava_to_messages(conversations: list[dict[str, Any]], has_image: bool = Tru
     return messages
 
 
+def _text_of(message: dict[str, Any]) -> str:
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(p["text"] for p in content if p.get("type") == "text")
+
+
 def assistant_spans(processor, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendered text and the character spans produced by assistant turns."""
-    spans = []
+    """The training text and the character spans to supervise: each answer plus the EOS that ends it.
+
+    The text is the template's rendering of the whole conversation, except where a turn's end carries no
+    EOS (see the module docstring).
+    """
+    eos = processor.tokenizer.eos_token
+    if not eos:
+        raise ConversationError("the tokenizer has no eos_token, so no answer can be taught to end")
+    full = processor.apply_chat_template(messages, tokenize=False)
+    pieces: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length = cursor = 0  # length of the text built so far; how much of ``full`` it covers
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
@@ -77,9 +99,59 @@ def assistant_spans(processor, messages: list[dict[str, Any]]) -> tuple[str, lis
             raise ConversationError(
                 "chat template does not render the generation prompt as a prefix of the assistant turn"
             )
-        spans.append((len(prompt), len(upto)))
-    text = processor.apply_chat_template(messages, tokenize=False)
-    return text, spans
+        if not full.startswith(upto):
+            raise ConversationError("chat template renders a turn differently once later turns follow it")
+        body = upto[len(prompt) :]
+        answer = _text_of(m).strip()
+        at = body.find(answer) if answer else -1
+        # A template that rewrites the answer: supervise the whole turn but its trailing whitespace.
+        answer_end = len(prompt) + (at + len(answer) if at >= 0 else len(body.rstrip()))
+        head = full[cursor:answer_end]
+        start = length + len(prompt) - cursor
+        pieces.append(head)
+        length += len(head)
+        trailing = upto[answer_end:]
+        k = trailing.find(eos)
+        if k >= 0:  # the template ends the turn with EOS: keep it (and anything before it) as target
+            kept = trailing[: k + len(eos)]
+            cursor = answer_end + len(kept)
+        else:
+            kept = eos
+            # whitespace-only turn ends (llava-hf 1.5) become EOS, as LLaVA's separator was; other text stays
+            cursor = len(upto) if not trailing.strip() else answer_end
+        pieces.append(kept)
+        length += len(kept)
+        spans.append((start, length))
+    pieces.append(full[cursor:])
+    return "".join(pieces), spans
+
+
+def next_turn_tag(processor) -> str | None:
+    """The text that opens a user turn in the processor's chat template (``"USER:"`` for LLaVA-1.5's), found
+    by rendering one turn more; None if the template renders it as nothing."""
+    from jinja2 import TemplateError  # what chat templates render with (transformers imports it lazily too)
+
+    sentinel = "\x00next\x00"
+
+    def user(text: str) -> dict[str, Any]:
+        return {"role": "user", "content": [{"type": "text", "text": text}]}
+
+    one = [user("a"), {"role": "assistant", "content": [{"type": "text", "text": "b"}]}]
+    try:
+        before = processor.apply_chat_template(one, tokenize=False)
+        after = processor.apply_chat_template([*one, user(sentinel)], tokenize=False)
+    except (TemplateError, ValueError):  # a single-turn template (e.g. one that requires an image)
+        return None
+    if not after.startswith(before) or sentinel not in after:
+        return None
+    return after[len(before) :].split(sentinel, 1)[0].strip() or None
+
+
+def cut_at_next_turn(text: str, tag: str | None) -> str:
+    """A generated answer up to where the model starts writing the next user turn itself."""
+    if tag and tag in text:
+        text = text[: text.index(tag)]
+    return text.strip()
 
 
 def num_image_tokens(processor) -> int:

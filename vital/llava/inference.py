@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from vital.llava.conversation import cut_at_next_turn, next_turn_tag
 from vital.progress import progress
 from vital.shards import open_image
 from vital.vqa.items import VQAItem
@@ -64,6 +65,8 @@ class LlavaAnswerer:
         tok.padding_side = "left"  # generation continues from the right edge of every row
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
+        # A model that was never taught to stop (no EOS after answers) runs on into a turn of its own.
+        self.next_turn = next_turn_tag(self.processor)
 
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -85,9 +88,10 @@ class LlavaAnswerer:
             max_new_tokens=max_new_tokens,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
+            **({"stop_strings": [self.next_turn], "tokenizer": tok} if self.next_turn else {}),
         )
         new = out[:, inputs["input_ids"].shape[1] :]
-        return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        return [cut_at_next_turn(t, self.next_turn) for t in tok.batch_decode(new, skip_special_tokens=True)]
 
     def answer(
         self, items: Sequence[VQAItem], batch_size: int = 8, max_new_tokens: int = 16, desc: str = "answer"

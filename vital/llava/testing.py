@@ -71,3 +71,58 @@ def tiny_base(out: Path, width: int = 64, image_size: int = 64, patch_size: int 
         tokenizer = train_tokenizer(texts, 300, Path(tmp))
     model, processor = build_tiny_llava(clip.visual, tokenizer, AlignParams(hidden_size=width, seed=seed))
     return save_llava(model, processor, Path(out))
+
+
+# The chat template llava-hf/llava-1.5-7b-hf (and -13b-hf) ships in chat_template.json, as transformers' own
+# tests/models/llava/test_processor_llava.py spells it: an assistant turn renders as "{answer} " (no EOS).
+LLAVA_HF_15_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}{# Render all text next #}"
+    "{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in "
+    "message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}"
+    "{% endgeneration %}{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}"
+    "{% endif %}"
+)
+
+
+def llama_style_tokenizer(texts: list[str], out: Path, vocab_size: int = 500):
+    """A Llama-style ``LlamaTokenizer`` (Metaspace "▁" words, byte fallback, BOS prepended) with BPE pieces
+    trained on ``texts`` inside words only, as SentencePiece makes them; ``<pad>`` and ``<image>`` added as
+    llava-hf adds them. Saved to ``out`` with ``save_pretrained`` and loaded back with ``AutoTokenizer``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    core = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
+    byte_pieces = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", *byte_pieces], show_progress=False
+    )
+    core.train_from_iterator(texts, trainer)
+    bpe = json.loads(core.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in bpe["merges"]]
+    tok = LlamaTokenizer(vocab=bpe["vocab"], merges=merges, add_bos_token=True)
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.add_tokens(["<image>"], special_tokens=True)
+    tok.save_pretrained(out)
+    return AutoTokenizer.from_pretrained(out, extra_special_tokens={"image_token": "<image>"})
+
+
+def llava_hf_style_base(out: Path, width: int = 32, image_size: int = 32, patch_size: int = 16) -> Path:
+    """A random tiny LLaVA with a Llama-style tokenizer and llava-hf 1.5's chat template, saved to ``out``."""
+    from vital.foundation.clip import build_tiny_clip
+    from vital.llava.build import make_processor
+
+    fp = FoundationParams(width=width, embed_dim=width, image_size=image_size, patch_size=patch_size)
+    clip, _, _ = build_tiny_clip(fp)
+    texts = [
+        "USER: <image>\nWhich side is the lesion on? ASSISTANT: Yes. The lesion is on the left. No, right.",
+        "Is there a mass? Describe the image concisely. What is shown in this image?",
+    ] * 50
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = llama_style_tokenizer(texts, Path(tmp))
+        model, _ = build_tiny_llava(clip.visual, tokenizer, AlignParams(hidden_size=width))
+        processor = make_processor(clip.visual, tokenizer, chat_template=LLAVA_HF_15_CHAT_TEMPLATE)
+        return save_llava(model, processor, Path(out))

@@ -33,6 +33,8 @@ class LoopConfig:
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 1e-3
+    # parameters whose name contains a key train at its rate (LLaVA's mm_projector_lr: the projector's own)
+    lr_by_name: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
@@ -162,6 +164,17 @@ def _save(accelerator: Accelerator, cfg: LoopConfig, step: int, consumed: int, r
     accelerator.wait_for_everyone()
 
 
+def param_groups(model: torch.nn.Module, cfg: LoopConfig) -> list[dict]:
+    """The trainable parameters as optimizer groups: those matching a ``cfg.lr_by_name`` key at its rate,
+    the rest at ``cfg.lr`` (a group is left out when empty)."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            lr = next((v for k, v in cfg.lr_by_name.items() if k in name), cfg.lr)
+            groups.setdefault(lr, []).append(p)
+    return [{"params": ps, "lr": lr} for lr, ps in groups.items()]
+
+
 def train(
     model: torch.nn.Module,
     dataset: torch.utils.data.Dataset,
@@ -188,7 +201,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     world = accelerator.num_processes
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, int(cfg.warmup_ratio * total_steps) * world, total_steps * world

@@ -22,7 +22,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
 
 from vital.io import RecordError, read_json, write_curve, write_json
-from vital.llava.build import load_llava
+from vital.llava.build import load_llava, set_image_aspect_ratio
 from vital.llava.conversation import Collator, ConversationDataset
 from vital.llava.trainer import LoopConfig, LoopResult, train
 from vital.params import ParamsError, TrainParams
@@ -57,8 +57,35 @@ def read_llava_json(path: Path) -> list[dict[str, Any]]:
     return data
 
 
+def under_deepspeed() -> bool:
+    """Whether this process was started by ``accelerate launch`` with a DeepSpeed config."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("true", "1")
+
+
+def check_precision(tp: TrainParams, section: str = "tune") -> None:
+    """Refuse precision settings that would update half-precision weights with no float32 master copy."""
+    if tp.load_dtype == "float32":
+        return
+    half = {"bfloat16": "bf16", "float16": "fp16"}[tp.load_dtype]
+    if tp.method == "full" and not under_deepspeed():
+        raise ParamsError(
+            f"{section}.load_dtype={tp.load_dtype} with {section}.method=full: outside DeepSpeed the optimizer "
+            f"would update {tp.load_dtype} weights with no float32 master copy; use {section}.load_dtype=float32 "
+            f"with {section}.mixed_precision={half}, or launch under DeepSpeed (accelerate launch --config_file "
+            "configs/accelerate/zero3.yaml)"
+        )
+    # QLoRA's preparation puts every weight that is not 4-bit in float32, so it needs no autocast.
+    if tp.method == "lora" and tp.mixed_precision != half:
+        raise ParamsError(
+            f"{section}.load_dtype={tp.load_dtype} needs {section}.mixed_precision={half} (got "
+            f"{tp.mixed_precision}): the trained weights are kept in float32 and the frozen ones in "
+            f"{tp.load_dtype}, so the forward pass must autocast"
+        )
+
+
 def check_method(tp: TrainParams, section: str = "tune") -> None:
     """Fail on a ``<section>.method`` this machine cannot run, before any data or model is loaded."""
+    check_precision(tp, section)
     if tp.method != "qlora":
         return
     try:
@@ -124,18 +151,34 @@ def lora_target_pattern(modules: list[str], freeze_vision: bool) -> str:
     return rf".*{scope}.*\.({names})"
 
 
+# Non-reentrant checkpointing: the reentrant kind backpropagates nothing when no input requires grad
+# (frozen embeddings under LoRA).
+_CHECKPOINTING = {"use_reentrant": False}
+
+
 def prepare_model(model: LlavaForConditionalGeneration, tp: TrainParams) -> torch.nn.Module:
-    """Freeze/wrap the model for ``tp.method``; the projector always trains (as in LLaVA)."""
+    """Freeze/wrap the model for ``tp.method``; the projector always trains (as in LLaVA).
+
+    LoRA and QLoRA keep the trainable weights in float32 whatever ``tp.load_dtype`` (the master weights AdamW
+    updates; the forward autocasts). Full fine-tuning in half precision leaves that to DeepSpeed.
+    """
+    if tp.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=_CHECKPOINTING)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=_CHECKPOINTING)
+        model.config.use_cache = False
     if tp.method == "full":
         model.requires_grad_(True)
         if tp.freeze_vision:
             model.model.vision_tower.requires_grad_(False)
-        return model
+        return model  # half-precision full fine-tuning runs only under DeepSpeed (check_precision)
     if tp.method == "qlora":
-        # Freezes the base, upcasts the non-4-bit weights to fp32 and turns on gradient checkpointing
-        # (non-reentrant: the reentrant kind needs inputs that require grad to backpropagate at all).
+        # Freezes the base and upcasts its non-4-bit weights to fp32; checkpointing as tp says.
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+            model,
+            use_gradient_checkpointing=tp.gradient_checkpointing,
+            gradient_checkpointing_kwargs=_CHECKPOINTING,
         )
     names = [f"language_model.{n}" for n, _ in model.model.language_model.named_modules()] + ["lm_head"]
     unknown = [m for m in tp.lora.modules_to_save if not any(n == m or n.endswith(f".{m}") for n in names)]
@@ -158,7 +201,19 @@ def prepare_model(model: LlavaForConditionalGeneration, tp: TrainParams) -> torc
         raise
     if not any("lora_" in n for n, _ in peft_model.named_parameters()):
         raise ValueError(missing)
+    _trainable_to_float32(peft_model)
     return peft_model
+
+
+def _trainable_to_float32(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+
+
+def trainable_dtypes(model: torch.nn.Module) -> list[str]:
+    """The dtypes of the trainable weights (``["float32"]`` for LoRA and QLoRA once ``prepare_model`` ran)."""
+    return sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
 
 
 def is_main_process() -> bool:
@@ -239,9 +294,12 @@ def run(
     records = read_llava_json(data)
     torch.manual_seed(tp.seed)
     model, processor = load_llava(base, dtype=_DTYPES[tp.load_dtype], **_load_kwargs(tp))
+    # saved with the checkpoint, so evaluation preprocesses images as training did
+    set_image_aspect_ratio(processor, tp.image_aspect_ratio)
     dataset = ConversationDataset(records, processor, image_root, tp.max_length, source=str(data))
     model = prepare_model(model, tp)
     trainable, total = count_params(model)
+    dtypes = trainable_dtypes(model)
     cfg = LoopConfig(
         checkpoint_dir=Path(checkpoint_dir),
         epochs=tp.epochs,
@@ -249,6 +307,7 @@ def run(
         batch_size=tp.batch_size,
         grad_accum=tp.grad_accum,
         lr=tp.lr,
+        lr_by_name={} if tp.projector_lr is None else {"multi_modal_projector": tp.projector_lr},
         mixed_precision=tp.mixed_precision,
         checkpoint_every=tp.checkpoint_every,
         seed=tp.seed,
@@ -260,6 +319,8 @@ def run(
     )
     _save_outputs(model, accelerator, processor, str(base), out, tp)
     metrics = _metrics(tp, dataset, result, trainable, total, records)
+    metrics["trainable_dtypes"] = dtypes
+    metrics["global_batch"] = tp.batch_size * tp.grad_accum * accelerator.num_processes
     metrics["wall_s"] = round(time.perf_counter() - start, 2)
     if accelerator.is_main_process:
         if curve_path is not None:
@@ -274,6 +335,10 @@ def _metrics(tp, dataset, result: LoopResult, trainable: int, total: int, record
     return {
         "method": tp.method,
         "freeze_vision": tp.freeze_vision,
+        "gradient_checkpointing": tp.gradient_checkpointing,
+        "image_aspect_ratio": tp.image_aspect_ratio,
+        "lr": tp.lr,
+        "projector_lr": tp.lr if tp.projector_lr is None else tp.projector_lr,
         "seed": tp.seed,
         "records": len(records),
         "examples": len(dataset),
