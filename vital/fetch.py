@@ -409,7 +409,7 @@ def _image_file(path: Path, member: str, opts: FetchOptions) -> tuple[bytes | No
     except UnidentifiedImageError:
         raise Permanent("bad_image", f"{member}: not an image PIL can identify") from None
     except Image.DecompressionBombError as e:
-        raise Permanent("too_many_pixels", f"{member}: {e}") from None
+        raise Permanent("too_many_pixels", f"{member}: {e} (max_pixels {opts.max_pixels})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise Permanent("bad_image", f"{member}: {type(e).__name__}: {e}") from None
 
