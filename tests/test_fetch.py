@@ -24,7 +24,6 @@ import pytest
 from PIL import Image
 
 from vital.fetch import FetchOptions, HostRateLimiter, fetch_images, read_url_records
-from vital.io import RecordError
 from vital.shards import open_image, read_bytes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -160,7 +160,9 @@ def _add_fetch_images(sub) -> None:
     f.add_argument("--timeout", type=float, default=60.0, help="socket timeout in s (default: 60)")
     f.add_argument("--max-side", type=int, default=None, help="downscale figures to this longer side")
     f.add_argument("--no-verify", action="store_true", help="trust done shards' size, skip rehashing them")
-    f.add_argument("--max-package-mb", type=float, default=2048, help="bytes per package, MiB (default: 2048)")
+    f.add_argument(
+        "--max-package-mb", type=float, default=2048, help="bytes per package, MiB (default: 2048)"
+    )
     f.add_argument("--max-member-mb", type=float, default=64, help="bytes per figure, MiB (default: 64)")
     f.add_argument("--max-pixels", type=int, default=50_000_000, help="pixels per figure (default: 5e7)")
     f.add_argument("--package-s", type=float, default=1800, help="seconds per package (default: 1800)")

@@ -202,3 +202,19 @@ def read_index(path: str | os.PathLike) -> dict[str, str]:
 
     table = pq.read_table(path, columns=["pair_id", "ref"])
     return dict(zip(table.column("pair_id").to_pylist(), table.column("ref").to_pylist(), strict=True))
+
+
+def index_refs(index: str | os.PathLike, root: str | os.PathLike) -> dict[str, str]:
+    """``pair_id -> ref`` from a fetch index, the refs made relative to ``root`` (the corpus folder every
+    stage opens figures from), e.g. ``../../artifacts/figures/shard-00000.tar#<key>.jpg``."""
+    index = Path(index)
+    if not index.is_file():
+        raise ShardMissing(f"{index}: fetch index not found (run the fetch stage: dvc repro fetch)")
+    try:
+        refs = read_index(index)
+    except Exception as e:  # pyarrow's errors: not Parquet, no pair_id/ref columns
+        raise ShardError(f"{index}: not a fetch index ({type(e).__name__}: {e})") from None
+    base = os.path.relpath(index.resolve().parent.parent, Path(root).resolve())
+    if base == ".":
+        return refs
+    return {pid: f"{Path(base).as_posix()}/{ref}" for pid, ref in refs.items()}

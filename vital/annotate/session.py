@@ -122,7 +122,9 @@ def load_tasks(
         if len(cands) < 2:
             continue
         shuffle = rng_for("annotate", seed, annotator, fig.pair_id).permutation(len(cands))
-        tasks.append(Task(fig.pair_id, fig.fig_caption, fig.image, tuple(cands[int(k)] for k in shuffle)))
+        # the image the candidates were generated on (the fetch stage's shard ref when the profile fetches)
+        image = cands[0].image
+        tasks.append(Task(fig.pair_id, fig.fig_caption, image, tuple(cands[int(k)] for k in shuffle)))
     if not tasks:
         raise AnnotationError(
             f"{paths.sample}: no sampled figure has two or more candidates in {paths.candidates}"
@@ -349,6 +351,7 @@ class AnnotationSession:
         task = self._task(pair_id)
         file, member = split_ref(task.image)
         path = (self.paths.corpus / file).resolve()
-        if not path.is_relative_to(self.paths.corpus.resolve()):
+        fetched = self.paths.fetched.resolve()  # the fetch stage's shards
+        if not (path.is_relative_to(self.paths.corpus.resolve()) or path.is_relative_to(fetched)):
             raise AnnotationError(f"figure {pair_id}: image path {task.image!r} leaves the corpus folder")
         return read_bytes(task.image, self.paths.corpus), member or path.name
