@@ -441,7 +441,13 @@ def test_leftovers_of_a_killed_run_are_removed(server: Server, tmp_path: Path):
     out.mkdir()
     for name in (".shard-00000.tar.x1y2.part", ".index.parquet.abc", ".report.jsonl.q", ".summary.json.z"):
         (out / name).write_bytes(b"half")
-    fetch_images(urls_file(tmp_path, [row("k", pkg, "K/f.png")]), out, FetchOptions(**FAST))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in (".member.abc.part", ".k.tmp"):
+        (cache / name).write_bytes(b"half")
+    opts = FetchOptions(**FAST, staging=cache)
+    fetch_images(urls_file(tmp_path, [row("k", pkg, "K/f.png")]), out, opts)
+    assert sorted(p.name for p in cache.iterdir()) == ["k"]  # the figure, kept for the next run
     assert sorted(p.name for p in out.iterdir()) == [
         "fetch.json",
         "index.parquet",

@@ -711,6 +711,8 @@ def fetch_figures(
     staging = opts.staging or out / STAGING
     downloads = opts.downloads or out / DOWNLOADS
     staging.mkdir(parents=True, exist_ok=True)
+    for part in [*staging.glob(".member.*.part"), *staging.glob(".*.tmp")]:  # a killed run's, never complete
+        part.unlink(missing_ok=True)
     st = _State(figures, shards, staging, keep_staged=opts.staging is not None)
     for i in range(len(shards)):
         m = shard_done(out, i, opts.verify, shards[i])
