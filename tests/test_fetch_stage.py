@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.test_annotate import paths  # noqa: F401 (a fixture)
 from tests.test_corpus_fetch import _packages
 from tests.test_fetch import PMC, pmc  # noqa: F401 (pmc: the server fixture)
 from tests.test_pipeline import REPO, TINY, _merge, ran_stages, sh
@@ -113,3 +114,35 @@ def test_dvc_repro_goes_from_llava_med_files_through_fetch_to_candidates(pmc: PM
     assert {p for p, _ in pmc.log[hits:]} <= failed_packages, pmc.log[hits:]
     # the shards are rebuilt byte for byte from the cache: nothing downstream is stale
     assert "up to date" in sh(root, "dvc", "status", "generate").stdout
+
+
+def test_annotate_serves_a_fetched_figure_through_the_fetch_index(paths, tmp_path: Path):  # noqa: F811
+    """The sample keeps LLaVA-Med's image name; the fetch stage's index says where the bytes are."""
+    import io
+
+    from PIL import Image
+
+    from tests.test_annotate import _call, _serve
+    from vital.annotate.session import AnnotationSession, load_tasks
+    from vital.fetch import write_index
+    from vital.shards import ShardWriter
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (16, 8), (10, 200, 10)).save(jpeg, "JPEG")
+    writer = ShardWriter(paths.fetched / "shard-00000.tar")
+    entry = writer.add("PMC1_F1", "jpg", jpeg.getvalue(), {"pair_id": "PMC1_F1"})
+    writer.commit()
+    manifest = {
+        "shard": "shard-00000.tar",
+        "figures": [{"pair_id": "PMC1_F1", "width": 16, "height": 8, **entry}],
+    }
+    write_index(paths.fetched, [manifest])
+    for p in (paths.corpus / "images").rglob("*.png"):
+        p.unlink()  # nothing local: the figure exists only in the fetch stage's shard
+    session = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    server, url = _serve(session)
+    try:
+        status, body = _call(f"{url}/image/PMC1_F1")
+        assert status == 200 and body == jpeg.getvalue()
+    finally:
+        server.shutdown()
