@@ -89,6 +89,11 @@ def test_dvc_repro_goes_from_llava_med_files_through_fetch_to_candidates(pmc: PM
     out = sh(root, "dvc", "repro", "generate")
     assert ran_stages(out.stdout) == {"sample", "fetch", "generate"}, out.stdout
     sampled = {r["pair_id"] for r in read_jsonl(root / "artifacts" / "sample.jsonl")}
+    # exactly the sampled figures' packages, each once (the reset one twice: it is retried)
+    wanted = {f"/pub/oa_package/{pid.rsplit('_', 1)[0]}.tar.gz" for pid in sampled}
+    asked = [path for path, fault in pmc.log if fault != "reset"]
+    assert set(asked) == wanted and len(asked) == len(wanted), (sorted(set(asked) ^ wanted), len(asked))
+    assert len(sampled) < len(records)
     failed = (set(faulted["404"]) | set(faulted["truncated"])) & sampled
     assert failed, "the sample should hold some figures whose packages fail"
     report = {r["pair_id"]: r["reason"] for r in read_jsonl(root / "artifacts" / "figures" / "report.jsonl")}
