@@ -73,9 +73,9 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "fetch",
-            "vital.fetch:run_stage",
+            "vital.fetch.stage:run_stage",
             "fetch",
-            param_reads=("vital.fetch:stage_reads",),
+            param_reads=("vital.fetch.stage:stage_reads",),
             doc="the sampled figures' PMC packages -> artifacts/figures (shards + index); off in the demo",
         ),
         Stage(
