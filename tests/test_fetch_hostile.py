@@ -311,8 +311,9 @@ def test_redirects_across_hosts_keep_the_target_hosts_rate(server: Server, serve
         fetch_images(urls_file(tmp_path, rows), out, FetchOptions(**{**FAST, "workers": 6, "rate": 4.0}))
         assert len(index_ids(out)) == 6
         times = sorted(t for hits in third.hits.values() for t in hits)
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-        assert min(gaps) >= 0.2, gaps  # 4/s: 0.25 s apart (less timer slack)
+        # 4/s: six starts span >= 1.25 s (1.0 leaves slack for a loaded machine); rate-limited per origin
+        # only, two origins' redirects reach the mirror in pairs and span 0.5 s
+        assert times[-1] - times[0] >= 1.0, [round(t - times[0], 2) for t in times]
     finally:
         third.close()
 
