@@ -102,7 +102,8 @@ class Stage:
         return f"python {self.script_path} {self.args}".strip()
 
 
-# the figures' images: data/corpus/images, or the fetched shards when sample.corpus.shards is set
+# the figures' images: data/corpus/images, the fetch stage's artifacts/figures when fetch.enabled, or the
+# shards fetched beforehand when sample.corpus.shards is set
 _IMAGES = "vital.sample:corpus_images"
 _SEED = Option("seed", int, "overrides the section's seed")
 
@@ -136,6 +137,14 @@ STAGES: dict[str, Stage] = {
             param_reads=("vital.sample:corpus_files",),
             doc="domain-stratified, seeded sample of figure records",
             outs=("artifacts/sample.jsonl",),
+        ),
+        Stage(
+            "fetch",
+            "vital.fetch.stage:run_stage",
+            "fetch",
+            param_reads=("vital.fetch.stage:stage_reads",),
+            doc="the sampled figures' PMC packages -> artifacts/figures (shards + index); off in the demo",
+            outs=("artifacts/figures",),
         ),
         Stage(
             "generate",

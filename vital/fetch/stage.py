@@ -1,0 +1,85 @@
+"""The fetch stage: the sampled figures into ``artifacts/figures``; a no-op when ``fetch.enabled`` is off."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from vital.failures import StageFailed
+from vital.fetch.inputs import read_url_records
+from vital.fetch.options import FetchOptions
+from vital.fetch.run import REPORT, SUMMARY, fetch_figures, write_index
+from vital.io import write_json
+
+
+def stage_options(fp) -> FetchOptions:
+    """FetchOptions from the ``fetch`` params section, staging and downloads in its ``cache_dir``."""
+    cache = Path(fp.cache_dir)
+    return FetchOptions(
+        shard_size=fp.shard_size,
+        workers=fp.workers,
+        rate=fp.rate,
+        retries=fp.retries,
+        backoff=fp.backoff,
+        timeout=fp.timeout,
+        max_side=fp.max_side,
+        max_package_bytes=int(fp.max_package_mb * 2**20),
+        max_member_bytes=int(fp.max_member_mb * 2**20),
+        max_pixels=fp.max_pixels,
+        package_s=fp.package_s,
+        staging=cache / "figures",
+        downloads=cache / "downloads",
+    )
+
+
+def run_stage(p, paths) -> dict:
+    """The fetch stage: the sampled figures into ``artifacts/figures`` (shards, ``index.parquet``,
+    ``report.jsonl``, ``summary.json``) and ``metrics/fetch.json``. With ``fetch.enabled`` off (the demo,
+    whose images are local files) it reads nothing and writes an empty index."""
+    start = time.perf_counter()
+    out, fp = paths.fetched, p.fetch
+    if not fp.enabled:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        write_index(out, [])
+        summary = {
+            "enabled": False,
+            "figures": 0,
+            "fetched": 0,
+            "note": "fetch.enabled is off: images are local",
+        }
+        write_json(out / SUMMARY, summary)
+        write_json(paths.metric("fetch"), {**summary, "wall_s": round(time.perf_counter() - start, 3)})
+        print(f"fetch: off (fetch.enabled: false); figures are read from {paths.corpus}")
+        return summary
+    opts = stage_options(fp)
+    opts.check()
+    cache = Path(fp.cache_dir)
+    if cache.exists() and not cache.is_dir():
+        raise NotADirectoryError(f"fetch.cache_dir {fp.cache_dir}: exists and is not a folder")
+    if not paths.sample.is_file():
+        raise FileNotFoundError(f"{paths.sample}: not found (run the sample stage first: dvc repro sample)")
+    figures, refused, lines = read_url_records(paths.sample)
+    summary = fetch_figures(figures, refused, lines, out, opts, ref_prefix=out.name)
+    metrics = {"enabled": True, **summary, "wall_s": round(time.perf_counter() - start, 3)}
+    write_json(paths.metric("fetch"), metrics)
+    print(
+        f"fetch: {summary['fetched']} of {lines} sampled figures into {summary['shards']} shards -> {out} "
+        f"({summary['this_run']['packages_downloaded']} packages downloaded; not fetched: "
+        f"{summary['by_reason'] or 'none'}, listed in {out / REPORT})"
+    )
+    total = summary["figures"] + summary["lines_refused"]
+    failed = total - summary["fetched"]
+    if total and (failed == total or failed / total > fp.max_failed_share):
+        raise StageFailed(
+            f"fetch: {failed} of {total} sampled figures not fetched ({failed / total:.0%}; "
+            f"fetch.max_failed_share {fp.max_failed_share:g}): {summary['by_reason']}; each is listed with "
+            f"its reason in {out / REPORT}; what was fetched is kept in {fp.cache_dir}"
+        )
+    return metrics
+
+
+def stage_reads(p, root: Path) -> list[str]:
+    """The fetch stage reads the sample only when it fetches (the demo's no-op reads nothing)."""
+    return ["artifacts/sample.jsonl"] if p.fetch.enabled else []
