@@ -9,7 +9,7 @@ vital judge --dry-run      the same for judging
 vital annotate --annotator dr_smith   rank candidates in the browser into data/labels/dr_smith.jsonl
 vital fetch-images URLS.jsonl --out data/corpus/shards   PMC OA packages -> figure shards + index
 vital report --base origin/main --md  a pull-request report: params, metrics, selection/VQA deltas, curves
-vital lineage vital-llava@3           the chain behind a registered model, with digests and workspace drift
+vital lineage vital-llava-top-s0@3    the chain behind a registered model, with digests and workspace drift
 vital pretrain [--write]   retrain the demo's foundation + base from scratch; compare with data/pretrained
 """
 
