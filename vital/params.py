@@ -128,6 +128,11 @@ class CorpusParams(Section):
         description="index.parquet of a `vital fetch-images` run: each record's image becomes its shard "
         "ref (by pair_id); a record not in the index is skipped as image_not_fetched",
     )
+    oa_file_list: str | None = Field(
+        None,
+        description="PMC's oa_file_list.csv: each record's license (and PMID) by its PMCID or PMID, where the "
+        "record carries none; 'unknown' when found nowhere",
+    )
 
 
 class DiversityParams(Section):
@@ -149,6 +154,11 @@ class SampleParams(Section):
     seed: int = 0
     corpus: CorpusParams = Field(default_factory=CorpusParams)
     diversity: DiversityParams = Field(default_factory=DiversityParams)
+    licenses: list[str] | None = Field(
+        None,
+        description="licenses the lab allows (e.g. ['CC0', 'CC BY']); any other record is skipped as "
+        "license_not_allowed; null = keep every license, 'unknown' included",
+    )
 
     @model_validator(mode="after")
     def _known_domains(self):

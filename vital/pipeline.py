@@ -136,7 +136,7 @@ STAGES: dict[str, Stage] = {
             "curate",
             "vital.curate:run_stage",
             "curate",
-            reads=("artifacts/scores.jsonl", "artifacts/candidates.jsonl"),
+            reads=("artifacts/scores.jsonl", "artifacts/candidates.jsonl", "artifacts/sample.jsonl"),
             param_reads=("vital.curate:mix_files",),
             doc="top-k% subsets, same-size random baselines, mixtures",
         ),
