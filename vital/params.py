@@ -576,6 +576,20 @@ class ChatEvalParams(Section):
         return v
 
 
+class ExportParams(Section):
+    """The release: curated subsets exported as LLaVA JSON + loose images and as a Hugging Face dataset."""
+
+    subsets: list[str] = Field(
+        default_factory=lambda: ["top40"],
+        description="curated sets to release: <top|random><curate.keep> or a curate.mix name",
+    )
+    formats: list[Literal["llava", "hf"]] = Field(
+        default_factory=lambda: ["llava", "hf"],
+        description="llava: <name>.json + images/ (LLaVA-Med's loader); hf: Parquet shards + dataset card",
+    )
+    shard_rows: int = Field(5000, ge=1, description="rows per Parquet shard of the hf format")
+
+
 class MlflowParams(Section):
     experiment: str = "vital"
     registered_model: str = "vital-llava"
@@ -601,6 +615,7 @@ class Params(Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     chat_eval: ChatEvalParams = Field(default_factory=ChatEvalParams)
+    export: ExportParams = Field(default_factory=ExportParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
 
     @model_validator(mode="after")
@@ -622,6 +637,12 @@ class Params(Section):
                     f"{s.name!r}: fine-tuning on it would train on the test questions"
                 )
         self._check_chat_eval(sorted(evaluated))
+        curated = [f"{kind}{k}" for k in self.curate.keep for kind in ("top", "random")] + list(
+            self.curate.mix
+        )
+        unknown = [n for n in self.export.subsets if n not in curated]
+        if unknown:
+            raise ValueError(f"export.subsets: {unknown} are not curated sets {curated}")
         return self
 
     def _check_chat_eval(self, set_names: list[str]) -> None:

@@ -141,6 +141,13 @@ STAGES: dict[str, Stage] = {
             doc="top-k% subsets, same-size random baselines, mixtures",
         ),
         Stage(
+            "export",
+            "vital.export:run_stage",
+            "export",
+            param_reads=("vital.export:curated_files", _IMAGES),
+            doc="the release: curated subsets as LLaVA JSON + images and as a Hugging Face dataset with a card",
+        ),
+        Stage(
             "bakeoff",
             "vital.bakeoff.stage:run_stage",
             "bakeoff",
