@@ -206,7 +206,8 @@ def train(
         optimizer, int(cfg.warmup_ratio * total_steps) * world, total_steps * world
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    accelerator.register_save_state_pre_hook(_trainable_only(model))
+    # names as the unwrapped model has them: DDP prefixes "module.", and the hook gets unwrapped weights
+    accelerator.register_save_state_pre_hook(_trainable_only(accelerator.unwrap_model(model)))
 
     result = LoopResult(steps=0)
     consumed = 0
