@@ -464,6 +464,11 @@ class TuneParams(TrainParams):
         description="tune on the selector's top-k% and on the same-size random baseline (the method's claim)",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="one tune per seed")
+    launcher: str | None = Field(
+        None,
+        description="what runs stages/tune.py in dvc.yaml's cmd (written there by `vital dag --write`), e.g. "
+        "'accelerate launch --config_file configs/accelerate/zero3.yaml'; null = python (one process)",
+    )
     epochs: float = Field(
         5,
         gt=0,

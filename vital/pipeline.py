@@ -38,6 +38,7 @@ class Stage:
     options: tuple[Option, ...] = ()
     doc: str = ""
     pipeline: str = "dvc.yaml"  # the dvc.yaml that declares it (bakeoff/dvc.yaml: the bakeoff's downstream)
+    launcher: str = ""  # dotted param naming the command that runs the script in dvc.yaml's cmd ("" = python)
 
 
 # the figures' images: data/corpus/images, or the fetched shards when sample.corpus.shards is set
@@ -194,8 +195,9 @@ STAGES: dict[str, Stage] = {
             "vital.tune:run_stage",
             "tune",
             reads=("artifacts/curated/${item.subset}${tune.keep}.json",),
-            param_reads=("vital.tune:base_model", _IMAGES),
+            param_reads=("vital.tune:base_model", _IMAGES, "vital.tune:launcher_files"),
             options=(Option("subset", str, "curated subset: top or random", required=True), _SEED),
+            launcher="tune.launcher",
             doc="instruction-tune the base LLaVA on a curated subset",
         ),
         Stage(

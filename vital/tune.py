@@ -6,6 +6,7 @@ records the run in MLflow.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,11 @@ def registered_name(prefix: str, model: str) -> str:
 def base_model(p: Params, root: Path) -> list[str]:
     """``tune.base`` when it is a local checkpoint (a hub id is not a file DVC can hash)."""
     return [repo_relative(p.tune.base, root)] if is_local(p.tune.base, root) else []
+
+
+def launcher_files(p: Params, root: Path) -> list[str]:
+    """The accelerate config ``tune.launcher`` names (``--config_file X``): it shapes the run, so it is a dep."""
+    words = shlex.split(p.tune.launcher or "")
+    files = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--config_file"]
+    files += [w.split("=", 1)[1] for w in words if w.startswith("--config_file=")]
+    return [repo_relative(f, root) for f in files]
