@@ -60,6 +60,8 @@ def _plain_shape(raw: dict) -> bool:
         and type(dom) is dict
         and all(type(v) is bool and type(k) is str for k, v in dom.items())
         and type(raw.get("pmid")) in _PLAIN
+        and type(raw.get("pmcid")) in _PLAIN
+        and type(raw.get("license")) in _PLAIN
         and type(raw.get("fig_label", "")) is str
         and all(type(m) is str for m in raw.get("in_text_mention") or ())
     )
