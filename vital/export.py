@@ -242,37 +242,57 @@ def export_hf(
     card: dict[str, Any],
     shard_rows: int = 5000,
 ) -> dict[str, Any]:
-    """Parquet shards with the figures embedded, and the dataset card (``card``: selection, provenance)."""
+    """Parquet shards with the figures embedded, and the dataset card (``card``: selection, provenance).
+    Rows are written a shard at a time: memory holds ``shard_rows`` figures, not the whole set."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     problems = Drops()
     figures = _Figures(root, problems)
-    rows = []
-    for i, rec in enumerate(records):
-        got = figures.get(rec, f"{source}[{i}]")
-        if got is not None:
-            rows.append(_row(rec, *got))
-    if not rows:
-        raise StageFailed(
-            f"{source}: no record has a readable figure ({problems.metrics()['dropped_by_reason']})"
-        )
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "data").mkdir(parents=True)
     schema = _schema()
-    n_shards = (len(rows) + shard_rows - 1) // shard_rows
-    for s in range(n_shards):
-        part = rows[s * shard_rows : (s + 1) * shard_rows]
-        table = pa.Table.from_pylist(part, schema=schema)
-        pq.write_table(table, tmp / "data" / f"train-{s:05d}-of-{n_shards:05d}.parquet")
+    licenses: Counter = Counter()
+    domains: Counter = Counter()
+    buffer: list[dict[str, Any]] = []
+    written: list[Path] = []  # a shard's final name needs the count of shards: renamed at the end
+
+    def flush() -> None:
+        path = tmp / "data" / f"part-{len(written):05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(buffer, schema=schema), path)
+        written.append(path)
+        buffer.clear()
+
+    n = 0
+    for i, rec in enumerate(records):
+        got = figures.get(rec, f"{source}[{i}]")
+        if got is None:
+            continue
+        row = _row(rec, *got)
+        licenses[row["license"]] += 1
+        domains[row["domain"] or "unknown"] += 1
+        buffer.append(row)
+        n += 1
+        if len(buffer) == shard_rows:
+            flush()
+    if buffer:
+        flush()
+    if not n:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StageFailed(
+            f"{source}: no record has a readable figure ({problems.metrics()['dropped_by_reason']})"
+        )
+    n_shards = len(written)
+    for s, path in enumerate(written):
+        path.rename(tmp / "data" / f"train-{s:05d}-of-{n_shards:05d}.parquet")
     result = {
         "format": "hf",
-        "records": len(rows),
+        "records": n,
         "images": len(figures.names),
         "shards": n_shards,
-        "by_license": license_counts(rows),
-        "by_domain": dict(sorted(Counter(r["domain"] or "unknown" for r in rows).items())),
+        "by_license": dict(sorted(licenses.items())),
+        "by_domain": dict(sorted(domains.items())),
         **problems.metrics(),
     }
     (tmp / "README.md").write_text(dataset_card(source, result, card), encoding="utf-8")
