@@ -212,3 +212,32 @@ def test_curate_mix_files_are_deps_of_curate(tmp_path):
     with pytest.raises(dag.DagError, match="llava_med_instruct_10k.json"):  # dvc.yaml written without it
         shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
         dag.check_stage("curate", params, tmp_path)
+
+
+def test_tune_launcher_goes_into_the_tune_cmd_and_its_config_into_the_deps(tmp_path):
+    """Before: the dvc.yaml cmd had to be edited by hand to launch the tune under accelerate."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tune"]["launcher"] = "accelerate launch --config_file configs/accelerate/zero3.yaml"
+    params = parse_params(raw)
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "bakeoff").mkdir()
+    shutil.copy(REPO / "bakeoff/dvc.yaml", tmp_path / "bakeoff/dvc.yaml")
+    found = dag.problems(tmp_path / "dvc.yaml", params, tmp_path)
+    assert any("tune.launcher makes it 'accelerate launch" in line for line in found), found
+    assert "tune" in dag.write(tmp_path / "dvc.yaml", params, tmp_path)
+    tune = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]["tune"]
+    assert tune["cmd"] == (
+        "accelerate launch --config_file configs/accelerate/zero3.yaml stages/tune.py "
+        "--subset ${item.subset} --seed ${item.seed}"
+    )
+    assert "configs/accelerate/zero3.yaml" in tune["deps"]
+    assert dag.problems(tmp_path / "dvc.yaml", params, tmp_path) == []
+    # back to one process: plain python again, the config no longer a dep
+    demo = load_params(REPO / "params.yaml")
+    dag.write(tmp_path / "dvc.yaml", demo, tmp_path)
+    tune = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]["tune"]
+    assert tune["cmd"] == yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["tune"]["cmd"]
+    assert (
+        tune["cmd"].startswith("python stages/tune.py")
+        and "configs/accelerate/zero3.yaml" not in tune["deps"]
+    )

@@ -143,6 +143,15 @@ def stage_deps(stage: Stage, params: Params, root: Path = Path(".")) -> StageDep
     return StageDeps(code, data, modules)
 
 
+def stage_cmd(stage: Stage, params: Params, cmd: str) -> str:
+    """``cmd`` with what runs the stage script set from ``stage.launcher``'s param (None: ``python``)."""
+    script = stage.script_path
+    if not stage.launcher or script not in cmd:
+        return cmd
+    launcher = _param(params, stage.launcher) or "python"
+    return f"{launcher} {cmd[cmd.index(script) :]}"
+
+
 def all_deps(params: Params, root: Path = Path(".")) -> dict[str, StageDeps]:
     return {name: stage_deps(stage, params, root) for name, stage in STAGES.items()}
 
@@ -179,6 +188,15 @@ def declared(dvc_yaml: Path) -> dict[str, list[str]]:
     return {name: [str(d) for d in (_body(stages, name) or {}).get("deps", [])] for name in stages}
 
 
+def commands(dvc_yaml: Path) -> dict[str, str]:
+    """cmd of each stage in dvc.yaml, as written."""
+    import yaml
+
+    doc = yaml.safe_load(Path(dvc_yaml).read_text(encoding="utf-8")) or {}
+    stages = doc.get("stages", {})
+    return {name: str((_body(stages, name) or {}).get("cmd", "")) for name in stages}
+
+
 def covered(path: str, deps: Iterable[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
@@ -199,7 +217,7 @@ def stage_spec(stage: Stage, params: Params, root: Path = Path(".")) -> dict:
     depth = len(Path(stage.pipeline).parent.parts)
     if depth:
         body["wdir"] = "/".join([".."] * depth)  # paths and commands are relative to the repository root
-    body["cmd"] = stage.cmd
+    body["cmd"] = stage_cmd(stage, params, stage.cmd)
     body["deps"] = stage_deps(stage, params, root).all
     body["params"] = list(stage.param_keys)
     outs = [
@@ -269,6 +287,12 @@ def problems(
         need = stage_deps(STAGES[name], params, root).all
         missing = [d for d in need if "${" not in d and not covered(d, have[name])]
         extra = [d for d in have[name] if d not in need]
+        cmd = commands(dvc_yaml).get(name, "")
+        if STAGES[name].launcher and cmd != stage_cmd(STAGES[name], params, cmd):
+            out.append(
+                f"stage {name!r} runs {cmd!r}, but {STAGES[name].launcher} makes it "
+                f"{stage_cmd(STAGES[name], params, cmd)!r}"
+            )
         if missing:
             out.append(f"stage {name!r} runs or reads {', '.join(missing)}, which its deps do not list")
         if extra:

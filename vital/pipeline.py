@@ -84,6 +84,7 @@ class Stage:
     matrix: tuple[tuple[str, str], ...] = ()
     foreach: str = ""
     comment: str = ""
+    launcher: str = ""  # dotted param naming the command that runs the script in dvc.yaml's cmd ("" = python)
 
     @property
     def script_path(self) -> str:
@@ -226,10 +227,20 @@ STAGES: dict[str, Stage] = {
             "curate",
             "vital.curate:run_stage",
             "curate",
-            reads=("artifacts/scores.jsonl", "artifacts/candidates.jsonl"),
+            reads=("artifacts/scores.jsonl", "artifacts/candidates.jsonl", "artifacts/sample.jsonl"),
             param_reads=("vital.curate:mix_files",),
             doc="top-k% subsets, same-size random baselines, mixtures",
             outs=("artifacts/curated",),
+        ),
+        Stage(
+            "export",
+            "vital.export:run_stage",
+            "export",
+            param_reads=("vital.export:curated_files", _IMAGES),
+            doc="the release: curated subsets as LLaVA JSON + images and as a Hugging Face dataset with a card",
+            # the dataset card records the selection that made the subsets
+            params=("export", "sample", "generate", "judge", "labels", "selector", "curate"),
+            outs=("artifacts/export",),
         ),
         Stage(
             "bakeoff",
@@ -294,8 +305,9 @@ STAGES: dict[str, Stage] = {
             "vital.tune:run_stage",
             "tune",
             reads=("artifacts/curated/${item.subset}${tune.keep}.json",),
-            param_reads=("vital.tune:base_model", _IMAGES),
+            param_reads=("vital.tune:base_model", _IMAGES, "vital.tune:launcher_files"),
             options=(Option("subset", str, "curated subset: top or random", required=True), _SEED),
+            launcher="tune.launcher",
             doc="instruction-tune the base LLaVA on a curated subset",
             args="--subset ${item.subset} --seed ${item.seed}",
             matrix=(("subset", "${tune.subsets}"), ("seed", "${tune.seeds}")),

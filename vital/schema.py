@@ -25,6 +25,12 @@ class FigureRecord(BaseModel):
     pmid: str | None = Field(
         None, description="PubMed id; LLaVA-Med's image-URL and some figure files lack it"
     )
+    pmcid: str | None = Field(None, description="PMC article id (PMC<digits>); vital.licenses fills it")
+    license: str | None = Field(
+        None,
+        description="the article's PMC Open Access license (CC0, CC BY, ...); the sample stage fills it "
+        "(vital.licenses), 'unknown' when found nowhere",
+    )
     fig_label: str = ""
     fig_caption: str
     in_text_mention: list[str] = Field(default_factory=list)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -67,6 +68,15 @@ class LoopResult:
     def final_loss(self) -> float:
         tail = [v for _, v in self.losses[-10:]]
         return sum(tail) / len(tail) if tail else float("nan")
+
+
+def cpu_launch() -> bool:
+    """Whether this is one of several processes (``accelerate launch``/torchrun) on a machine without CUDA.
+
+    accelerate must then be told ``cpu=True`` to join the processes over gloo; otherwise each process
+    trains alone on the whole data and every one of them writes the outputs.
+    """
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def micro_batches(n: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
@@ -187,7 +197,9 @@ def train(
     The model comes back as ``accelerator.prepare`` wrapped it (DDP/DeepSpeed engine); pass it to
     ``accelerator.get_state_dict`` to gather full weights, or ``accelerator.unwrap_model`` it.
     """
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cpu_launch()
+    )
     set_seed(cfg.seed)
     batches, total_steps = plan_steps(len(dataset), cfg, accelerator.num_processes)
     # A private generator: starting an iterator must not draw from the global RNG (dropout's), or a
@@ -207,7 +219,8 @@ def train(
         optimizer, int(cfg.warmup_ratio * total_steps) * world, total_steps * world
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    accelerator.register_save_state_pre_hook(_trainable_only(model))
+    # names as the unwrapped model has them: DDP prefixes "module.", and the hook gets unwrapped weights
+    accelerator.register_save_state_pre_hook(_trainable_only(accelerator.unwrap_model(model)))
 
     result = LoopResult(steps=0)
     consumed = 0
