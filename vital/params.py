@@ -252,8 +252,24 @@ class LabelsParams(Section):
 
 
 class PairsParams(Section):
-    model_pairs_per_figure: int = Field(6, ge=0)
-    min_score_gap: float = Field(0.5, gt=0, description="judge-score gap below which no model pair is made")
+    model_pairing: Literal["within_figure", "paper"] = Field(
+        "within_figure",
+        description="within_figure (vital's): judge-score pairs of one figure's candidates, which differ only in "
+        "the conversation; paper (BioMed-VITAL's filter/train_clip_filter.py): model_pairs pairs sampled across "
+        "figures from two different judge-score levels",
+    )
+    model_pairs: int = Field(
+        30000,
+        ge=0,
+        description="paper pairing: training model pairs (the reference's 30,000); validation and held-out "
+        "figures get pairs in proportion to their candidates",
+    )
+    model_pairs_per_figure: int = Field(
+        6, ge=0, description="within_figure pairing: pairs per figure at most"
+    )
+    min_score_gap: float = Field(
+        0.5, gt=0, description="within_figure pairing: judge-score gap below which no model pair is made"
+    )
     heldout_fraction: float = Field(0.4, ge=0, lt=1, description="human-labelled figures held out")
     val_fraction: float = Field(0.15, ge=0, lt=1, description="training figures kept for early stopping")
     seed: int = 0
