@@ -283,6 +283,7 @@ def paper_params(root: Path, base_url: str, clip: str, llava: str) -> dict:
         p[stage] |= {"mode": "online", "client": client}  # batch mode is tested in tests/test_llm_batch.py
     p["generate"] |= {"candidates": CANDIDATES, "demos_per_prompt": 1, "max_image_side": 64}
     p["embed"] |= {"backbone": clip, "batch_size": 8, "num_workers": 0, "device": "cpu"}
+    p["pairs"] |= {"model_pairs": 64}
     p["selector"] |= {"device": "cpu", "epochs": 2, "batch_size": 8, "patience": 2, "hidden": 16}
     train = {
         "lora": p["tune"]["lora"] | {"r": 4, "alpha": 8},

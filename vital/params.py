@@ -289,6 +289,11 @@ class EmbedParams(Section):
         description="joint: one text per candidate (text_order); rounds: each Q&A round embedded on its own "
         "and pooled (mean, max), plus the caption+mention once per figure",
     )
+    text_rounds: Literal["all", "first"] = Field(
+        "all",
+        description="joint mode: the Q&A rounds in the candidate's text; first = the first question and "
+        "answer only, as BioMed-VITAL's selector reads a candidate",
+    )
     side_features: bool = Field(
         True,
         description="rounds mode: the image's side score (left-minus-right patch tokens, probe fitted on "
@@ -304,6 +309,14 @@ class SelectorParams(Section):
             " the one of auto_weights whose head agrees best with the validation clinician pairs (ties: their AUC)"
         ),
     )
+    human_share: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="the clinician pairs' share of the total training pair weight (the reference's 50 x 400 "
+        "against 30,000 x 1 is 0.4); when set, the human weight is derived from the pair counts, so the "
+        "balance carries over whatever they are (leave human_weight at auto)",
+    )
     auto_weights: list[float] = Field(
         default_factory=lambda: [0.0, 1.0, 10.0, 100.0, 400.0, 1000.0],
         min_length=1,
@@ -311,6 +324,12 @@ class SelectorParams(Section):
     )
     loss: Literal["hinge", "logistic"] = "hinge"
     margin: float = Field(1.0, gt=0)
+    head: Literal["vital", "paper"] = Field(
+        "vital",
+        description="vital: [img, txt, img*txt, |img-txt|] (+ rounds-mode terms) -> 2 GELU layers -> unbounded "
+        "rating; paper (BioMed-VITAL's): [txt, img] side by side -> 3 ReLU layers -> sigmoid (needs "
+        "embed.text_mode=joint)",
+    )
     hidden: int = Field(128, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     epochs: int = Field(60, ge=1)
@@ -318,6 +337,10 @@ class SelectorParams(Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(8, ge=1)
+    early_stopping: bool = Field(
+        True,
+        description="keep the epoch with the best validation agreement, stop after patience (the reference: no)",
+    )
     seed: int = 0
     finetune_backbone: Literal["none", "text", "full"] = Field(
         "none",
@@ -336,6 +359,15 @@ class SelectorParams(Section):
         if value != "auto" and value < 0:
             raise ValueError(f"must be >= 0 or auto (got {value:g})")
         return value
+
+    @model_validator(mode="after")
+    def _weight_or_share(self):
+        if self.human_share is not None and self.human_weight != "auto":
+            raise ValueError(
+                f"human_share={self.human_share:g} derives the human weight: leave human_weight at auto "
+                f"(got {self.human_weight:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _weights_nonnegative(self):
