@@ -594,10 +594,31 @@ class ChatEvalParams(Section):
         default_factory=lambda: ["top-s0", "random-s0"],
         description="two evaluated models (evaluate.models or <subset>-s<seed>): win rate of the first",
     )
+    relative: Literal["ratio_of_sums", "mean_of_ratios"] = Field(
+        "ratio_of_sums",
+        description="relative_score: ratio_of_sums (vital's: 100 x sum of model scores / sum of reference "
+        "scores) | mean_of_ratios (LLaVA-Med's summarize_gpt_review: mean over questions of 100 x model / "
+        "reference); metrics hold both",
+    )
+    win_rate: Literal["scores", "paper"] = Field(
+        "scores",
+        description="scores (vital's): two 1-10 scores from caption and context, text only | paper "
+        "(BioMed-VITAL's eval/win_rate.py): the judge sees the image, the question, the ground truth and "
+        "both answers and gives [[A]], [[B]] or [[C]] (tie); needs a vision API backend",
+    )
+    max_image_side: int = Field(
+        512, ge=16, description="win_rate=paper: the image's longer side sent to the judge"
+    )
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(256, ge=16)
     client: ClientParams = Field(default_factory=ClientParams)
     prices: dict[str, Price] = Field(default_factory=dict, description="USD per 1M tokens, by model")
+
+    @model_validator(mode="after")
+    def _paper_win_rate_sees_the_image(self):
+        if self.win_rate == "paper" and self.backend == "heuristic":
+            raise ValueError("win_rate=paper shows the judge the image: use backend openai or azure")
+        return self
 
     @field_validator("compare")
     @classmethod
