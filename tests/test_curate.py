@@ -140,3 +140,13 @@ def test_streamed_output_is_the_json_list_and_external_problems_name_their_line(
         w.startswith(f"{ext}:") for w in external
     )
     assert m["mixtures"]["mix"]["records"] == 25
+
+
+def test_all_policy_ranks_every_candidate_globally_as_the_reference_does(tmp_path: Path):
+    """BioMed-VITAL's filter.py sorts all rated samples and keeps the top k%: several of one figure may win."""
+    paths = make(tmp_path)
+    run(CurateParams(keep=[10], policy="all"), paths)
+    scores = {r["candidate_id"]: r["score"] for r in map(json.loads, paths.scores.read_text().splitlines())}
+    expected = sorted(scores, key=lambda c: (-scores[c], c))[: round(0.1 * len(scores))]
+    top = [r["id"] for r in load(paths, "top10")]
+    assert top == expected and len({c.split("#")[0] for c in top}) < len(top)
