@@ -45,9 +45,8 @@ def _digest(obj) -> int:
 def content(body: dict) -> str:
     """The OpenAI-compatible test server's reply: a chat_eval verdict, a judge score, or a conversation."""
     text = json.dumps(body.get("messages", []))
-    if (
-        "[Ground Truth]" in text
-    ):  # chat_eval's paper win rate: a verdict between [Assistant A] and [Assistant B]
+    # chat_eval's paper win rate: a verdict between [Assistant A] and [Assistant B]
+    if "[Ground Truth]" in text:
         return f"[[{'ABC'[_digest(body['messages']) % 3]}]]\njudged by the test server"
     if "Assistant 1" in text:  # chat_eval: two scores on the first line (LLaVA-Med's review format)
         return f"{_digest(body['messages']) % 10 + 1} 8\nscored by the test server"
