@@ -47,6 +47,9 @@ def _digest(obj) -> int:
 def content(body: dict) -> str:
     """The OpenAI-compatible test server's reply: a chat_eval verdict, a judge score, or a conversation."""
     text = json.dumps(body.get("messages", []))
+    # chat_eval's paper win rate: a verdict between [Assistant A] and [Assistant B]
+    if "[Ground Truth]" in text:
+        return f"[[{'ABC'[_digest(body['messages']) % 3]}]]\njudged by the test server"
     if "Assistant 1" in text:  # chat_eval: two scores on the first line (LLaVA-Med's review format)
         return f"{_digest(body['messages']) % 10 + 1} 8\nscored by the test server"
     if "score" in text and "rubric" in text.lower():
@@ -288,6 +291,9 @@ def paper_params(root: Path, base_url: str, clip: str, llava: str) -> dict:
         p[stage] |= {"mode": "online", "client": client}  # batch mode is tested in tests/test_llm_batch.py
     p["generate"] |= {"candidates": CANDIDATES, "demos_per_prompt": 1, "max_image_side": 64}
     p["embed"] |= {"backbone": clip, "batch_size": 8, "num_workers": 0, "device": "cpu"}
+    # 8 figures x 2 candidates leave the training split too few whole-point judge levels with two candidates
+    # for the paper's cross-figure draw (tests/test_pairs.py and tests/test_selector.py cover it)
+    p["pairs"] |= {"model_pairing": "within_figure"}
     p["selector"] |= {"device": "cpu", "epochs": 2, "batch_size": 8, "patience": 2, "hidden": 16}
     train = {
         "lora": p["tune"]["lora"] | {"r": 4, "alpha": 8},

@@ -262,3 +262,40 @@ def test_openai_backend_both_orders_cache_and_unparseable(tmp_path):
         assert again["_stage"]["requests_sent"] == 0 and again["_stage"]["cache_hits"] == 26
         assert again["demo"]["win_rate"] == w
         assert chat_eval.dry_run(p, Paths(tmp_path))["requests_to_send"] == 0
+
+
+def test_paper_win_rate_through_the_openai_client_sees_image_and_ground_truth(tmp_path):
+    make_eval_world(tmp_path)
+    shown = []
+
+    def judge(body: dict) -> str:
+        system, user = body["messages"]
+        if "[[A]]" not in system["content"]:  # the relative scores keep vital's two-score protocol
+            return "8 8\nequal"
+        image, text = user["content"]
+        text = text["text"]
+        question = re.search(r"\[Question\]\n(.*?)\n\n", text, re.S).group(1)
+        truth = re.search(r"\[Ground Truth\]\n(.*?)\n\n", text, re.S).group(1)
+        a = re.search(r"\[Assistant A\]\n(.*?)\n\[End of Assistant A\]", text, re.S).group(1)
+        b = re.search(r"\[Assistant B\]\n(.*?)\n\[End of Assistant B\]", text, re.S).group(1)
+        shown.append((question, truth, image["image_url"]["url"].split(",")[0]))
+        right_a, right_b = (truth in answer_tokens(x) for x in (a, b))
+        return "[[A]]" if right_a > right_b else "[[B]]" if right_b > right_a else "[[C]] both as good"
+
+    with FakeOpenAIServer(content_fn=judge) as server:
+        p = _api(tmp_path, server.base_url)
+        p = p.model_copy(update={"chat_eval": p.chat_eval.model_copy(update={"win_rate": "paper"})})
+        m = chat_eval.run(p, Paths(tmp_path))
+    w = m["demo"]["win_rate"]
+    # open questions only (q0 is closed): tuned right on q1, q2, q3, q5, base right on none but q1
+    assert {q for q, _, _ in shown} == {q[3] for q in QUESTIONS if q[5] == "OPEN"}
+    assert all(url == "data:image/png;base64" for _, _, url in shown)
+    assert {(q, t) for q, t, _ in shown} == {(q[3], q[4]) for q in QUESTIONS if q[5] == "OPEN"}
+    assert w["protocol"] == "paper" and w["n_failed"] == 0
+    assert (w["n"], w["wins"], w["ties"], w["losses"]) == (5, 3, 2, 0)  # q1 both right, q4 both wrong: ties
+    assert w["position_consistency"] == 1.0
+
+
+def test_paper_win_rate_needs_a_vision_backend():
+    with pytest.raises(ParamsError, match="win_rate=paper shows the judge the image"):
+        params(win_rate="paper")

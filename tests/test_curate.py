@@ -163,3 +163,13 @@ def test_every_curated_record_carries_its_article_and_license_counts_match(tmp_p
         section = m["mixtures"][name] if name == "both" else m["subsets"][name]
         assert section["by_license"] == dict(sorted(counts.items())), name
     assert m["subsets"]["top100"]["by_license"]["unknown"] == 1  # F19
+
+
+def test_all_policy_ranks_every_candidate_globally_as_the_reference_does(tmp_path: Path):
+    """BioMed-VITAL's filter.py sorts all rated samples and keeps the top k%: several of one figure may win."""
+    paths = make(tmp_path)
+    run(CurateParams(keep=[10], policy="all"), paths)
+    scores = {r["candidate_id"]: r["score"] for r in map(json.loads, paths.scores.read_text().splitlines())}
+    expected = sorted(scores, key=lambda c: (-scores[c], c))[: round(0.1 * len(scores))]
+    top = [r["id"] for r in load(paths, "top10")]
+    assert top == expected and len({c.split("#")[0] for c in top}) < len(top)

@@ -99,3 +99,42 @@ def test_empty_label_file_warns(tmp_path: Path):
 def test_missing_judgments_names_file(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="judgments.jsonl"):
         run(PairsParams(), Paths(tmp_path))
+
+
+def test_paper_pairing_samples_cross_figure_pairs_at_the_configured_count(tmp_path: Path):
+    paths = write_world(tmp_path)
+    pp = PairsParams(model_pairing="paper", model_pairs=500, heldout_fraction=0.3, val_fraction=0.15)
+    m = run(pp, paths)
+    pairs = [json.loads(line) for line in paths.pairs.read_text().splitlines()]
+    model = [p for p in pairs if p["source"] == "model"]
+    train = [p for p in model if p["split"] == "train"]
+    assert len(train) == 500
+    figure = {f"F{f}#{c}": f"F{f}" for f in range(40) for c in range(4)}
+    cross = [p for p in model if figure[p["winner"]] != figure[p["loser"]]]
+    assert len(cross) > 0.9 * len(model)  # within-figure pairing could never make one
+    assert m["cross_figure_model_pairs"] == len(cross) and m["model_pairing"] == "paper"
+    score = {f"F{f}#{c}": [9.0, 6.0, 6.0, 2.0][c] for f in range(40) for c in range(4)}
+    assert all(score[p["winner"]] > score[p["loser"]] for p in model)  # two different levels, higher wins
+    split_of = {}
+    for p in pairs:
+        split_of.setdefault(figure[p["winner"]], set()).add(p["split"])
+        split_of.setdefault(figure[p["loser"]], set()).add(p["split"])
+    assert all(len(s) == 1 for s in split_of.values()), "a pair crosses a figure split"
+    n_fig = m["figures_by_split"]
+    assert m["by_source_split"]["model_val"] == round(500 * n_fig["val"] / n_fig["train"])
+    assert m["by_source_split"]["model_heldout"] == round(500 * n_fig["heldout"] / n_fig["train"])
+    run(pp, paths)
+    assert [json.loads(line) for line in paths.pairs.read_text().splitlines()] == pairs  # seeded
+
+
+def test_paper_pairing_levels_are_whole_points_and_single_candidate_levels_are_never_drawn(tmp_path: Path):
+    paths = Paths(tmp_path)
+    scores = {"A#0": 8.2, "B#0": 7.9, "C#0": 3.1, "D#0": 2.8, "E#0": 5.0}  # levels 8, 3 and a lone 5
+    write_jsonl(
+        paths.judgments, [{"candidate_id": c, "pair_id": c[0], "score": s} for c, s in scores.items()]
+    )
+    write_jsonl(paths.labels, [])
+    run(PairsParams(model_pairing="paper", model_pairs=50, heldout_fraction=0, val_fraction=0), paths)
+    model = [json.loads(line) for line in paths.pairs.read_text().splitlines()]
+    assert len(model) == 50
+    assert {p["winner"] for p in model} <= {"A#0", "B#0"} and {p["loser"] for p in model} <= {"C#0", "D#0"}

@@ -175,9 +175,9 @@ def test_paper_profile_runs_foundation_to_chat_eval_without_demo_code(tmp_path):
     emb = _read(root, "metrics/embed.json")
     assert (emb["backbone"], emb["candidates"], emb["context_length"]) == (clip, n_candidates, 256)
     sel = _read(root, "metrics/select.json")
-    assert (sel["finetune_backbone"], sel["human_weight"], sel["candidates_scored"]) == (
+    assert (sel["finetune_backbone"], sel["human_share_of_weight"], sel["candidates_scored"]) == (
         "full",
-        400,
+        params["selector"]["human_share"],
         n_candidates,
     )
     assert _backbone_moved(

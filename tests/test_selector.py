@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from vital.embed.store import save_embeddings
+from vital.embed.text import candidate_text
 from vital.io import write_jsonl
 from vital.pairs import run as make_pairs
-from vital.params import PairsParams, SelectorParams
+from vital.params import PairsParams, ParamsError, SelectorParams
 from vital.paths import Paths
-from vital.schema import Pair, Preference
+from vital.schema import Candidate, FigureRecord, Pair, Preference, Turn
 from vital.selector import (
     agreement,
     best_weight,
@@ -25,6 +27,8 @@ from vital.selector import (
     pooled_auc,
     run,
 )
+from vital.selector.features import check_paper_inputs, paper_features
+from vital.selector.model import RatingHead
 
 torch.set_num_threads(1)
 
@@ -234,3 +238,85 @@ def test_feature_names_list_every_column_block_of_head_features(context: bool, r
     if rounds:  # the round similarities stand, whole and in order, where the names put them
         at = sum(width.get(name, d) for name in names[: names.index("min/mean cos(round, img)")])
         assert torch.equal(x[:, at : at + 4], sims)
+
+
+def test_human_share_of_pair_weight_is_recorded_and_can_set_the_weight(world: Paths):
+    kw = dict(epochs=2, hidden=16, compare_weights=[])
+    m = run(SelectorParams(human_weight=50, **kw), world)
+    n_human, n_model = m["pairs_train"]["human"], m["pairs_train"]["model"]
+    assert m["human_share_of_weight"] == round(50 * n_human / (50 * n_human + n_model), 4)
+    m = run(SelectorParams(human_share=0.4, **kw), world)
+    assert m["human_share_of_weight"] == 0.4 and m["human_weight_from_share"] == 0.4
+    assert m["human_weight"] == pytest.approx(0.4 / 0.6 * n_model / n_human)
+    assert load_selector(world.selector)[1]["params"]["human_weight"] == pytest.approx(m["human_weight"])
+    with pytest.raises(ValueError, match="leave human_weight at auto"):
+        SelectorParams(human_weight=400, human_share=0.4)
+
+
+def test_human_share_without_clinician_training_pairs_names_the_parameter(tmp_path: Path):
+    paths = synthetic(tmp_path, figures=40)
+    pairs = [json.loads(x) for x in paths.pairs.read_text().splitlines()]
+    write_jsonl(paths.pairs, [p for p in pairs if not (p["source"] == "human" and p["split"] == "train")])
+    with pytest.raises(ValueError, match=r"selector.human_share=0.4: .*pairs.jsonl has 0 clinician"):
+        run(SelectorParams(human_share=0.4, epochs=1, compare_weights=[]), paths)
+
+
+def test_paper_head_reads_text_and_image_side_by_side_through_three_relu_layers_and_a_sigmoid():
+    head = RatingHead(1024, 512, 0.0, "paper")
+    linears = [m for m in head.net if isinstance(m, torch.nn.Linear)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [
+        (1024, 512),
+        (512, 512),
+        (512, 512),
+        (512, 1),
+    ]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in head.net) == 3 and isinstance(
+        head.net[-1], torch.nn.Sigmoid
+    )
+    out = head(torch.randn(5, 1024) * 10)
+    assert bool(((out > 0) & (out < 1)).all())
+    image, text = torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 2.0]])
+    assert torch.equal(paper_features(image, text), torch.tensor([[0.0, 1.0, 0.6, 0.8]]))
+    vital_head = RatingHead(8, 4, 0.1)  # vital's head keeps its layout (saved selectors load unchanged)
+    assert [type(m).__name__ for m in vital_head.net] == [
+        "Linear", "GELU", "Dropout", "Linear", "GELU", "Dropout", "Linear"
+    ]  # fmt: skip
+
+
+def test_paper_head_trains_every_epoch_without_early_stopping(world: Paths):
+    sp = SelectorParams(
+        head="paper", hidden=32, dropout=0.0, epochs=6, batch_size=64, early_stopping=False,
+        human_weight=50, compare_weights=[], lr=1e-3,
+    )  # fmt: skip
+    m = run(sp, world)
+    assert m["epochs_run"] == 6 and m["best_epoch"] == 6 and not m["stopped_early"]
+    head, cfg = load_selector(world.selector)
+    assert cfg["head"] == "paper" and cfg["in_dim"] == 32 and "concat(txt, img)" in cfg["features"]
+    scores = [json.loads(x)["score"] for x in world.scores.read_text().splitlines()]
+    assert all(0 < s < 1 for s in scores)
+    assert m["heldout_human"]["selector"]["agreement"] > 0.6  # it learns, though from a sigmoid hinge
+
+
+def test_paper_head_on_rounds_features_names_the_embed_parameter():
+    with pytest.raises(ParamsError, match="embed.text_mode=joint"):
+        check_paper_inputs(SimpleNamespace(text_max=np.zeros((1, 2))))
+
+
+def test_paper_pairing_and_share_reach_select(tmp_path: Path):
+    paths = synthetic(tmp_path, figures=60)
+    make_pairs(PairsParams(model_pairing="paper", model_pairs=3000, heldout_fraction=0.3), paths)
+    m = run(SelectorParams(human_share=0.4, head="paper", epochs=1, compare_weights=[]), paths)
+    assert m["pairs_train"]["model"] == 3000 and m["human_share_of_weight"] == 0.4
+
+
+def test_candidate_text_first_round_is_the_references_text():
+    fig = FigureRecord(pair_id="F", fig_caption="Axial CT.", in_text_mention=["Mass seen."], image="a.png")
+    turns = [("human", "<image>\nWhere?"), ("gpt", "Left."), ("human", "Size?"), ("gpt", "2 cm.")]
+    cand = Candidate(
+        id="F#0", pair_id="F", image="a.png", domain="ct_scan",
+        conversations=[Turn(**{"from": f, "value": v}) for f, v in turns],
+    )  # fmt: skip
+    assert (
+        candidate_text(fig, cand, "paper", "first") == "Axial CT. Mass seen. Question: Where? Answer: Left."
+    )
+    assert candidate_text(fig, cand).endswith("Question: Size? Answer: 2 cm.")

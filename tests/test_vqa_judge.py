@@ -8,7 +8,14 @@ import pytest
 
 from vital.llm.engine import Outcome
 from vital.vqa.items import VQAItem
-from vital.vqa.judge import judge_pairs, pair_messages, parse_pair_scores, relative_scores, win_rate
+from vital.vqa.judge import (
+    judge_pairs,
+    pair_messages,
+    parse_pair_scores,
+    parse_verdict,
+    relative_scores,
+    win_rate,
+)
 
 QUALITY = {"good": 8.0, "ok": 6.0, "bad": 2.0, "ref": 8.0}
 
@@ -98,3 +105,60 @@ def test_win_rate_and_failed_verdicts_are_listed():
     assert out["n_failed"] == 2 and out["failed"][0] == "q3 (ab): no_scores_on_first_line"
     with pytest.raises(ValueError, match="3 items, 2 answers A"):
         win_rate(items, ["a", "b"], ["a", "b", "c"], biased_judge(), model="j")
+
+
+def test_relative_score_as_llava_med_defines_it_is_the_mean_of_per_question_ratios():
+    # references of unequal quality: 8 and 2, the model's answers 6 each (no position bias)
+    items = [
+        VQAItem("q1", Path("a.png"), "Q1?", "good", "OPEN"),
+        VQAItem("q2", Path("b.png"), "Q2?", "bad", "OPEN"),
+    ]
+    out = relative_scores(items, ["ok", "ok"], biased_judge(bias=0.0), model="j", definition="mean_of_ratios")
+    assert out["relative_score"] == out["mean_of_ratios"] == pytest.approx(100 * (6 / 8 + 6 / 2) / 2)
+    assert out["ratio_of_sums"] == pytest.approx(100 * 12 / 10)  # vital's: 120, not 187.5
+    default = relative_scores(items, ["ok", "ok"], biased_judge(bias=0.0), model="j")
+    assert default["relative_score"] == default["ratio_of_sums"]
+
+
+def verdict_judge(bias: str | None = None):
+    """Verdicts by the quality table of the two answers; ``bias`` "first": the first shown wins every tie."""
+    seen = []
+
+    def send(requests, desc):
+        out = []
+        for req in requests:
+            seen.append(req)
+            system, user = req.body["messages"]
+            parts = {p["type"]: p for p in user["content"]}
+            text = parts["text"]["text"]
+            first = text.split("[Assistant A]\n")[1].split("\n")[0]
+            second = text.split("[Assistant B]\n")[1].split("\n")[0]
+            q1, q2 = QUALITY[first], QUALITY[second]
+            verdict = "A" if q1 > q2 or (q1 == q2 and bias == "first") else "B" if q2 > q1 else "C"
+            response = {
+                "choices": [{"message": {"content": f"[[{verdict}]]\nBecause."}, "finish_reason": "stop"}]
+            }
+            out.append(Outcome(req, response))
+        return out
+
+    send.seen = seen
+    return send
+
+
+def test_paper_win_rate_shows_image_question_ground_truth_and_reads_verdicts():
+    items = _items()
+    send = verdict_judge(bias="first")
+    out = win_rate(
+        items, ["good", "ok", "bad"], ["ok", "ok", "good"], send, model="j",
+        protocol="paper", image_of=lambda item: f"data:image/png;base64,{item.question_id}",
+    )  # fmt: skip
+    # q1 A wins in both orders; q2 the first shown wins each order (a tie once averaged); q3 B wins
+    assert (out["n"], out["wins"], out["ties"], out["losses"], out["n_failed"]) == (3, 1, 1, 1, 0)
+    assert out["win_rate"] == pytest.approx(0.5)
+    system, user = send.seen[0].body["messages"]
+    assert "[[A]]" in system["content"] and "[[C]]" in system["content"]
+    image, text = user["content"]
+    assert image["image_url"]["url"] == "data:image/png;base64,q1"
+    assert "[Question]\nWhat is shown?" in text["text"] and "[Ground Truth]\nref" in text["text"]
+    assert parse_verdict("[[B]] because") == (0.0, 1.0) and parse_verdict("A is better") is None
+    assert parse_verdict("After thought: [[C]]") == (0.5, 0.5)

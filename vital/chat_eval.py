@@ -3,9 +3,12 @@
 For every set in ``chat_eval.sets`` (default: all of ``evaluate.sets``) it takes the OPEN questions
 and, with the judge protocol of :mod:`vital.vqa.judge` (both presentation orders per pair):
 
-- scores every model of ``evaluate.models`` against the reference answers (relative score =
-  100 x model / reference, overall, per domain and per question type);
-- scores ``compare[0]`` against ``compare[1]`` (win rate, ties, wins per presentation order).
+- scores every model of ``evaluate.models`` against the reference answers (relative score, overall, per
+  domain and per question type: ``chat_eval.relative`` picks vital's ratio of sums or LLaVA-Med's mean of
+  per-question ratios; both are recorded);
+- scores ``compare[0]`` against its baseline ``compare[1]`` (win rate, ties, wins per presentation order),
+  with vital's two-score protocol or BioMed-VITAL's (``chat_eval.win_rate: paper``: image, question,
+  ground truth, both answers, verdict [[A]]/[[B]]/[[C]]).
 
 Each comparison also reports the position-consistency rate: the share of questions, judged in
 both orders, whose preferred answer (or tie) is the same in both. Backends: ``heuristic`` (offline
@@ -24,15 +27,16 @@ from typing import Any, Protocol
 
 from vital.drops import Drops
 from vital.evaluate import load_sets, tuned_models
-from vital.io import read_jsonl, write_json, write_jsonl
+from vital.io import RecordError, read_jsonl, write_json, write_jsonl
 from vital.llm.accounting import estimate_cost
 from vital.llm.engine import Outcome, Request, message_content
+from vital.llm.prompts import ImageError, image_data_url
 from vital.llm.runtime import LLMRuntime
 from vital.params import CHAT_REFERENCE, ChatEvalParams, Params
 from vital.paths import Paths
 from vital.registry import Backend, choose
 from vital.vqa.items import LoadedSet, VQAItem
-from vital.vqa.judge import parse_pair_scores, relative_scores, win_rate
+from vital.vqa.judge import parse_reply, relative_scores, win_rate
 
 REFERENCE = CHAT_REFERENCE
 MAX_LISTED = 20
@@ -124,14 +128,14 @@ class OrderVerdict:
         return (self.score_a > self.score_b) - (self.score_a < self.score_b)
 
 
-def order_verdict(outcome: Outcome) -> OrderVerdict:
+def order_verdict(outcome: Outcome, protocol: str = "scores") -> OrderVerdict:
     """Parse one outcome exactly as ``vital.vqa.judge.judge_pairs`` does, keeping the order."""
     item, order = outcome.request.tag
     text, reason, scores = None, outcome.error, None
     if outcome.ok:
         text, reason = message_content(outcome.response)
-        scores = parse_pair_scores(text) if text else None
-        reason = reason or (None if scores else "no_scores_on_first_line")
+        scores, unread = parse_reply(text, protocol)
+        reason = reason or unread
     a = b = None
     if scores is not None:
         a, b = scores if order == "ab" else scores[::-1]
@@ -150,8 +154,8 @@ class _Recorder:
         self.outcomes.extend(out)
         return out
 
-    def verdicts(self) -> list[OrderVerdict]:
-        return [order_verdict(o) for o in self.outcomes]
+    def verdicts(self, protocol: str = "scores") -> list[OrderVerdict]:
+        return [order_verdict(o, protocol) for o in self.outcomes]
 
 
 def position_consistency(verdicts: Sequence[OrderVerdict]) -> dict[str, Any]:
@@ -251,6 +255,19 @@ def load_chat_set(loaded: LoadedSet, models: Sequence[str], predictions: Path) -
 
 
 # ------------------------------------------------------------------ judging
+def judge_image(cp: ChatEvalParams) -> Callable[[VQAItem], str]:
+    """The item's image as a data URL for a vision judge (``win_rate: paper``), downscaled to
+    ``chat_eval.max_image_side``; an unreadable image stops the stage naming it."""
+
+    def image_of(item: VQAItem) -> str:
+        try:
+            return image_data_url(item.image_path, cp.max_image_side)
+        except ImageError as e:
+            raise RecordError(f"chat_eval.win_rate=paper: question {item.question_id}: {e}") from None
+
+    return image_of
+
+
 def _answered(cs: ChatSet, *models: str) -> list[VQAItem]:
     return [i for i in cs.items if all(i.question_id in cs.answers[m] for m in models)]
 
@@ -264,7 +281,7 @@ def score_set(cs: ChatSet, judge: ChatJudge, cp: ChatEvalParams) -> tuple[dict, 
         items = _answered(cs, m)
         rec = _Recorder(judge.send, f"chat_eval {cs.name}: {m} vs {REFERENCE}")
         res = (
-            relative_scores(items, [answers[i.question_id] for i in items], rec, cp.model, **kw)
+            relative_scores(items, [answers[i.question_id] for i in items], rec, cp.model, cp.relative, **kw)
             if items
             else {}
         )
@@ -275,9 +292,17 @@ def score_set(cs: ChatSet, judge: ChatJudge, cp: ChatEvalParams) -> tuple[dict, 
     items = _answered(cs, a, b)
     rec = _Recorder(judge.send, f"chat_eval {cs.name}: {a} vs {b}")
     pa, pb = ([cs.answers[m][i.question_id] for i in items] for m in (a, b))
-    res = win_rate(items, pa, pb, rec, cp.model, **kw) if items else {"n": 0}
-    verdicts = rec.verdicts()
-    wins = {"a": a, "b": b, **res, "by_order": by_order(verdicts), **position_consistency(verdicts)}
+    protocol = {"protocol": cp.win_rate, "image_of": judge_image(cp)} if cp.win_rate == "paper" else {}
+    res = win_rate(items, pa, pb, rec, cp.model, **kw, **protocol) if items else {"n": 0}
+    verdicts = rec.verdicts(cp.win_rate)
+    wins = {
+        "a": a,
+        "b": b,
+        "protocol": cp.win_rate,
+        **res,
+        "by_order": by_order(verdicts),
+        **position_consistency(verdicts),
+    }
     rows += judgment_rows(cs.name, a, b, verdicts)
     missing = {m: len(cs.items) - len(ans) for m, ans in cs.answers.items()}
     data = {

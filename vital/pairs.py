@@ -1,5 +1,8 @@
 """Training and evaluation pairs for the selector, from judge scores (model) and clinician labels (human).
 
+Model pairs are made within each figure (``pairs.model_pairing: within_figure``, vital's) or sampled across
+figures from different judge-score levels (``paper``, BioMed-VITAL's released code; docs/fidelity.md).
+
 Splits are by figure: a figure's candidates are all train, all val or all held out. Held-out figures are
 the ``pairs.heldout_fraction`` of the human-labelled figures; their model pairs are held out too, so both
 "agreement with held-out clinicians" and "agreement with the judge" are measured on unseen figures.
@@ -8,6 +11,7 @@ the ``pairs.heldout_fraction`` of the human-labelled figures; their model pairs 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import sys
 import time
@@ -104,6 +108,51 @@ def model_pairs(
     return out
 
 
+def cross_figure_pairs(
+    judgments: dict[str, Judgment], split: dict[str, str], pp: PairsParams, counts: dict[str, int]
+) -> list[Pair]:
+    """``pairing: paper``: model pairs sampled across figures as BioMed-VITAL's released selection code does.
+
+    A level is the judge score rounded to a whole point (the reference's judge answers whole points; a
+    fractional judge would otherwise give each candidate a level of its own). Each pair draws two different
+    levels, then one candidate of each level (with replacement, so a pair can repeat); the higher level wins. Levels holding a single candidate are never drawn (the
+    reference redraws them). Where the reference splits each level 4:1 into train and test candidates, the
+    draw here stays inside one figure split, so validation and held-out figures stay unseen: the train split
+    gets ``model_pairs`` pairs, the others pairs in proportion to their candidates.
+    """
+    by_split: dict[str, dict[int, list[Judgment]]] = defaultdict(lambda: defaultdict(list))
+    for j in sorted(judgments.values(), key=lambda j: j.candidate_id):
+        by_split[split[j.pair_id]][math.floor(j.score + 0.5)].append(j)
+    n_train = sum(len(c) for c in by_split["train"].values())
+    pairs = []
+    for name in ("train", "val", "heldout"):
+        levels = {s: c for s, c in by_split[name].items() if len(c) >= 2}
+        n_cands = sum(len(c) for c in by_split[name].values())
+        wanted = pp.model_pairs if name == "train" else round(pp.model_pairs * n_cands / max(n_train, 1))
+        if len(levels) < 2:
+            if wanted and n_cands:
+                counts[f"model_pairs_not_made_{name}"] += wanted  # fewer than two levels to pair across
+            continue
+        scores = sorted(levels)
+        rng = _figure_rng(pp.seed, f"paper-pairing:{name}")
+        for _ in range(wanted):
+            high, low = sorted(rng.sample(scores, 2), reverse=True)
+            win, lose = rng.choice(levels[high]), rng.choice(levels[low])
+            counts["cross_figure_model_pairs"] += win.pair_id != lose.pair_id
+            # a cross-figure pair is filed under its winner's figure (both figures share the split)
+            pairs.append(
+                Pair(
+                    winner=win.candidate_id,
+                    loser=lose.candidate_id,
+                    pair_id=win.pair_id,
+                    source="model",
+                    split=name,
+                )
+            )
+    counts["judge_score_levels_train"] = len(by_split["train"])
+    return pairs
+
+
 def split_figures(human_figs: set[str], all_figs: set[str], pp: PairsParams) -> dict[str, str]:
     """pair_id -> train/val/heldout, seeded; held-out figures are drawn from the human-labelled ones."""
     rng = random.Random(pp.seed)
@@ -127,14 +176,16 @@ def build_pairs(
     judgments: dict[str, Judgment], prefs: list[Preference], pp: PairsParams
 ) -> tuple[list[Pair], dict[str, Any]]:
     counts: dict[str, int] = defaultdict(int)
-    per_fig = model_pairs(judgments, pp, counts)
     human_figs = {p.pair_id for p in prefs}
     split = split_figures(human_figs, {j.pair_id for j in judgments.values()}, pp)
-    pairs = [
-        Pair(winner=w, loser=lo, pair_id=pid, source="model", split=split[pid])
-        for pid, fig_pairs in per_fig.items()
-        for w, lo in fig_pairs
-    ]
+    if pp.model_pairing == "paper":
+        pairs = cross_figure_pairs(judgments, split, pp, counts)
+    else:
+        pairs = [
+            Pair(winner=w, loser=lo, pair_id=pid, source="model", split=split[pid])
+            for pid, fig_pairs in model_pairs(judgments, pp, counts).items()
+            for w, lo in fig_pairs
+        ]
     for pref in prefs:
         made, tied = ranking_pairs(pref)
         counts["tied_human_pairs"] += tied
@@ -156,6 +207,7 @@ def build_pairs(
     for s in split.values():
         figs[s] += 1
     stats = {
+        "model_pairing": pp.model_pairing,
         "pairs": len(pairs),
         "by_source_split": dict(sorted(table.items())),
         "figures_by_split": dict(sorted(figs.items())),

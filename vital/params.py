@@ -327,8 +327,24 @@ class LabelsParams(Section):
 
 
 class PairsParams(Section):
-    model_pairs_per_figure: int = Field(6, ge=0)
-    min_score_gap: float = Field(0.5, gt=0, description="judge-score gap below which no model pair is made")
+    model_pairing: Literal["within_figure", "paper"] = Field(
+        "within_figure",
+        description="within_figure (vital's): judge-score pairs of one figure's candidates, which differ only in "
+        "the conversation; paper (BioMed-VITAL's filter/train_clip_filter.py): model_pairs pairs sampled across "
+        "figures from two different judge-score levels",
+    )
+    model_pairs: int = Field(
+        30000,
+        ge=0,
+        description="paper pairing: training model pairs (the reference's 30,000); validation and held-out "
+        "figures get pairs in proportion to their candidates",
+    )
+    model_pairs_per_figure: int = Field(
+        6, ge=0, description="within_figure pairing: pairs per figure at most"
+    )
+    min_score_gap: float = Field(
+        0.5, gt=0, description="within_figure pairing: judge-score gap below which no model pair is made"
+    )
     heldout_fraction: float = Field(0.4, ge=0, lt=1, description="human-labelled figures held out")
     val_fraction: float = Field(0.15, ge=0, lt=1, description="training figures kept for early stopping")
     seed: int = 0
@@ -348,6 +364,11 @@ class EmbedParams(Section):
         description="joint: one text per candidate (text_order); rounds: each Q&A round embedded on its own "
         "and pooled (mean, max), plus the caption+mention once per figure",
     )
+    text_rounds: Literal["all", "first"] = Field(
+        "all",
+        description="joint mode: the Q&A rounds in the candidate's text; first = the first question and "
+        "answer only, as BioMed-VITAL's selector reads a candidate",
+    )
     side_features: bool = Field(
         True,
         description="rounds mode: the image's side score (left-minus-right patch tokens, probe fitted on "
@@ -363,6 +384,14 @@ class SelectorParams(Section):
             " the one of auto_weights whose head agrees best with the validation clinician pairs (ties: their AUC)"
         ),
     )
+    human_share: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="the clinician pairs' share of the total training pair weight (the reference's 50 x 400 "
+        "against 30,000 x 1 is 0.4); when set, the human weight is derived from the pair counts, so the "
+        "balance carries over whatever they are (leave human_weight at auto)",
+    )
     auto_weights: list[float] = Field(
         default_factory=lambda: [0.0, 1.0, 10.0, 100.0, 400.0, 1000.0],
         min_length=1,
@@ -370,6 +399,12 @@ class SelectorParams(Section):
     )
     loss: Literal["hinge", "logistic"] = "hinge"
     margin: float = Field(1.0, gt=0)
+    head: Literal["vital", "paper"] = Field(
+        "vital",
+        description="vital: [img, txt, img*txt, |img-txt|] (+ rounds-mode terms) -> 2 GELU layers -> unbounded "
+        "rating; paper (BioMed-VITAL's): [txt, img] side by side -> 3 ReLU layers -> sigmoid (needs "
+        "embed.text_mode=joint)",
+    )
     hidden: int = Field(128, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     epochs: int = Field(60, ge=1)
@@ -377,6 +412,10 @@ class SelectorParams(Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(8, ge=1)
+    early_stopping: bool = Field(
+        True,
+        description="keep the epoch with the best validation agreement, stop after patience (the reference: no)",
+    )
     seed: int = 0
     finetune_backbone: Literal["none", "text", "full"] = Field(
         "none",
@@ -395,6 +434,15 @@ class SelectorParams(Section):
         if value != "auto" and value < 0:
             raise ValueError(f"must be >= 0 or auto (got {value:g})")
         return value
+
+    @model_validator(mode="after")
+    def _weight_or_share(self):
+        if self.human_share is not None and self.human_weight != "auto":
+            raise ValueError(
+                f"human_share={self.human_share:g} derives the human weight: leave human_weight at auto "
+                f"(got {self.human_weight:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _weights_nonnegative(self):
@@ -648,10 +696,31 @@ class ChatEvalParams(Section):
         default_factory=lambda: ["top-s0", "random-s0"],
         description="two evaluated models (evaluate.models or <subset>-s<seed>): win rate of the first",
     )
+    relative: Literal["ratio_of_sums", "mean_of_ratios"] = Field(
+        "ratio_of_sums",
+        description="relative_score: ratio_of_sums (vital's: 100 x sum of model scores / sum of reference "
+        "scores) | mean_of_ratios (LLaVA-Med's summarize_gpt_review: mean over questions of 100 x model / "
+        "reference); metrics hold both",
+    )
+    win_rate: Literal["scores", "paper"] = Field(
+        "scores",
+        description="scores (vital's): two 1-10 scores from caption and context, text only | paper "
+        "(BioMed-VITAL's eval/win_rate.py): the judge sees the image, the question, the ground truth and "
+        "both answers and gives [[A]], [[B]] or [[C]] (tie); needs a vision API backend",
+    )
+    max_image_side: int = Field(
+        512, ge=16, description="win_rate=paper: the image's longer side sent to the judge"
+    )
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(256, ge=16)
     client: ClientParams = Field(default_factory=ClientParams)
     prices: dict[str, Price] = Field(default_factory=dict, description="USD per 1M tokens, by model")
+
+    @model_validator(mode="after")
+    def _paper_win_rate_sees_the_image(self):
+        if self.win_rate == "paper" and self.backend == "heuristic":
+            raise ValueError("win_rate=paper shows the judge the image: use backend openai or azure")
+        return self
 
     @field_validator("compare")
     @classmethod

@@ -48,7 +48,10 @@ def _file_digest(path: Path) -> str:
 
 def fingerprint(ref: tuple[str, str | None], ep: EmbedParams, inputs: list[Path]) -> str:
     """Digest of everything the features depend on (not batch size, workers or device)."""
-    h = hashlib.sha256(json.dumps([ref[0], ref[1], ep.text_order, ep.text_mode, ep.side_features]).encode())
+    knobs = [ref[0], ref[1], ep.text_order, ep.text_mode, ep.side_features]
+    if ep.text_rounds != "all":  # the default adds nothing: features made before the knob existed stay valid
+        knobs.append(ep.text_rounds)
+    h = hashlib.sha256(json.dumps(knobs).encode())
     weights = [Path(ref[0]) / "open_clip_model.safetensors", Path(ref[1]) if ref[1] else None]
     for p in [*inputs, *(w for w in weights if w is not None and w.is_file())]:
         h.update(_file_digest(p).encode())
@@ -103,7 +106,7 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     extra: dict[str, np.ndarray] = {}
     if ep.text_mode == "joint":
-        texts = [candidate_text(inputs.figures[c.pair_id], c, ep.text_order) for c in cands]
+        texts = [candidate_text(inputs.figures[c.pair_id], c, ep.text_order, ep.text_rounds) for c in cands]
         text_feats, tokens = text_encoder(ranks)(model, tokenizer, texts, ep.batch_size, ranks.device)
         token_owner = [c.pair_id for c in cands]
     else:
@@ -124,6 +127,7 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
         "pretrained": ref[1],
         "text_order": ep.text_order,
         "text_mode": ep.text_mode,
+        **({"text_rounds": ep.text_rounds} if ep.text_rounds != "all" else {}),
         "context_length": int(tokens.shape[1]),
         "dim_image": int(fig_feats.shape[1]),
         "dim_text": int(text_feats.shape[1]),

@@ -11,8 +11,9 @@ from vital.progress import progress
 from vital.schema import Candidate, FigureRecord
 
 
-def candidate_text(fig: FigureRecord, cand: Candidate, order: str = "paper") -> str:
-    """The text the selector rates: caption + in-text mention + each question and answer.
+def candidate_text(fig: FigureRecord, cand: Candidate, order: str = "paper", rounds: str = "all") -> str:
+    """The text the selector rates: caption + in-text mention + each question and answer (``rounds="first"``:
+    the first question and answer only, as BioMed-VITAL's selector reads a candidate).
 
     ``paper`` order is BioMed-VITAL's: ``caption + mention + "Question:" q + "Answer:" a``, tokenized with
     the backbone's tokenizer, which keeps the head and cuts the tail at the context length (256 tokens
@@ -26,6 +27,8 @@ def candidate_text(fig: FigureRecord, cand: Candidate, order: str = "paper") -> 
     for i in range(0, len(turns) - 1, 2):
         q = turns[i].value.replace("<image>", "").strip()
         qa.append(f"Question: {q} Answer: {turns[i + 1].value.strip()}")
+    if rounds == "first":
+        qa = qa[:1]
     context = f"{fig.fig_caption} {mention}".strip()
     parts = [*qa, context] if order == "qa_first" else [context, *qa]
     return " ".join(parts)

@@ -24,7 +24,7 @@ from vital.embed.text import candidate_text, context_text, round_texts
 from vital.io import RecordError
 from vital.params import SelectorParams
 from vital.paths import Paths
-from vital.selector.features import head_features
+from vital.selector.features import head_features, paper_features
 
 BACKBONE_WEIGHTS = "backbone.safetensors"
 
@@ -56,6 +56,7 @@ class EndToEndRater(torch.nn.Module):
     ):
         super().__init__()
         self.clip, self.head = clip, head
+        self.paper = False  # selector.head: paper reads [txt, img] (build_rater sets it)
         self.rounds = emb.text_max is not None
         self.text = text
         self.context_tokens = context_tokens  # (F, L) rounds mode
@@ -99,7 +100,8 @@ class EndToEndRater(torch.nn.Module):
         rows = [self.text.rows[i] for i in idx.tolist()]
         feats = self.clip.encode_text(self.text.tokens[torch.cat(rows).to(idx.device)])
         if not self.rounds:
-            return self.head(head_features(image, feats))
+            features = paper_features if self.paper else head_features
+            return self.head(features(image, feats))
         counts = torch.tensor([len(r) for r in rows], device=idx.device)
         owner = torch.repeat_interleave(torch.arange(len(idx), device=idx.device), counts)
         unit = F.normalize(feats, dim=-1)
@@ -150,8 +152,8 @@ def build_rater(emb: Embeddings, head: torch.nn.Module, sp: SelectorParams, path
     if rounds:
         texts = [round_texts(c) for c in cands]
     else:
-        order = emb.meta.get("text_order", "paper")
-        texts = [[candidate_text(inputs.figures[c.pair_id], c, order)] for c in cands]
+        order, first = emb.meta.get("text_order", "paper"), emb.meta.get("text_rounds", "all")
+        texts = [[candidate_text(inputs.figures[c.pair_id], c, order, first)] for c in cands]
     flat = [t for ts in texts for t in ts]
     tokens = torch.cat([tokenizer(flat[i : i + 1024]) for i in range(0, len(flat), 1024)])
     rows, start = [], 0
@@ -179,6 +181,7 @@ def build_rater(emb: Embeddings, head: torch.nn.Module, sp: SelectorParams, path
             p.requires_grad_(False)
     clip.train()
     rater = EndToEndRater(clip, head, emb, TokenTable(tokens, rows), context, figure_of, images)
+    rater.paper = sp.head == "paper"
     return rater.to_device(sp.device)
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vital.embed.store import Embeddings
+from vital.params import ParamsError
 
 
 @dataclass
@@ -92,12 +93,31 @@ def head_features(
     return torch.cat([_TERMS[n](v) for n in names], dim=-1)
 
 
-def embedding_features(emb: Embeddings) -> torch.Tensor:
-    """``head_features`` of every candidate in ``emb`` (whichever text mode the embed stage used)."""
+def paper_features(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``selector.head: paper``: the L2-normalised text and image features side by side, as BioMed-VITAL's
+    head reads them (open_clip's forward normalises both)."""
+    return torch.cat([F.normalize(text, dim=-1), F.normalize(image, dim=-1)], dim=-1)
+
+
+def check_paper_inputs(emb: Embeddings) -> None:
+    """The paper head reads one joint text per candidate; rounds-mode features are vital's own."""
+    if emb.text_max is not None:
+        raise ParamsError(
+            "selector.head=paper reads one text per candidate: set embed.text_mode=joint "
+            "(and embed.text_rounds=first for the reference's caption + mention + first Q&A)"
+        )
+
+
+def embedding_features(emb: Embeddings, head: str = "vital") -> torch.Tensor:
+    """The head's input for every candidate in ``emb``: ``head_features`` (whichever text mode the embed
+    stage used), or ``paper_features`` for ``selector.head: paper``."""
 
     def t(a: np.ndarray | None) -> torch.Tensor | None:
         return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
+    if head == "paper":
+        check_paper_inputs(emb)
+        return paper_features(t(emb.image), t(emb.text))
     return head_features(
         t(emb.image),
         t(emb.text),
@@ -109,8 +129,10 @@ def embedding_features(emb: Embeddings) -> torch.Tensor:
     )
 
 
-def feature_names(emb: Embeddings) -> str:
-    """What ``embedding_features(emb)`` concatenates, as the selector's config records it."""
+def feature_names(emb: Embeddings, head: str = "vital") -> str:
+    """What ``embedding_features(emb, head)`` concatenates, as the selector's config records it."""
+    if head == "paper":
+        return "concat(txt, img) of l2-normalised CLIP features (BioMed-VITAL's head input)"
     side = emb.text_side is not None and emb.image_side is not None
     names = feature_terms(emb.context is not None, emb.text_max is not None, emb.round_sim is not None, side)
     return f"concat({', '.join(names)}) of l2-normalised CLIP features (text mode: {emb.meta.get('text_mode', 'joint')})"

@@ -6,19 +6,26 @@ import torch
 
 
 class RatingHead(torch.nn.Module):
-    """MLP -> one unbounded rating per candidate (no sigmoid: a hinge on sigmoid differences never reaches 0)."""
+    """MLP -> one rating per candidate.
 
-    def __init__(self, in_dim: int, hidden: int, dropout: float):
+    ``vital``: 2 GELU layers, an unbounded rating (no sigmoid: a hinge on sigmoid differences never reaches
+    0). ``paper``: BioMed-VITAL's head, 3 ReLU layers and a sigmoid, kept as the reference trains it.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float, shape: str = "vital"):
         super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(in_dim, hidden),
-            torch.nn.GELU(),
-            torch.nn.Dropout(dropout),
-            torch.nn.Linear(hidden, hidden),
-            torch.nn.GELU(),
-            torch.nn.Dropout(dropout),
-            torch.nn.Linear(hidden, 1),
-        )
+        act = torch.nn.ReLU if shape == "paper" else torch.nn.GELU
+        layers: list[torch.nn.Module] = []
+        for i in range(3 if shape == "paper" else 2):
+            layers += [
+                torch.nn.Linear(in_dim if i == 0 else hidden, hidden),
+                act(),
+                torch.nn.Dropout(dropout),
+            ]
+        layers.append(torch.nn.Linear(hidden, 1))
+        if shape == "paper":
+            layers.append(torch.nn.Sigmoid())
+        self.net = torch.nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)

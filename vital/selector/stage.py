@@ -15,7 +15,7 @@ from vital.params import Params, ParamsError, SelectorParams
 from vital.paths import Paths
 from vital.schema import Pair
 from vital.selector.backbone import save_backbone
-from vital.selector.data import read_pairs, read_prefs, read_scores_of_judge, to_pairset
+from vital.selector.data import PairSet, read_pairs, read_prefs, read_scores_of_judge, to_pairset
 from vital.selector.evidence import agreement, bootstrap_gap, heldout_evidence, pooled_auc
 from vital.selector.features import embedding_features, feature_names
 from vital.selector.store import CONFIG, save_selector
@@ -31,6 +31,27 @@ def best_weight(by_val: dict[float, tuple[float, float]]) -> float:
 def _human_agreement(rater: torch.nn.Module, ids: list[str], held: list[Pair]) -> float | None:
     s = dict(zip(ids, rate_all(rater).tolist(), strict=True))
     return agreement(s, [p for p in held if p.source == "human"])
+
+
+def weight_for_share(share: float, train: list[Pair], pairs_path: Path) -> float:
+    """The human pair weight that gives clinician pairs ``share`` of the total training pair weight."""
+    n_human = sum(p.source == "human" for p in train)
+    n_model = len(train) - n_human
+    if share == 0:
+        return 0.0
+    if n_human == 0 or n_model == 0:
+        raise RecordError(
+            f"selector.human_share={share:g}: {pairs_path} has {n_human} clinician and {n_model} model "
+            "training pairs; a share needs both (set selector.human_weight instead)"
+        )
+    return share / (1 - share) * n_model / n_human
+
+
+def human_share_of_weight(train: PairSet) -> float | None:
+    """What share of the total training pair weight the clinician pairs carry."""
+    total = float(train.weight.sum())
+    human = float(sum(w for w, s in zip(train.weight.tolist(), train.source, strict=True) if s == "human"))
+    return None if total == 0 else round(human / total, 4)
 
 
 def check_device(device: str) -> None:
@@ -53,8 +74,11 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     by_split = read_pairs(paths.pairs, index, drops)
     if not by_split.get("train"):
         raise RecordError(f"{paths.pairs}: no training pairs with features")
-    x = embedding_features(emb)
+    x = embedding_features(emb, sp.head)
     held = by_split.get("heldout", [])
+    share = sp.human_share
+    if share is not None:
+        sp = sp.model_copy(update={"human_weight": weight_for_share(share, by_split["train"], paths.pairs)})
 
     def build(w: float) -> torch.nn.Module:
         return new_rater(x, sp.model_copy(update={"human_weight": w}), emb, paths)
@@ -121,9 +145,10 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
 
     config = {
         "in_dim": int(x.shape[1]),
+        "head": sp.head,
         "hidden": sp.hidden,
         "dropout": sp.dropout,
-        "features": feature_names(emb),
+        "features": feature_names(emb, sp.head),
         "backbone": emb.meta.get("backbone"),
         "backbone_pretrained": emb.meta.get("pretrained"),
         "embeddings_fingerprint": emb.meta.get("fingerprint"),
@@ -147,6 +172,8 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     metrics = {
         "human_weight": sp.human_weight,
         **({"human_weight_auto": auto} if auto else {}),
+        **({"human_weight_from_share": share} if share is not None else {}),
+        "human_share_of_weight": human_share_of_weight(train),
         "loss": sp.loss,
         "finetune_backbone": sp.finetune_backbone,
         "pairs_train": {"human": train.source.count("human"), "model": train.source.count("model")},

@@ -29,12 +29,12 @@ def load_selector(path: str | Path) -> tuple[RatingHead, dict[str, Any]]:
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         raise FileNotFoundError(f"{path}: not a selector directory ({CONFIG} + {WEIGHTS})")
     cfg = read_json(path / CONFIG)
-    head = RatingHead(cfg["in_dim"], cfg["hidden"], cfg["dropout"])
+    head = RatingHead(cfg["in_dim"], cfg["hidden"], cfg["dropout"], cfg.get("head", "vital"))
     head.load_state_dict(load_file(str(path / WEIGHTS)))
     head.eval()
     return head, cfg
 
 
 @torch.no_grad()
-def score_all(head: RatingHead, emb: Embeddings) -> np.ndarray:
-    return head(embedding_features(emb)).numpy()
+def score_all(head: RatingHead, emb: Embeddings, shape: str = "vital") -> np.ndarray:
+    return head(embedding_features(emb, shape)).numpy()

@@ -1,4 +1,4 @@
-"""Pairwise training of a rater with early stopping on weighted validation agreement."""
+"""Pairwise training of a rater, with early stopping on weighted validation agreement (or a fixed schedule)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def weighted_agreement(scores: torch.Tensor, ps: PairSet) -> float:
 def new_rater(x: torch.Tensor, sp: SelectorParams, emb: Embeddings, paths: Paths) -> torch.nn.Module:
     """A fresh head on ``x``'s width, on the frozen features ``x`` or with the backbone end to end."""
     torch.manual_seed(sp.seed)
-    head = RatingHead(x.shape[1], sp.hidden, sp.dropout)
+    head = RatingHead(x.shape[1], sp.hidden, sp.dropout, sp.head)
     if sp.finetune_backbone == "none":
         return FrozenFeatureRater(head, x).to_device(sp.device)
     return build_rater(emb, head, sp, paths)  # loads open_clip: only when the backbone trains
@@ -109,13 +109,16 @@ def train_rater(
         curve.append(
             {"epoch": epoch, "train_loss": round(total / len(train), 5), "val_agreement": round(val_agree, 5)}
         )
-        if val_agree > best + 1e-6:
+        if not sp.early_stopping:
+            best_epoch = epoch  # the reference keeps the last epoch's model
+        elif val_agree > best + 1e-6:
             best, best_epoch, bad = val_agree, epoch, 0
             best_state = {k: v.detach().clone() for k, v in rater.state_dict().items()}
         else:
             bad += 1
             if bad >= sp.patience:
                 break
-    rater.load_state_dict(best_state)
+    if best_state is not None:
+        rater.load_state_dict(best_state)
     rater.eval()
     return TrainResult(rater, curve, best_epoch, stopped_early=len(curve) < sp.epochs)
