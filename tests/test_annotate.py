@@ -852,3 +852,14 @@ def test_order_serves_uncertain_or_disagreeing_figures_first_after_the_overlap_s
     finally:
         _stop(proc)
     assert "0 of 8 figures ranked, disagree first" in line
+
+
+def test_a_label_file_with_a_bom_is_read_whole_by_the_session_and_the_labels_stage(paths):
+    first = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    first.submit({"pair_id": "PMC1_F1", "ranking": _ids(first)})
+    file = first.label_file
+    file.write_bytes("\ufeff".encode() + file.read_bytes())  # saved again by an editor on Windows
+    again = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    assert again.unreadable == [] and again.progress()["ranked"] == 1
+    result = labels.run(LabelsParams(backend="files"), paths)
+    assert result["labels"] == 1 and result["dropped"] == 0

@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from vital.annotate.order import ORDERS, OrderError, figure_order, read_scores
-from vital.io import read_jsonl
+from vital.io import read_jsonl, strip_bom
 from vital.labels import validate_preference
 from vital.paths import Paths
 from vital.schema import Candidate, FigureRecord
@@ -200,7 +200,7 @@ class AnnotationSession:
                 continue
             where = f"{self.label_file}:{lineno}"
             try:
-                text = raw_line.decode("utf-8")
+                text = strip_bom(raw_line.decode("utf-8"))
             except UnicodeDecodeError as e:
                 unreadable.append(
                     f"{where}: not UTF-8 (byte 0x{raw_line[e.start]:02x} at column {e.start + 1})"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from vital.io import read_text
 from vital.llm.client import ConfigError
 from vital.schema import FigureRecord
 from vital.shards import open_image, read_bytes
@@ -84,7 +85,7 @@ def load_demonstrations(directory: Path) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for f in files:
         try:
-            demos = json.loads(f.read_text(encoding="utf-8"))
+            demos = json.loads(read_text(f))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DemonstrationError(f"{f}: unreadable demonstrations ({e})") from None
         if not isinstance(demos, list):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vital.images import check_image
-from vital.io import RecordError, read_jsonl
+from vital.io import RecordError, read_jsonl, read_text
 from vital.paths import repo_relative
 from vital.schema import DOMAINS
 from vital.vqa.items import AnswerType, LoadedSet, VQAItem
@@ -72,7 +72,7 @@ def register(name: str, fmt: Format) -> None:
 # ------------------------------------------------------------------ file readers
 def _json_list(path: Path) -> Iterator[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise VQAFormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(data, list):
