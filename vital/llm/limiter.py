@@ -5,13 +5,17 @@ burst. ``acquire`` reserves capacity and sleeps only the calling task until its 
 due (no global sleeps). Budgets tighten from ``x-ratelimit-*`` response headers, and a 429's
 ``retry-after``/``retry-after-ms`` pauses every caller of the same endpoint until it has passed.
 
-A 429 also lowers the request rate (halved, or straight down to the rate of successes over the
-last 10 s if that is lower, once per round of requests: a 429 for a request sent before the last
-decrease does not lower it again, and at most once a second, down to ``min_rpm``), and every
-success lets
-it creep back by ``recover_rpm`` requests/min up to the ceiling (``client.rpm``, or the server's
-``x-ratelimit-limit-requests`` if lower). So a server whose real limit is below ``client.rpm``,
-advertised or not, settles the limiter near that limit instead of answering 429 forever.
+A 429 also lowers the request rate, to the rate the server accepted over the last 10 s when that
+is measured (what it lets through while we send above its limit), else by half, never below
+``min_rpm``. It lowers it at most once per observed window: once per round of requests (a 429 for a
+request sent before the last decrease does not lower it again), no sooner than ``decrease_every_s``
+or the server's last ``retry-after`` after the previous decrease, and only once the server has
+accepted a request since then: while a window limit is exhausted, every request is refused, and that
+says nothing about the rate, so the rate is held and callers wait. Every success raises the rate
+multiplicatively (by ``recover`` per success, so it doubles in about 35 successes) up to the ceiling
+(``client.rpm``, or the server's ``x-ratelimit-limit-requests`` if lower). So a server whose real
+limit is below ``client.rpm``, advertised or not, settles the limiter at that limit instead of
+answering 429 forever or sinking far below it.
 
 The limiter holds no asyncio primitive, so one instance may serve several event loops in turn
 (e.g. the generate and judge stages run in one process).
@@ -20,10 +24,12 @@ The limiter holds no asyncio primitive, so one instance may serve several event 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -59,6 +65,10 @@ def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
         try:
             return max(0.0, float(sec))
         except ValueError:
+            pass
+        try:  # the HTTP-date form: "Wed, 21 Oct 2026 07:28:00 GMT"
+            return max(0.0, parsedate_to_datetime(sec).timestamp() - time.time())
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
     return None
 
@@ -101,7 +111,7 @@ class RateLimiter:
         tpm: float,
         burst_s: float = 1.0,
         decrease: float = 0.5,
-        recover_rpm: float = 1.0,
+        recover: float = 0.02,
         min_rpm: float = 1.0,
         decrease_every_s: float = 1.0,
     ) -> None:
@@ -112,11 +122,13 @@ class RateLimiter:
         self.tokens = _Bucket(tpm, burst_s)
         self.paused_until = 0.0
         self.pauses = 0
-        self.decrease, self.recover_rpm, self.min_rpm = decrease, recover_rpm, min_rpm
+        self.decrease, self.recover, self.min_rpm = decrease, recover, min_rpm
         self.decrease_every_s = decrease_every_s
         self.decreases = 0  # times a 429 lowered the request rate
         self.lowest_rpm = float(rpm)
         self._last_decrease = float("-inf")
+        self._window_s = decrease_every_s  # the server's window as last observed (its retry-after)
+        self._ok_since_decrease = True  # the server accepted a request since the last decrease
         self._ok_times: deque[float] = deque(maxlen=10_000)  # recent successes: the rate the server accepts
 
     @property
@@ -127,17 +139,31 @@ class RateLimiter:
     def tpm(self) -> float:
         return self.tokens.per_minute
 
-    async def acquire(self, tokens: int = 0) -> None:
-        """Wait until one request of ``tokens`` estimated tokens fits both budgets."""
+    async def acquire(self, tokens: int = 0, deadline: Callable[[], float | None] | None = None) -> bool:
+        """Wait until one request of ``tokens`` estimated tokens fits both budgets; True when it may be sent.
+
+        ``deadline()`` (a ``time.monotonic()`` instant, or None for none) is asked again whenever the wait
+        would pass it: False, with nothing reserved, once a wait would end after it (the caller gives up)."""
         while True:
             now = time.monotonic()
+            end = deadline() if deadline is not None else None
+            end = math.inf if end is None else end
+            if now >= end:
+                return False
             if self.paused_until > now:
-                await asyncio.sleep(self.paused_until - now)
+                await asyncio.sleep(min(self.paused_until, end) - now)
                 continue
             wait = max(self.requests.reserve(1, now), self.tokens.reserve(tokens, now))
+            if now + wait > end:  # would be sent too late: give the reservation back, then ask again
+                self.requests.give_back(1, now)
+                self.tokens.give_back(tokens, now)
+                await asyncio.sleep(max(0.0, end - now))
+                continue
             if wait > 0:
                 await asyncio.sleep(wait)
-            return
+            if self.paused_until > time.monotonic():  # a 429 came in meanwhile: wait it out, keep the slot
+                await asyncio.sleep(max(0.0, min(self.paused_until, end) - time.monotonic()))
+            return True
 
     def settle(self, estimated: int, actual: int) -> None:
         """Correct a token reservation once the response reports real usage."""
@@ -162,15 +188,20 @@ class RateLimiter:
             wait = fallback_s
         self.pause(wait)
         now = time.monotonic()
-        # once per round: a request sent before the last decrease (already in flight) does not lower it again
-        if sent_at >= self._last_decrease and now - self._last_decrease >= self.decrease_every_s:
-            self._last_decrease = now
-            self.decreases += 1
-            target = self.rpm * self.decrease
+        if (
+            sent_at
+            >= self._last_decrease  # once per round: one sent before the last decrease says nothing new
+            and now - self._last_decrease >= self._window_s  # once per observed window
+            and self._ok_since_decrease  # a closed window refuses everything, whatever the rate
+        ):
             accepted = self.accepted_rpm(now)
-            if accepted is not None:  # far above what the server lets through: go there at once
-                target = min(target, accepted)
-            self._set_rpm(max(self.min_rpm, target))
+            target = self.rpm * self.decrease if accepted is None else accepted
+            if target < self.rpm:
+                self._last_decrease = now
+                self._ok_since_decrease = False
+                self.decreases += 1
+                self._set_rpm(max(self.min_rpm, target))
+        self._window_s = max(self.decrease_every_s, wait)
         return wait
 
     def accepted_rpm(self, now: float, window_s: float = 10.0, min_count: int = 5) -> float | None:
@@ -183,10 +214,11 @@ class RateLimiter:
         return len(self._ok_times) * 60.0 / max(1.0, now - self._ok_times[0])
 
     def succeeded(self) -> None:
-        """A request went through: creep the request rate back towards the ceiling."""
+        """A request went through: raise the request rate multiplicatively back towards the ceiling."""
         self._ok_times.append(time.monotonic())
+        self._ok_since_decrease = True
         if self.rpm < self.ceiling_rpm:
-            self._set_rpm(min(self.ceiling_rpm, self.rpm + self.recover_rpm))
+            self._set_rpm(min(self.ceiling_rpm, self.rpm * (1 + self.recover)))
 
     def _set_rpm(self, rpm: float) -> None:
         self.requests.set_rate(rpm)
