@@ -499,8 +499,18 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--rpm", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=1800, help="stop by itself after this long")
+    ap.add_argument("--window-limit", type=int, default=0, help="requests per fixed window (0: none)")
+    ap.add_argument("--window-s", type=float, default=60.0)
+    ap.add_argument("--no-advertise", action="store_true", help="leave the x-ratelimit-* headers out")
+    ap.add_argument("--retry-after", default="0.2", help="retry-after of a 429; 'none' to send none")
+    ap.add_argument("--window-retry-after", action="store_true", help="a window 429 says when it reopens")
     args = ap.parse_args()
-    server = FakeOpenAIServer(port=args.port, latency=args.latency, rpm=args.rpm or None).start()
+    server = FakeOpenAIServer(port=args.port, latency=args.latency, rpm=args.rpm or None)
+    server.window_limit, server.window_s = args.window_limit or None, args.window_s
+    server.advertise_limits = not args.no_advertise
+    server.retry_after_s = None if args.retry_after == "none" else args.retry_after
+    server.window_retry_after = args.window_retry_after
+    server.start()
     print(server.port, flush=True)
     deadline = time.monotonic() + args.seconds
     try:

@@ -103,3 +103,31 @@ def test_retry_after_as_an_http_date_is_honoured():
 
     wait = retry_after_s({"retry-after": formatdate(time.time() + 30, usegmt=True)})
     assert wait is not None and 28 <= wait <= 31
+
+
+def test_generate_against_a_server_that_only_answers_429_ends_in_one_line_with_its_metrics(
+    tmp_path, monkeypatch
+):
+    from tests.llm_world import KEY as WORLD_KEY
+    from tests.llm_world import KEY_ENV, api_params, make_world
+    from vital import generate
+    from vital.failures import StageFailed
+    from vital.io import read_json
+    from vital.paths import Paths
+
+    monkeypatch.setenv(KEY_ENV, WORLD_KEY)
+    monkeypatch.setenv("VITAL_PROGRESS", "off")
+    make_world(tmp_path)
+    with FakeOpenAIServer() as server:
+        server.only_429 = True
+        server.retry_after_s = "0.5"
+        p = api_params(server.base_url, tmp_path)
+        p.generate.client.rate_limit_wait_s = 2.0
+        p.generate.client.rpm = 600
+        t0 = time.monotonic()
+        with pytest.raises(
+            StageFailed, match=r"^generate: all 8 candidates failed \(request_rate_limited 8\)"
+        ):
+            generate.run(p, Paths(tmp_path))
+        assert time.monotonic() - t0 < 2.0 + 3.0
+    assert read_json(tmp_path / "metrics" / "generate.json")["request_failures"] == {"rate_limited": 8}
