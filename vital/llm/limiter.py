@@ -161,8 +161,11 @@ class RateLimiter:
                 continue
             if wait > 0:
                 await asyncio.sleep(wait)
-            if self.paused_until > time.monotonic():  # a 429 came in meanwhile: wait it out, keep the slot
-                await asyncio.sleep(max(0.0, min(self.paused_until, end) - time.monotonic()))
+            while self.paused_until > time.monotonic():  # a 429 came in meanwhile: wait it out, keep the slot
+                end = deadline() if deadline is not None else None
+                if end is not None and self.paused_until > end:
+                    return False
+                await asyncio.sleep(self.paused_until - time.monotonic())
             return True
 
     def settle(self, estimated: int, actual: int) -> None:
