@@ -263,7 +263,7 @@ def test_limiter_lowers_once_per_observed_window_and_recovers_multiplicatively()
     for _ in range(20):  # 20 answers within a second: the server takes about 1,200/min, not 60,000
         busy.succeeded()
     busy.rate_limited({}, time.monotonic(), 0)
-    assert busy.rpm <= 1_200 and busy.decreases == 1
+    assert busy.rpm <= 1_200 * 1.1 and busy.decreases == 1  # with 10% headroom
     slow = RateLimiter(600, 1e6)  # by default at most one decrease a second
     slow.rate_limited({}, time.monotonic(), 0)
     slow.succeeded()

@@ -5,9 +5,9 @@ burst. ``acquire`` reserves capacity and sleeps only the calling task until its 
 due (no global sleeps). Budgets tighten from ``x-ratelimit-*`` response headers, and a 429's
 ``retry-after``/``retry-after-ms`` pauses every caller of the same endpoint until it has passed.
 
-A 429 also lowers the request rate, to the rate the server accepted over the last 10 s when that
-is measured (what it lets through while we send above its limit), else by half, never below
-``min_rpm``. It lowers it at most once per observed window: once per round of requests (a 429 for a
+A 429 also lowers the request rate, to ``headroom`` (10%) above the rate the server accepted over
+the last 10 s when that is measured (what it lets through while we send above its limit), else by
+half, never below ``min_rpm``. It lowers it at most once per observed window: once per round of requests (a 429 for a
 request sent before the last decrease does not lower it again), no sooner than ``decrease_every_s``
 or the server's last ``retry-after`` after the previous decrease, and only once the server has
 accepted a request since then: while a window limit is exhausted, every request is refused, and that
@@ -104,6 +104,39 @@ class _Bucket:
         self.level = min(self.capacity, self.level + amount)
 
 
+class _Slots:
+    """Request slots handed out one interval apart (virtual scheduling), with about ``burst_s`` of burst.
+
+    A slot, once given, keeps its time when the rate changes: only later slots move. (A token bucket whose
+    negative level is the queue reprices the whole queue at the new rate instead, and a decrease while
+    ``concurrency`` callers wait in it leaves seconds with nothing sent.)"""
+
+    def __init__(self, per_minute: float, burst_s: float) -> None:
+        self.burst_s = burst_s
+        self.next_at = float("-inf")  # the earliest time of the next slot
+        self.set_rate(per_minute)
+
+    def set_rate(self, per_minute: float) -> None:
+        self.per_minute = float(per_minute)
+        self.interval = 60.0 / self.per_minute
+        # an idle limiter may send this many at once: one second's worth, at least one
+        self.burst = max(1.0, self.burst_s * self.per_minute / 60.0)
+
+    def reserve(self, amount: float, now: float) -> float:
+        """Take the next slot; return how long the caller must wait for it."""
+        start = max(self.next_at, now - (self.burst - 1) * self.interval)
+        self.next_at = start + self.interval
+        return max(0.0, start - now)
+
+    def give_back(self, amount: float, now: float) -> None:
+        """Return the slot just taken (a caller that will not use it)."""
+        self.next_at -= self.interval
+
+    def drain(self, now: float) -> None:
+        """Spend the saved-up burst: the next slot is one interval from now at the earliest."""
+        self.next_at = max(self.next_at, now)
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -114,16 +147,18 @@ class RateLimiter:
         recover: float = 0.02,
         min_rpm: float = 1.0,
         decrease_every_s: float = 1.0,
+        headroom: float = 0.1,
     ) -> None:
         self.configured_rpm = float(rpm)
         self.configured_tpm = float(tpm)
         self.ceiling_rpm = float(rpm)  # configured, or the server's advertised limit if lower
-        self.requests = _Bucket(rpm, burst_s)
+        self.requests = _Slots(rpm, burst_s)
         self.tokens = _Bucket(tpm, burst_s)
         self.paused_until = 0.0
         self.pauses = 0
         self.decrease, self.recover, self.min_rpm = decrease, recover, min_rpm
         self.decrease_every_s = decrease_every_s
+        self.headroom = headroom
         self.decreases = 0  # times a 429 lowered the request rate
         self.lowest_rpm = float(rpm)
         self._last_decrease = float("-inf")
@@ -191,6 +226,8 @@ class RateLimiter:
             wait = fallback_s
         self.pause(wait)
         now = time.monotonic()
+        # the server has nothing left now: a burst when the pause ends would only be refused again
+        self.requests.drain(now)
         if (
             sent_at
             >= self._last_decrease  # once per round: one sent before the last decrease says nothing new
@@ -198,7 +235,9 @@ class RateLimiter:
             and self._ok_since_decrease  # a closed window refuses everything, whatever the rate
         ):
             accepted = self.accepted_rpm(now)
-            target = self.rpm * self.decrease if accepted is None else accepted
+            # a little above what got through: sending under the server's limit loses answers for good,
+            # sending a little over it costs only 429s, which are free and answered with a short pause
+            target = self.rpm * self.decrease if accepted is None else accepted * (1 + self.headroom)
             if target < self.rpm:
                 self._last_decrease = now
                 self._ok_since_decrease = False
