@@ -13,6 +13,11 @@ chat requests (later requests get connection refused). Any other HTTP status as 
 "405", ...) is answered with that status. ``advertise_limits = False`` leaves the ``x-ratelimit-*``
 headers out (a server or proxy that enforces a limit without saying so); ``batch_api = False``
 answers the Batch API's upload and create with 405 (a server without ``/v1/files``).
+
+Two more limits: ``window_limit`` requests per fixed ``window_s`` window (a per-minute limit as
+providers count it: once the window's budget is spent every request is refused until the next
+window, with ``retry-after`` the time left in it unless ``window_retry_after`` is False), and
+``only_429 = True``, a server that answers every chat request 429.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ class _State:
         self.chat_count = 0
         self.tokens = 0.0
         self.last_refill = time.monotonic()
+        self.window_start = time.monotonic()
+        self.window_used = 0
 
 
 class FakeOpenAIServer:
@@ -101,6 +108,10 @@ class FakeOpenAIServer:
         self.batch_fail_first_n = 0  # the first batch fails this many of its lines
         self.advertise_limits = True
         self.batch_api = True
+        self.window_limit: int | None = None
+        self.window_s = 60.0
+        self.window_retry_after = True
+        self.only_429 = False
         self.state = _State()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -164,6 +175,20 @@ class FakeOpenAIServer:
                 st.tokens -= 1.0
                 return True, st.tokens
             return False, st.tokens
+
+    def _take_window_slot(self) -> tuple[bool, float, float]:
+        """Fixed-window budget: (allowed, remaining in the window, seconds until the next window)."""
+        st = self.state
+        with st.lock:
+            now = time.monotonic()
+            if now - st.window_start >= self.window_s:
+                st.window_start += (now - st.window_start) // self.window_s * self.window_s
+                st.window_used = 0
+            left = st.window_start + self.window_s - now
+            if st.window_used < (self.window_limit or 0):
+                st.window_used += 1
+                return True, self.window_limit - st.window_used, left
+            return False, 0, left
 
     def ratelimit_headers(self, remaining: float) -> dict[str, str]:
         if not self.rpm or not self.advertise_limits:
@@ -389,18 +414,29 @@ def _make_handler(server: FakeOpenAIServer):
             }
             allowed, remaining = server._take_request_slot()
             headers = server.ratelimit_headers(remaining)
+            retry_after = server.retry_after_s
+            if server.window_limit and fault is None and allowed and not server.only_429:
+                allowed, left_n, left_s = server._take_window_slot()
+                if server.advertise_limits:
+                    headers = {
+                        "x-ratelimit-limit-requests": str(round(server.window_limit * 60 / server.window_s)),
+                        "x-ratelimit-remaining-requests": str(left_n),
+                        "x-ratelimit-reset-requests": f"{left_s:.3f}s",
+                    }
+                if server.window_retry_after:
+                    retry_after = f"{left_s:.3f}"
             try:
                 if server.die_after is not None and n > server.die_after:
                     entry["status"] = 0
                     server.stop()
                     self.close_connection = True
                     return
-                if not allowed or fault == "429":
+                if not allowed or fault == "429" or server.only_429:
                     entry["status"] = 429
                     return self._send(
                         429,
                         {"error": {"message": "rate limited", "type": "requests"}},
-                        {**headers, "retry-after": server.retry_after_s},
+                        {**headers, **({"retry-after": retry_after} if retry_after is not None else {})},
                     )
                 if fault == "401":
                     entry["status"] = 401
@@ -468,8 +504,18 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--rpm", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=1800, help="stop by itself after this long")
+    ap.add_argument("--window-limit", type=int, default=0, help="requests per fixed window (0: none)")
+    ap.add_argument("--window-s", type=float, default=60.0)
+    ap.add_argument("--no-advertise", action="store_true", help="leave the x-ratelimit-* headers out")
+    ap.add_argument("--retry-after", default="0.2", help="retry-after of a 429; 'none' to send none")
+    ap.add_argument("--window-retry-after", action="store_true", help="a window 429 says when it reopens")
     args = ap.parse_args()
-    server = FakeOpenAIServer(port=args.port, latency=args.latency, rpm=args.rpm or None).start()
+    server = FakeOpenAIServer(port=args.port, latency=args.latency, rpm=args.rpm or None)
+    server.window_limit, server.window_s = args.window_limit or None, args.window_s
+    server.advertise_limits = not args.no_advertise
+    server.retry_after_s = None if args.retry_after == "none" else args.retry_after
+    server.window_retry_after = args.window_retry_after
+    server.start()
     print(server.port, flush=True)
     deadline = time.monotonic() + args.seconds
     try:

@@ -852,3 +852,47 @@ def test_order_serves_uncertain_or_disagreeing_figures_first_after_the_overlap_s
     finally:
         _stop(proc)
     assert "0 of 8 figures ranked, disagree first" in line
+
+
+def test_a_label_file_with_a_bom_is_read_whole_by_the_session_and_the_labels_stage(paths):
+    first = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    first.submit({"pair_id": "PMC1_F1", "ranking": _ids(first)})
+    file = first.label_file
+    file.write_bytes("\ufeff".encode() + file.read_bytes())  # saved again by an editor on Windows
+    again = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    assert again.unreadable == [] and again.progress()["ranked"] == 1
+    result = labels.run(LabelsParams(backend="files"), paths)
+    assert result["labels"] == 1 and result["dropped"] == 0
+
+
+def test_a_deeply_nested_body_gets_a_400_not_a_dropped_connection(paths):
+    server, url = _serve(AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a")))
+    try:
+        depth = 100_000
+        body = b"[" * depth + b"]" * depth
+        head = (
+            f"POST /api/label HTTP/1.1\r\nHost: {urlsplit(url).netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        status, reply = _raw(url, head + body)
+        assert status == 400 and "nests" in reply["error"]
+        assert _call(url + "/api/task")[0] == 200  # the server still answers
+    finally:
+        server.shutdown()
+
+
+def test_two_servers_on_one_label_file_show_the_files_true_progress(paths):
+    first = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    second = AnnotationSession(paths, "dr_a", load_tasks(paths, "dr_a"))
+    server, url = _serve(second)
+    try:
+        first.submit({"pair_id": "PMC1_F1", "ranking": _ids(first)})  # ranked on the other server
+        status, body = _call(url + "/api/task")
+        reply = json.loads(body)
+        assert status == 200 and reply["progress"]["ranked"] == 1
+        assert reply["task"]["pair_id"] == "PMC2_F1"
+        assert [r["pair_id"] for r in json.loads(_call(url + "/api/saved")[1])["saved"]] == ["PMC1_F1"]
+        second.submit({"pair_id": "PMC2_F1", "ranking": _ids(second, "PMC2_F1")})
+        assert first.progress()["ranked"] == 2 and first.next_task() is None
+    finally:
+        server.shutdown()

@@ -211,17 +211,18 @@ def test_kill_9_mid_run_then_rerun_repeats_no_completed_request(tmp_path):
 # ---------------------------------------------------------------- a run that (almost) failed is a failure
 def test_every_request_refused_fails_the_stage_after_writing_metrics(world):
     with FakeOpenAIServer() as server:
-        server.fault_fn = lambda n, body: "405"
+        server.fault_fn = lambda n, body: "503"  # a refusal that is not the same for every request
         p = api_params(server.base_url, world)
         p.generate.client.max_failed_share = 1.0  # nothing succeeded: fails whatever the share allows
+        p.generate.client.max_retries = 0
         with pytest.raises(
-            StageFailed, match=r"^generate: all 8 candidates failed \(request_http_405 8\)"
+            StageFailed, match=r"^generate: all 8 candidates failed \(request_server_error 8\)"
         ) as e:
             generate.run(p, Paths(world))
     assert "\n" not in str(e.value)
     assert (world / "artifacts" / "candidates.jsonl").read_text() == ""
     m = read_json(world / "metrics" / "generate.json")
-    assert m["candidates_failed"] == 8 and m["request_failures"] == {"http_405": 8}
+    assert m["candidates_failed"] == 8 and m["request_failures"] == {"server_error": 8}
     assert m["figures_without_candidates"] == 4
 
 
@@ -262,7 +263,9 @@ def test_stage_wrapper_exits_nonzero_with_one_line(world, monkeypatch, capsys):
         _stage_params(world, server.base_url)
         code, lines = _run_stage(world, monkeypatch, capsys, generate.run)
         assert code == 2 and len(lines) == 1
-        assert lines[0].startswith("[generate] error: generate: all 8 candidates failed")
+        # the same refusal for every request stops the run early, naming the setting to fix
+        assert lines[0].startswith("[generate] error: generate: ") and "generate.client.base_url" in lines[0]
+        assert "HTTP 405" in lines[0] and len(server.chat_requests()) <= 5 + 16
 
         def raw_api_call(params, paths):  # an SDK error that reaches the wrapper unhandled
             client = openai.OpenAI(api_key=KEY, base_url=server.base_url, max_retries=0)

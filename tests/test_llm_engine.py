@@ -239,33 +239,41 @@ def test_insufficient_quota_is_not_waited_out(tmp_path, monkeypatch):
         assert len(server.chat_requests()) <= 4
 
 
-def test_limiter_halves_once_per_round_on_429_and_creeps_back_to_the_ceiling():
+def test_limiter_lowers_once_per_observed_window_and_recovers_multiplicatively():
     lim = RateLimiter(600, 1e6, decrease_every_s=0)
     sent = time.monotonic()
     assert lim.rate_limited({"retry-after": "0"}, sent, fallback_s=9) == 0
-    assert lim.rpm == 300 and lim.decreases == 1
+    assert lim.rpm == 300 and lim.decreases == 1  # fewer than 5 successes measured: halved
     lim.rate_limited({}, sent, fallback_s=0)  # sent before the decrease: the same round
     assert lim.rpm == 300 and lim.decreases == 1
-    for _ in range(50):
+    lim.rate_limited({}, time.monotonic(), fallback_s=0)  # no success since: a closed window, not a rate
+    assert lim.rpm == 300 and lim.decreases == 1
+    for _ in range(10):
         lim.succeeded()
-    assert lim.rpm == 350
-    for _ in range(1000):
+    assert lim.rpm == pytest.approx(300 * 1.02**10)  # multiplicative, not +1 rpm a success
+    for _ in range(100):
         lim.succeeded()
     assert lim.rpm == 600  # back to the ceiling, never past it
     lim.rate_limited({"x-ratelimit-limit-requests": "200", "retry-after": "0"}, time.monotonic(), 0)
-    assert lim.ceiling_rpm == 200 and lim.rpm == 100 and lim.lowest_rpm == 100
+    assert lim.ceiling_rpm == 200 and lim.rpm == 200  # the server's advertised limit is the new ceiling
     for _ in range(1000):
         lim.succeeded()
-    assert lim.rpm == 200  # the server's advertised limit is the new ceiling
+    assert lim.rpm == 200
     busy = RateLimiter(60_000, 1e6)
     for _ in range(20):  # 20 answers within a second: the server takes about 1,200/min, not 60,000
         busy.succeeded()
     busy.rate_limited({}, time.monotonic(), 0)
-    assert busy.rpm <= 1_200 and busy.decreases == 1
+    assert busy.rpm <= 1_200 * 1.1 and busy.decreases == 1  # with 10% headroom
     slow = RateLimiter(600, 1e6)  # by default at most one decrease a second
     slow.rate_limited({}, time.monotonic(), 0)
+    slow.succeeded()
     slow.rate_limited({}, time.monotonic(), 0)
-    assert slow.rpm == 300
+    assert slow.rpm == pytest.approx(300 * 1.02)
+    window = RateLimiter(600, 1e6, decrease_every_s=0)  # the server said its window ends in 5 s
+    window.rate_limited({"retry-after": "5"}, time.monotonic(), 0)
+    window.succeeded()
+    window.rate_limited({"retry-after": "5"}, time.monotonic(), 0)
+    assert window.decreases == 1  # not again within the observed window
 
 
 # ---------------------------------------------------------------- refusals that name the setting

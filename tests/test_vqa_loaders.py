@@ -414,3 +414,31 @@ def test_empty_or_corrupt_image_is_skipped_with_its_path(tmp_path, content):
     s = load_set("demo", "demo", path)
     assert len(s.items) == 32 and len(s.skipped) == 1
     assert "#33: image file is" in s.skipped[0] and str(tmp_path / "images" / "bad.png") in s.skipped[0]
+
+
+@pytest.mark.parametrize("reference", ["[]", "-", "?", "...", []])
+def test_a_reference_that_normalises_to_nothing_is_dropped_with_its_reason(tmp_path, reference):
+    path = _demo(tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows += [dict(rows[0], question_id=f"ok{i}") for i in range(20)]
+    rows.append(dict(rows[0], question_id="empty_ref", answer=reference, answer_type="CLOSED"))
+    _write_jsonl(path, rows)
+    s = load_set("demo", "demo", path, options=SetOptions(max_invalid_fraction=0.5))
+    assert "empty_ref" not in {i.question_id for i in s.items}
+    assert len(s.skipped) == 1
+    assert "#23:" in s.skipped[0] and (
+        "normalises to nothing" in s.skipped[0] or "list of texts" in s.skipped[0]
+    )
+
+
+def test_a_list_answer_is_read_as_its_texts(tmp_path):
+    path = _demo(tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows.append(dict(rows[0], question_id="one", answer=["Left"], answer_type="CLOSED"))
+    rows.append(dict(rows[0], question_id="two", answer=["liver", "kidney"], answer_type="OPEN"))
+    rows.append(dict(rows[0], question_id="nested", answer=[{"a": 1}], answer_type="OPEN"))
+    _write_jsonl(path, rows)
+    s = load_set("demo", "demo", path, options=SetOptions(max_invalid_fraction=0.5))
+    answers = {i.question_id: i.answer for i in s.items}
+    assert answers["one"] == "Left" and answers["two"] == "liver, kidney"
+    assert "nested" not in answers and any("not a list of texts" in x for x in s.skipped)

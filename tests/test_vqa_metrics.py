@@ -228,3 +228,12 @@ def test_a_yes_no_reference_with_more_words_follows_its_first_word():
     assert out["closed_yes_rate_on_yes"] == 1.0 and out["closed_yes_rate_on_no"] == 1.0
     assert out["closed_discrimination"] == 0.0 and out["closed_accuracy"] == 0.5
     assert closed_baselines(items)["closed_majority"] == 0.5
+
+
+@pytest.mark.parametrize("reference", ["[]", "-", "?", "...", ""])
+def test_a_reference_that_normalises_to_nothing_is_never_a_hit(reference):
+    closed = VQAItem("q", Path("x.png"), "Is it?", reference, "CLOSED")
+    opened = VQAItem("q", Path("x.png"), "What?", reference, "OPEN")
+    for prediction in ("yes", "no", "", "?"):
+        assert set(score_item(closed, prediction).values()) == {0.0}
+        assert set(score_item(opened, prediction).values()) == {0.0}

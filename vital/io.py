@@ -19,10 +19,26 @@ class RecordError(ValueError):
     """A malformed input record; the message names the file and line."""
 
 
+# One rule for a UTF-8 byte order mark in every JSON/JSONL reader: accepted and stripped at the start of a
+# file, and at the start of a JSONL line (files joined with `cat` carry one per file). Editors on Windows write it.
+BOM = "\ufeff"
+
+
+def strip_bom(text: str) -> str:
+    """``text`` without one leading UTF-8 byte order mark."""
+    return text[1:] if text.startswith(BOM) else text
+
+
+def read_text(path: str | os.PathLike, errors: str = "strict") -> str:
+    """A UTF-8 text file's content, without a leading byte order mark."""
+    return strip_bom(Path(path).read_text(encoding="utf-8", errors=errors))
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     path = Path(path)
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
+            line = strip_bom(line)
             if not line.strip():
                 continue
             try:
@@ -37,6 +53,7 @@ def json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any, str]]:
     path = Path(path)
     with path.open(encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
+            line = strip_bom(line)
             if not line.strip():
                 continue
             try:
@@ -109,7 +126,7 @@ def write_curve(path: str | os.PathLike, losses: Iterable[tuple[int, float]]) ->
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 

@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from vital.drops import Drops
-from vital.io import read_records, write_json, write_jsonl
+from vital.io import read_records, strip_bom, write_json, write_jsonl
 from vital.params import LabelsParams, Params
 from vital.paths import Paths
 from vital.registry import Backend, choose
@@ -200,7 +200,7 @@ def file_labels(cfg: LabelsParams, paths: Paths, problems: Drops) -> tuple[list[
             n_lines += 1
             where = f"{path}:{lineno}"
             try:
-                line = raw_line.decode("utf-8")
+                line = strip_bom(raw_line.decode("utf-8"))
             except UnicodeDecodeError as e:
                 problems.add("invalid_utf8", where, f"byte 0x{raw_line[e.start]:02x} at column {e.start + 1}")
                 continue

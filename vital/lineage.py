@@ -11,6 +11,7 @@ prints that chain and says where the workspace no longer matches it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -111,15 +112,39 @@ def tree_md5(path: Path) -> str:
     return h.hexdigest() + ".dir"
 
 
+def _dir_manifest_md5(root: Path, dir_md5: str | None, relpath: str) -> str | None:
+    """A file's md5 from the DVC cache's manifest of the folder output holding it (``<md5>.dir``), if cached."""
+    if not dir_md5 or not dir_md5.endswith(".dir"):
+        return None
+    cache = root / ".dvc" / "cache"
+    for manifest in (cache / "files" / "md5" / dir_md5[:2] / dir_md5[2:], cache / dir_md5[:2] / dir_md5[2:]):
+        try:
+            entries = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and entry.get("relpath") == relpath:
+                return entry.get("md5")
+    return None
+
+
 def _digest(path: str, root: Path, graph: DvcGraph) -> Artifact:
     if path in graph.outs:
         stage, md5, source = graph.outs[path]
         return Artifact(path, md5, source, stage)
     owner = _owner(path, graph)
     stage = graph.outs[owner][0] if owner else None
+    # A file inside an output folder: its digest comes from the producing stage's entry (the folder's
+    # manifest), never from a consumer's entry, which holds the file as it was when that consumer last ran.
+    if owner:
+        md5 = _dir_manifest_md5(root, graph.outs[owner][1], path[len(owner) + 1 :])
+        if md5:
+            return Artifact(path, md5, graph.outs[owner][2], stage)
+    full = root / path
+    if owner and full.is_file():
+        return Artifact(path, file_md5(full), "computed", stage)
     if path in graph.dep_md5:
         return Artifact(path, graph.dep_md5[path], "dvc.lock", stage)
-    full = root / path
     if full.is_file():
         return Artifact(path, file_md5(full), "computed", stage)
     if full.is_dir():
@@ -360,12 +385,24 @@ def resolve_version(spec: str, root: Path = Path(".")) -> tuple[str, str]:
     from mlflow import MlflowClient
 
     name, _, version = spec.partition("@")
-    mlflow.set_tracking_uri(tracking_uri(root))
-    client = MlflowClient()
+    uri = tracking_uri(root)
+    db = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and not Path(db).is_file():
+        # MLflow would create an empty store here and report no models: the store itself is what is missing
+        raise LookupError(
+            f"{db}: no MLflow tracking store (deleted, or the models were logged elsewhere: "
+            "set MLFLOW_TRACKING_URI to their store)"
+        )
+    mlflow.set_tracking_uri(uri)
     try:
+        client = MlflowClient()
         versions = client.search_model_versions(f"name='{name}'")
     except mlflow.exceptions.MlflowException as e:
-        raise LookupError(f"{tracking_uri(root)}: cannot read registered model {name!r}: {e}") from e
+        raise LookupError(f"{uri}: cannot read registered model {name!r}: {_first_line(e)}") from None
+    except Exception as e:  # a corrupt store: SQLAlchemy or sqlite3 errors, not MlflowException
+        raise LookupError(
+            f"{db}: not a readable MLflow tracking store ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     known = sorted((int(v.version) for v in versions), reverse=True)
     if not known:
         names = sorted(m.name for m in client.search_registered_models())
@@ -377,6 +414,10 @@ def resolve_version(spec: str, root: Path = Path(".")) -> tuple[str, str]:
     if not version.isdigit() or int(version) not in known:
         raise LookupError(f"{name}: no version {version!r} (versions: {', '.join(map(str, sorted(known)))})")
     return name, version
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def workspace_state(paths: list[str], root: Path = Path(".")) -> dict[str, str]:

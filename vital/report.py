@@ -256,15 +256,48 @@ def _mean_sd(d: dict | None) -> str:
     return f"{float(d['mean']):.3f} ± {float(d.get('std') or 0):.3f}"
 
 
+# Markdown punctuation, backslash-escaped so a value is read literally; HTML specials (and the pipe, which
+# would end a table cell even inside a code span) become entities, which GitHub and CommonMark decode as text
+_MD_PUNCT = frozenset("\\`*_[]!~")
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "|": "&#124;"}
+
+
+def md_text(value) -> str:
+    """Any value (a param, a metric key, a model name) as literal text inside one Markdown table cell:
+    no tag, link, emphasis or code span of its own, and a line break is a ``<br>`` instead of the table's end."""
+    out = []
+    for ch in str(value).replace("\r\n", "\n").replace("\r", "\n"):
+        if ch == "\n":
+            out.append("<br>")
+        elif ch in _ENTITIES:
+            out.append(_ENTITIES[ch])
+        elif ch in _MD_PUNCT:
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def md_code(value) -> str:
+    """``value`` in a code font, read literally: a backtick span when it can hold the value (no backtick or
+    line break; the table escapes pipes), else an HTML ``<code>`` around the :func:`md_text` escape."""
+    text = str(value)
+    if text.strip() and not any(c in text for c in "`\\\r\n"):
+        return f"`{text}`"
+    return f"<code>{md_text(text)}</code>"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    out += [
+        "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", "<br>") for c in r) + " |" for r in rows
+    ]
     return out
 
 
 def _params_section(diff: dict) -> list[str]:
     rows = [
-        [f"`{key}`", f"`{v.get('old')}`", f"`{v.get('new')}`"]
+        [md_code(key), md_code(v.get("old")), md_code(v.get("new"))]
         for file, keys in sorted(diff.items())
         for key, v in sorted(keys.items())
     ]
@@ -290,7 +323,13 @@ def _metrics_section(diff: dict, limit: int) -> list[str]:
             if _differs_every_run(key):
                 continue
             rows.append(
-                [f"{file}", f"`{key}`", _num(v.get("old")), _num(v.get("new")), _signed(v.get("diff"))]
+                [
+                    md_text(file),
+                    md_code(key),
+                    md_text(_num(v.get("old"))),
+                    md_text(_num(v.get("new"))),
+                    _signed(v.get("diff")),
+                ]
             )
     if not rows:
         return ["No metric changed (wall times aside)."]
@@ -343,7 +382,7 @@ def _select_section(old: dict, new: dict) -> list[str]:
 
 def _vqa_section(old: dict, new: dict, title: str, stale: str | None = None) -> list[str]:
     """``stale``: why this PR's side is not the result of its code and params (None: it is, or unknown)."""
-    lines = [f"> **{title}: {stale}**", ""] if stale else []
+    lines = [f"> **{title}: {md_text(stale)}**", ""] if stale else []
     for set_name in sorted(k for k in set(old) | set(new) if not k.startswith("_")):
         o, n = old.get(set_name) or {}, new.get(set_name) or {}
         if not isinstance(o, dict) or not isinstance(n, dict):
@@ -360,10 +399,10 @@ def _vqa_section(old: dict, new: dict, title: str, stale: str | None = None) -> 
                 if a or b:
                     rows.append([f"**{gain.replace('_minus_', ' − ')}** {key}", _spread(a), _spread(b)])
         if rows and o == n and not stale:  # both sides are the code in force's result: keep it short
-            lines += [f"<details><summary>{set_name}, {title}: unchanged</summary>", ""]
+            lines += [f"<details><summary>{md_text(set_name)}, {title}: unchanged</summary>", ""]
             lines += _table(["", "base", "this PR"], rows) + ["</details>", ""]
         elif rows:
-            lines += [f"**{set_name}**, {title} (mean ± sd over seeds):", ""]
+            lines += [f"**{md_text(set_name)}**, {title} (mean ± sd over seeds):", ""]
             lines += _table(["", "base", "this PR"], rows) + [""]
     return (
         lines
@@ -477,7 +516,7 @@ def _mlflow_section(root: Path, head: str | None) -> list[str]:
                 made = f"`{parent[:7]}` + uncommitted changes"
             else:
                 continue
-            rows.append([f"`{model.name}`", str(v.version), f"`{v.run_id}`", made, f"`{v.source}`"])
+            rows.append([md_code(model.name), md_text(v.version), md_code(v.run_id), made, md_code(v.source)])
     if not rows:
         return [f"No registered model version was logged from commit `{(commit or '?')[:12]}` in `{uri}`."]
     rows.sort(key=lambda r: (r[0], int(r[1])))
@@ -495,7 +534,7 @@ def _workspace_freshness(root: Path) -> Freshness | None:
 
 def _pr_stale(freshness: Freshness | None, stage: str) -> list[str]:
     why = freshness.of(stage) if freshness is not None else None
-    return [f"> **{why}**", ""] if why and why.startswith("stale") else []
+    return [f"> **{md_text(why)}**", ""] if why and why.startswith("stale") else []
 
 
 def pr_report(

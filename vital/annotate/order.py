@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
 
+from vital.io import strip_bom
+
 ORDERS = ("sample", "uncertain", "disagree")
 
 
@@ -83,7 +85,7 @@ def read_scores(path: Path, field: str, stage: str) -> dict[str, float]:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(strip_bom(line))
                 cid, score = rec["candidate_id"], rec[field]
                 if not isinstance(cid, str) or isinstance(score, bool) or not math.isfinite(score):
                     raise TypeError

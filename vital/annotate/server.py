@@ -155,6 +155,10 @@ def make_handler(session: AnnotationSession) -> type[BaseHTTPRequestHandler]:
                 return json.loads(text or "null")
             except json.JSONDecodeError as e:
                 raise AnnotationError(f"request body is not JSON ({e.msg})") from None
+            except RecursionError:  # Python's JSON decoder recurses once per nested array or object
+                raise AnnotationError(
+                    "request body nests arrays or objects too deeply to be a ranking"
+                ) from None
 
         def _route(self) -> str:
             return urlsplit(self.path).path

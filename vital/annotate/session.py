@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from vital.annotate.order import ORDERS, OrderError, figure_order, read_scores
-from vital.io import read_jsonl
+from vital.io import read_jsonl, strip_bom
 from vital.labels import validate_preference
 from vital.paths import Paths
 from vital.schema import Candidate, FigureRecord
@@ -185,10 +185,10 @@ class AnnotationSession:
         self.label_file = paths.labels_dir / f"{annotator}.jsonl"
         self.saved: dict[str, dict] = {}  # figure -> the latest usable record of this annotator
         self.unreadable: list[str] = []
-        if self.label_file.is_file():
-            self.saved, self.unreadable = self._read(self.label_file.read_bytes())
+        self._file_state: tuple[int, int] | None = None  # (size, mtime) of the label file last read
         self.skipped: set[str] = set()
         self._lock = threading.Lock()
+        self._refresh()
 
     @property
     def done(self) -> set[str]:
@@ -204,7 +204,7 @@ class AnnotationSession:
                 continue
             where = f"{self.label_file}:{lineno}"
             try:
-                text = raw_line.decode("utf-8")
+                text = strip_bom(raw_line.decode("utf-8"))
             except UnicodeDecodeError as e:
                 unreadable.append(
                     f"{where}: not UTF-8 (byte 0x{raw_line[e.start]:02x} at column {e.start + 1})"
@@ -231,12 +231,30 @@ class AnnotationSession:
             saved[pair_id] = raw  # a later record supersedes an earlier one
         return saved, unreadable
 
+    def _refresh(self) -> None:
+        """Re-read the label file when it changed since the last read: another ``vital annotate`` for the
+        same annotator (another machine, a second tab's server) may have appended rankings to it."""
+        try:
+            st = os.stat(self.label_file)
+        except FileNotFoundError:
+            return
+        state = (st.st_size, st.st_mtime_ns)
+        if state != self._file_state:
+            self.saved, self.unreadable = self._read(self.label_file.read_bytes())
+            self._file_state = state
+
     def progress(self) -> dict:
+        with self._lock:
+            return self._progress()
+
+    def _progress(self) -> dict:
+        self._refresh()
         ranked = sum(1 for pid in self.order if pid in self.saved)
         return {"ranked": ranked, "total": len(self.order), "skipped": len(self.skipped)}
 
     def next_task(self) -> Task | None:
         with self._lock:
+            self._refresh()
             for pid in self.order:
                 if pid not in self.saved and pid not in self.skipped:
                     return self.tasks[pid]
@@ -267,6 +285,7 @@ class AnnotationSession:
         if not isinstance(correction, bool):
             raise AnnotationError(f"figure {pair_id}: correction must be true or false")
         with self._lock:
+            self._refresh()
             task = self._task(pair_id)
             if pair_id in self.saved and not correction:
                 raise self._already(pair_id)
@@ -293,7 +312,7 @@ class AnnotationSession:
             self._append(pair_id, pref.model_dump_json(), correction)
             self.saved[pair_id] = pref.model_dump()
             self.skipped.discard(pair_id)
-            return self.progress()
+            return self._progress()
 
     def _task(self, pair_id: str) -> Task:
         try:
@@ -332,6 +351,7 @@ class AnnotationSession:
     def saved_rankings(self) -> list[dict]:
         """The figures of this session already ranked, in task order, with their latest ranking."""
         with self._lock:
+            self._refresh()
             return [
                 {
                     "pair_id": pid,

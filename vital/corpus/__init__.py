@@ -107,7 +107,7 @@ def json_records(path: Path) -> Iterator[tuple[str, str | None, dict[str, Any] |
 
 
 def _first_char(path: Path) -> str:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # a leading byte order mark is stripped (vital.io.BOM)
         while True:
             ch = f.read(1)
             if ch == "" or not ch.isspace():
@@ -120,7 +120,7 @@ def _is_jsonl(path: Path) -> bool:
         return True
     if _first_char(path) != "{":
         return False
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         first = f.readline()
     try:
         json.loads(first)

@@ -85,7 +85,7 @@ def iter_json_records(path: str | os.PathLike, chunk: int = 1 << 20) -> Iterator
     """(line, key, record) for each element of a top-level list, or of each list in a top-level object."""
     path = Path(path)
     decoder = json.JSONDecoder()
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # a leading byte order mark is stripped (vital.io.BOM)
         b = _Buffer(f, path, chunk)
         top = b.expect("[{")
         if top == "[":

@@ -93,7 +93,9 @@ def check_reachable(cp: ClientParams, section: str, timeout: float = 5.0) -> Non
         ) from None
 
 
-def refusal_message(section: str, status: int, detail: str, model: str, cp: ClientParams | None) -> str:
+def refusal_message(
+    section: str, status: int, detail: str, model: str, cp: ClientParams | None, repeated: int = 1
+) -> str:
     """One line for a refusal every further request would repeat, naming the setting to fix."""
     var = cp.api_key_env if cp is not None else "the key variable"
     where = endpoint(cp) if cp is not None else "the server"
@@ -111,6 +113,17 @@ def refusal_message(section: str, status: int, detail: str, model: str, cp: Clie
         fix = (
             f"{where} does not serve model {model!r}; check {section}.model (Azure: the deployment name) "
             f"and {section}.client.base_url"
+        )
+    elif status == 405:
+        fix = (
+            f"{where} does not accept chat completions (POST .../chat/completions); check "
+            f"{section}.client.base_url (an OpenAI-compatible server's URL usually ends in /v1)"
+        )
+    elif status in (400, 422):
+        fix = (
+            f"{where} refused {repeated} requests in a row the same way, so every request would be refused; "
+            f"check {section}.model ({model!r}) and the request settings of the {section} section "
+            f"(max_tokens, temperature, structured output) against what {section}.client.base_url serves"
         )
     else:
         fix = f"{where} refused the request"

@@ -4,11 +4,14 @@ Every request is looked up in the content-addressed cache; only misses are sent.
 takes capacity from the shared :class:`RateLimiter`. Retries happen here (the SDK's own are off)
 so the limiter sees every attempt. A 429 pauses all callers for ``retry-after`` and lowers the
 shared rate; it does not use up one of ``max_retries`` (the server is asking to slow down, not
-failing), but a request stops after ``rate_limit_wait_s`` of 429s or ``max_rate_limited`` of them.
+failing), but a request stops after ``rate_limit_wait_s`` of 429s or ``max_rate_limited`` of them,
+and every request stops, also one still waiting for the limiter, once the endpoint has answered
+nothing but 429s for ``rate_limit_wait_s``: the stage then ends with what it has.
 5xx, timeouts, connection errors and malformed bodies back off exponentially with jitter, per
-request, up to ``max_retries``. 401/403/404 stop the run with a message naming the setting. A
-completed response is committed to the cache before it is handed back, so a killed run resumes
-without paying for it again.
+request, up to ``max_retries``. 401/403/404/405 stop the run with a message naming the setting, and
+so does a run of ``max_identical_refusals`` identical 400/422 refusals with no success between them
+(every further request would repeat it). A completed response is committed to the cache before it
+is handed back, so a killed run resumes without paying for it again.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -68,6 +72,8 @@ class RetryPolicy:
     max_s: float = 30.0
     rate_limit_wait_s: float = 600.0  # a request answered 429 for longer than this fails (rate_limited)
     max_rate_limited: int = 200  # ... as does one answered 429 this many times
+    max_identical_refusals: int = 5  # this many identical 400/422 answers in a row stop the run
+    max_pause_s: float = 2.0  # longest shared pause after a 429 that names no retry-after
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter."""
@@ -106,6 +112,8 @@ class Engine:
         self.cost_fn = cost_fn
         self.section = section  # names the params in error messages (generate.model, judge.client...)
         self._last_ok = time.monotonic()  # last success (or the start of the run)
+        self._limited_since: float | None = None  # first 429 since the last success
+        self._refusals: tuple[tuple, int] = ((), 0)  # (status, code, message) of the last refusal, run length
 
     # ------------------------------------------------------------------ public
     def run(self, requests: Iterable[Request], desc: str = "requests") -> list[Outcome]:
@@ -117,6 +125,7 @@ class Engine:
         outcomes: dict[str, Outcome] = {}
         todo: list[Request] = []
         self._last_ok = time.monotonic()
+        self._limited_since = None
         for req in requests:
             if req.key in outcomes:
                 continue
@@ -159,15 +168,38 @@ class Engine:
         reason, detail = "unknown", ""
         retries = limited = 0
         first_limited: float | None = None
+        cap = self.retry.rate_limit_wait_s
+
+        def deadline() -> float | None:
+            """When this request gives up on 429s: its own cap, or the endpoint's (nothing but 429s)."""
+            ends = [first_limited + cap] if first_limited is not None else []
+            if self._limited_since is not None:
+                ends.append(self._last_ok + cap)
+            return min(ends) if ends else None
+
         while True:
-            await self.limiter.acquire(req.est_tokens)
+            if not await self.limiter.acquire(req.est_tokens, deadline):
+                reason = "rate_limited"
+                detail = f"rate limited for {cap:g} s ({self.section}.client.rate_limit_wait_s)"
+                break
             self.usage.requests_sent += 1
             sent_at = time.monotonic()
             try:
                 raw = await self.client.chat.completions.with_raw_response.create(**req.body)
             except openai.APIStatusError as e:
                 reason, detail = _status_reason(e.status_code), self._clean(e)
-                if e.status_code in (401, 403, 404):
+                if e.status_code in (400, 422) and self._refused_again(e):
+                    raise FatalAPIError(
+                        refusal_message(
+                            self.section,
+                            e.status_code,
+                            detail,
+                            str(req.body.get("model")),
+                            self.client_params,
+                            repeated=self.retry.max_identical_refusals,
+                        )
+                    ) from None
+                if e.status_code in (401, 403, 404, 405):
                     raise FatalAPIError(
                         refusal_message(
                             self.section,
@@ -186,10 +218,14 @@ class Engine:
                     # not a retry: the server asks to slow down; bounded by time and count instead
                     limited += 1
                     first_limited = first_limited or sent_at
+                    if self._limited_since is None:
+                        self._limited_since = sent_at
                     self.limiter.rate_limited(
-                        e.response.headers, sent_at, self.retry.backoff(min(limited, 6))
+                        e.response.headers,
+                        sent_at,
+                        min(self.retry.max_pause_s, self.retry.backoff(min(limited, 6))),
                     )
-                    now, cap = time.monotonic(), self.retry.rate_limit_wait_s
+                    now = time.monotonic()
                     if (
                         now - first_limited >= cap
                         or now - self._last_ok >= cap  # the endpoint answered only 429s for that long
@@ -224,6 +260,8 @@ class Engine:
                 break
             self.limiter.succeeded()
             self._last_ok = time.monotonic()
+            self._limited_since = None
+            self._refusals = ((), 0)
             self.cache.put(req.key, data, model=str(req.body.get("model", "")))
             self.usage.responses += 1
             self.usage.add_tokens(data)
@@ -241,6 +279,15 @@ class Engine:
         self.usage.retries[reason] += 1
         await asyncio.sleep(self.retry.backoff(retries))
         return True
+
+    def _refused_again(self, e: openai.APIStatusError) -> bool:
+        """Count a run of identical refusals (status, code, message less its numbers); True at its limit."""
+        message = e.message if isinstance(getattr(e, "message", None), str) else str(e)
+        shape = (e.status_code, _code(e), re.sub(r"\d+", "#", message)[:200])
+        last, run = self._refusals
+        run = run + 1 if shape == last else 1
+        self._refusals = (shape, run)
+        return run >= self.retry.max_identical_refusals
 
     def _clean(self, e: Exception) -> str:
         return redact(f"{e.__class__.__name__}: {e}", self.client_params)[:300]

@@ -5,13 +5,17 @@ burst. ``acquire`` reserves capacity and sleeps only the calling task until its 
 due (no global sleeps). Budgets tighten from ``x-ratelimit-*`` response headers, and a 429's
 ``retry-after``/``retry-after-ms`` pauses every caller of the same endpoint until it has passed.
 
-A 429 also lowers the request rate (halved, or straight down to the rate of successes over the
-last 10 s if that is lower, once per round of requests: a 429 for a request sent before the last
-decrease does not lower it again, and at most once a second, down to ``min_rpm``), and every
-success lets
-it creep back by ``recover_rpm`` requests/min up to the ceiling (``client.rpm``, or the server's
-``x-ratelimit-limit-requests`` if lower). So a server whose real limit is below ``client.rpm``,
-advertised or not, settles the limiter near that limit instead of answering 429 forever.
+A 429 also lowers the request rate, to ``headroom`` (10%) above the rate the server accepted over
+the last 10 s when that is measured (what it lets through while we send above its limit), else by
+half, never below ``min_rpm``. It lowers it at most once per observed window: once per round of requests (a 429 for a
+request sent before the last decrease does not lower it again), no sooner than ``decrease_every_s``
+or the server's last ``retry-after`` after the previous decrease, and only once the server has
+accepted a request since then: while a window limit is exhausted, every request is refused, and that
+says nothing about the rate, so the rate is held and callers wait. Every success raises the rate
+multiplicatively (by ``recover`` per success, so it doubles in about 35 successes) up to the ceiling
+(``client.rpm``, or the server's ``x-ratelimit-limit-requests`` if lower). So a server whose real
+limit is below ``client.rpm``, advertised or not, settles the limiter at that limit instead of
+answering 429 forever or sinking far below it.
 
 The limiter holds no asyncio primitive, so one instance may serve several event loops in turn
 (e.g. the generate and judge stages run in one process).
@@ -20,10 +24,12 @@ The limiter holds no asyncio primitive, so one instance may serve several event 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -59,6 +65,10 @@ def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
         try:
             return max(0.0, float(sec))
         except ValueError:
+            pass
+        try:  # the HTTP-date form: "Wed, 21 Oct 2026 07:28:00 GMT"
+            return max(0.0, parsedate_to_datetime(sec).timestamp() - time.time())
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
     return None
 
@@ -94,6 +104,39 @@ class _Bucket:
         self.level = min(self.capacity, self.level + amount)
 
 
+class _Slots:
+    """Request slots handed out one interval apart (virtual scheduling), with about ``burst_s`` of burst.
+
+    A slot, once given, keeps its time when the rate changes: only later slots move. (A token bucket whose
+    negative level is the queue reprices the whole queue at the new rate instead, and a decrease while
+    ``concurrency`` callers wait in it leaves seconds with nothing sent.)"""
+
+    def __init__(self, per_minute: float, burst_s: float) -> None:
+        self.burst_s = burst_s
+        self.next_at = float("-inf")  # the earliest time of the next slot
+        self.set_rate(per_minute)
+
+    def set_rate(self, per_minute: float) -> None:
+        self.per_minute = float(per_minute)
+        self.interval = 60.0 / self.per_minute
+        # an idle limiter may send this many at once: one second's worth, at least one
+        self.burst = max(1.0, self.burst_s * self.per_minute / 60.0)
+
+    def reserve(self, amount: float, now: float) -> float:
+        """Take the next slot; return how long the caller must wait for it."""
+        start = max(self.next_at, now - (self.burst - 1) * self.interval)
+        self.next_at = start + self.interval
+        return max(0.0, start - now)
+
+    def give_back(self, amount: float, now: float) -> None:
+        """Return the slot just taken (a caller that will not use it)."""
+        self.next_at -= self.interval
+
+    def drain(self, now: float) -> None:
+        """Spend the saved-up burst: the next slot is one interval from now at the earliest."""
+        self.next_at = max(self.next_at, now)
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -101,22 +144,26 @@ class RateLimiter:
         tpm: float,
         burst_s: float = 1.0,
         decrease: float = 0.5,
-        recover_rpm: float = 1.0,
+        recover: float = 0.02,
         min_rpm: float = 1.0,
         decrease_every_s: float = 1.0,
+        headroom: float = 0.1,
     ) -> None:
         self.configured_rpm = float(rpm)
         self.configured_tpm = float(tpm)
         self.ceiling_rpm = float(rpm)  # configured, or the server's advertised limit if lower
-        self.requests = _Bucket(rpm, burst_s)
+        self.requests = _Slots(rpm, burst_s)
         self.tokens = _Bucket(tpm, burst_s)
         self.paused_until = 0.0
         self.pauses = 0
-        self.decrease, self.recover_rpm, self.min_rpm = decrease, recover_rpm, min_rpm
+        self.decrease, self.recover, self.min_rpm = decrease, recover, min_rpm
         self.decrease_every_s = decrease_every_s
+        self.headroom = headroom
         self.decreases = 0  # times a 429 lowered the request rate
         self.lowest_rpm = float(rpm)
         self._last_decrease = float("-inf")
+        self._window_s = decrease_every_s  # the server's window as last observed (its retry-after)
+        self._ok_since_decrease = True  # the server accepted a request since the last decrease
         self._ok_times: deque[float] = deque(maxlen=10_000)  # recent successes: the rate the server accepts
 
     @property
@@ -127,17 +174,34 @@ class RateLimiter:
     def tpm(self) -> float:
         return self.tokens.per_minute
 
-    async def acquire(self, tokens: int = 0) -> None:
-        """Wait until one request of ``tokens`` estimated tokens fits both budgets."""
+    async def acquire(self, tokens: int = 0, deadline: Callable[[], float | None] | None = None) -> bool:
+        """Wait until one request of ``tokens`` estimated tokens fits both budgets; True when it may be sent.
+
+        ``deadline()`` (a ``time.monotonic()`` instant, or None for none) is asked again whenever the wait
+        would pass it: False, with nothing reserved, once a wait would end after it (the caller gives up)."""
         while True:
             now = time.monotonic()
+            end = deadline() if deadline is not None else None
+            end = math.inf if end is None else end
+            if now >= end:
+                return False
             if self.paused_until > now:
-                await asyncio.sleep(self.paused_until - now)
+                await asyncio.sleep(min(self.paused_until, end) - now)
                 continue
             wait = max(self.requests.reserve(1, now), self.tokens.reserve(tokens, now))
+            if now + wait > end:  # would be sent too late: give the reservation back, then ask again
+                self.requests.give_back(1, now)
+                self.tokens.give_back(tokens, now)
+                await asyncio.sleep(max(0.0, end - now))
+                continue
             if wait > 0:
                 await asyncio.sleep(wait)
-            return
+            while self.paused_until > time.monotonic():  # a 429 came in meanwhile: wait it out, keep the slot
+                end = deadline() if deadline is not None else None
+                if end is not None and self.paused_until > end:
+                    return False
+                await asyncio.sleep(self.paused_until - time.monotonic())
+            return True
 
     def settle(self, estimated: int, actual: int) -> None:
         """Correct a token reservation once the response reports real usage."""
@@ -162,15 +226,24 @@ class RateLimiter:
             wait = fallback_s
         self.pause(wait)
         now = time.monotonic()
-        # once per round: a request sent before the last decrease (already in flight) does not lower it again
-        if sent_at >= self._last_decrease and now - self._last_decrease >= self.decrease_every_s:
-            self._last_decrease = now
-            self.decreases += 1
-            target = self.rpm * self.decrease
+        # the server has nothing left now: a burst when the pause ends would only be refused again
+        self.requests.drain(now)
+        if (
+            sent_at
+            >= self._last_decrease  # once per round: one sent before the last decrease says nothing new
+            and now - self._last_decrease >= self._window_s  # once per observed window
+            and self._ok_since_decrease  # a closed window refuses everything, whatever the rate
+        ):
             accepted = self.accepted_rpm(now)
-            if accepted is not None:  # far above what the server lets through: go there at once
-                target = min(target, accepted)
-            self._set_rpm(max(self.min_rpm, target))
+            # a little above what got through: sending under the server's limit loses answers for good,
+            # sending a little over it costs only 429s, which are free and answered with a short pause
+            target = self.rpm * self.decrease if accepted is None else accepted * (1 + self.headroom)
+            if target < self.rpm:
+                self._last_decrease = now
+                self._ok_since_decrease = False
+                self.decreases += 1
+                self._set_rpm(max(self.min_rpm, target))
+        self._window_s = max(self.decrease_every_s, wait)
         return wait
 
     def accepted_rpm(self, now: float, window_s: float = 10.0, min_count: int = 5) -> float | None:
@@ -183,10 +256,11 @@ class RateLimiter:
         return len(self._ok_times) * 60.0 / max(1.0, now - self._ok_times[0])
 
     def succeeded(self) -> None:
-        """A request went through: creep the request rate back towards the ceiling."""
+        """A request went through: raise the request rate multiplicatively back towards the ceiling."""
         self._ok_times.append(time.monotonic())
+        self._ok_since_decrease = True
         if self.rpm < self.ceiling_rpm:
-            self._set_rpm(min(self.ceiling_rpm, self.rpm + self.recover_rpm))
+            self._set_rpm(min(self.ceiling_rpm, self.rpm * (1 + self.recover)))
 
     def _set_rpm(self, rpm: float) -> None:
         self.requests.set_rate(rpm)

@@ -96,29 +96,49 @@ def validate_conversation(turns: list[dict], min_rounds: int) -> list[dict]:
     return out
 
 
-_SCORE = re.compile(r"(?:score|rating)\s*[:=]?\s*(\d+(?:\.\d+)?)(?:\s*/\s*10)?", re.IGNORECASE)
-_FRACTION = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*10\b")
+_NUMBER = r"(\d+(?:\.\d+)?)"
+# "/ 10", "out of 100": the scale a score is given on; a score on another scale than 0-10 is rescaled
+_SCALE = r"(?:\s*[*_]*\s*(?:/|\bout\s+of\b)\s*[*_]*\s*(\d+(?:\.\d+)?))?"
+# markdown emphasis and punctuation may sit between the label and the number ("**Score:** 8")
+_SCORE = re.compile(r"\b(?:score|rating)\b[*_\s]*[:=]?[*_\s]*" + _NUMBER + _SCALE, re.IGNORECASE)
+_FRACTION = re.compile(_NUMBER + r"\s*[*_]*\s*(?:/|\bout\s+of\b)\s*[*_]*\s*(\d+(?:\.\d+)?)\b", re.IGNORECASE)
 # a first line that is only the score ("7", "7/10", "7.5.", "**7**"); the rest is the rationale
-_LEADING = re.compile(r"\A\s*[*_]*(\d+(?:\.\d+)?)[*_]*(?:\s*/\s*10)?[*_]*\s*\.?\s*(?:\n(.*))?\Z", re.DOTALL)
+_LEADING = re.compile(r"\A\s*[*_]*" + _NUMBER + r"[*_]*" + _SCALE + r"[*_]*\s*\.?\s*(?:\n(.*))?\Z", re.DOTALL)
 
 
 def parse_score(text: str) -> tuple[float, str]:
     """(score 0..10, rationale) from JSON, a leading score line ('7\\n<reason>'), or text such as
-    'Score: 7/10 because ...' or '... 7/10 ...'."""
+    'Score: 7/10 because ...', '**Score:** 8' or 'I would rate this 7 out of 10'.
+
+    A score given on another scale is rescaled to 0-10 ('Score: 7/100' is 0.7, '3/5' is 6), never
+    read as if it were out of 10; a score above its scale or a scale of 0 is refused."""
     data = _json_payload(text)
     if isinstance(data, dict) and "score" in data:
         try:
+            if isinstance(data["score"], bool):  # float(True) would read as a score of 1
+                raise TypeError
             score = float(data["score"])
         except (TypeError, ValueError):
             raise InvalidOutput("unparseable_score", f"score {data['score']!r}") from None
         return _in_range(score), str(data.get("rationale") or data.get("reason") or "")
     lead = _LEADING.match(text)
     if lead:
-        return _in_range(float(lead.group(1))), (lead.group(2) or "").strip()[:500]
+        return _on_scale(lead.group(1), lead.group(2)), (lead.group(3) or "").strip()[:500]
     m = _SCORE.search(text) or _FRACTION.search(text)
     if not m:
         raise InvalidOutput("unparseable_score", text[:80])
-    return _in_range(float(m.group(1))), text.strip()[:500]
+    return _on_scale(m.group(1), m.group(2)), text.strip()[:500]
+
+
+def _on_scale(value: str, scale: str | None) -> float:
+    """``value`` out of ``scale`` (10 when none is given) as a 0-10 score."""
+    score = float(value)
+    if scale is None or float(scale) == 10:
+        return _in_range(score)
+    top = float(scale)
+    if top <= 0 or score > top:
+        raise InvalidOutput("score_out_of_range", f"{value}/{scale}")
+    return _in_range(round(score * 10 / top, 4))
 
 
 def _in_range(score: float) -> float:

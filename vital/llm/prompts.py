@@ -29,6 +29,7 @@ from string import Template
 
 from PIL import Image, UnidentifiedImageError
 
+from vital.io import read_text
 from vital.llm.client import ConfigError
 from vital.schema import FigureRecord
 from vital.shards import open_image, read_bytes
@@ -151,7 +152,7 @@ def load_demonstrations(directory: Path) -> dict[str, list[dict]]:
     seen: dict[str, str] = {}
     for f in files:
         try:
-            text = f.read_text(encoding="utf-8")
+            text = read_text(f)
         except (OSError, UnicodeDecodeError) as e:
             raise DemonstrationError(
                 f"{f}: unreadable demonstrations ({e.__class__.__name__}: {e})"

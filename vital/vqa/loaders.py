@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from vital.images import check_image
-from vital.io import RecordError, read_jsonl
+from vital.io import RecordError, read_jsonl, read_text
 from vital.paths import repo_relative
 from vital.schema import DOMAINS
 from vital.vqa.items import AnswerType, LoadedSet, VQAItem
-from vital.vqa.metrics import yes_no_reference
+from vital.vqa.metrics import normalize_answer, yes_no_reference
 
 
 class VQAFormatError(RecordError):
@@ -72,7 +72,7 @@ def register(name: str, fmt: Format) -> None:
 # ------------------------------------------------------------------ file readers
 def _json_list(path: Path) -> Iterator[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise VQAFormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(data, list):
@@ -122,6 +122,20 @@ def _text(rec: Any, *names: str) -> str:
     return str(_field(rec, *names)).strip()
 
 
+def _answer(rec: Any, *names: str) -> str:
+    """A reference answer: text, or a list of acceptable answers (joined with ", "); never the list's repr."""
+    value = _field(rec, *names)
+    if isinstance(value, list):
+        parts = [str(v).strip() for v in value if v is not None and not isinstance(v, dict | list)]
+        parts = [p for p in parts if p]
+        if not parts or len(parts) != len(value):
+            raise _BadRecord(f"answer {value!r} is not a list of texts")
+        return ", ".join(parts)
+    if isinstance(value, dict):
+        raise _BadRecord("answer is an object, not a text")
+    return str(value).strip()
+
+
 def _answer_type(value: Any) -> AnswerType:
     kind = str(value).strip().upper()
     if kind not in ("CLOSED", "OPEN"):
@@ -152,7 +166,7 @@ def _demo_item(rec: Any, images: Path, opts: SetOptions) -> VQAItem:
         question_id=_text(rec, "question_id"),
         image_path=_image(images, _text(rec, "image")),
         question=_text(rec, "question"),
-        answer=_text(rec, "answer"),
+        answer=_answer(rec, "answer"),
         answer_type=_answer_type(_field(rec, "answer_type")),
         domain=_lower(rec.get("domain")),
         # the demo world records what each question probes (presence, side, count, size, modality)
@@ -174,7 +188,7 @@ def _vqa_rad_item(rec: Any, images: Path, opts: SetOptions) -> VQAItem:
         question_id=_text(rec, "qid"),
         image_path=_image(images, _text(rec, "image_name")),
         question=_text(rec, "question"),
-        answer=_text(rec, "answer"),
+        answer=_answer(rec, "answer"),
         answer_type=_answer_type(_field(rec, "answer_type")),
         organ=_lower(rec.get("image_organ")),
         question_type=_lower(rec.get("question_type")),
@@ -192,7 +206,7 @@ def _slake_item(rec: Any, images: Path, opts: SetOptions) -> VQAItem:
         question_id=_text(rec, "qid"),
         image_path=_image(images, _text(rec, "img_name")),
         question=_text(rec, "question"),
-        answer=_text(rec, "answer"),
+        answer=_answer(rec, "answer"),
         answer_type=_answer_type(_field(rec, "answer_type")),
         domain=_lower(rec.get("modality")),
         organ=_lower(rec.get("location")),
@@ -245,7 +259,7 @@ def _pathvqa_item(rec: Any, images: Path, opts: SetOptions) -> VQAItem:
         item = _llava_med_vqa_item(rec, images, opts)
     else:
         image = _text(rec, "image")
-        answer = _text(rec, "answer")
+        answer = _answer(rec, "answer")
         item = VQAItem(
             question_id=str(rec.get("qid") or rec.get("question_id") or f"{image}:{_text(rec, 'question')}"),
             image_path=_image(images, image if Path(image).suffix else f"{image}.jpg"),
@@ -280,7 +294,7 @@ def _llava_med_qa_item(rec: Any, images: Path, opts: SetOptions) -> VQAItem:
         # LLaVA-Med's qa50 file keeps the <image> placeholder in the question text; the prompt adds
         # the image itself, so a kept placeholder would be a second image token (transformers fails)
         question=_text(rec, "text").replace("<image>", "").strip(),
-        answer=_text(rec, "gpt4_answer", "answer"),
+        answer=_answer(rec, "gpt4_answer", "answer"),
         answer_type="OPEN",
         domain=_qa50_domain(rec.get("domain")),
         question_type=_lower(rec.get("type")),
@@ -333,6 +347,11 @@ def load_set(
             out.skipped.append(f"{label}: {e}")
             continue
         n_read += 1
+        if not normalize_answer(item.answer):
+            out.skipped.append(
+                f"{label}: reference answer {item.answer!r} normalises to nothing (no word to score against)"
+            )
+            continue
         if item.question_id in seen:
             out.skipped.append(f"{label}: duplicate question id {item.question_id!r}")
             continue

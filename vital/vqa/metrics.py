@@ -140,7 +140,8 @@ def token_scores(prediction: str, reference: str) -> TokenScores:
 
 
 def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(reference))
+    ref = normalize_answer(reference)
+    return float(bool(ref) and normalize_answer(prediction) == ref)
 
 
 def exact_match_legacy(prediction: str, reference: str) -> float:
@@ -153,8 +154,11 @@ def exact_match_legacy(prediction: str, reference: str) -> float:
 
 
 def substring_hit(prediction: str, reference: str) -> float:
-    """LLaVA-Med's closed-set check and open "accuracy": normalised reference is a substring of the prediction."""
-    return float(normalize_answer(reference) in normalize_answer(prediction))
+    """LLaVA-Med's closed-set check and open "accuracy": normalised reference is a substring of the prediction.
+    A reference that normalises to nothing ("[]", "-", "?") is in every text, so it is never a hit here (the
+    loaders drop such questions with their reason)."""
+    ref = normalize_answer(reference)
+    return float(bool(ref) and ref in normalize_answer(prediction))
 
 
 _YES_NO_REFERENCE = re.compile(r"^\s*(yes|no)\s*(?:$|[,.;:!])", re.IGNORECASE)
