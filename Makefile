@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 # curate, export (the release of top40), tune top vs random x 3 seeds, evaluate, chat_eval. LLaVA-Med's VQA
 # fine-tuning protocol (9 fine-tunes + evaluate_finetuned) is `make vqa-finetune`; the bake-off's own tunes
 # are `make bakeoff`.
-# A bare `dvc repro` runs everything, bakeoff/dvc.yaml included.
+# A bare `dvc repro` runs every stage of dvc.yaml; `dvc repro -P` also runs bakeoff/dvc.yaml.
 DEMO_TARGETS ?= chat_eval bakeoff export
 
 demo: install
