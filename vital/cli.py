@@ -43,6 +43,12 @@ def _params(args) -> int:
 def _report(args) -> int:
     from vital.report import ReportError, pr_report, summary
 
+    if args.results:
+        from vital.results import write
+
+        write(Paths(), Path("README.md"), Path("docs/results.md"))
+        print("wrote docs/results.md and README.md's results block from the metrics files")
+        return 0
     if not args.base:
         if args.md or args.head:
             print("vital report: --md and --head compare two revisions and need --base REV", file=sys.stderr)
@@ -314,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", default=".vital/report", help="folder for the curve PNGs (default: .vital/report)"
     )
     rep.add_argument("--no-mlflow", action="store_true", help="leave out MLflow runs and registered versions")
+    rep.add_argument(
+        "--results",
+        action="store_true",
+        help="rewrite docs/results.md and README.md's results block from the metrics files",
+    )
     rep.add_argument(
         "--no-status", action="store_true", help="skip DVC's status (sections are then not marked stale)"
     )

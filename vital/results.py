@@ -1,0 +1,263 @@
+"""docs/results.md and README's results block, rendered from the metrics files, never typed by hand.
+
+`vital report --results` rewrites both; a test renders them again from the committed metrics and fails on any
+difference, so a figure in the docs is always one a metrics file holds. A difference between two methods is
+called a finding only when its 95% interval over seeds (or figures) excludes 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from vital.paths import Paths
+
+BEGIN, END = "<!-- results:begin (vital report --results) -->", "<!-- results:end -->"
+# two-sided 95% Student t quantiles by degrees of freedom; the normal's beyond
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _f(x, nd: int = 3) -> str:
+    return f"{x:.{nd}f}" if isinstance(x, int | float) else "-"
+
+
+def _s(x, nd: int = 3) -> str:
+    return f"{x:+.{nd}f}" if isinstance(x, int | float) else "-"
+
+
+def t_interval(d: dict) -> tuple[float, float] | None:
+    """95% t-interval of a mean over seeds from {mean, std, n}."""
+    n, mean, std = d.get("n"), d.get("mean"), d.get("std")
+    if not isinstance(n, int) or n < 2 or mean is None or std is None:
+        return None
+    half = _T95.get(n - 1, 1.96) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def verdict(ci) -> str:
+    if not ci:
+        return "no interval"
+    lo, hi = ci
+    if lo > 0:
+        return "**finding: higher**"
+    if hi < 0:
+        return "**finding: lower**"
+    return "no finding (interval includes 0)"
+
+
+def _ci(ci) -> str:
+    return f"[{_s(ci[0])}, {_s(ci[1])}]" if ci else "-"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def selection(m: dict) -> list[str]:
+    held = m.get("heldout_human") or {}
+    if not held:
+        return []
+    rows = [
+        [who.replace("_", " "), _f((held.get(who) or {}).get("agreement"))]
+        for who in ("selector", "judge", "random", "clinician_vs_clinician")
+        if held.get(who)
+    ]
+    lines = [
+        f"Agreement with {held.get('pairs')} held-out clinician pairs on {held.get('figures')} figures "
+        "(`metrics/select.json`, `heldout_human`):",
+        "",
+        *_table(["rater", "agreement"], rows),
+        "",
+    ]
+    for key in ("selector_minus_judge", "selector_minus_weight0"):
+        d = held.get(key)
+        if isinstance(d, dict) and d.get("ci95"):
+            lines.append(
+                f"- {key.replace('_', ' ')}: {_s(d.get('difference'))}, 95% figure-bootstrap CI "
+                f"{_ci(d['ci95'])}: {verdict(d['ci95'])}"
+            )
+    return [*lines, ""]
+
+
+def _over(d: dict | None) -> str:
+    return f"{_f(d.get('mean'))} ± {_f(d.get('std'))}" if isinstance(d, dict) else "-"
+
+
+def vqa(m: dict, title: str, gains: tuple[str, ...]) -> list[str]:
+    lines = []
+    for name, res in m.items():
+        if name.startswith("_") or not isinstance(res, dict):
+            continue
+        groups = [g for g in ("base_over_seeds", "top_over_seeds", "random_over_seeds") if res.get(g)]
+        keys = ("closed_accuracy", "open_recall", "closed_discrimination")
+        rows = [[g.replace("_over_seeds", ""), *(_over(res[g].get(k)) for k in keys)] for g in groups]
+        if "base" in res and "base_over_seeds" not in res:
+            rows.insert(0, ["base (one model)", *(_f(res["base"].get(k)) for k in keys)])
+        lines += [f"**{name}**, {title}: mean ± sd over seeds (`{'/'.join(groups)}`)", ""]
+        lines += _table(["models", *keys], rows) + [""]
+        grows = []
+        for gain in gains:
+            for k, d in (res.get(gain) or {}).items():
+                ci = t_interval(d)
+                grows.append(
+                    [
+                        gain.replace("_minus_", " − "),
+                        k,
+                        _s(d.get("mean")),
+                        _ci(ci),
+                        f"{d.get('wins')}/{d.get('n')}",
+                        verdict(ci),
+                    ]
+                )
+        if grows:
+            lines += _table(["difference", "metric", "mean", "95% t-interval", "wins", "verdict"], grows) + [
+                ""
+            ]
+    return lines
+
+
+def bakeoff(m: dict) -> list[str]:
+    head, rows = m.get("headline"), []
+    for k, row in (m.get("vs_random") or {}).items():
+        r = (row.get("random") or {}).get(head) or {}
+        rows.append([f"{k}%", "random", f"{_f(r.get('mean'))} ± {_f(r.get('std'))}", "-", "-", "-", "-"])
+        for method, e in row.items():
+            if method == "random" or head not in e:
+                continue
+            h = e[head]
+            d = h.get("minus_random") or {}
+            rows.append(
+                [
+                    f"{k}%",
+                    method,
+                    _f(h.get("value")),
+                    f"{_s(d.get('mean'))} ± {_f(d.get('std'))}",
+                    _ci(h.get("ci95")),
+                    str(h.get("wins")),
+                    verdict(h.get("ci95")),
+                ]
+            )
+    if not rows:
+        return []
+    better = "lower" if head in (m.get("lower_is_better") or []) else "higher"
+    return [
+        f"Share `{head}` of each method's top-k% ({better} is better; {m.get('quality_scorer')} quality), "
+        "minus random over the random seeds (`metrics/bakeoff.json`, `vs_random`):",
+        "",
+        *_table(["k", "method", head, "− random", "95% CI", "wins", "verdict"], rows),
+        "",
+    ]
+
+
+def downstream(m: dict) -> list[str]:
+    lines = []
+    for name, row in m.items():
+        if not isinstance(row, dict) or name in ("keep", "seeds"):
+            continue
+        rows = []
+        for method, e in row.items():
+            o, g = e.get("over_seeds") or {}, e.get("minus_random") or {}
+            for k in ("closed_accuracy", "open_recall"):
+                ci = t_interval(g.get(k) or {})
+                rows.append(
+                    [method, k, _over(o.get(k)), _s((g.get(k) or {}).get("mean")), _ci(ci), verdict(ci)]
+                )
+        lines += [
+            f"**{name}**, {m.get('keep')}% subsets, zero-shot, over seeds {m.get('seeds')} "
+            "(`metrics/bakeoff_downstream.json`):",
+            "",
+            *_table(["method", "metric", "mean ± sd", "− random", "95% t-interval", "verdict"], rows),
+            "",
+        ]
+    return lines
+
+
+def chat(m: dict) -> list[str]:
+    lines = []
+    for name, res in m.items():
+        if not isinstance(res, dict):
+            continue
+        rel = res.get("relative") or {}
+        rows = [[model, _f(r.get("relative_score"), 1), str(r.get("n"))] for model, r in rel.items()]
+        if rows:
+            lines += [
+                f"**{name}** open answers scored against the references (`metrics/chat_eval.json`):",
+                "",
+            ]
+            lines += _table(["model", "relative score", "questions"], rows) + [""]
+        w = res.get("win_rate")
+        if isinstance(w, dict) and "win_rate" in w:
+            lines += [
+                f"- win rate {w.get('a')} over {w.get('b')}: {_f(w.get('win_rate'))} ({w.get('wins')} "
+                f"wins, {w.get('losses')} losses, {w.get('ties')} ties)",
+                "",
+            ]
+    return lines
+
+
+def render(paths: Paths) -> str:
+    """The whole of docs/results.md."""
+    p = paths.metric
+    parts = [
+        "# Results of the committed run",
+        "",
+        "Generated by `vital report --results` from the metrics files of the run locked in `dvc.lock`; do not "
+        "edit by hand (a test renders it again and fails on any difference). `vital report` says which sections "
+        "are stale against the code and params in force. Intervals are 95%: figure-bootstrap where the metrics "
+        "file gives one, else a t-interval over seeds. A difference is a finding only when its interval "
+        "excludes 0.",
+        "",
+        "## Selection against held-out clinicians",
+        "",
+        *selection(_load(p("select"))),
+        "## Selection bake-off on the demo's hidden truth",
+        "",
+        *bakeoff(_load(p("bakeoff"))),
+        "## VQA, zero-shot (`make demo`)",
+        "",
+        *vqa(_load(p("evaluate")), "zero-shot", ("top_minus_random",)),
+        "## Open answers (chat_eval)",
+        "",
+        *chat(_load(p("chat_eval"))),
+        "## VQA after LLaVA-Med's fine-tuning protocol (`make vqa-finetune`)",
+        "",
+        *vqa(_load(p("evaluate_finetuned")), "fine-tuned", ("top_minus_random", "top_minus_base")),
+        "## Downstream bake-off (`make bakeoff`)",
+        "",
+        *downstream(_load(p("bakeoff_downstream"))),
+    ]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(parts)).rstrip() + "\n"
+
+
+def readme_block(paths: Paths) -> str:
+    """The README's short version: the selection and zero-shot headline, pointing at docs/results.md."""
+    lines = [BEGIN, "", *selection(_load(paths.metric("select")))]
+    lines += vqa(_load(paths.metric("evaluate")), "zero-shot", ("top_minus_random",))
+    lines += [
+        "Everything else (the bake-off, chat_eval, fine-tuned VQA, downstream bake-off): "
+        "[docs/results.md](docs/results.md).",
+        "",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write(paths: Paths, readme: Path, results: Path) -> None:
+    """Rewrite docs/results.md and the README block between the markers (which must be there)."""
+    results.write_text(render(paths))
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{readme}: no results block ({BEGIN} ... {END}) to rewrite")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    readme.write_text(head + readme_block(paths) + tail)
