@@ -93,8 +93,8 @@ class EngineChatJudge:
 # each: (cp, paths) -> ChatJudge
 BACKENDS: dict[str, Backend] = {
     "heuristic": Backend("vital.demo.reference_judge:HeuristicChatJudge"),
-    "openai": Backend("vital.chat_eval:EngineChatJudge"),
-    "azure": Backend("vital.chat_eval:EngineChatJudge"),
+    "openai": Backend("vital.chat_eval:EngineChatJudge", api=True),
+    "azure": Backend("vital.chat_eval:EngineChatJudge", api=True),
 }
 
 

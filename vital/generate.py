@@ -195,8 +195,8 @@ RETRYABLE = {
 
 GENERATORS: dict[str, Backend] = {
     "template": Backend("vital.demo.template_generator:TemplateBackend", reads=("data/corpus/truth.jsonl",)),
-    "openai": Backend("vital.generate:OpenAIBackend"),
-    "azure": Backend("vital.generate:OpenAIBackend"),
+    "openai": Backend("vital.generate:OpenAIBackend", api=True),
+    "azure": Backend("vital.generate:OpenAIBackend", api=True),
 }
 
 
@@ -274,7 +274,7 @@ def run(params: Params, paths: Paths) -> dict:
             f"[generate] {len(empty)} figure{'s' if len(empty) > 1 else ''} got no candidate: {shown}",
             file=sys.stderr,
         )
-    api = gp.backend in ("openai", "azure")
+    api = GENERATORS[gp.backend].api
     check_failed_share(
         "generate",
         "candidates",

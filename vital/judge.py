@@ -143,8 +143,8 @@ class OpenAIJudge:
 
 JUDGES: dict[str, Backend] = {
     "heuristic": Backend("vital.demo.heuristic_judge:HeuristicBackend"),
-    "openai": Backend("vital.judge:OpenAIJudge"),
-    "azure": Backend("vital.judge:OpenAIJudge"),
+    "openai": Backend("vital.judge:OpenAIJudge", api=True),
+    "azure": Backend("vital.judge:OpenAIJudge", api=True),
 }
 
 
@@ -207,7 +207,7 @@ def run(params: Params, paths: Paths) -> dict:
         raise StageFailed(
             f"judge: {paths.candidates} holds no usable candidates{why}; nothing to judge (rerun generate)"
         )
-    api = params.judge.backend in ("openai", "azure")
+    api = JUDGES[params.judge.backend].api
     check_failed_share(
         "judge",
         "candidates",

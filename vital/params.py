@@ -7,6 +7,7 @@ message naming the dotted key (e.g. ``selector.human_weight``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,11 @@ class Section(BaseModel):
 
 class ParamsError(ValueError):
     """Invalid params.yaml; the message names the file and every offending key."""
+
+
+def unknown_name(param: str, name: object, choices) -> str:
+    """The one wording of every unknown-name error (backend, method, scorer, Literal choice)."""
+    return f"{param}: unknown {name!r}; choose one of {sorted(choices)}"
 
 
 CHAT_REFERENCE = "reference"  # chat_eval's name for the reference answers; no evaluated model may take it
@@ -644,6 +650,10 @@ def _describe(err: ValidationError, path: Path) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (misspelled?)")
+        elif e["type"] == "literal_error":
+            lines.append(
+                "  " + unknown_name(key, e.get("input"), re.findall(r"'([^']*)'", e["ctx"]["expected"]))
+            )
         else:
             got = e.get("input")
             shown = "" if isinstance(got, dict | list) else f" (got {got!r})"

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vital.params import ParamsError
+from vital.params import ParamsError, unknown_name
 
 
 class UnknownBackend(ParamsError):
@@ -24,6 +24,9 @@ class UnknownBackend(ParamsError):
 class Backend:
     target: str  # "package.module:attribute"
     reads: tuple[str, ...] = ()  # repository paths this backend reads (DVC deps of its stage)
+    # talks to a model API through vital/llm (a key in vital.llm.client.CLIENT_BACKENDS): paid requests,
+    # so client.max_failed_share applies and a dry run estimates the cost
+    api: bool = False
 
     @property
     def module(self) -> str:
@@ -38,4 +41,4 @@ def choose(registry: Mapping[str, Backend], name: str, param: str) -> Backend:
     try:
         return registry[name]
     except KeyError:
-        raise UnknownBackend(f"{param}: unknown backend {name!r}; choose one of {sorted(registry)}") from None
+        raise UnknownBackend(unknown_name(param, name, registry)) from None

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 
-from vital.params import ClientParams, ParamsError
+from vital.params import ClientParams, ParamsError, unknown_name
 
 
 class ConfigError(ParamsError):
@@ -62,9 +62,7 @@ CLIENT_BACKENDS: dict[str, Callable[[ClientParams, str, str], AsyncOpenAI]] = {
 def make_client(backend: str, cp: ClientParams, section: str) -> AsyncOpenAI:
     """Build the SDK client with the SDK's own retries off: the engine retries so the limiter sees them."""
     if backend not in CLIENT_BACKENDS:
-        raise ConfigError(
-            f"{section}.backend: unknown API backend {backend!r}; choose one of {sorted(CLIENT_BACKENDS)}"
-        )
+        raise ConfigError(unknown_name(f"{section}.backend", backend, CLIENT_BACKENDS))
     return CLIENT_BACKENDS[backend](cp, api_key(cp, section), section)
 
 
