@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vital.backends import GENERATE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
 from vital.io import read_records, write_json, write_jsonl
@@ -193,11 +194,7 @@ RETRYABLE = {
     "empty",
 }
 
-GENERATORS: dict[str, Backend] = {
-    "template": Backend("vital.demo.template_generator:TemplateBackend", reads=("data/corpus/truth.jsonl",)),
-    "openai": Backend("vital.generate:OpenAIBackend", api=True),
-    "azure": Backend("vital.generate:OpenAIBackend", api=True),
-}
+GENERATORS: dict[str, Backend] = GENERATE  # the role's table in vital/backends.py
 
 
 def validated(rec: FigureRecord, k: int, turns: list[dict], min_rounds: int, prov: dict) -> Result:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
+from vital.backends import JUDGE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
 from vital.io import read_records, write_json, write_jsonl
@@ -141,11 +142,7 @@ class OpenAIJudge:
         return self.runtime.metrics()
 
 
-JUDGES: dict[str, Backend] = {
-    "heuristic": Backend("vital.demo.heuristic_judge:HeuristicBackend"),
-    "openai": Backend("vital.judge:OpenAIJudge", api=True),
-    "azure": Backend("vital.judge:OpenAIJudge", api=True),
-}
+JUDGES: dict[str, Backend] = JUDGE  # the role's table in vital/backends.py
 
 
 def backend_for(params: Params, paths: Paths):

@@ -14,6 +14,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vital.backends import CHAT_EVAL, GENERATE, JUDGE
+
+# each model-facing role's choices are its backend table's names (vital/backends.py)
+GenerateBackend = Literal[tuple(GENERATE)]
+JudgeBackend = Literal[tuple(JUDGE)]
+ChatEvalBackend = Literal[tuple(CHAT_EVAL)]
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -202,7 +209,7 @@ class Price(Section):
 
 
 class GenerateParams(Section):
-    backend: Literal["template", "openai", "azure"] = "template"
+    backend: GenerateBackend = "template"
     model: str = "template-v1"
     mode: Literal["online", "batch"] = "online"
     candidates: int = Field(4, ge=1, le=32, description="conversations generated per figure")
@@ -232,7 +239,7 @@ class GenerateParams(Section):
 
 
 class JudgeParams(Section):
-    backend: Literal["heuristic", "openai", "azure"] = "heuristic"
+    backend: JudgeBackend = "heuristic"
     model: str = "heuristic-v1"
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(256, ge=16)
@@ -549,7 +556,7 @@ class FinetuneParams(TrainParams):
 class ChatEvalParams(Section):
     """Judge-scored open visual chat on the evaluate stage's predictions (docs/evaluation.md)."""
 
-    backend: Literal["heuristic", "openai", "azure"] = Field(
+    backend: ChatEvalBackend = Field(
         "heuristic", description="heuristic = offline stand-in scoring against the reference answer"
     )
     model: str = "heuristic-answer-v1"
