@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vital.curate import run
+from vital.curate import run, top_share
 from vital.io import RecordError, write_jsonl
 from vital.params import CurateParams
 from vital.paths import Paths
@@ -140,3 +140,12 @@ def test_streamed_output_is_the_json_list_and_external_problems_name_their_line(
         w.startswith(f"{ext}:") for w in external
     )
     assert m["mixtures"]["mix"]["records"] == 25
+
+
+def test_top_share_is_the_rounded_percentage_and_never_empty():
+    """curate's top-k% and every bakeoff subset are cut by this one function."""
+    ranked = list(range(7))
+    assert top_share(ranked, 40) == [0, 1, 2]  # 2.8 rounds to 3
+    assert top_share(ranked, 100) == ranked
+    assert top_share(ranked, 1) == [0]  # 0.07 would round to none
+    assert top_share([], 50) == []
