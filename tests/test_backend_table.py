@@ -94,3 +94,17 @@ def test_every_api_backend_names_a_client_and_no_other_does():
     for table in (GENERATE, JUDGE, CHAT_EVAL):
         for name, backend in table.items():
             assert bool(backend.client) == backend.api, name
+
+
+def test_every_backend_implements_its_roles_protocol():
+    from vital.chat_eval import ChatJudge
+    from vital.generate import Generator
+    from vital.judge import Judge
+
+    for table, role in ((GENERATE, Generator), (JUDGE, Judge), (CHAT_EVAL, ChatJudge)):
+        wanted = [m for m in vars(role) if not m.startswith("_")]
+        assert wanted, role
+        for name, backend in table.items():
+            cls = backend.load()
+            missing = [m for m in wanted if not callable(getattr(cls, m, None))]
+            assert not missing, f"{role.__name__} backend {name!r} ({backend.target}) lacks {missing}"

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from vital.backends import GENERATE
 from vital.drops import Drops
@@ -204,7 +205,17 @@ def validated(rec: FigureRecord, k: int, turns: list[dict], min_rounds: int, pro
         return Result(rec, k, None, e.reason, str(e), prov)
 
 
-def backend_for(params: Params, paths: Paths):
+class Generator(Protocol):
+    """The generate role: every row of GENERATORS loads a class ``(params, paths) -> Generator``."""
+
+    def preflight(self) -> None: ...
+
+    def generate(self, figures: list[FigureRecord]) -> Iterator[Result]: ...
+
+    def metrics(self) -> dict: ...
+
+
+def backend_for(params: Params, paths: Paths) -> Generator:
     return choose(GENERATORS, params.generate.backend, "generate.backend").load()(params, paths)
 
 

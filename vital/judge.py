@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Protocol
 
 from vital.backends import JUDGE
 from vital.drops import Drops
@@ -145,7 +146,23 @@ class OpenAIJudge:
 JUDGES: dict[str, Backend] = JUDGE  # the role's table in vital/backends.py
 
 
-def backend_for(params: Params, paths: Paths):
+class Judge(Protocol):
+    """The judge role: every row of JUDGES loads a class ``(params, paths) -> Judge``."""
+
+    def preflight(self) -> None: ...
+
+    def score(
+        self, items: list[tuple[Candidate, FigureRecord]]
+    ) -> Iterator[
+        tuple[Candidate, float | None, str, str]
+    ]: ...  # candidate, score, rationale, failure detail
+
+    def provenance(self) -> dict: ...
+
+    def metrics(self) -> dict: ...
+
+
+def backend_for(params: Params, paths: Paths) -> Judge:
     return choose(JUDGES, params.judge.backend, "judge.backend").load()(params, paths)
 
 
