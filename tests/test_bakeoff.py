@@ -266,8 +266,10 @@ def test_stage_without_quality_still_writes_subsets_and_cost(tmp_path: Path):
     )
     m = run(p, paths)
     assert "vs_random" not in m and m["headline"] is None and m["subsets"]["judge-40"]["records"] == 3
-    with pytest.raises(ParamsError, match="bakeoff.quality: unknown backend 'oracle'"):
-        run(parse_params({"bakeoff": {"quality": "oracle"}}), paths)
+    with pytest.raises(
+        ParamsError, match=r"bakeoff.quality: unknown 'oracle'; choose one of \['none', 'truth'\]"
+    ):
+        run(parse_params({"bakeoff": {"quality": "oracle"}}), paths)  # refused at load, before the stage runs
 
 
 def test_a_malformed_candidate_line_is_skipped_and_counted_like_every_stage(tmp_path: Path):

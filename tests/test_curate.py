@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vital.curate import run
+from vital.curate import run, top_share
 from vital.io import RecordError, write_jsonl
 from vital.params import CurateParams
 from vital.paths import Paths
@@ -173,3 +173,11 @@ def test_all_policy_ranks_every_candidate_globally_as_the_reference_does(tmp_pat
     expected = sorted(scores, key=lambda c: (-scores[c], c))[: round(0.1 * len(scores))]
     top = [r["id"] for r in load(paths, "top10")]
     assert top == expected and len({c.split("#")[0] for c in top}) < len(top)
+
+def test_top_share_is_the_rounded_percentage_and_never_empty():
+    """curate's top-k% and every bakeoff subset are cut by this one function."""
+    ranked = list(range(7))
+    assert top_share(ranked, 40) == [0, 1, 2]  # 2.8 rounds to 3
+    assert top_share(ranked, 100) == ranked
+    assert top_share(ranked, 1) == [0]  # 0.07 would round to none
+    assert top_share([], 50) == []

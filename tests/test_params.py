@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,39 @@ def test_bakeoff_methods_and_quality_are_the_registries_and_checked_at_load():
     ):
         with pytest.raises(ParamsError, match=key):
             parse_params({"bakeoff": raw}, "params.yaml")
+
+
+def test_api_flag_marks_exactly_the_client_backends_of_every_model_facing_role():
+    from vital import chat_eval, generate, judge
+    from vital.llm.client import CLIENT_BACKENDS
+
+    for role, registry in (
+        ("generate", generate.GENERATORS),
+        ("judge", judge.JUDGES),
+        ("chat_eval", chat_eval.BACKENDS),
+    ):
+        assert {n for n, b in registry.items() if b.api} <= set(CLIENT_BACKENDS), role
+        assert {n for n, b in registry.items() if not b.api}.isdisjoint(CLIENT_BACKENDS), role
+
+
+def test_every_unknown_name_error_has_one_wording():
+    from vital.bakeoff.methods import check_methods
+    from vital.llm.client import make_client
+    from vital.params import ClientParams
+    from vital.registry import choose
+
+    wording = r"^(params\.yaml: invalid parameters\n  )?{key}: unknown {name}; choose one of \[.*\]$"
+    errors = []
+    for call in (
+        lambda: parse_params({"judge": {"backend": "claude"}}),
+        lambda: choose({"heuristic": None}, "claude", "judge.backend"),
+        lambda: make_client("claude", ClientParams(), "judge"),
+        lambda: check_methods(["random", "claude"]),
+    ):
+        with pytest.raises(ValueError) as e:
+            call()
+        errors.append(str(e.value))
+    keys = ["judge.backend", "judge.backend", "judge.backend", "bakeoff.methods"]
+    names = ["'claude'", "'claude'", "'claude'", r"\['claude'\]"]
+    for text, key, name in zip(errors, keys, names, strict=True):
+        assert re.match(wording.format(key=re.escape(key), name=name), text), text

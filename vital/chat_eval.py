@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from vital.backends import CHAT_EVAL
 from vital.drops import Drops
 from vital.evaluate import load_sets, tuned_models
 from vital.io import RecordError, read_jsonl, write_json, write_jsonl
@@ -95,11 +96,7 @@ class EngineChatJudge:
 
 
 # each: (cp, paths) -> ChatJudge
-BACKENDS: dict[str, Backend] = {
-    "heuristic": Backend("vital.demo.reference_judge:HeuristicChatJudge"),
-    "openai": Backend("vital.chat_eval:EngineChatJudge"),
-    "azure": Backend("vital.chat_eval:EngineChatJudge"),
-}
+BACKENDS: dict[str, Backend] = CHAT_EVAL  # the role's table in vital/backends.py
 
 
 def backend_for(cp: ChatEvalParams, paths: Paths) -> ChatJudge:

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from vital.params import ParamsError, load_params
+from vital.params import Params, ParamsError, load_params
 from vital.paths import Paths
 
 
@@ -265,12 +265,13 @@ def _dag(args) -> int:
             if dvc_yaml == Path("dvc.yaml") or dvc_yaml.is_file():  # a scratch repo may have only dvc.yaml
                 changed = dag.write(dvc_yaml, params)
                 print(f"{dvc_yaml}: regenerated {', '.join(changed) or 'no stage (already exact)'}")
-        if dag.write_docs(params):
+        # the docs show the demo profile (the code defaults) whatever --params says
+        if dag.write_docs(Params()):
             print(f"{dag.DOCS}: stage table regenerated")
         return 0
     found = [f"{f}: {line}" for f in PIPELINES if Path(f).is_file() for line in dag.problems(Path(f), params)]
     found += [f"{args.params}: no section {s!r}" for s in dag.missing_sections(Path(args.params), params)]
-    found += dag.docs_problems(params)
+    found += dag.docs_problems(Params())
     if args.check:
         for line in found:
             print(f"vital dag: {line}", file=sys.stderr)

@@ -111,6 +111,11 @@ def write_json_list(path: Path, records: Iterable[Any]) -> int:
     return n
 
 
+def top_share(ranked: list, keep: float) -> list:
+    """The first ``keep`` percent of ``ranked`` (rounded, at least one): the one top-k cut of curate and bakeoff."""
+    return ranked[: max(1, round(keep / 100 * len(ranked)))]
+
+
 def pool(
     cands: list[CandidateRef], scores: dict[str, float], policy: str, problems: Drops
 ) -> list[tuple[CandidateRef, float]]:
@@ -293,8 +298,9 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
 
     try:
         for keep in sorted(set(cp.keep)):
-            n = max(1, round(keep / 100 * len(ranked)))
-            for kind, chosen in (("top", ranked[:n]), ("random", shuffled[:n])):
+            top = top_share(ranked, keep)
+            n = len(top)
+            for kind, chosen in (("top", top), ("random", shuffled[:n])):
                 name = subset_name(kind, keep)
                 sources[name] = chosen
                 report[name] = {

@@ -132,7 +132,7 @@ def stage_deps(stage: Stage, params: Params, root: Path = Path(".")) -> StageDep
     data = list(stage.reads)
     for param, registry in stage.backends:
         backend = _registry(registry)[_param(params, param)]
-        start.add(backend.module)
+        start.update(backend.modules)
         data.extend(backend.reads)
     for ref in stage.param_reads:
         data.extend(_call(ref, params, root))

@@ -15,7 +15,9 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+from vital.backends import GENERATE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
 from vital.io import read_records, write_json, write_jsonl
@@ -228,11 +230,7 @@ RETRYABLE = {
     "empty",
 }
 
-GENERATORS: dict[str, Backend] = {
-    "template": Backend("vital.demo.template_generator:TemplateBackend", reads=("data/corpus/truth.jsonl",)),
-    "openai": Backend("vital.generate:OpenAIBackend"),
-    "azure": Backend("vital.generate:OpenAIBackend"),
-}
+GENERATORS: dict[str, Backend] = GENERATE  # the role's table in vital/backends.py
 
 
 def validated(rec: FigureRecord, k: int, turns: list[dict], min_rounds: int, prov: dict) -> Result:
@@ -250,7 +248,17 @@ def prompt_files(params: Params, root: Path) -> list[str]:
     return [repo_relative(prompt_path(gp.prompt_file, "generation", gp.structure), root)]
 
 
-def backend_for(params: Params, paths: Paths):
+class Generator(Protocol):
+    """The generate role: every row of GENERATORS loads a class ``(params, paths) -> Generator``."""
+
+    def preflight(self) -> None: ...
+
+    def generate(self, figures: list[FigureRecord]) -> Iterator[Result]: ...
+
+    def metrics(self) -> dict: ...
+
+
+def backend_for(params: Params, paths: Paths) -> Generator:
     return choose(GENERATORS, params.generate.backend, "generate.backend").load()(params, paths)
 
 
@@ -318,7 +326,7 @@ def run(params: Params, paths: Paths) -> dict:
             f"[generate] {len(empty)} figure{'s' if len(empty) > 1 else ''} got no candidate: {shown}",
             file=sys.stderr,
         )
-    api = gp.backend in ("openai", "azure")
+    api = GENERATORS[gp.backend].api
     check_failed_share(
         "generate",
         "candidates",

@@ -14,7 +14,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Protocol
 
+from vital.backends import JUDGE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
 from vital.io import read_records, write_json, write_jsonl
@@ -242,11 +244,7 @@ class OpenAIJudge:
         return self.runtime.metrics()
 
 
-JUDGES: dict[str, Backend] = {
-    "heuristic": Backend("vital.demo.heuristic_judge:HeuristicBackend"),
-    "openai": Backend("vital.judge:OpenAIJudge"),
-    "azure": Backend("vital.judge:OpenAIJudge"),
-}
+JUDGES: dict[str, Backend] = JUDGE  # the role's table in vital/backends.py
 
 
 def rubric_files(params: Params, root) -> list[str]:
@@ -272,7 +270,23 @@ def refuse_synthetic(params: Params, paths: Paths, cands: list[Candidate]) -> No
         )
 
 
-def backend_for(params: Params, paths: Paths):
+class Judge(Protocol):
+    """The judge role: every row of JUDGES loads a class ``(params, paths) -> Judge``."""
+
+    def preflight(self) -> None: ...
+
+    def score(
+        self, items: list[tuple[Candidate, FigureRecord]]
+    ) -> Iterator[
+        tuple[Candidate, float | None, str, str]
+    ]: ...  # candidate, score, rationale, failure detail
+
+    def provenance(self) -> dict: ...
+
+    def metrics(self) -> dict: ...
+
+
+def backend_for(params: Params, paths: Paths) -> Judge:
     return choose(JUDGES, params.judge.backend, "judge.backend").load()(params, paths)
 
 
@@ -340,7 +354,7 @@ def run(params: Params, paths: Paths) -> dict:
         raise StageFailed(
             f"judge: {paths.candidates} holds no usable candidates{why}; nothing to judge (rerun generate)"
         )
-    api = params.judge.backend in ("openai", "azure")
+    api = JUDGES[params.judge.backend].api
     check_failed_share(
         "judge",
         "candidates",

@@ -7,11 +7,19 @@ message naming the dotted key (e.g. ``selector.human_weight``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vital.backends import CHAT_EVAL, GENERATE, JUDGE
+
+# each model-facing role's choices are its backend table's names (vital/backends.py)
+GenerateBackend = Literal[tuple(GENERATE)]
+JudgeBackend = Literal[tuple(JUDGE)]
+ChatEvalBackend = Literal[tuple(CHAT_EVAL)]
 
 
 class Section(BaseModel):
@@ -20,6 +28,11 @@ class Section(BaseModel):
 
 class ParamsError(ValueError):
     """Invalid params.yaml; the message names the file and every offending key."""
+
+
+def unknown_name(param: str, name: object, choices) -> str:
+    """The one wording of every unknown-name error (backend, method, scorer, Literal choice)."""
+    return f"{param}: unknown {name!r}; choose one of {sorted(choices)}"
 
 
 CHAT_REFERENCE = "reference"  # chat_eval's name for the reference answers; no evaluated model may take it
@@ -239,7 +252,7 @@ class Price(Section):
 
 
 class GenerateParams(Section):
-    backend: Literal["template", "openai", "azure"] = "template"
+    backend: GenerateBackend = "template"
     model: str = "template-v1"
     mode: Literal["online", "batch"] = "online"
     candidates: int = Field(4, ge=1, le=32, description="conversations generated per figure")
@@ -280,7 +293,7 @@ class GenerateParams(Section):
 
 
 class JudgeParams(Section):
-    backend: Literal["heuristic", "openai", "azure"] = "heuristic"
+    backend: JudgeBackend = "heuristic"
     model: str = "heuristic-v1"
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(256, ge=16)
@@ -685,7 +698,7 @@ class FinetuneParams(TrainParams):
 class ChatEvalParams(Section):
     """Judge-scored open visual chat on the evaluate stage's predictions (docs/evaluation.md)."""
 
-    backend: Literal["heuristic", "openai", "azure"] = Field(
+    backend: ChatEvalBackend = Field(
         "heuristic", description="heuristic = offline stand-in scoring against the reference answer"
     )
     model: str = "heuristic-answer-v1"
@@ -849,6 +862,10 @@ def _describe(err: ValidationError, path: Path) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (misspelled?)")
+        elif e["type"] == "literal_error":
+            lines.append(
+                "  " + unknown_name(key, e.get("input"), re.findall(r"'([^']*)'", e["ctx"]["expected"]))
+            )
         else:
             got = e.get("input")
             shown = "" if isinstance(got, dict | list) else f" (got {got!r})"

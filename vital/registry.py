@@ -8,34 +8,20 @@ imported nor a DVC dependency of a stage in a profile that does not use them (se
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
-from vital.params import ParamsError
+from vital.backends import Backend
+from vital.params import ParamsError, unknown_name
+
+__all__ = ["Backend", "UnknownBackend", "choose"]
 
 
 class UnknownBackend(ParamsError):
     """A params value that names no registered backend; the message names the parameter and the choices."""
 
 
-@dataclass(frozen=True)
-class Backend:
-    target: str  # "package.module:attribute"
-    reads: tuple[str, ...] = ()  # repository paths this backend reads (DVC deps of its stage)
-
-    @property
-    def module(self) -> str:
-        return self.target.partition(":")[0]
-
-    def load(self) -> Any:
-        module, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module), attr)
-
-
 def choose(registry: Mapping[str, Backend], name: str, param: str) -> Backend:
     try:
         return registry[name]
     except KeyError:
-        raise UnknownBackend(f"{param}: unknown backend {name!r}; choose one of {sorted(registry)}") from None
+        raise UnknownBackend(unknown_name(param, name, registry)) from None

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from vital.io import RecordError, read_jsonl
-from vital.params import BakeoffParams, ParamsError
+from vital.params import BakeoffParams, ParamsError, unknown_name
 from vital.paths import Paths
 from vital.schema import Candidate
 
@@ -141,6 +141,6 @@ METHODS: dict[str, Method] = {
 def check_methods(names: list[str]) -> None:
     unknown = [n for n in names if n not in METHODS]
     if unknown:
-        raise ParamsError(f"bakeoff.methods: unknown {unknown}; choose from {sorted(METHODS)}")
+        raise ParamsError(unknown_name("bakeoff.methods", unknown, METHODS))
     if "random" not in names:
         raise ParamsError("bakeoff.methods: must include random (every gain is measured against it)")

@@ -19,7 +19,7 @@ import numpy as np
 
 from vital.bakeoff.methods import METHODS, Pool, check_methods
 from vital.bakeoff.quality import QUALITY
-from vital.curate import CandidateRef, pool, write_json_list
+from vital.curate import CandidateRef, pool, top_share, write_json_list
 from vital.drops import Drops
 from vital.io import RecordError, read_json, read_records, write_csv, write_json
 from vital.params import Params
@@ -157,8 +157,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             ranked = pool(refs, scores, params.curate.policy, {})
             for k in bp.keep:
                 name = subset_name(method, k, seed)
-                n = max(1, round(k / 100 * len(ranked)))
-                chosen = ranked[:n]
+                chosen = top_share(ranked, k)
                 records = []
                 rows: list[dict[str, float]] = []
                 for ref, score in chosen:
@@ -181,7 +180,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                         }
                     )
                 write_json_list(paths.bakeoff / f"{name}.json", records)
-                subsets[name] = {"method": method, "keep": k, "seed": seed, "records": n}
+                subsets[name] = {"method": method, "keep": k, "seed": seed, "records": len(chosen)}
                 flags[name] = {m: np.array([r[m] for r in rows], dtype=float) for m in measures}
                 quality[name] = {m: round(float(flags[name][m].mean()), 4) for m in measures}
         cpu[method] = round(time.process_time() - t0, 2)

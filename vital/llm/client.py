@@ -8,15 +8,16 @@ environment variable named by ``client.api_key_env`` and is never logged or stor
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import socket
-from collections.abc import Callable
 from urllib.parse import urlparse
 
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 
-from vital.params import ClientParams, ParamsError
+from vital.backends import api_clients
+from vital.params import ClientParams, ParamsError, unknown_name
 
 
 class ConfigError(ParamsError):
@@ -33,11 +34,11 @@ def api_key(cp: ClientParams, section: str) -> str:
     return key
 
 
-def _openai(cp: ClientParams, key: str, section: str) -> AsyncOpenAI:
+def openai_client(cp: ClientParams, key: str, section: str) -> AsyncOpenAI:
     return AsyncOpenAI(api_key=key, base_url=cp.base_url, timeout=cp.timeout_s, max_retries=0)
 
 
-def _azure(cp: ClientParams, key: str, section: str) -> AsyncOpenAI:
+def azure_client(cp: ClientParams, key: str, section: str) -> AsyncOpenAI:
     if not cp.base_url:
         raise ConfigError(
             f"{section}.client.base_url: Azure needs the resource endpoint (https://<name>.openai.azure.com)"
@@ -53,19 +54,15 @@ def _azure(cp: ClientParams, key: str, section: str) -> AsyncOpenAI:
     )
 
 
-CLIENT_BACKENDS: dict[str, Callable[[ClientParams, str, str], AsyncOpenAI]] = {
-    "openai": _openai,
-    "azure": _azure,
-}
+CLIENT_BACKENDS: dict[str, str] = api_clients()  # name -> "module:function", from vital/backends.py
 
 
 def make_client(backend: str, cp: ClientParams, section: str) -> AsyncOpenAI:
     """Build the SDK client with the SDK's own retries off: the engine retries so the limiter sees them."""
     if backend not in CLIENT_BACKENDS:
-        raise ConfigError(
-            f"{section}.backend: unknown API backend {backend!r}; choose one of {sorted(CLIENT_BACKENDS)}"
-        )
-    return CLIENT_BACKENDS[backend](cp, api_key(cp, section), section)
+        raise ConfigError(unknown_name(f"{section}.backend", backend, CLIENT_BACKENDS))
+    module, _, attr = CLIENT_BACKENDS[backend].partition(":")
+    return getattr(importlib.import_module(module), attr)(cp, api_key(cp, section), section)
 
 
 def endpoint(cp: ClientParams) -> str:
