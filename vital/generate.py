@@ -19,7 +19,7 @@ from pathlib import Path
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
 from vital.io import read_records, write_json, write_jsonl
-from vital.llm.accounting import no_price_note, summary_line
+from vital.llm.accounting import no_price_note, rate_for, summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.cache import RequestCache
 from vital.llm.engine import Outcome, Request, message_content
@@ -353,6 +353,7 @@ def _estimate(
         n += 1
         tok_out += sp.max_tokens
         tok_in += req.est_tokens - sp.max_tokens
+    listed, price = price, rate_for(price, sp.mode)
     cost_in = None if price is None else tok_in / 1e6 * price.input_per_1m
     cost_out = None if price is None else tok_out / 1e6 * price.output_per_1m
     return {
@@ -369,9 +370,11 @@ def _estimate(
         "estimated_cost_usd_max": None if price is None else round(cost_in + cost_out, 4),
         "estimated_cost_usd_input": None if price is None else round(cost_in, 4),
         "price": None if price is None else price.model_dump(),
+        "price_listed": None if listed is None else listed.model_dump(),
         "price_known": price is not None,
         "note": (
             "first attempts only (invalid-output retries come on top); output at max_tokens is an upper bound"
+            + ("; batch mode: priced at the Batch API's half rate" if sp.mode == "batch" and price else "")
             + ("" if price else "; " + no_price_note(section, sp.model, sp.prices))
         ),
     }

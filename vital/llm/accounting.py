@@ -49,10 +49,22 @@ class Usage:
         }
 
 
+BATCH_DISCOUNT = 0.5  # the OpenAI (and Azure) Batch API bills input and output at half the online rate
+
+
 def estimate_cost(price: Price | None, input_tokens: float, output_tokens: float) -> float | None:
     if price is None:
         return None
     return input_tokens / 1e6 * price.input_per_1m + output_tokens / 1e6 * price.output_per_1m
+
+
+def rate_for(price: Price | None, mode: str) -> Price | None:
+    """The price a request is billed at: ``prices`` list online rates; ``mode: batch`` pays half of them."""
+    if price is None or mode != "batch":
+        return price
+    return Price(
+        input_per_1m=price.input_per_1m * BATCH_DISCOUNT, output_per_1m=price.output_per_1m * BATCH_DISCOUNT
+    )
 
 
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})")
