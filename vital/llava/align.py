@@ -81,8 +81,13 @@ def _record_pretrained(
         "image-caption pairs); LLaVA-Med's stage 1 on the sampled biomedical figure captions is not run. "
         "Set align.steps > 0 to run it"
     )
+    from vital.hub import resolve
+
+    hub = resolve("align.model", ap.model, ap.model_revision)  # unknown or unreachable: one line, at once
     print(f"align: skipped: {reason}")
     record = {"backend": "pretrained", "model": ap.model, "aligned_here": False, "skipped": reason}
+    if hub.repo is not None:
+        record["hub"] = hub.record()
     write_json(out / "checkpoint.json", record)
     if metrics_path is not None:
         write_json(metrics_path, record)
@@ -110,11 +115,17 @@ def run(
     from vital.llava.conversation import Collator, ConversationDataset
     from vital.llava.trainer import LoopConfig, train
 
+    hub = None
     if ap.backend == "demo":
         model, processor = build_from_foundation(foundation_dir, ap)
     else:
-        model, processor = load_llava(ap.model)
+        from vital.hub import pinned
+
+        source, hub = pinned("align.model", ap.model, ap.model_revision)
+        model, processor = load_llava(source)
     metrics: dict[str, Any] = {"backend": ap.backend, "trainable": ap.trainable, "captions": str(figures)}
+    if hub is not None and hub.repo is not None:
+        metrics["hub"] = hub.record()
     if ap.steps > 0:
         data = ConversationDataset(
             caption_conversations(figures, ap.instructions, ap.seed),
