@@ -361,7 +361,13 @@ def dry_run(params: Params, paths: Paths) -> dict:
     missing = _missing_predictions(params, paths)
     sets = _load(params, paths, placeholder="x" * (4 * params.evaluate.max_new_tokens))
     if cp.backend == "heuristic":
-        return {"backend": "heuristic", "requests": 0, "estimated_cost_usd": 0.0, "note": "offline, no cost"}
+        return {
+            "stage": "chat_eval",
+            "backend": "heuristic",
+            "requests": 0,
+            "estimated_cost_usd": 0.0,
+            "note": "offline, no cost",
+        }
     runtime = EngineChatJudge(cp, paths).runtime
     cache = runtime.open_cache()
     recorder = _DryRun()

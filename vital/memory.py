@@ -192,7 +192,29 @@ def plan_training(
         examples=examples,
         steps=steps,
         tokens=tokens,
-        gpu_hours=round(seconds * gpus / 3600, 3),
+        gpu_hours=float(f"{seconds * gpus / 3600:.3g}"),
         memory_gib=round(mem["total"] / GIB, 2),
         memory_terms_gib=terms,
     )
+
+
+CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def checkpoint_params(spec: str, revision: str | None = None, root: Path = Path(".")) -> int:
+    """Parameters of an open_clip checkpoint (a local dir or ``hf-hub:<id>``) from its weight file's size at
+    4 bytes a parameter: the hub's file listing, no weights downloaded."""
+    local = root / ("models/foundation/clip" if spec == "foundation" else spec)
+    if not spec.startswith("hf-hub:") and not local.is_dir():
+        raise FileNotFoundError(f"{local}: no open_clip checkpoint there yet (a stage writes it, or a typo)")
+    if local.is_dir():
+        sizes = {f: (local / f).stat().st_size for f in CLIP_WEIGHT_FILES if (local / f).is_file()}
+    else:
+        from huggingface_hub import HfApi
+
+        repo = spec.removeprefix("hf-hub:")
+        info = HfApi().model_info(repo, revision=revision, files_metadata=True, timeout=10)
+        sizes = {s.rfilename: s.size for s in info.siblings or [] if s.rfilename in CLIP_WEIGHT_FILES}
+    if not sizes:
+        raise FileNotFoundError(f"{spec}: none of {', '.join(CLIP_WEIGHT_FILES)}")
+    return int(next(iter(sizes.values()))) // 4
