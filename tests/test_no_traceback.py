@@ -9,6 +9,7 @@ The inputs of each stage are the data deps ``vital dag`` finds for the profile's
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 from pathlib import Path
@@ -35,14 +36,24 @@ def server():
         yield s
 
 
-def _profile(name: str, base_url: str) -> dict:
+@functools.cache
+def _profile_text(name: str, base_url: str) -> str:
     if name == "demo":
-        return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+        return (REPO / "params.yaml").read_text(encoding="utf-8")
     p = yaml.safe_load((REPO / "params-paper.yaml").read_text(encoding="utf-8"))
     for section in ("generate", "judge", "chat_eval"):
         client = p.setdefault(section, {}).setdefault("client", {})
         client |= {"base_url": base_url, "timeout_s": 5, "max_retries": 0}
-    return p
+    return yaml.safe_dump(p)
+
+
+@functools.cache
+def _profile_params(name: str, base_url: str):
+    return parse_params(yaml.safe_load(_profile_text(name, base_url)))
+
+
+def _profile(name: str, base_url: str) -> dict:
+    return yaml.safe_load(_profile_text(name, base_url))
 
 
 def _options(name: str, params) -> dict:
@@ -62,7 +73,7 @@ def _inputs(name: str, params) -> list[str]:
 
 def _cases():
     for profile in ("demo", "paper"):
-        params = parse_params(_profile(profile, "http://127.0.0.1:9/v1"))
+        params = _profile_params(profile, "http://127.0.0.1:9/v1")
         for name in STAGES:
             for rel in _inputs(name, params):
                 for variant in ("missing", "empty", "unreadable"):
@@ -123,11 +134,11 @@ def _assert_one_line(name: str, code: int, err: str) -> None:
 @pytest.mark.parametrize("profile,name,rel,variant", list(_cases()))
 def test_every_stage_ends_in_one_line(offline_repo, server, capsys, profile, name, rel, variant):
     root = offline_repo
-    raw = _profile(profile, server.base_url)
     params_file = root / "params.yaml"
-    params_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    params_file.write_text(_profile_text(profile, server.base_url), encoding="utf-8")
     _make(root, rel, variant)
-    code, err = _run(root, name, params_file, _options(name, parse_params(raw)), capsys)
+    options = _options(name, _profile_params(profile, server.base_url))
+    code, err = _run(root, name, params_file, options, capsys)
     _assert_one_line(name, code, err)
 
 
