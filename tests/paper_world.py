@@ -279,6 +279,7 @@ def paper_params(root: Path, base_url: str, clip: str, llava: str) -> dict:
     p["sample"]["corpus"] = {
         "format": "vital"
     }  # corpus() writes vital's figure records with the images beside
+    p["fetch"] = {"enabled": False}  # the images are local here; tests/test_fetch_stage.py walks the fetch
     for stage in ("generate", "judge"):
         p[stage] |= {"mode": "online", "client": client}  # batch mode is tested in tests/test_llm_batch.py
     p["generate"] |= {"candidates": CANDIDATES, "demos_per_prompt": 1, "max_image_side": 64}

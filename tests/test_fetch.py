@@ -24,7 +24,6 @@ import pytest
 from PIL import Image
 
 from vital.fetch import FetchOptions, HostRateLimiter, fetch_images, read_url_records
-from vital.io import RecordError
 from vital.shards import open_image, read_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -304,8 +303,17 @@ def test_bad_input_names_the_line(tmp_path: Path):
     f.write_text(
         '{"pair_id": "a", "pmc_tar_url": "http://x/a.tar.gz", "image_file_path": "a/b.jpg"}\n{"pair_id": "b"}\n'
     )
-    with pytest.raises(RecordError, match=r"urls.jsonl:2: missing or empty pmc_tar_url, image_file_path"):
-        read_url_records(f)
+    figures, refused, lines = read_url_records(f)
+    assert [x.pair_id for x in figures] == ["a"] and lines == 2
+    assert refused == [
+        {
+            "pair_id": "b",
+            "url": None,
+            "where": f"{f}:2",
+            "reason": "missing_field",
+            "detail": "missing or empty pmc_tar_url, image_file_path",
+        }
+    ]
     with pytest.raises(ValueError, match="--shard-size"):
         fetch_images(f, tmp_path / "o", FetchOptions(shard_size=0))
     from vital.cli import main

@@ -37,6 +37,7 @@ ALL_STAGES = {
     "chat_eval",
     "align",
     "sample",
+    "fetch",
     "generate",
     "judge",
     "labels",

@@ -88,6 +88,11 @@ def test_embed_reads_figures_from_shards_with_the_same_features(tmp_path: Path):
         refs[f["pair_id"]] = f"shards/shard-00000.tar#{f['pair_id']}.png"
     w.commit()
     sharded.sample.write_text("".join(json.dumps({**f, "image": refs[f["pair_id"]]}) + "\n" for f in figs))
+    # generate copies each figure's image into its candidates: embed opens the one a candidate was made on
+    cands = [json.loads(x) for x in sharded.candidates.read_text().splitlines()]
+    sharded.candidates.write_text(
+        "".join(json.dumps({**c, "image": refs[c["pair_id"]]}) + "\n" for c in cands)
+    )
     m = run(EmbedParams(batch_size=4, text_mode="joint"), sharded)
     got = load_embeddings(sharded.embeddings)
     assert m["figures"] == 6 and m["dropped"] == 0

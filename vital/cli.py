@@ -128,13 +128,24 @@ def _fetch_images(args) -> int:
         timeout=args.timeout,
         max_side=args.max_side,
         verify=not args.no_verify,
+        max_package_bytes=int(args.max_package_mb * 2**20),
+        max_member_bytes=int(args.max_member_mb * 2**20),
+        max_pixels=args.max_pixels,
+        package_s=args.package_s,
     )
     try:
         summary = fetch_images(Path(args.urls), Path(args.out), opts)
-    except (RecordError, FileNotFoundError, ValueError) as e:
+    except (RecordError, FileNotFoundError, ValueError, OSError) as e:
         print(f"vital fetch-images: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
+    if not summary["fetched"]:
+        print(
+            f"vital fetch-images: fetched 0 of {summary['figures']} figures ({summary['lines_refused']} input "
+            f"lines refused); reasons in {Path(args.out) / 'report.jsonl'}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -150,6 +161,12 @@ def _add_fetch_images(sub) -> None:
     f.add_argument("--timeout", type=float, default=60.0, help="socket timeout in s (default: 60)")
     f.add_argument("--max-side", type=int, default=None, help="downscale figures to this longer side")
     f.add_argument("--no-verify", action="store_true", help="trust done shards' size, skip rehashing them")
+    f.add_argument(
+        "--max-package-mb", type=float, default=2048, help="bytes per package, MiB (default: 2048)"
+    )
+    f.add_argument("--max-member-mb", type=float, default=64, help="bytes per figure, MiB (default: 64)")
+    f.add_argument("--max-pixels", type=int, default=50_000_000, help="pixels per figure (default: 5e7)")
+    f.add_argument("--package-s", type=float, default=1800, help="seconds per package (default: 1800)")
     f.set_defaults(func=_fetch_images)
 
 

@@ -40,6 +40,7 @@ from vital.params import GenerateParams, Params
 from vital.paths import Paths
 from vital.registry import Backend, choose
 from vital.schema import Candidate, FigureRecord
+from vital.shards import index_refs
 
 FIGURES_PER_CHUNK = 128  # bounds memory: image data URLs of one chunk are held at once
 
@@ -57,14 +58,22 @@ class Result:
 
 
 # ---------------------------------------------------------------- inputs
-def load_figures(path: Path, corpus: Path, check_images: bool = True) -> tuple[list[FigureRecord], Drops]:
+def load_figures(
+    path: Path, corpus: Path, check_images: bool = True, fetched: dict[str, str] | None = None
+) -> tuple[list[FigureRecord], Drops]:
     """Sampled figures, and the ones skipped (counted by reason, listed with file:line or pair_id); record
-    problems never abort the stage."""
+    problems never abort the stage. ``fetched`` (the fetch stage's index, pair_id -> shard ref) replaces
+    each record's image; a figure not in it was not fetched (its reason is in the fetch's report)."""
     figures, drops = [], Drops()
     for _, rec in read_records(path, FigureRecord, drops.invalid("invalid_record")):
         if not rec.fig_caption.strip():
             drops.add("empty_caption", rec.pair_id)
             continue
+        if fetched is not None:
+            if rec.pair_id not in fetched:
+                drops.add("image_not_fetched", rec.pair_id, "see artifacts/figures/report.jsonl")
+                continue
+            rec = rec.model_copy(update={"image": fetched[rec.pair_id]})
         if check_images:
             try:
                 check_image(corpus / rec.image)
@@ -219,7 +228,8 @@ def run(params: Params, paths: Paths) -> dict:
     gp = params.generate
     backend = backend_for(params, paths)
     backend.preflight()  # config errors surface here, before any request
-    figures, drops = load_figures(paths.sample, paths.corpus, check_images=gp.backend == "template")
+    fetched = index_refs(paths.fetched / "index.parquet", paths.corpus) if params.fetch.enabled else None
+    figures, drops = load_figures(paths.sample, paths.corpus, gp.backend == "template", fetched)
     candidates, failures = [], []
     for res in backend.generate(figures):
         cid = f"{res.record.pair_id}#{res.k}"

@@ -120,6 +120,16 @@ def read_json(path: str | os.PathLike) -> Any:
         raise RecordError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+"""The mode a plain ``open(path, "w")`` would give (temporary files are created 0600: chmod before rename)."""
+
+
 class _atomic:
     def __init__(self, path: Path):
         self.path = path
@@ -132,6 +142,7 @@ class _atomic:
     def __exit__(self, exc_type, exc, tb):
         self.f.close()
         if exc_type is None:
+            os.chmod(self.tmp, FILE_MODE)
             os.replace(self.tmp, self.path)
         else:
             os.unlink(self.tmp)

@@ -157,7 +157,9 @@ def _pairs(cands: list[Candidate], figures: dict[str, FigureRecord], drops: Drop
     items = []
     for c in cands:
         if c.pair_id in figures:
-            items.append((c, figures[c.pair_id]))
+            fig = figures[c.pair_id]
+            # the image the candidate was generated on (the fetch stage's shard ref when the profile fetches)
+            items.append((c, fig if fig.image == c.image else fig.model_copy(update={"image": c.image})))
         else:
             drops.add("figure_not_in_sample", c.id, c.pair_id)
     return items

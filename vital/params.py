@@ -172,6 +172,39 @@ class SampleParams(Section):
         return self
 
 
+class FetchParams(Section):
+    """The fetch stage: the sampled figures' PMC packages -> shards + index (``artifacts/figures``).
+
+    Off in the demo (its images are local files; the stage then writes an empty index and reads nothing).
+    On, it downloads exactly the packages of ``artifacts/sample.jsonl`` (``pmc_tar_url`` and
+    ``image_file_path``, joined by ``sample.corpus.image_urls``), and every stage that opens figures reads
+    them through its index. Figures already extracted are kept in ``cache_dir`` (DVC deletes a stage's
+    outputs before it runs), so a killed or changed run downloads only what is missing."""
+
+    enabled: bool = Field(False, description="fetch the sampled figures (paper profile); off: no-op")
+    cache_dir: str = Field(".vital/fetch", description="extracted figures kept across runs (not an output)")
+    shard_size: int = Field(2000, ge=1, description="figures per shard")
+    workers: int = Field(8, ge=1, description="concurrent downloads")
+    rate: float = Field(3.0, gt=0, description="requests per second per host (redirect targets included)")
+    retries: int = Field(5, ge=0, description="retries on resets, timeouts, 5xx, 429")
+    backoff: float = Field(1.0, ge=0, description="first retry delay (s), doubled each retry")
+    timeout: float = Field(60.0, gt=0, description="socket timeout (s) of one read")
+    max_side: int | None = Field(
+        None, ge=8, description="downscale figures to this longer side; None: as served"
+    )
+    max_package_mb: float = Field(2048, gt=0, description="bytes per package (MiB), counted while streaming")
+    max_member_mb: float = Field(
+        64, gt=0, description="bytes per figure inside a package (MiB), from its header"
+    )
+    max_pixels: int = Field(
+        50_000_000, ge=1, description="pixels per figure, from its header, before decoding"
+    )
+    package_s: float = Field(1800, gt=0, description="seconds per package: download, retries, extraction")
+    max_failed_share: float = Field(
+        1.0, ge=0, le=1, description="fail the stage when more of the sample than this is not fetched"
+    )
+
+
 class ClientParams(Section):
     """How model-facing calls are made (shared by generate and judge)."""
 
@@ -595,6 +628,7 @@ class Params(Section):
     foundation: FoundationParams = Field(default_factory=FoundationParams)
     align: AlignParams = Field(default_factory=AlignParams)
     sample: SampleParams = Field(default_factory=SampleParams)
+    fetch: FetchParams = Field(default_factory=FetchParams)
     generate: GenerateParams = Field(default_factory=GenerateParams)
     judge: JudgeParams = Field(default_factory=JudgeParams)
     labels: LabelsParams = Field(default_factory=LabelsParams)
@@ -628,7 +662,27 @@ class Params(Section):
                     f"{s.name!r}: fine-tuning on it would train on the test questions"
                 )
         self._check_chat_eval(sorted(evaluated))
+        self._check_fetch()
         return self
+
+    def _check_fetch(self) -> None:
+        c = self.sample.corpus
+        if not self.fetch.enabled:
+            return
+        if not c.image_urls:
+            raise ValueError(
+                "fetch.enabled needs sample.corpus.image_urls (LLaVA-Med's llava_med_image_urls.jsonl): "
+                "the packages to fetch are joined onto the sample from it"
+            )
+        if c.shards:
+            raise ValueError(
+                "fetch.enabled and sample.corpus.shards both say where the images come from: set one "
+                "(shards: a corpus fetched beforehand with `vital fetch-images`)"
+            )
+        if c.check_images:
+            raise ValueError(
+                "fetch.enabled needs sample.corpus.check_images: false (the images are fetched after sample)"
+            )
 
     def _check_chat_eval(self, set_names: list[str]) -> None:
         unknown = [n for n in self.chat_eval.sets or [] if n not in set_names]

@@ -77,6 +77,11 @@ class Paths:
         return self.artifacts / "sample.jsonl"
 
     @property
+    def fetched(self) -> Path:
+        """The fetch stage's output: shards, ``index.parquet``, ``report.jsonl``, ``summary.json``."""
+        return self.artifacts / "figures"
+
+    @property
     def candidates(self) -> Path:
         return self.artifacts / "candidates.jsonl"
 

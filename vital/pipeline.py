@@ -40,7 +40,8 @@ class Stage:
     pipeline: str = "dvc.yaml"  # the dvc.yaml that declares it (bakeoff/dvc.yaml: the bakeoff's downstream)
 
 
-# the figures' images: data/corpus/images, or the fetched shards when sample.corpus.shards is set
+# the figures' images: data/corpus/images, the fetch stage's artifacts/figures when fetch.enabled, or the
+# shards fetched beforehand when sample.corpus.shards is set
 _IMAGES = "vital.sample:corpus_images"
 _SEED = Option("seed", int, "overrides the section's seed")
 
@@ -70,6 +71,13 @@ STAGES: dict[str, Stage] = {
             "sample",
             param_reads=("vital.sample:corpus_files",),
             doc="domain-stratified, seeded sample of figure records",
+        ),
+        Stage(
+            "fetch",
+            "vital.fetch:run_stage",
+            "fetch",
+            param_reads=("vital.fetch:stage_reads",),
+            doc="the sampled figures' PMC packages -> artifacts/figures (shards + index); off in the demo",
         ),
         Stage(
             "generate",

@@ -371,8 +371,11 @@ def corpus_files(p: Params, root: Path) -> list[str]:
 
 
 def corpus_images(p: Params, root: Path) -> list[str]:
-    """What stages that open the sampled figures read: the fetched shards when ``sample.corpus.shards``
-    is set (the index's folder), else the corpus' image folder."""
+    """What stages that open the sampled figures read: the fetch stage's output when ``fetch.enabled``,
+    the fetched shards when ``sample.corpus.shards`` is set (the index's folder), else the corpus' image
+    folder."""
+    if p.fetch.enabled:
+        return ["artifacts/figures"]
     shards = p.sample.corpus.shards
     return [repo_relative(str(Path(shards).parent), root) if shards else "data/corpus/images"]
 

@@ -28,6 +28,7 @@ from PIL import Image
 _REF = re.compile(r"^(?P<shard>.+\.tar)#(?P<member>[^#]+)$")
 _KEY_OK = re.compile(r"[^A-Za-z0-9_-]")
 _CACHE_SHARDS = 64  # member tables kept (a few thousand entries each)
+_KEY_MAX = 100  # characters of a pair_id kept in a key: file names (key + suffixes) stay under 255 bytes
 
 
 class ShardError(OSError):
@@ -51,10 +52,11 @@ def make_ref(shard: str | os.PathLike, member: str) -> str:
 
 def sample_key(pair_id: str) -> str:
     """A WebDataset key for ``pair_id``: no dots (WebDataset splits the extension at the first dot) and no
-    path characters; a pair_id that had to be changed gets a short digest so two ids never collide."""
+    path characters, at most ``_KEY_MAX`` characters of the id; a pair_id that had to be changed gets a short
+    digest so two ids never collide."""
     key = _KEY_OK.sub("_", pair_id)
-    if key != pair_id or not key:
-        key = f"{key}_{hashlib.sha256(pair_id.encode()).hexdigest()[:8]}"
+    if key != pair_id or not key or len(key) > _KEY_MAX:
+        key = f"{key[:_KEY_MAX]}_{hashlib.sha256(pair_id.encode()).hexdigest()[:8]}"
     return key
 
 
@@ -169,6 +171,7 @@ class ShardWriter:
         os.fsync(self._f.fileno())
         self._f.close()
         digest = file_sha256(self._tmp)
+        os.chmod(self._tmp, 0o666 & ~_umask())
         os.replace(self._tmp, self.path)
         return digest
 
@@ -176,6 +179,12 @@ class ShardWriter:
         self._tar.close()
         self._f.close()
         Path(self._tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -193,3 +202,19 @@ def read_index(path: str | os.PathLike) -> dict[str, str]:
 
     table = pq.read_table(path, columns=["pair_id", "ref"])
     return dict(zip(table.column("pair_id").to_pylist(), table.column("ref").to_pylist(), strict=True))
+
+
+def index_refs(index: str | os.PathLike, root: str | os.PathLike) -> dict[str, str]:
+    """``pair_id -> ref`` from a fetch index, the refs made relative to ``root`` (the corpus folder every
+    stage opens figures from), e.g. ``../../artifacts/figures/shard-00000.tar#<key>.jpg``."""
+    index = Path(index)
+    if not index.is_file():
+        raise ShardMissing(f"{index}: fetch index not found (run the fetch stage: dvc repro fetch)")
+    try:
+        refs = read_index(index)
+    except Exception as e:  # pyarrow's errors: not Parquet, no pair_id/ref columns
+        raise ShardError(f"{index}: not a fetch index ({type(e).__name__}: {e})") from None
+    base = os.path.relpath(index.resolve().parent.parent, Path(root).resolve())
+    if base == ".":
+        return refs
+    return {pid: f"{Path(base).as_posix()}/{ref}" for pid, ref in refs.items()}

@@ -27,7 +27,7 @@ from vital.labels import validate_preference
 from vital.paths import Paths
 from vital.schema import Candidate, FigureRecord
 from vital.seeding import rng_for, stable_seed
-from vital.shards import read_bytes, split_ref
+from vital.shards import index_refs, read_bytes, split_ref
 
 # matched in full (``re.fullmatch``): no newline slips past a ``$``, and no ".", ".." or "-x" file names
 ANNOTATOR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -117,12 +117,16 @@ def load_tasks(
     for c in _validated(paths.candidates, Candidate, "candidate"):
         by_figure[c.pair_id].append(c)
     tasks = []
+    # the fetch stage's index when the profile fetched the figures (the demo's is empty: local images)
+    index = paths.fetched / "index.parquet"
+    fetched = index_refs(index, paths.corpus) if index.is_file() else {}
     for fig in _validated(paths.sample, FigureRecord, "figure record"):
         cands = by_figure.get(fig.pair_id, [])
         if len(cands) < 2:
             continue
         shuffle = rng_for("annotate", seed, annotator, fig.pair_id).permutation(len(cands))
-        tasks.append(Task(fig.pair_id, fig.fig_caption, fig.image, tuple(cands[int(k)] for k in shuffle)))
+        image = fetched.get(fig.pair_id, fig.image)
+        tasks.append(Task(fig.pair_id, fig.fig_caption, image, tuple(cands[int(k)] for k in shuffle)))
     if not tasks:
         raise AnnotationError(
             f"{paths.sample}: no sampled figure has two or more candidates in {paths.candidates}"
@@ -349,6 +353,7 @@ class AnnotationSession:
         task = self._task(pair_id)
         file, member = split_ref(task.image)
         path = (self.paths.corpus / file).resolve()
-        if not path.is_relative_to(self.paths.corpus.resolve()):
+        fetched = self.paths.fetched.resolve()  # the fetch stage's shards
+        if not (path.is_relative_to(self.paths.corpus.resolve()) or path.is_relative_to(fetched)):
             raise AnnotationError(f"figure {pair_id}: image path {task.image!r} leaves the corpus folder")
         return read_bytes(task.image, self.paths.corpus), member or path.name

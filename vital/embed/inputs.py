@@ -44,7 +44,10 @@ def read_inputs(candidates_file: Path, sample_file: Path) -> EmbedInputs:
             continue
         seen.add(cand.id)
         out.candidates.append(cand)
-        out.figures.setdefault(cand.pair_id, sample[cand.pair_id])
+        fig = sample[cand.pair_id]  # with the image the candidate was generated on (a fetched shard ref)
+        out.figures.setdefault(
+            cand.pair_id, fig if fig.image == cand.image else fig.model_copy(update={"image": cand.image})
+        )
     if not out.candidates:
         raise RecordError(
             f"{candidates_file}: no usable candidates ({dict(out.drops.counts) or 'no problems recorded'}; "
