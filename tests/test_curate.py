@@ -140,3 +140,26 @@ def test_streamed_output_is_the_json_list_and_external_problems_name_their_line(
         w.startswith(f"{ext}:") for w in external
     )
     assert m["mixtures"]["mix"]["records"] == 25
+
+
+def test_every_curated_record_carries_its_article_and_license_counts_match(tmp_path: Path):
+    paths = make(tmp_path)
+    licenses = ["CC BY", "CC0", "CC BY-NC"]
+    sample = [
+        {"pair_id": f"F{f:02d}", "pmid": str(100 + f), "pmcid": f"PMC{200 + f}", "license": licenses[f % 3]}
+        for f in range(19)  # F19 is not in the sample: unknown
+    ]
+    write_jsonl(paths.sample, sample)
+    m = run(CurateParams(keep=[50, 100], mix={"both": ["top50", "random50"]}), paths)
+    for name in ("top50", "random50", "top100", "both"):
+        recs = load(paths, name)
+        for r in recs:
+            f = int(r["provenance"]["pair_id"][1:])
+            want = (str(100 + f), f"PMC{200 + f}", licenses[f % 3]) if f < 19 else (None, None, "unknown")
+            assert (r["pmid"], r["pmcid"], r["license"]) == want
+        counts = {}
+        for r in recs:
+            counts[r["license"]] = counts.get(r["license"], 0) + 1
+        section = m["mixtures"][name] if name == "both" else m["subsets"][name]
+        assert section["by_license"] == dict(sorted(counts.items())), name
+    assert m["subsets"]["top100"]["by_license"]["unknown"] == 1  # F19

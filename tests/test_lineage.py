@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -103,7 +104,7 @@ def test_log_tune_registers_model_with_input_digests(repo, monkeypatch):
     assert rec["version"] == "1"
     back = lineage.walk_back("vital-llava-test", rec["version"], root)
     assert back["run_id"] == rec["run_id"]
-    assert back["source"] == str((root / "models/tuned").resolve())
+    assert back["source"] == "models/tuned"  # relative to the repository
     assert back["params"]["lora.r"] == "4"
     assert back["tags"]["dvc.curated.artifacts/curated/top40.json"].startswith(curated_md5)
     assert back["tags"]["dvc.base.models/base"] == "base.dir (dvc.lock)"
@@ -163,7 +164,7 @@ def test_foundation_run_logs_its_model_in_a_pipeline_repo(tmp_path, monkeypatch)
     run(fp, Paths(repo))
     assert _registered(repo, "vital-foundation") == ["1"]
     back = lineage.walk_back("vital-foundation", 1, repo)
-    assert back["source"] == str((repo / "models" / "foundation").resolve())
+    assert back["source"] == "models/foundation"
     assert back["tags"]["vital.stage"] == "foundation"
     corpus = next(i for i in back["inputs"] if i["path"] == "data/corpus")
     assert corpus["role"] == "corpus" and corpus["md5"] == lineage.tree_md5(repo / "data" / "corpus")[:36]
@@ -187,7 +188,7 @@ def test_select_run_logs_its_model_with_pairs_labels_judgments(tmp_path, monkeyp
     assert {"embeddings", "pairs", "judgments", "labels"} <= set(roles)
     assert roles["pairs"]["md5"] == lineage.file_md5(paths.pairs) and roles["pairs"]["direct"] == "True"
     assert back["params"]["human_weight"] == "1.0"
-    assert back["source"] == str(paths.selector.resolve())
+    assert back["source"] == "models/selector"
 
 
 def test_inputs_name_the_default_remote_object(tmp_path):
@@ -203,3 +204,32 @@ def test_inputs_name_the_default_remote_object(tmp_path):
         "[core]\n    remote = demo\n['remote \"demo\"']\n    url = ../store\n"
     )
     assert lineage.default_remote(tmp_path) == str((tmp_path / "store").resolve())
+
+
+def test_each_tune_is_registered_on_its_own_by_subset_and_seed(repo, monkeypatch):
+    """Before: every tune registered as one `vital-llava`, so its latest version was whichever ran last."""
+    from vital import tune as tune_stage
+    from vital.params import Params
+    from vital.paths import Paths
+
+    root, _ = repo
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
+    (root / "artifacts" / "curated" / "random40.json").write_text("[]")
+
+    def fake_run(*, out, tp, **_):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return {"final_loss": 0.25 + tp.seed, "steps": 3}
+
+    monkeypatch.setattr(tune_stage.tune, "run", fake_run)
+    p = Params()
+    for subset, seed in [("top", 0), ("random", 1), ("top", 1)]:
+        tune_stage.run_stage(p, Paths(root), subset, seed)
+    for subset, seed in [("top", 0), ("random", 1), ("top", 1)]:
+        name, version = lineage.resolve_version(f"vital-llava-{subset}-s{seed}", root)
+        back = lineage.walk_back(name, version, root)
+        assert version == "1"
+        assert back["source"] == f"models/tuned/{subset}-s{seed}"  # relative to the repository
+        assert back["tags"]["vital.subset"] == subset and back["tags"]["vital.seed"] == str(seed)
+        assert back["params"]["seed"] == str(seed)
+    with pytest.raises(LookupError):
+        lineage.resolve_version("vital-llava", root)

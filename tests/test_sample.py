@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -187,7 +188,7 @@ def test_no_usable_record_writes_metrics_then_names_lines(tmp_path):
 def test_records_without_pmid_are_usable(tmp_path):
     records = [{k: v for k, v in r.items() if k != "pmid"} for r in _balanced(2)]
     recs, result = _run(tmp_path, _corpus(tmp_path / "c", records), SampleParams(per_domain=2))
-    assert result["sampled"] == 10 and result["dropped"] == 0 and "pmid" not in recs[0]
+    assert result["sampled"] == 10 and result["dropped"] == 0 and recs[0]["pmid"] is None
 
 
 def test_first_record_of_a_pair_id_wins_even_when_invalid_or_in_another_domain(tmp_path):
@@ -205,7 +206,8 @@ def test_first_record_of_a_pair_id_wins_even_when_invalid_or_in_another_domain(t
     assert [d["where"] for d in dups] == [f"{figures}:17", f"{figures}:18"]
     assert {d["pair_id"] for d in dups} == {"PMC1900_F1", records[1]["pair_id"]}
     assert result["per_domain"]["gross"] == {"available": 3, "sampled": 3}  # the copy is not counted
-    assert next(r for r in recs if r["pair_id"] == records[1]["pair_id"]) == records[1]
+    kept = next(r for r in recs if r["pair_id"] == records[1]["pair_id"])
+    assert kept == {**records[1], "pmcid": "PMC1001", "license": "unknown"}
 
 
 def test_diversity_step_draws_across_clusters(tmp_path):
@@ -224,3 +226,62 @@ def test_diversity_step_draws_across_clusters(tmp_path):
     assert len(recs2) == 4 and sum("brain" in r["fig_caption"] for r in recs2) >= 1
     again, _ = _run(tmp_path, figures, div, "c")
     assert again == recs2
+
+
+OA_HEADER = "File,Article Citation,Accession ID,Last Updated (YYYY-MM-DD HH:MM:SS),PMID,License\n"
+
+
+def _oa_list(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """PMC's oa_file_list.csv layout: (PMCID, PMID, License) per article."""
+    lines = [
+        f'oa_package/00/0{i}/{pmcid}.tar.gz,"J Test. 2001; 3(1):{i}",{pmcid},2019-11-05 11:56:12,{pmid},{lic}\n'
+        for i, (pmcid, pmid, lic) in enumerate(rows)
+    ]
+    path.write_text(OA_HEADER + "".join(lines))
+    return path
+
+
+def test_every_record_gets_pmid_pmcid_and_license_from_the_oa_file_list(tmp_path):
+    records = _balanced(2)  # pair_ids PMC1000_F1.. name their article; pmids "0".."9"
+    records[0]["license"] = "CC BY-SA"  # a record's own license wins
+    records[1].pop("pmid")  # found by PMCID in the list
+    figures = _corpus(tmp_path / "c", records)
+    rows = [(f"PMC{1000 + i}", str(i), "CC BY" if i % 3 else "CC BY-NC") for i in range(10)]
+    rows[2] = ("PMC1002", "2", "")  # listed without a license
+    oa = _oa_list(tmp_path / "oa_file_list.csv", [rows[-1], *rows[:-1]])  # not sorted
+    cfg = SampleParams(per_domain=2, corpus={"oa_file_list": str(oa)})
+    recs, result = _run(tmp_path, figures, cfg)
+    got = {r["pair_id"]: (r["pmid"], r["pmcid"], r["license"]) for r in recs}
+    assert got["PMC1000_F1"] == ("0", "PMC1000", "CC BY-SA")
+    assert got["PMC1001_F1"] == ("1", "PMC1001", "CC BY")
+    assert got["PMC1002_F1"] == ("2", "PMC1002", "unknown")
+    assert got["PMC1003_F1"] == ("3", "PMC1003", "CC BY-NC")
+    assert result["by_license"] == dict(sorted(Counter(r["license"] for r in recs).items()))
+    assert sum(result["by_license"].values()) == len(recs) == 10
+
+
+def test_sample_licenses_keeps_only_what_the_lab_allows(tmp_path):
+    records = _balanced(4)
+    figures = _corpus(tmp_path / "c", records)
+    rows = [(f"PMC{1000 + i}", str(i), "CC0" if (i // 10) % 2 == 0 else "CC BY-NC") for i in range(40)]
+    oa = _oa_list(tmp_path / "oa_file_list.csv", rows)
+    cfg = SampleParams(per_domain=4, licenses=["CC0", "CC BY"], corpus={"oa_file_list": str(oa)})
+    recs, result = _run(tmp_path, figures, cfg)
+    assert {r["license"] for r in recs} == {"CC0"} and len(recs) == 10
+    assert result["dropped_by_reason"] == {"license_not_allowed": 10}
+    assert result["by_license"] == {"CC0": 10}
+    reasons = {x["detail"] for x in result["dropped_examples"] if x["reason"] == "license_not_allowed"}
+    assert reasons == {"'CC BY-NC'"}
+    # without the list every license is unknown: not allowed unless the lab lists "unknown"
+    with pytest.raises(RecordError):
+        _run(tmp_path, figures, SampleParams(per_domain=4, licenses=["CC0"]), "b")
+    recs, _ = _run(tmp_path, figures, SampleParams(per_domain=4, licenses=["unknown"]), "c")
+    assert len(recs) == 20
+
+
+def test_a_file_that_is_not_the_oa_file_list_names_itself(tmp_path):
+    bad = tmp_path / "oa.csv"
+    bad.write_text("a,b\n1,2\n")
+    cfg = SampleParams(per_domain=2, corpus={"oa_file_list": str(bad)})
+    with pytest.raises(RecordError, match=r"oa\.csv:1: not PMC's OA file list"):
+        _run(tmp_path, _corpus(tmp_path / "c", _balanced(2)), cfg)

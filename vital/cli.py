@@ -10,7 +10,8 @@ vital plan                 what `dvc repro` would send and train: requests, toke
 vital annotate --annotator dr_smith   rank candidates in the browser into data/labels/dr_smith.jsonl
 vital fetch-images URLS.jsonl --out data/corpus/shards   PMC OA packages -> figure shards + index
 vital report --base origin/main --md  a pull-request report: params, metrics, selection/VQA deltas, curves
-vital lineage vital-llava@3           the chain behind a registered model, with digests and workspace drift
+vital lineage vital-llava-top-s0@3    the chain behind a registered model, with digests and workspace drift
+vital export artifacts/curated/top40.json --format llava --out release/llava   (or --format hf)
 vital pretrain [--write]   retrain the demo's foundation + base from scratch; compare with data/pretrained
 """
 
@@ -168,6 +169,43 @@ def _add_fetch_images(sub) -> None:
     f.add_argument("--max-pixels", type=int, default=50_000_000, help="pixels per figure (default: 5e7)")
     f.add_argument("--package-s", type=float, default=1800, help="seconds per package (default: 1800)")
     f.set_defaults(func=_fetch_images)
+
+
+def _export(args) -> int:
+    from vital.export import export, provenance_of, selection_of
+    from vital.failures import StageFailed
+    from vital.io import RecordError
+
+    curated, paths = Path(args.curated), Paths()
+    card: dict = {"pretty_name": args.name or f"vital {curated.stem}"}
+    if Path(args.params).is_file():  # the card states how the set was selected, when the pipeline says
+        params = load_params(args.params)
+        card |= {"selection": selection_of(params, curated.stem)} if curated.is_file() else {}
+        card |= {"provenance": provenance_of(params, curated, paths.root)} if curated.is_file() else {}
+    try:
+        result = export(curated, args.format, Path(args.out), Path(args.image_root), card, args.shard_rows)
+    except (RecordError, StageFailed, FileNotFoundError) as e:
+        print(f"vital export: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_export(sub) -> None:
+    e = sub.add_parser("export", help="a curated set as LLaVA JSON + images, or a Hugging Face dataset")
+    e.add_argument(
+        "curated", help="curated set (JSON list of LLaVA records), e.g. artifacts/curated/top40.json"
+    )
+    e.add_argument("--format", choices=("llava", "hf"), required=True)
+    e.add_argument("--out", required=True, help="output folder (replaced)")
+    e.add_argument(
+        "--image-root",
+        default="data/corpus",
+        help="folder the records' image paths and shard refs are relative to (default: data/corpus)",
+    )
+    e.add_argument("--shard-rows", type=int, default=5000, help="rows per Parquet shard (hf; default: 5000)")
+    e.add_argument("--name", default=None, help="the dataset card's title (hf)")
+    e.set_defaults(func=_export)
 
 
 def _pretrain(args) -> int:
@@ -352,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true")
         p.set_defaults(func=_dry_run(name))
     _add_fetch_images(sub)
+    _add_export(sub)
     _add_pretrain(sub)
     _add_plan(sub)
     return parser

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from vital.corpus import Malformed, reader
 from vital.drops import Drops
 from vital.io import RecordError, _atomic, read_jsonl, write_json
+from vital.licenses import PROVENANCE_FIELDS, UNKNOWN, license_counts
 from vital.params import CurateParams, Params
 from vital.paths import Paths, repo_relative
 from vital.schema import DOMAINS, Candidate
@@ -154,10 +155,34 @@ def _neg(s: str) -> tuple[int, ...]:
     return tuple(-ord(ch) for ch in s)
 
 
-def record(c: Candidate, score: float | None) -> dict[str, Any]:
-    """LLaVA conversation JSON plus score (None for the random baseline) and provenance."""
+def read_provenance(path: Path, pair_ids: set[str]) -> dict[str, dict[str, str | None]]:
+    """``pair_id -> {pmid, pmcid, license}`` of the sampled figures (``artifacts/sample.jsonl``) that have
+    candidates; an empty dict when there is no sample (then every record's license is ``unknown``)."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for raw in read_jsonl(path):
+        pid = raw.get("pair_id")
+        if pid in pair_ids:
+            out[pid] = {k: raw.get(k) for k in PROVENANCE_FIELDS}
+    return out
+
+
+def _article(prov: dict[str, dict[str, str | None]], pair_id: str) -> dict[str, str | None]:
+    found = prov.get(pair_id) or {}
+    return {
+        "pmid": found.get("pmid"),
+        "pmcid": found.get("pmcid"),
+        "license": found.get("license") or UNKNOWN,
+    }
+
+
+def record(c: Candidate, score: float | None, article: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """LLaVA conversation JSON plus score (None for the random baseline), the figure's article
+    (``pmid``, ``pmcid``, ``license``) and provenance."""
     return {
         **c.llava(),
+        **(article or {"pmid": None, "pmcid": None, "license": UNKNOWN}),
         "domain": c.domain,
         "score": None if score is None else round(score, 6),
         "provenance": {"pair_id": c.pair_id, "candidate": c.id, "generator": c.generator},
@@ -255,6 +280,7 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
         raise RecordError(f"{paths.scores}: no candidate of {paths.candidates} has a score")
     shuffled = [(c, None) for c in baseline_pool(cands, scores, cp.policy, cp.seed)]
     n_candidates = len(cands)
+    prov = read_provenance(paths.sample, {c.pair_id for c in cands})
     del cands
     source = CandidateFile(paths.candidates)
     sources: dict[str, list[tuple[CandidateRef, float | None]]] = {}
@@ -263,7 +289,7 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
 
     def records(name: str) -> Iterator[dict[str, Any]]:
         for ref, score in sources[name]:
-            yield record(source.get(ref), score)
+            yield record(source.get(ref), score, _article(prov, ref.pair_id))
 
     try:
         for keep in sorted(set(cp.keep)):
@@ -275,6 +301,7 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
                     "records": n,
                     "mean_score": round(sum(scores[c.id] for c, _ in chosen) / n, 4),
                     "by_domain": dict(sorted(Counter(c.domain for c, _ in chosen).items())),
+                    "by_license": license_counts(_article(prov, c.pair_id) for c, _ in chosen),
                 }
         for name in sources:
             write_json_list(paths.curated / f"{name}.json", records(name))
@@ -293,12 +320,24 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
                 )
             by_part: dict[str, int] = {}
             domains: Counter = Counter()
+            licenses: Counter = Counter()
             subsets = {k: (lambda k=k: records(k)) for k in sources}
+
+            def counted(recs: Iterator[dict[str, Any]], licenses: Counter = licenses):
+                for r in recs:
+                    licenses.update(license_counts([r]))
+                    yield r
+
             n = write_json_list(
                 paths.curated / f"{name}.json",
-                mixture_records(name, parts, subsets, problems, by_part, domains),
+                counted(mixture_records(name, parts, subsets, problems, by_part, domains)),
             )
-            mixtures[name] = {"records": n, "by_part": by_part, "by_domain": dict(sorted(domains.items()))}
+            mixtures[name] = {
+                "records": n,
+                "by_part": by_part,
+                "by_domain": dict(sorted(domains.items())),
+                "by_license": dict(sorted(licenses.items())),
+            }
     finally:
         source.close()
     metrics = {
@@ -306,6 +345,7 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
         "candidates": n_candidates,
         "pool": len(ranked),
         "pool_by_domain": dict(sorted(Counter(c.domain for c, _ in ranked).items())),
+        "licenses_from": str(paths.sample) if prov else "none (no sample: every license unknown)",
         "subsets": report,
         "mixtures": mixtures,
         **problems.metrics(),

@@ -271,7 +271,8 @@ def log_tune(
             client.create_registered_model(mp.registered_model)
         version = client.create_model_version(
             mp.registered_model,
-            source=str(Path(model_dir).resolve()),
+            # relative to the repository (as dvc.lock names it), so a clone elsewhere still finds it
+            source=_norm(Path(model_dir).resolve(), root),
             run_id=run.info.run_id,
             tags={k[:250]: v[:5000] for k, v in tags.items()},
         )

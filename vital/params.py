@@ -136,6 +136,11 @@ class CorpusParams(Section):
         description="index.parquet of a `vital fetch-images` run: each record's image becomes its shard "
         "ref (by pair_id); a record not in the index is skipped as image_not_fetched",
     )
+    oa_file_list: str | None = Field(
+        None,
+        description="PMC's oa_file_list.csv: each record's license (and PMID) by its PMCID or PMID, where the "
+        "record carries none; 'unknown' when found nowhere",
+    )
 
 
 class DiversityParams(Section):
@@ -157,6 +162,11 @@ class SampleParams(Section):
     seed: int = 0
     corpus: CorpusParams = Field(default_factory=CorpusParams)
     diversity: DiversityParams = Field(default_factory=DiversityParams)
+    licenses: list[str] | None = Field(
+        None,
+        description="licenses the lab allows (e.g. ['CC0', 'CC BY']); any other record is skipped as "
+        "license_not_allowed; null = keep every license, 'unknown' included",
+    )
 
     @model_validator(mode="after")
     def _known_domains(self):
@@ -615,6 +625,20 @@ class ChatEvalParams(Section):
         return v
 
 
+class ExportParams(Section):
+    """The release: curated subsets exported as LLaVA JSON + loose images and as a Hugging Face dataset."""
+
+    subsets: list[str] = Field(
+        default_factory=lambda: ["top40"],
+        description="curated sets to release: <top|random><curate.keep> or a curate.mix name",
+    )
+    formats: list[Literal["llava", "hf"]] = Field(
+        default_factory=lambda: ["llava", "hf"],
+        description="llava: <name>.json + images/ (LLaVA-Med's loader); hf: Parquet shards + dataset card",
+    )
+    shard_rows: int = Field(5000, ge=1, description="rows per Parquet shard of the hf format")
+
+
 class MlflowParams(Section):
     experiment: str = "vital"
     registered_model: str = "vital-llava"
@@ -641,6 +665,7 @@ class Params(Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     chat_eval: ChatEvalParams = Field(default_factory=ChatEvalParams)
+    export: ExportParams = Field(default_factory=ExportParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
 
     @model_validator(mode="after")
@@ -663,6 +688,12 @@ class Params(Section):
                 )
         self._check_chat_eval(sorted(evaluated))
         self._check_fetch()
+        curated = [f"{kind}{k}" for k in self.curate.keep for kind in ("top", "random")] + list(
+            self.curate.mix
+        )
+        unknown = [n for n in self.export.subsets if n not in curated]
+        if unknown:
+            raise ValueError(f"export.subsets: {unknown} are not curated sets {curated}")
         return self
 
     def _check_fetch(self) -> None:

@@ -145,9 +145,16 @@ STAGES: dict[str, Stage] = {
             "curate",
             "vital.curate:run_stage",
             "curate",
-            reads=("artifacts/scores.jsonl", "artifacts/candidates.jsonl"),
+            reads=("artifacts/scores.jsonl", "artifacts/candidates.jsonl", "artifacts/sample.jsonl"),
             param_reads=("vital.curate:mix_files",),
             doc="top-k% subsets, same-size random baselines, mixtures",
+        ),
+        Stage(
+            "export",
+            "vital.export:run_stage",
+            "export",
+            param_reads=("vital.export:curated_files", _IMAGES),
+            doc="the release: curated subsets as LLaVA JSON + images and as a Hugging Face dataset with a card",
         ),
         Stage(
             "bakeoff",

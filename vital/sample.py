@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from vital.corpus import Malformed, reader
 from vital.drops import Drops
 from vital.io import RecordError, write_json, write_jsonl
+from vital.licenses import OaFileList, license_counts, provenance, read_oa_file_list
 from vital.params import Params, SampleParams
 from vital.paths import Paths, repo_relative
 from vital.progress import progress
@@ -104,8 +105,8 @@ def _key_fn(seed: int):
 class _Pass:
     """One pass over the corpus: counts, problems, and per domain the records with the smallest keys."""
 
-    def __init__(self, cfg: SampleParams, capacity: int):
-        self.cfg, self.capacity = cfg, capacity
+    def __init__(self, cfg: SampleParams, capacity: int, oa: OaFileList | None = None):
+        self.cfg, self.capacity, self.oa = cfg, capacity, oa
         self.problems = Drops()
         self.available: Counter[str] = Counter()
         self.not_selected: Counter[str] = Counter()
@@ -160,6 +161,10 @@ class _Pass:
             if reason:
                 self.problems.add(reason, where, detail, pair_id=pid if isinstance(pid, str) else None)
                 continue
+            raw = {**raw, **provenance(raw, self.oa)}
+            if not license_allowed(raw, cfg):
+                self.problems.add("license_not_allowed", where, f"{raw['license']!r}", pair_id=pid)
+                continue
             if domain not in self.heaps:
                 self.not_selected[domain] += 1
                 continue
@@ -175,6 +180,10 @@ class _Pass:
         keys = np.frombuffer(self.keys, dtype=np.uint64) if len(self.keys) else np.zeros(0, np.uint64)
         keys = np.sort(keys)
         return {int(k) for k in keys[1:][keys[1:] == keys[:-1]]}
+
+
+def license_allowed(record: dict, cfg: SampleParams) -> bool:
+    return cfg.licenses is None or record.get("license") in cfg.licenses
 
 
 def _hashed_words(text: str, n: int) -> np.ndarray:
@@ -259,6 +268,25 @@ def join_image_urls(records: list[dict], path: Path, problems: Drops) -> dict[st
     return {"joined": len(done), "without_url": len(wanted) - len(done)}
 
 
+def _relicense(records: list[dict], oa: OaFileList | None, cfg: SampleParams, problems: Drops) -> list[dict]:
+    """After the image-URL join a record may name its PMCID (the OA package URL): fill what was missing;
+    one whose license is now known and not allowed is dropped (the sample is then that much smaller)."""
+    kept = []
+    for rec in records:
+        if rec.get("pmcid") is None or rec.get("license") == "unknown":
+            found = provenance(
+                {**rec, "license": None if rec.get("license") == "unknown" else rec["license"]}, oa
+            )
+            rec.update(found)
+            if not license_allowed(rec, cfg):
+                problems.add(
+                    "license_not_allowed", rec["pair_id"], f"{rec['license']!r}", pair_id=rec["pair_id"]
+                )
+                continue
+        kept.append(rec)
+    return kept
+
+
 def shard_refs(index: Path, root: Path) -> dict[str, str]:
     """``pair_id -> shard ref`` from a fetch's ``index.parquet``, the refs made relative to ``root`` (the
     corpus folder every stage opens images from); the index's refs are relative to its folder's parent."""
@@ -298,9 +326,10 @@ def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict
         )
     root = path if path.is_dir() else path.parent
     refs = shard_refs(Path(cfg.corpus.shards), root) if cfg.corpus.shards else None
+    oa = read_oa_file_list(cfg.corpus.oa_file_list) if cfg.corpus.oa_file_list else None
     fmt = reader(cfg.corpus.format)
     capacity = cfg.per_domain * (cfg.diversity.pool_factor if cfg.diversity.clusters else 1)
-    p = _Pass(cfg, capacity)
+    p = _Pass(cfg, capacity, oa)
     pair_ids = fmt.pair_ids(path) if fmt.pair_ids else None
     if pair_ids is not None:  # the pair_id column first (cheap), then one full pass that knows the repeats
         p.collect_keys(pair_ids)
@@ -311,7 +340,7 @@ def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict
         p.run(fmt.read(path, images=cfg.corpus.images), root, shard_refs=refs)
         repeated = p.repeated_keys()
         if repeated:  # read again, skipping every copy after the first
-            p = _Pass(cfg, capacity)
+            p = _Pass(cfg, capacity, oa)
             p.run(fmt.read(path, images=cfg.corpus.images), root, suspects=repeated, shard_refs=refs)
     chosen = {}
     for d, heap in p.heaps.items():
@@ -330,6 +359,9 @@ def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict
     }
     if records and cfg.corpus.image_urls:
         result["image_urls"] = join_image_urls(records, Path(cfg.corpus.image_urls), p.problems)
+        records = _relicense(records, oa, cfg, p.problems)
+        result["sampled"] = len(records)
+    result["by_license"] = license_counts(records)
     result |= {
         **p.problems.metrics(),
         "wall_s": round(time.perf_counter() - start, 3),
@@ -360,7 +392,7 @@ def corpus_files(p: Params, root: Path) -> list[str]:
     whose thumbnails the diversity step clusters."""
     c = p.sample.corpus
     index = c.path or "data/corpus/figures.jsonl"
-    files = [index, *([c.image_urls] if c.image_urls else [])]
+    files = [index, *([c.image_urls] if c.image_urls else []), *([c.oa_file_list] if c.oa_file_list else [])]
     if c.shards:
         files.append(c.shards)
         if c.check_images:

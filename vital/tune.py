@@ -41,10 +41,23 @@ def run_stage(p: Params, paths: Paths, subset: str, seed: int | None = None) -> 
     if p.mlflow.enabled and tune.is_main_process():
         inputs = {"base": tp.base, "curated": data, "images": paths.corpus / "images"}
         run_name = f"models/tuned/{name}"
-        lineage.log_tune(
-            tp.model_dump(), metrics, inputs, out, p.mlflow, paths.root, run_name=run_name, tags=hub_tags(hub)
+        # one registered model per subset and seed, so each tune is addressable on its own
+        mp = p.mlflow.model_copy(
+            update={"registered_model": registered_name(p.mlflow.registered_model, name)}
         )
+        tags = {
+            "vital.subset": subset,
+            "vital.seed": str(tp.seed),
+            "vital.keep": str(tp.keep),
+            **hub_tags(hub),
+        }
+        lineage.log_tune(tp.model_dump(), metrics, inputs, out, mp, paths.root, run_name=run_name, tags=tags)
     return metrics
+
+
+def registered_name(prefix: str, model: str) -> str:
+    """The MLflow registered model of one tune: ``vital-llava-top-s0`` for ``models/tuned/top-s0``."""
+    return f"{prefix}-{model}"
 
 
 def base_model(p: Params, root: Path) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -65,6 +66,15 @@ class LoopResult:
     def final_loss(self) -> float:
         tail = [v for _, v in self.losses[-10:]]
         return sum(tail) / len(tail) if tail else float("nan")
+
+
+def cpu_launch() -> bool:
+    """Whether this is one of several processes (``accelerate launch``/torchrun) on a machine without CUDA.
+
+    accelerate must then be told ``cpu=True`` to join the processes over gloo; otherwise each process
+    trains alone on the whole data and every one of them writes the outputs.
+    """
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def micro_batches(n: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
@@ -174,7 +184,9 @@ def train(
     The model comes back as ``accelerator.prepare`` wrapped it (DDP/DeepSpeed engine); pass it to
     ``accelerator.get_state_dict`` to gather full weights, or ``accelerator.unwrap_model`` it.
     """
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cpu_launch()
+    )
     set_seed(cfg.seed)
     batches, total_steps = plan_steps(len(dataset), cfg, accelerator.num_processes)
     # A private generator: starting an iterator must not draw from the global RNG (dropout's), or a

@@ -24,7 +24,7 @@ from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
 from vital.io import RecordError, read_json, write_curve, write_json
 from vital.llava.build import load_llava
 from vital.llava.conversation import Collator, ConversationDataset
-from vital.llava.trainer import LoopConfig, LoopResult, train
+from vital.llava.trainer import LoopConfig, LoopResult, cpu_launch, train
 from vital.params import ParamsError, TrainParams
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -165,7 +165,7 @@ def is_main_process() -> bool:
     """True on the process that should write shared outputs (always, without ``accelerate launch``)."""
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return PartialState(cpu=cpu_launch()).is_main_process
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
