@@ -162,7 +162,8 @@ def _paid_world(root: Path, base_url: str, cache_dir: str) -> Path:
     ]
     paper_world._jsonl(root / "artifacts" / "candidates.jsonl", cands)
     raw = _profile("paper", base_url)
-    raw["sample"]["corpus"] = {"format": "vital"}
+    raw["sample"]["corpus"] = {"format": "vital"}  # the images are local: no fetch
+    raw["fetch"] = {"enabled": False}
     for section in ("generate", "judge"):
         raw[section] |= {"mode": "online"}
         raw[section]["client"]["cache_dir"] = cache_dir
