@@ -93,10 +93,15 @@ def test_caption_conversations_pick_instructions_deterministically(world):
     assert a[0]["conversations"][1]["value"].startswith("Axial CT")
 
 
-def test_pretrained_base_with_no_steps_is_recorded_not_copied(tmp_path):
+def test_pretrained_base_with_no_steps_is_recorded_not_copied(tmp_path, monkeypatch):
+    from vital import hub
     from vital.llava import align
     from vital.params import AlignParams
 
+    commit = "f" * 40  # the hub's answer (tests/test_hub.py resolves against a stand-in hub server)
+    monkeypatch.setattr(
+        hub, "resolve", lambda param, spec, rev, root=None: hub.Resolved(param, spec, spec, rev, commit)
+    )
     out = tmp_path / "models" / "base"
     rec = align.run(
         foundation_dir=tmp_path / "unused",
@@ -110,6 +115,13 @@ def test_pretrained_base_with_no_steps_is_recorded_not_copied(tmp_path):
     assert rec["model"] == "llava-hf/llava-1.5-13b-hf"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.json"]
     assert "align.steps is 0" in rec["skipped"]  # the skip and its reason are recorded
+    assert rec["hub"] == {
+        "param": "align.model",
+        "spec": "llava-hf/llava-1.5-13b-hf",
+        "repo": "llava-hf/llava-1.5-13b-hf",
+        "revision": None,
+        "commit": commit,
+    }
 
 
 def test_pretrained_base_with_steps_aligns_on_the_sampled_figures_not_the_corpus(world, tmp_path):
