@@ -8,7 +8,8 @@ bash process from an empty folder, against local stand-ins for what a lab reache
   checkpoint, and ``params.yaml``: the values a lab edits (endpoint, checkpoints, sizes cut to seconds);
 - an OpenAI-compatible server on 127.0.0.1 (tests/openai_server.py), its URL in those params.
 
-A doc edit that breaks the walk fails here. The install block is ``console`` (no network here): the commands run
+Clinician labels come both ways the doc describes: rankings posted to a running ``vital annotate`` (dr_b) and
+a hand-written label file (dr_a). A doc edit that breaks the walk fails here. The install block is ``console`` (no network here): the commands run
 with this project's environment, the clone's code first on PYTHONPATH.
 """
 
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -102,6 +104,12 @@ def _standins(out: Path, pmc: PMC, base_url: str) -> Path:
     return out
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def pmc_server():
     p = PMC()
@@ -138,6 +146,7 @@ def test_docs_paper_md_walks_from_an_empty_folder_to_the_curated_set(tmp_path, p
             "GIT_COMMITTER_EMAIL": "lab@example.org",
             "MLFLOW_TRACKING_URI": f"sqlite:///{walk / 'lab' / 'mlflow.db'}",
             "VITAL_FORBID_IMPORTS": "vital.demo,vital.world",  # the paper profile runs no demo code
+            "ANNOTATE_PORT": str(_free_port()),
         }
         r = subprocess.run(
             ["bash", "-c", script], cwd=walk, env=env, capture_output=True, text=True, timeout=1500
@@ -155,7 +164,10 @@ def test_docs_paper_md_walks_from_an_empty_folder_to_the_curated_set(tmp_path, p
     gen = json.loads((lab / "metrics" / "generate.json").read_text())
     assert gen["candidates"] == n * paper_world.CANDIDATES and len(chats) >= gen["requests_sent"] > 0
     labels = json.loads((lab / "metrics" / "labels.json").read_text())
-    assert labels["backend"] == "files" and labels["labels"] == n
+    assert labels["backend"] == "files" and labels["labels"] == 2 * n, (
+        labels
+    )  # dr_b by the server, dr_a by hand
+    assert len((lab / "data" / "labels" / "dr_b.jsonl").read_text().splitlines()) == n
     top = json.loads((lab / "artifacts" / "curated" / "top40.json").read_text())
     assert top and (lab / "release" / "llava").is_dir()
     assert "Traceback" not in r.stderr
