@@ -123,7 +123,7 @@ def pmc_server():
 
 
 @pytest.mark.slow
-def test_docs_paper_md_walks_from_an_empty_folder_to_the_curated_set(tmp_path, pmc_server):
+def test_docs_paper_md_walks_from_an_empty_folder_to_the_evaluated_models(tmp_path, pmc_server):
     walk = tmp_path / "walk"
     walk.mkdir()
     script = "set -euo pipefail\n" + "".join(
@@ -170,4 +170,8 @@ def test_docs_paper_md_walks_from_an_empty_folder_to_the_curated_set(tmp_path, p
     assert len((lab / "data" / "labels" / "dr_b.jsonl").read_text().splitlines()) == n
     top = json.loads((lab / "artifacts" / "curated" / "top40.json").read_text())
     assert top and (lab / "release" / "llava").is_dir()
+    chat = json.loads((lab / "metrics" / "chat_eval.json").read_text())
+    assert set(chat) >= {
+        "llava_med_chat"
+    }  # tuned, evaluated and judged: the walk reaches the end of the paper
     assert "Traceback" not in r.stderr
