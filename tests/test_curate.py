@@ -174,6 +174,7 @@ def test_all_policy_ranks_every_candidate_globally_as_the_reference_does(tmp_pat
     top = [r["id"] for r in load(paths, "top10")]
     assert top == expected and len({c.split("#")[0] for c in top}) < len(top)
 
+
 def test_top_share_is_the_rounded_percentage_and_never_empty():
     """curate's top-k% and every bakeoff subset are cut by this one function."""
     ranked = list(range(7))

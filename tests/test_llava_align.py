@@ -93,10 +93,15 @@ def test_caption_conversations_pick_instructions_deterministically(world):
     assert a[0]["conversations"][1]["value"].startswith("Axial CT")
 
 
-def test_pretrained_base_with_no_steps_is_recorded_not_copied(tmp_path):
+def test_pretrained_base_with_no_steps_is_recorded_not_copied(tmp_path, monkeypatch):
+    from vital import hub
     from vital.llava import align
     from vital.params import AlignParams
 
+    commit = "f" * 40  # the hub's answer (tests/test_hub.py resolves against a stand-in hub server)
+    monkeypatch.setattr(
+        hub, "resolve", lambda param, spec, rev, root=None: hub.Resolved(param, spec, spec, rev, commit)
+    )
     out = tmp_path / "models" / "base"
     rec = align.run(
         foundation_dir=tmp_path / "unused",
@@ -109,3 +114,36 @@ def test_pretrained_base_with_no_steps_is_recorded_not_copied(tmp_path):
     )
     assert rec["model"] == "llava-hf/llava-1.5-13b-hf"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.json"]
+    assert "align.steps is 0" in rec["skipped"]  # the skip and its reason are recorded
+    assert rec["hub"] == {
+        "param": "align.model",
+        "spec": "llava-hf/llava-1.5-13b-hf",
+        "repo": "llava-hf/llava-1.5-13b-hf",
+        "revision": None,
+        "commit": commit,
+    }
+
+
+def test_pretrained_base_with_steps_aligns_on_the_sampled_figures_not_the_corpus(world, tmp_path):
+    """LLaVA-Med's stage 1 in the paper profile: the captions are artifacts/sample.jsonl's, never a fixed path."""
+    import shutil
+
+    from vital.llava.testing import tiny_base
+    from vital.params import Params
+    from vital.paths import Paths
+    from vital.sample import align_reads
+
+    paths = Paths(tmp_path)
+    shutil.copytree(world / "corpus", paths.corpus)
+    sampled = paths.figures.read_text().splitlines()[:5]  # the sample: 5 of the corpus' 13 records
+    paths.sample.parent.mkdir(parents=True)
+    paths.sample.write_text("\n".join(sampled) + "\n")
+    paths.figures.write_text("not json\n")  # the corpus file must not be read
+    checkpoint = tiny_base(tmp_path / "checkpoints" / "llava", width=32, image_size=32, patch_size=8)
+    ap = AlignParams(backend="pretrained", model=str(checkpoint), steps=2, batch_size=2)
+    metrics = align.train_stage(ap, paths)
+    assert metrics["captions"] == str(paths.sample) and metrics["examples"] == 5
+    assert (paths.base_model / "config.json").is_file()
+    params = Params(align=ap)
+    assert align_reads(params, tmp_path) == ["artifacts/sample.jsonl", "data/corpus/images"]
+    assert align_reads(Params(), tmp_path) == []  # the demo's restore reads no sample

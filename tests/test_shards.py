@@ -97,3 +97,19 @@ def test_embed_reads_figures_from_shards_with_the_same_features(tmp_path: Path):
     got = load_embeddings(sharded.embeddings)
     assert m["figures"] == 6 and m["dropped"] == 0
     assert np.array_equal(got.image, expected.image) and np.array_equal(got.text, expected.text)
+
+
+def test_check_image_reads_a_shard_member_as_training_data_does(tmp_path: Path):
+    """Training records of a fetched corpus name `<shard>.tar#<member>`: usable, not 'image not found'."""
+    from vital.images import check_image
+
+    w = ShardWriter(tmp_path / "figures" / "shard-00000.tar")
+    w.add("a", "png", png((0, 255, 0)), {"pair_id": "a"})
+    w.add("bad", "png", b"not an image", {"pair_id": "bad"})
+    w.commit()
+    ref = tmp_path / "corpus" / ".." / "figures" / "shard-00000.tar#a.png"  # as curated records join them
+    assert check_image(ref) is None
+    assert check_image(tmp_path / "figures/shard-00000.tar#gone.png").startswith("image not found")
+    assert check_image(tmp_path / "figures/shard-00000.tar#bad.png").startswith(
+        "image file is not a readable"
+    )

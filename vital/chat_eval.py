@@ -241,13 +241,20 @@ def read_predictions(path: Path, items: dict[str, VQAItem], skipped: list[str]) 
     return out
 
 
-def load_chat_set(loaded: LoadedSet, models: Sequence[str], predictions: Path) -> ChatSet:
+def load_chat_set(
+    loaded: LoadedSet, models: Sequence[str], predictions: Path, placeholder: str | None = None
+) -> ChatSet:
+    """``placeholder``: the answer of a model whose predictions are not there yet (a dry run prices them)."""
     items = [i for i in loaded.items if i.answer_type == "OPEN"]
     by_id = {i.question_id: i for i in items}
     skipped = [f"{s} (question file)" for s in loaded.skipped]
     answers = {}
     for m in models:
-        answers[m] = read_predictions(predictions / m / f"{loaded.name}.jsonl", by_id, skipped)
+        path = predictions / m / f"{loaded.name}.jsonl"
+        if placeholder is not None and not path.is_file():
+            answers[m] = dict.fromkeys(by_id, placeholder)
+        else:
+            answers[m] = read_predictions(path, by_id, skipped)
     return ChatSet(loaded.name, items, answers, skipped, len(loaded.items))
 
 
@@ -311,11 +318,17 @@ def score_set(cs: ChatSet, judge: ChatJudge, cp: ChatEvalParams) -> tuple[dict, 
     return {"relative": relative, "win_rate": wins, "data": data}, rows
 
 
-def _load(params: Params, paths: Paths) -> list[ChatSet]:
+def _load(params: Params, paths: Paths, placeholder: str | None = None) -> list[ChatSet]:
     names = _chosen_sets(params)
     ev = params.evaluate.model_copy(update={"sets": [s for s in params.evaluate.sets if s.name in names]})
     models = [*tuned_models(params), *ev.models]
-    return [load_chat_set(s, models, paths.predictions) for s in load_sets(ev, paths.root)]
+    return [load_chat_set(s, models, paths.predictions, placeholder) for s in load_sets(ev, paths.root)]
+
+
+def _missing_predictions(params: Params, paths: Paths) -> list[str]:
+    names = _chosen_sets(params)
+    models = [*tuned_models(params), *params.evaluate.models]
+    return [f"{m}/{n}" for m in models for n in names if not (paths.predictions / m / f"{n}.jsonl").is_file()]
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -366,9 +379,17 @@ class _DryRun:
 def dry_run(params: Params, paths: Paths) -> dict:
     """Count the judge requests a run would send (minus cached ones) and bound their cost; send nothing."""
     cp = params.chat_eval
-    sets = _load(params, paths)
+    # before evaluate has run, every answer is priced at its bound: evaluate.max_new_tokens (~4 characters each)
+    missing = _missing_predictions(params, paths)
+    sets = _load(params, paths, placeholder="x" * (4 * params.evaluate.max_new_tokens))
     if cp.backend == "heuristic":
-        return {"backend": "heuristic", "requests": 0, "estimated_cost_usd": 0.0, "note": "offline, no cost"}
+        return {
+            "stage": "chat_eval",
+            "backend": "heuristic",
+            "requests": 0,
+            "estimated_cost_usd": 0.0,
+            "note": "offline, no cost",
+        }
     runtime = EngineChatJudge(cp, paths).runtime
     cache = runtime.open_cache()
     recorder = _DryRun()
@@ -389,6 +410,13 @@ def dry_run(params: Params, paths: Paths) -> dict:
         "estimated_input_tokens": tok_in,
         "estimated_output_tokens_max": tok_out,
         "estimated_cost_usd_max": None if cost is None else round(cost, 4),
+        "predictions_missing": missing,
         "note": "output at max_tokens is an upper bound"
+        + (
+            f"; {len(missing)} model/set predictions not written yet: their answers priced at "
+            "evaluate.max_new_tokens"
+            if missing
+            else ""
+        )
         + ("" if runtime.price else f"; no price for {cp.model!r} in chat_eval.prices, so no cost"),
     }

@@ -6,6 +6,7 @@ vital run STAGE            run one pipeline stage (same as `python stages/<scrip
 vital dag [--check|--write]   each stage's deps: the code it runs and the data it reads
 vital generate --dry-run   count requests, estimate tokens and cost; send nothing
 vital judge --dry-run      the same for judging
+vital plan                 what `dvc repro` would send and train: requests, tokens, cost, GPU-hours, memory
 vital annotate --annotator dr_smith   rank candidates in the browser into data/labels/dr_smith.jsonl
 vital fetch-images URLS.jsonl --out data/corpus/shards   PMC OA packages -> figure shards + index
 vital report --base origin/main --md  a pull-request report: params, metrics, selection/VQA deltas, curves
@@ -286,6 +287,13 @@ def _dag(args) -> int:
     return 0
 
 
+def _one_line_errors() -> tuple[type[Exception], ...]:
+    """The errors a command ends on with one line: the stages' (vital.stage.ERRORS, openai's) and bad values."""
+    from vital.stage import ERRORS, _api_errors
+
+    return (*ERRORS, *_api_errors(), ValueError)
+
+
 def _dry_run(module: str):
     def handler(args) -> int:
         if not args.dry_run:
@@ -293,11 +301,44 @@ def _dry_run(module: str):
             return 2
         import importlib
 
-        estimate = importlib.import_module(f"vital.{module}").dry_run(load_params(args.params), Paths())
+        from vital.stage import _one_line
+
+        try:
+            estimate = importlib.import_module(f"vital.{module}").dry_run(load_params(args.params), Paths())
+        except _one_line_errors() as e:
+            print(f"vital {module} --dry-run: {_one_line(e)}", file=sys.stderr)
+            return 2
         print(json.dumps(estimate, indent=2))
         return 0
 
     return handler
+
+
+def _plan(args) -> int:
+    from vital.plan import Gpu, format_plan, plan
+    from vital.stage import _one_line
+
+    params = load_params(args.params)
+    try:
+        p = plan(params, Path(args.params), Paths(), Gpu(args.gpus, args.gpu_tflops, args.mfu))
+    except _one_line_errors() as e:
+        print(f"vital plan: {_one_line(e)}", file=sys.stderr)
+        return 2
+    print(json.dumps(p, indent=2) if args.json else format_plan(p))
+    return 0
+
+
+def _add_plan(sub) -> None:
+    p = sub.add_parser(
+        "plan", help="what `dvc repro` would send and train: requests, tokens, cost, GPU-hours"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per training run (default: 1)")
+    p.add_argument(
+        "--gpu-tflops", type=float, default=312.0, help="peak TFLOPS of one GPU (default: A100 bf16)"
+    )
+    p.add_argument("--mfu", type=float, default=0.4, help="share of the peak training reaches (default: 0.4)")
+    p.set_defaults(func=_plan)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fetch_images(sub)
     _add_export(sub)
     _add_pretrain(sub)
+    _add_plan(sub)
     return parser
 
 

@@ -62,6 +62,8 @@ def read_curated(path: Path) -> list[dict[str, Any]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}:{e.lineno}: not a JSON list of LLaVA records: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not isinstance(data, list):
         raise RecordError(f"{path}: not a JSON list of LLaVA records (a {type(data).__name__})")
     return data

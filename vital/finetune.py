@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vital import lineage
+from vital.hub import pinned
 from vital.io import RecordError, write_json
 from vital.llava import tune
 from vital.params import FinetuneParams, MlflowParams, Params
@@ -116,8 +117,11 @@ def run_stage(p: Params, paths: Paths, model: str, name: str, seed: int | None =
     fp = p.finetune if seed is None else p.finetune.model_copy(update={"seed": seed})
     train_sets = read_sets(fp.sets, paths.root, p.evaluate.max_invalid_fraction)
     out_root = paths.finetuned / name
+    # the untuned base (finetune_base) is tune.base at tune.base_revision; a tuned model is a local dir
+    revision = p.tune.base_revision if model == p.tune.base else None
+    source, _ = pinned("tune.base" if model == p.tune.base else "--model", model, revision, paths.root)
     results = run(
-        model=model,
+        model=source,
         train_sets=train_sets,
         fp=fp,
         out_root=out_root,

@@ -344,11 +344,18 @@ def run(params: Params, paths: Paths) -> dict:
     return metrics
 
 
-def dry_run(params: Params, paths: Paths) -> dict:
-    """Requests that would be sent, cache hits, estimated tokens and cost; sends nothing."""
+UNFETCHED_IMAGE = "data:image/png;base64,"  # priced like any image: its tokens come from max_image_side
+
+
+def dry_run(params: Params, paths: Paths, price_unfetched: bool = False) -> dict:
+    """Requests that would be sent, cache hits, estimated tokens and cost; sends nothing.
+
+    ``price_unfetched`` (`vital plan`, before the fetch stage ran): a figure whose image is not readable yet
+    is priced as it will be sent once fetched, instead of counted as dropped."""
     gp = params.generate
     if gp.backend == "template":
         return {
+            "stage": "generate",
             "backend": "template",
             "requests": 0,
             "estimated_cost_usd": 0.0,
@@ -362,7 +369,7 @@ def dry_run(params: Params, paths: Paths) -> dict:
         (
             backend.request(rec, url, k, 0)
             for chunk in _chunks(figures)
-            for rec, url in _urls(backend, chunk)
+            for rec, url in _urls(backend, chunk, price_unfetched)
             for k in range(gp.candidates)
         ),
         cache,
@@ -371,8 +378,8 @@ def dry_run(params: Params, paths: Paths) -> dict:
         len(figures),
         drops,
         "generate",
-        backend.image_skips,
-    )
+        [] if price_unfetched else backend.image_skips,
+    ) | ({"images_not_readable_yet": len(backend.image_skips)} if price_unfetched else {})
     if backend.synthetic and gp.demos_per_prompt and not gp.allow_synthetic:
         est["synthetic_demonstrations"] = len(backend.synthetic)
         est["note"] += (
@@ -387,6 +394,10 @@ def _chunks(figures: list[FigureRecord]) -> Iterator[list[FigureRecord]]:
         yield figures[i : i + FIGURES_PER_CHUNK]
 
 
-def _urls(backend: OpenAIBackend, chunk: list[FigureRecord]) -> list[tuple[FigureRecord, str]]:
+def _urls(
+    backend: OpenAIBackend, chunk: list[FigureRecord], price_unfetched: bool = False
+) -> list[tuple[FigureRecord, str]]:
     urls = backend.images(chunk)
+    if price_unfetched:
+        return [(rec, urls.get(rec.pair_id, UNFETCHED_IMAGE)) for rec in chunk]
     return [(rec, urls[rec.pair_id]) for rec in chunk if rec.pair_id in urls]

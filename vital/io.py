@@ -36,15 +36,19 @@ def read_text(path: str | os.PathLike, errors: str = "strict") -> str:
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     path = Path(path)
+    lineno = 0
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = strip_bom(line)
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        try:
+            for lineno, line in enumerate(f, 1):  # noqa: B007 - lineno names the line a decode error is on
+                line = strip_bom(line)
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise RecordError(f"{path}:{lineno + 1}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any, str]]:
@@ -129,6 +133,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _umask() -> int:

@@ -371,6 +371,7 @@ def dry_run(params: Params, paths: Paths) -> dict:
     jp = params.judge
     if jp.backend == "heuristic":
         return {
+            "stage": "judge",
             "backend": "heuristic",
             "requests": 0,
             "estimated_cost_usd": 0.0,

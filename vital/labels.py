@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from vital.drops import Drops
-from vital.io import read_records, strip_bom, write_json, write_jsonl
+from vital.io import RecordError, read_records, strip_bom, write_json, write_jsonl
 from vital.params import LabelsParams, Params
 from vital.paths import Paths
 from vital.registry import Backend, choose
@@ -38,7 +38,7 @@ from vital.schema import Candidate, FigureRecord, Preference
 MAX_LISTED = 50
 
 
-class LabelsError(ValueError):
+class LabelsError(RecordError):
     """Label input that cannot produce any usable preference; the message names the file."""
 
 

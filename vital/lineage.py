@@ -347,9 +347,11 @@ def log_stage(
     inputs: dict[str, str | Path | None],
     model_dir: Path,
     root: Path = Path("."),
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """For a stage's library ``run`` function (foundation, select): one MLflow run, the model registered as
-    ``<mlflow.experiment>-<stage>`` (``vital-foundation``, ``vital-select``) with its inputs' digests.
+    ``<mlflow.experiment>-<stage>`` (``vital-foundation``, ``vital-select``) with its inputs' digests
+    (``tags``: e.g. the hub commits it was made from).
 
     Logs only inside a pipeline repo, i.e. when ``<root>/params.yaml`` exists and its ``mlflow.enabled`` is
     true (a unit test's bare temp dir logs nothing); returns the ``log_tune`` record, or None.
@@ -370,7 +372,7 @@ def log_stage(
         mp.model_copy(update={"registered_model": f"{mp.experiment}-{stage}"}),
         root,
         run_name=stage,
-        tags={"vital.stage": stage},
+        tags={"vital.stage": stage, **(tags or {})},
     )
 
 

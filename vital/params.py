@@ -62,6 +62,10 @@ class FoundationParams(Section):
     backend: Literal["demo", "pretrained", "restore"] = "restore"
     clip: str = Field("vital-tiny-clip", description="open_clip model name, 'hf-hub:<id>' or local dir")
     clip_pretrained: str | None = Field(None, description="local checkpoint file for `clip`")
+    clip_revision: str | None = Field(
+        None,
+        description="hub revision (branch, tag or commit) of `clip` when it is a hub id; None: main. The commit it resolves to is recorded in the metrics and MLflow",
+    )
     image_size: int = Field(64, ge=16)
     embed_dim: int = Field(64, ge=8)
     width: int = Field(64, ge=8)
@@ -84,6 +88,10 @@ class AlignParams(Section):
 
     backend: Literal["demo", "pretrained", "restore"] = "restore"
     model: str = Field("models/base", description="hub id or local dir of a LlavaForConditionalGeneration")
+    model_revision: str | None = Field(
+        None,
+        description="hub revision (branch, tag or commit) of `model` when it is a hub id; None: main. The commit it resolves to is recorded in the metrics and MLflow",
+    )
     hidden_size: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
@@ -366,6 +374,10 @@ class PairsParams(Section):
 class EmbedParams(Section):
     backbone: str = Field("foundation", description="'foundation', an open_clip name, or 'hf-hub:<id>'")
     pretrained: str | None = Field(None, description="local checkpoint for an open_clip name")
+    backbone_revision: str | None = Field(
+        None,
+        description="hub revision (branch, tag or commit) of `backbone` (hf-hub:) when it is a hub id; None: main. The commit it resolves to is recorded in the metrics and MLflow",
+    )
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     device: str = "cpu"
@@ -604,6 +616,10 @@ class TrainParams(Section):
 
 class TuneParams(TrainParams):
     base: str = Field("models/base", description="hub id or local dir of a LlavaForConditionalGeneration")
+    base_revision: str | None = Field(
+        None,
+        description="hub revision (branch, tag or commit) of `base` when it is a hub id; None: main. The commit it resolves to is recorded in the metrics and MLflow",
+    )
     keep: int = Field(
         40, gt=0, le=100, description="which curated subset to tune on (percent, one of curate.keep)"
     )

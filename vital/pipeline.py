@@ -126,8 +126,9 @@ STAGES: dict[str, Stage] = {
             "vital.llava.align:run_stage",
             "align",
             backends=(("align.backend", "vital.llava.align:BACKENDS"),),
-            doc="assemble the base LLaVA and align it on captions (pretrained: record the checkpoint; "
-            "restore: copy data/pretrained/base)",
+            param_reads=("vital.sample:align_reads",),
+            doc="assemble the base LLaVA and align it on captions (pretrained: on the sampled figures, or "
+            "record the checkpoint with steps 0; restore: copy data/pretrained/base)",
             outs=("models/base",),
             plots=(Plot("metrics/plots/align_loss.csv", "step", "loss"),),
         ),

@@ -74,7 +74,7 @@ def _check_params(stage: str, section: FoundationParams | AlignParams, store: Pa
         raise StageFailed(
             f"{record_file}: missing; run `make pretrain-update` to train and store checkpoints"
         ) from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise StageFailed(f"{record_file}: no valid {stage!r} section ({e})") from None
     now = training_params(section)
     for key in sorted(now.keys() | stored.keys()):

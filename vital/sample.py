@@ -412,3 +412,11 @@ def corpus_images(p: Params, root: Path) -> list[str]:
         return ["artifacts/figures"]
     shards = p.sample.corpus.shards
     return [repo_relative(str(Path(shards).parent), root) if shards else "data/corpus/images"]
+
+
+def align_reads(p: Params, root: Path) -> list[str]:
+    """LLaVA-Med's stage 1 on a pretrained LLaVA (``align.backend: pretrained`` with ``align.steps`` > 0) trains on
+    the sampled figures' captions and images; otherwise align reads no sample."""
+    if p.align.backend != "pretrained" or p.align.steps == 0:
+        return []
+    return ["artifacts/sample.jsonl", *corpus_images(p, root)]

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from vital import lineage
+from vital.hub import pinned
+from vital.hub import tags as hub_tags
+from vital.io import write_json
 from vital.llava import tune
 from vital.params import Params
 from vital.paths import Paths, is_local, repo_relative
@@ -22,8 +25,9 @@ def run_stage(p: Params, paths: Paths, subset: str, seed: int | None = None) -> 
     name = f"{subset}-s{tp.seed}"
     data = paths.curated / f"{subset}{tp.keep}.json"
     out = paths.tuned / name
+    base, hub = pinned("tune.base", tp.base, tp.base_revision, paths.root)  # the resolved commit's snapshot
     metrics = tune.run(
-        base=tp.base,
+        base=base,
         data=data,
         image_root=paths.corpus,
         out=out,
@@ -32,6 +36,9 @@ def run_stage(p: Params, paths: Paths, subset: str, seed: int | None = None) -> 
         metrics_path=paths.metrics / "tune" / f"{name}.json",
         curve_path=paths.plots / "tune" / f"{name}.csv",
     )
+    if hub.repo is not None and tune.is_main_process():
+        metrics["hub"] = hub.record()
+        write_json(paths.metrics / "tune" / f"{name}.json", metrics)
     if p.mlflow.enabled and tune.is_main_process():
         inputs = {"base": tp.base, "curated": data, "images": paths.corpus / "images"}
         run_name = f"models/tuned/{name}"
@@ -39,7 +46,12 @@ def run_stage(p: Params, paths: Paths, subset: str, seed: int | None = None) -> 
         mp = p.mlflow.model_copy(
             update={"registered_model": registered_name(p.mlflow.registered_model, name)}
         )
-        tags = {"vital.subset": subset, "vital.seed": str(tp.seed), "vital.keep": str(tp.keep)}
+        tags = {
+            "vital.subset": subset,
+            "vital.seed": str(tp.seed),
+            "vital.keep": str(tp.keep),
+            **hub_tags(hub),
+        }
         lineage.log_tune(tp.model_dump(), metrics, inputs, out, mp, paths.root, run_name=run_name, tags=tags)
     return metrics
 

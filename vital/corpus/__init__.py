@@ -109,7 +109,10 @@ def json_records(path: Path) -> Iterator[tuple[str, str | None, dict[str, Any] |
 def _first_char(path: Path) -> str:
     with path.open(encoding="utf-8-sig") as f:  # a leading byte order mark is stripped (vital.io.BOM)
         while True:
-            ch = f.read(1)
+            try:
+                ch = f.read(1)
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             if ch == "" or not ch.isspace():
                 return ch
 

@@ -23,16 +23,27 @@ from vital.params import EmbedParams, Params
 from vital.paths import Paths
 
 
+def _pinned(param: str, spec: str, revision: str | None, paths: Paths) -> str:
+    """An ``hf-hub:`` backbone as the local snapshot of its resolved commit (``local-dir:``); else ``spec``."""
+    if not spec.startswith("hf-hub:"):
+        return spec
+    from vital.hub import pinned
+
+    path, _ = pinned(param, spec, revision, paths.root)
+    return f"local-dir:{path}"
+
+
 def backbone_ref(ep: EmbedParams, paths: Paths) -> tuple[str, str | None]:
     """What ``embed.backbone`` points at. ``foundation`` = the foundation stage's output: its trained
     ``models/foundation/clip`` or, for ``backend: pretrained``, the checkpoint it recorded."""
     if ep.backbone != "foundation":
-        return ep.backbone, ep.pretrained
+        return _pinned("embed.backbone", ep.backbone, ep.backbone_revision, paths), ep.pretrained
     clip_dir = paths.foundation / "clip"
     record = clip_dir / "checkpoint.json"
     if record.is_file():
         rec = read_json(record)
-        return rec["clip"], rec.get("checkpoint")
+        commit = (rec.get("hub") or {}).get("commit")  # the commit foundation resolved
+        return _pinned("foundation.clip", rec["clip"], commit, paths), rec.get("checkpoint")
     if not clip_dir.is_dir():
         raise FileNotFoundError(f"{clip_dir}: missing (run the foundation stage first)")
     return str(clip_dir), None

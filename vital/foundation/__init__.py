@@ -36,8 +36,13 @@ __all__ = [
 
 def record_pretrained(fp: FoundationParams, out_dir: Path) -> dict[str, Any]:
     """``backend: pretrained``: nothing is trained; record which checkpoint downstream stages use."""
+    from vital.hub import resolve
+
+    hub = resolve("foundation.clip", fp.clip, fp.clip_revision)  # unknown or unreachable: one line, at once
     model_id, checkpoint = resolve_backbone(fp.clip, fp.clip_pretrained)
     record = {"backend": "pretrained", "clip": fp.clip, "open_clip_id": model_id, "checkpoint": checkpoint}
+    if hub.repo is not None:
+        record["hub"] = hub.record()
     write_json(out_dir / "checkpoint.json", record)
     return record
 
@@ -66,7 +71,11 @@ def run(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
     write_json(paths.metric("foundation"), metrics)
     from vital.lineage import log_stage  # MLflow run + registered `vital-foundation` (in a pipeline repo)
 
-    log_stage("foundation", fp.model_dump(), metrics, {"corpus": paths.corpus}, paths.foundation, paths.root)
+    hub = metrics.get("hub") or {}
+    tags = {f"hub.{hub['param']}": f"{hub['repo']}@{hub['commit']}"} if hub else None
+    log_stage(
+        "foundation", fp.model_dump(), metrics, {"corpus": paths.corpus}, paths.foundation, paths.root, tags
+    )
     return metrics
 
 

@@ -23,7 +23,8 @@ _TRAIN_READS = ("models/foundation", "data/corpus")
 # align.backend -> the function that makes models/base (params, paths) and what it reads
 BACKENDS: dict[str, Backend] = {
     "demo": Backend("vital.llava.align:train_stage", reads=_TRAIN_READS),
-    "pretrained": Backend("vital.llava.align:train_stage", reads=_TRAIN_READS),
+    # the sampled figures (vital.sample:align_reads), not the demo corpus
+    "pretrained": Backend("vital.llava.align:train_stage"),
     "restore": Backend(
         "vital.pretrained:restore_base",
         reads=("data/pretrained/base", "data/pretrained/metrics", "data/pretrained/params.json"),
@@ -75,7 +76,18 @@ def _record_pretrained(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    record = {"backend": "pretrained", "model": ap.model, "aligned_here": False}
+    reason = (
+        f"align.steps is 0: {ap.model} is used as it is (LLaVA-1.5 checkpoints are already aligned on general "
+        "image-caption pairs); LLaVA-Med's stage 1 on the sampled biomedical figure captions is not run. "
+        "Set align.steps > 0 to run it"
+    )
+    from vital.hub import resolve
+
+    hub = resolve("align.model", ap.model, ap.model_revision)  # unknown or unreachable: one line, at once
+    print(f"align: skipped: {reason}")
+    record = {"backend": "pretrained", "model": ap.model, "aligned_here": False, "skipped": reason}
+    if hub.repo is not None:
+        record["hub"] = hub.record()
     write_json(out / "checkpoint.json", record)
     if metrics_path is not None:
         write_json(metrics_path, record)
@@ -103,11 +115,17 @@ def run(
     from vital.llava.conversation import Collator, ConversationDataset
     from vital.llava.trainer import LoopConfig, train
 
+    hub = None
     if ap.backend == "demo":
         model, processor = build_from_foundation(foundation_dir, ap)
     else:
-        model, processor = load_llava(ap.model)
-    metrics: dict[str, Any] = {"backend": ap.backend, "trainable": ap.trainable}
+        from vital.hub import pinned
+
+        source, hub = pinned("align.model", ap.model, ap.model_revision)
+        model, processor = load_llava(source)
+    metrics: dict[str, Any] = {"backend": ap.backend, "trainable": ap.trainable, "captions": str(figures)}
+    if hub is not None and hub.repo is not None:
+        metrics["hub"] = hub.record()
     if ap.steps > 0:
         data = ConversationDataset(
             caption_conversations(figures, ap.instructions, ap.seed),
@@ -156,9 +174,11 @@ def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
 
 
 def train_stage(ap: AlignParams, paths: Paths) -> dict[str, Any]:
+    """demo: the whole demo corpus (before any sample); pretrained: the sampled figures' captions, as LLaVA-Med
+    aligns on the PMC figure-caption pairs of its instruction data."""
     return run(
         foundation_dir=paths.foundation,
-        figures=paths.figures,
+        figures=paths.sample if ap.backend == "pretrained" else paths.figures,
         corpus_root=paths.corpus,
         out=paths.base_model,
         ap=ap,

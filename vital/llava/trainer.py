@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_cosine_schedule_with_warmup
 
+from vital.failures import StageFailed
 from vital.progress import progress
 
 STATE_FILE = "trainer_state.json"
@@ -92,7 +93,7 @@ def micro_batches(n: int, batch_size: int, epochs: int, seed: int) -> list[list[
 def plan_steps(n: int, cfg: LoopConfig, world: int) -> tuple[list[list[int]], int]:
     """Micro-batches to iterate and the number of optimizer steps they make (``max_steps`` wins)."""
     if n == 0:
-        raise ValueError("no training examples (every record was dropped; see the stage metrics)")
+        raise StageFailed("no training examples (every record was dropped; see the stage metrics)")
     per_epoch = math.ceil(n / cfg.batch_size)
     micro_per_step = cfg.grad_accum * world
     if cfg.max_steps > 0:

@@ -55,10 +55,22 @@ class Usage:
         }
 
 
+BATCH_DISCOUNT = 0.5  # the OpenAI (and Azure) Batch API bills input and output at half the online rate
+
+
 def estimate_cost(price: Price | None, input_tokens: float, output_tokens: float) -> float | None:
     if price is None:
         return None
     return input_tokens / 1e6 * price.input_per_1m + output_tokens / 1e6 * price.output_per_1m
+
+
+def rate_for(price: Price | None, mode: str) -> Price | None:
+    """The price a request is billed at: ``prices`` list online rates; ``mode: batch`` pays half of them."""
+    if price is None or mode != "batch":
+        return price
+    return Price(
+        input_per_1m=price.input_per_1m * BATCH_DISCOUNT, output_per_1m=price.output_per_1m * BATCH_DISCOUNT
+    )
 
 
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})")
@@ -148,6 +160,7 @@ def dry_run_estimate(
         n += 1
         tok_out += sp.max_tokens
         tok_in += req.est_tokens - sp.max_tokens
+    listed, price = price, rate_for(price, sp.mode)
     cost_in = None if price is None else tok_in / 1e6 * price.input_per_1m
     cost_out = None if price is None else tok_out / 1e6 * price.output_per_1m
     return {
@@ -164,9 +177,11 @@ def dry_run_estimate(
         "estimated_cost_usd_max": None if price is None else round(cost_in + cost_out, 4),
         "estimated_cost_usd_input": None if price is None else round(cost_in, 4),
         "price": None if price is None else price.model_dump(),
+        "price_listed": None if listed is None else listed.model_dump(),
         "price_known": price is not None,
         "note": (
             "first attempts only (invalid-output retries come on top); output at max_tokens is an upper bound"
+            + ("; batch mode: priced at the Batch API's half rate" if sp.mode == "batch" and price else "")
             + ("" if price else "; " + no_price_note(section, sp.model, sp.prices))
         ),
     }

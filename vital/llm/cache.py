@@ -14,6 +14,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from vital.params import ParamsError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY,
@@ -33,6 +35,10 @@ def request_key(body: dict) -> str:
     return hashlib.sha256(canonical(body).encode()).hexdigest()
 
 
+class CacheError(ParamsError):
+    """The cache folder cannot be made or opened: a settings problem, ended in one line naming the param."""
+
+
 class RequestCache:
     """SQLite (WAL) store of completed responses keyed by :func:`request_key`."""
 
@@ -47,9 +53,9 @@ class RequestCache:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
-            raise RuntimeError(
+            raise CacheError(
                 f"request cache at {self.directory} cannot be opened ({e}); set client.cache_dir"
-            ) from e
+            ) from None
 
     def get(self, key: str) -> dict | None:
         row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vital.llm.accounting import Usage, no_price_note, price_key
 from vital.llm.batch import BatchLimits, BatchRunner
-from vital.llm.cache import RequestCache
+from vital.llm.cache import CacheError, RequestCache
 from vital.llm.client import check_reachable, limiter_scope, make_client
 from vital.llm.engine import Engine, Outcome, Request, RetryPolicy
 from vital.llm.limiter import RateLimiter, shared_limiter
@@ -40,7 +40,10 @@ class LLMRuntime:
 
     def open_cache(self) -> RequestCache:
         if self.cache is None:
-            self.cache = RequestCache(self.cache_dir)
+            try:
+                self.cache = RequestCache(self.cache_dir)
+            except CacheError as e:
+                raise CacheError(f"{self.section}.client.cache_dir: {e}") from None
         return self.cache
 
     def preflight(self) -> None:
