@@ -16,7 +16,6 @@ from typing import Any
 from vital import lineage
 from vital.hub import pinned
 from vital.io import RecordError, write_json
-from vital.llava import tune
 from vital.params import FinetuneParams, MlflowParams, Params
 from vital.paths import Paths
 from vital.vqa.items import LoadedSet, VQAItem
@@ -56,6 +55,8 @@ def run(
     Returns ``{set name: tune metrics}`` (also written to ``metrics_path``); each loss curve goes to
     ``curves_dir/<set name>.csv``. A killed run resumes from its checkpoint under ``work_dir``.
     """
+    from vital.llava import tune  # torch and peft, loaded only when training
+
     out_root, work_dir = Path(out_root), Path(work_dir)
     # the stage's declared outputs exist even with no set to fine-tune on (finetune.sets: [])
     out_root.mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,8 @@ def log_lineage(
 
 def run_stage(p: Params, paths: Paths, model: str, name: str, seed: int | None = None) -> dict[str, Any]:
     """``models/finetuned/<name>/<set>`` for every ``finetune.sets`` train split; one MLflow run per set."""
+    from vital.llava import tune  # torch and peft, loaded only when training
+
     fp = p.finetune if seed is None else p.finetune.model_copy(update={"seed": seed})
     train_sets = read_sets(fp.sets, paths.root, p.evaluate.max_invalid_fraction)
     out_root = paths.finetuned / name

@@ -14,13 +14,14 @@ from vital import lineage
 from vital.hub import pinned
 from vital.hub import tags as hub_tags
 from vital.io import write_json
-from vital.llava import tune
 from vital.params import Params
 from vital.paths import Paths, is_local, repo_relative
 
 
 def run_stage(p: Params, paths: Paths, subset: str, seed: int | None = None) -> dict[str, Any]:
     """``models/tuned/<subset>-s<seed>`` from ``artifacts/curated/<subset><tune.keep>.json``."""
+    from vital.llava import tune  # torch and peft: not for `vital dag`, which reads base_model below
+
     tp = p.tune if seed is None else p.tune.model_copy(update={"seed": seed})
     name = f"{subset}-s{tp.seed}"
     data = paths.curated / f"{subset}{tp.keep}.json"
