@@ -220,7 +220,9 @@ def test_each_tune_is_registered_on_its_own_by_subset_and_seed(repo, monkeypatch
         Path(out).mkdir(parents=True, exist_ok=True)
         return {"final_loss": 0.25 + tp.seed, "steps": 3}
 
-    monkeypatch.setattr(tune_stage.tune, "run", fake_run)
+    from vital.llava import tune as llava_tune
+
+    monkeypatch.setattr(llava_tune, "run", fake_run)
     p = Params()
     for subset, seed in [("top", 0), ("random", 1), ("top", 1)]:
         tune_stage.run_stage(p, Paths(root), subset, seed)
