@@ -231,6 +231,23 @@ class JudgeParams(Section):
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(256, ge=16)
     noise: float = Field(1.5, ge=0, description="heuristic judge only: score noise (std, 0-10 scale)")
+    length_bias: float = Field(
+        1.0,
+        ge=0,
+        description="heuristic judge only: points per doubling of answer length (verbosity bias; 0 = none)",
+    )
+    confidence_leniency: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="heuristic judge only: share of a wrong claim's penalty forgiven when nothing is hedged",
+    )
+    image_blindness: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="heuristic judge only: share of image-only findings (side, count, size) it does not check",
+    )
     seed: int = 0
     client: ClientParams = Field(default_factory=ClientParams)
     mode: Literal["online", "batch"] = "online"
