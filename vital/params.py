@@ -330,6 +330,17 @@ class SelectorParams(Section):
         default_factory=lambda: [0.0],
         description="extra heads trained at these human weights in the same run (agreement vs weight)",
     )
+    judge_input: Literal["none", "residual"] = Field(
+        "residual",
+        description="none: the head rates from features alone; residual: rating = a * judge score + head, "
+        "starting as the judge and kept as the judge unless training beats it on validation pairs",
+    )
+    seed_repeats: int = Field(
+        3,
+        ge=1,
+        description="the chosen head is also trained at seeds seed+1 .. seed+n-1: metrics report selector - "
+        "judge on held-out clinician pairs per seed and averaged over seeds, with a figure-bootstrap interval",
+    )
 
     @field_validator("human_weight")
     @classmethod
