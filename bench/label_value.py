@@ -1,6 +1,6 @@
 """When clinician labels pay: selector - judge against the strength of the demo judge's biases.
 
-    python bench/label_value.py [--root .] [--scales 0 1 2] [--seeds 0 1 2] [--keep 40]
+    python bench/label_value.py [--root .] [--scales 0 1 2] [--seeds 0 1 2] [--keep 40] [--human-weight W]
 
 For each scale s, the heuristic judge runs with ``s`` times the demo's default ``length_bias``,
 ``confidence_leniency`` and ``image_blindness`` (the last two capped at 1), then the pairs stage and the
@@ -79,7 +79,9 @@ def link_inputs(root: Path, tmp: Path) -> Paths:
     return Paths(tmp)
 
 
-def sweep_one(root: Path, scale: float, seeds: list[int], keep: float) -> tuple[dict, list[dict]]:
+def sweep_one(
+    root: Path, scale: float, seeds: list[int], keep: float, human_weight: float | None
+) -> tuple[dict, list[dict]]:
     params = load_params(root / "params.yaml")
     default = params.judge
     judge_params = default.model_copy(
@@ -101,7 +103,10 @@ def sweep_one(root: Path, scale: float, seeds: list[int], keep: float) -> tuple[
         }
         by_seed, runs = {}, []
         for seed in seeds:
-            sp = params.selector.model_copy(update={"seed": seed, "seed_repeats": 1, "compare_weights": []})
+            update = {"seed": seed, "seed_repeats": 1, "compare_weights": []}
+            if human_weight is not None:
+                update["human_weight"] = human_weight
+            sp = params.selector.model_copy(update=update)
             m = run_select(sp, paths)
             scores = {r["candidate_id"]: r["score"] for r in read_jsonl(paths.scores)}
             by_seed[seed] = scores
@@ -153,13 +158,19 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--keep", type=float, default=40.0, help="top-k%% of all candidates for the flawed share")
+    ap.add_argument(
+        "--human-weight",
+        type=float,
+        default=None,
+        help="a fixed selector.human_weight (default: params.yaml's, e.g. auto, which trains one head per weight)",
+    )
     ap.add_argument("--out", type=Path, default=Path("metrics/plots/label_value.csv"))
     ap.add_argument("--runs", type=Path, default=Path("bench/results/label_value_runs.csv"))
     args = ap.parse_args()
     start = time.perf_counter()
     rows, runs = [], []
     for scale in args.scales:
-        row, scale_runs = sweep_one(args.root.resolve(), scale, args.seeds, args.keep)
+        row, scale_runs = sweep_one(args.root.resolve(), scale, args.seeds, args.keep, args.human_weight)
         rows.append(row)
         runs += scale_runs
     write_csv(args.out, COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
