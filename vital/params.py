@@ -306,6 +306,23 @@ class JudgeParams(Section):
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(256, ge=16)
     noise: float = Field(1.5, ge=0, description="heuristic judge only: score noise (std, 0-10 scale)")
+    length_bias: float = Field(
+        1.0,
+        ge=0,
+        description="heuristic judge only: points per doubling of answer length (verbosity bias; 0 = none)",
+    )
+    confidence_leniency: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="heuristic judge only: share of a wrong claim's penalty forgiven when nothing is hedged",
+    )
+    image_blindness: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="heuristic judge only: share of image-only findings (side, count, size) it does not check",
+    )
     seed: int = 0
     client: ClientParams = Field(default_factory=ClientParams)
     mode: Literal["online", "batch"] = "online"
@@ -451,6 +468,17 @@ class SelectorParams(Section):
     compare_weights: list[float] = Field(
         default_factory=lambda: [0.0],
         description="extra heads trained at these human weights in the same run (agreement vs weight)",
+    )
+    judge_input: Literal["none", "residual"] = Field(
+        "residual",
+        description="none: the head rates from features alone; residual: rating = a * judge score + head, "
+        "starting as the judge and kept as the judge unless training beats it on validation pairs",
+    )
+    seed_repeats: int = Field(
+        3,
+        ge=1,
+        description="the chosen head is also trained at seeds seed+1 .. seed+n-1: metrics report selector - "
+        "judge on held-out clinician pairs per seed and averaged over seeds, with a figure-bootstrap interval",
     )
 
     @field_validator("human_weight")

@@ -205,6 +205,51 @@ def chat(m: dict) -> list[str]:
     return lines
 
 
+def label_value(csv_path: Path) -> list[str]:
+    """The bias sweep of bench/label_value.py: when do clinician labels pay over the judge?"""
+    import csv
+
+    if not csv_path.is_file():
+        return []
+    rows = []
+    for r in csv.DictReader(csv_path.open()):
+        ci = (float(r["selector_minus_judge_ci_low"]), float(r["selector_minus_judge_ci_high"]))
+        rows.append(
+            [
+                r["bias_scale"],
+                _f(float(r["judge_heldout_agreement"])),
+                _s(float(r["selector_minus_judge"])),
+                _ci(ci),
+                verdict(ci),
+                f"{_f(float(r['flawed_judge']))} / {_f(float(r['flawed_selector']))}",
+                _s(float(r["flawed_selector_minus_judge"])),
+                f"[{_s(float(r['flawed_selector_minus_judge_min']))}, "
+                f"{_s(float(r['flawed_selector_minus_judge_max']))}]",
+            ]
+        )
+    return [
+        "Held-out clinician agreement and hidden-truth flawed share (top 40% of all candidates, ranked "
+        "globally) at 0, 1 and 2 times the demo judge's default biases, three selector seeds each "
+        "(`python bench/label_value.py`, `metrics/plots/label_value.csv`; a bench run, not a stage of "
+        "`make demo`):",
+        "",
+        *_table(
+            [
+                "bias scale",
+                "judge agreement",
+                "selector − judge",
+                "95% CI",
+                "verdict",
+                "flawed: judge / selector",
+                "selector − judge",
+                "seed range",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
 def render(paths: Paths) -> str:
     """The whole of docs/results.md."""
     p = paths.metric
@@ -223,6 +268,9 @@ def render(paths: Paths) -> str:
         "## Selection bake-off on the demo's hidden truth",
         "",
         *bakeoff(_load(p("bakeoff"))),
+        "## When clinician labels pay: the judge's biases",
+        "",
+        *label_value(paths.plots / "label_value.csv"),
         "## VQA, zero-shot (`make demo`)",
         "",
         *vqa(_load(p("evaluate")), "zero-shot", ("top_minus_random",)),

@@ -18,6 +18,13 @@ from vital.selector.backbone import save_backbone
 from vital.selector.data import PairSet, read_pairs, read_prefs, read_scores_of_judge, to_pairset
 from vital.selector.evidence import agreement, bootstrap_gap, heldout_evidence, pooled_auc
 from vital.selector.features import embedding_features, feature_names
+from vital.selector.stacking import (
+    JudgeResidualRater,
+    gap_over_seeds,
+    judge_tensor,
+    saved_head,
+    train_on_judge,
+)
 from vital.selector.store import CONFIG, save_selector
 from vital.selector.train import TrainResult, new_rater, rate_all, train_rater
 
@@ -79,14 +86,20 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     share = sp.human_share
     if share is not None:
         sp = sp.model_copy(update={"human_weight": weight_for_share(share, by_split["train"], paths.pairs)})
+    judge = read_scores_of_judge(paths.judgments)
+    on_judge = None
+    if sp.judge_input == "residual":
+        on_judge = judge_tensor(emb.candidate_ids, judge, str(paths.judgments)).to(sp.device)
 
-    def build(w: float) -> torch.nn.Module:
-        return new_rater(x, sp.model_copy(update={"human_weight": w}), emb, paths)
+    def build(alt: SelectorParams) -> torch.nn.Module:
+        rater = new_rater(x, alt, emb, paths)
+        return rater if on_judge is None else JudgeResidualRater(rater, on_judge)
 
-    def fit(w: float, desc: str = "selector") -> TrainResult:
-        alt = sp.model_copy(update={"human_weight": w})
+    def fit(w: float, desc: str = "selector", seed: int | None = None) -> TrainResult:
+        alt = sp.model_copy(update={"human_weight": w, "seed": sp.seed if seed is None else seed})
         train_w = to_pairset(by_split["train"], index, w)
-        return train_rater(build(w), train_w, to_pairset(by_split.get("val", []), index, w), alt, desc=desc)
+        trainer = train_rater if on_judge is None else train_on_judge
+        return trainer(build(alt), train_w, to_pairset(by_split.get("val", []), index, w), alt, desc=desc)
 
     auto: dict[str, Any] | None = None
     by_weight: dict[float, float | None] = {}  # held-out clinician agreement of a head per human weight
@@ -127,7 +140,6 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     scores = rate_all(result.rater).numpy()
     heads.setdefault(sp.human_weight, scores.tolist())
     selector_scores = dict(zip(emb.candidate_ids, scores.tolist(), strict=True))
-    judge = read_scores_of_judge(paths.judgments)
     prefs = read_prefs(paths.labels)
 
     # the same head at other human weights, on the same features and pairs: agreement vs weight in one run
@@ -155,7 +167,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
         "params": sp.model_dump(),
         "best_epoch": result.best_epoch,
     }
-    save_selector(paths.selector, result.head, config)
+    save_selector(paths.selector, saved_head(result.head, config), config)
     if sp.finetune_backbone != "none":
         config.update(save_backbone(paths.selector, result.rater))
         write_json(paths.selector / CONFIG, config)
@@ -196,6 +208,17 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
         metrics["heldout_human"]["selector_minus_weight0"] = bootstrap_gap(
             selector_scores, weight0_scores, human_held, sp.seed
         )
+    human_held = [p for p in held if p.source == "human"]
+    by_seed = {sp.seed: selector_scores}
+    for k in range(1, sp.seed_repeats):
+        res = fit(sp.human_weight, desc=f"selector seed {sp.seed + k}", seed=sp.seed + k)
+        by_seed[sp.seed + k] = dict(zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True))
+    metrics["heldout_human"]["selector_minus_judge_over_seeds"] = gap_over_seeds(
+        by_seed, judge, human_held, sp.seed
+    )
+    metrics["judge_input"] = sp.judge_input
+    if "judge_weight" in config:
+        metrics["judge_weight"] = config["judge_weight"]
     write_json(paths.metric("select"), metrics)
     from vital.lineage import log_stage  # MLflow run + registered `vital-select` (in a pipeline repo)
 
