@@ -58,7 +58,10 @@ def test_importing_vital_caps_the_kernels_at_avx2_and_what_the_user_sets_wins():
 
 def test_stage_threads_are_pinned_and_a_bad_count_is_one_line(monkeypatch):
     monkeypatch.delenv("VITAL_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert stage_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's own setting is kept
+    assert stage_threads() == 1
     monkeypatch.setenv("VITAL_THREADS", "3")
     import torch
 
@@ -68,7 +71,7 @@ def test_stage_threads_are_pinned_and_a_bad_count_is_one_line(monkeypatch):
         assert torch.get_num_threads() == 3 and os.environ["OMP_NUM_THREADS"] == "3"
     finally:
         torch.set_num_threads(before)
-    for bad in ("0", "two", ""):
+    for bad in ("0", "two", "-1"):
         monkeypatch.setenv("VITAL_THREADS", bad)
         with pytest.raises(StageFailed, match="VITAL_THREADS"):
             stage_threads()

@@ -10,8 +10,9 @@ number of threads:
 - ``ATEN_CPU_CAPABILITY=avx2`` (PyTorch's own kernels), ``MKL_CBWR=AVX2`` with
   ``MKL_ENABLE_INSTRUCTIONS=AVX2`` (MKL's conditional numerical reproducibility) and
   ``ONEDNN_MAX_CPU_ISA=AVX2``, set before torch loads unless the environment already sets them;
-- ``VITAL_THREADS`` threads per stage (default 2), through ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` before
-  torch loads, and ``torch.set_num_threads`` when it already has.
+- ``VITAL_THREADS`` threads per stage (else an ``OMP_NUM_THREADS`` the user set, else 2), through
+  ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` before torch loads, and ``torch.set_num_threads`` when it already
+  has.
 
 ``VITAL_CPU_KERNELS=native`` turns the kernel pins off (faster on AVX-512, bytes of that machine only).
 Only x86-64 is pinned: elsewhere the variables mean nothing.
@@ -49,7 +50,8 @@ def pin_cpu_kernels() -> None:
 
 
 def stage_threads() -> int:
-    raw = os.environ.get("VITAL_THREADS", str(DEFAULT_THREADS))
+    """``VITAL_THREADS``, else an ``OMP_NUM_THREADS`` the user set, else 2."""
+    raw = os.environ.get("VITAL_THREADS") or os.environ.get("OMP_NUM_THREADS") or str(DEFAULT_THREADS)
     try:
         n = int(raw)
     except ValueError:
