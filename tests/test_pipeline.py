@@ -45,6 +45,7 @@ ALL_STAGES = {
     "embed",
     "select",
     "curate",
+    "export",
     "bakeoff",
     "tune@top-0",
     "tune@random-0",
@@ -60,6 +61,7 @@ ALL_STAGES = {
 DOWNSTREAM_OF_SELECTOR = {
     "select",
     "curate",
+    "export",  # the top subset, and the card records the selector's params
     "bakeoff",
     "tune@top-0",
     "finetune@top-0",

@@ -43,7 +43,7 @@ def main() -> None:
         if step >= p.tune.checkpoint_every:
             time.sleep(sleep_s)
 
-    tune_stage.tune.run = functools.partial(tune.run, on_step=slow)
+    tune.run = functools.partial(tune.run, on_step=slow)  # tune_stage imports it when it runs
     tune_stage.run_stage(p, Paths(root), subset, seed)
 
 

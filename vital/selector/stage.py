@@ -169,7 +169,8 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     }
     save_selector(paths.selector, saved_head(result.head, config), config)
     if sp.finetune_backbone != "none":
-        config.update(save_backbone(paths.selector, result.rater))
+        # the residual rater wraps the end-to-end rater that owns the backbone
+        config.update(save_backbone(paths.selector, getattr(result.rater, "inner", result.rater)))
         write_json(paths.selector / CONFIG, config)
     write_jsonl(
         paths.scores,
