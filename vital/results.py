@@ -86,6 +86,13 @@ def selection(m: dict) -> list[str]:
                 f"- {key.replace('_', ' ')}: {_s(d.get('difference'))}, 95% figure-bootstrap CI "
                 f"{_ci(d['ci95'])}: {verdict(d['ci95'])}"
             )
+    seeds = held.get("selector_minus_judge_over_seeds")
+    if isinstance(seeds, dict) and seeds.get("ci95"):
+        per_seed = ", ".join(f"{_s(v)}" for v in (seeds.get("difference_by_seed") or {}).values())
+        lines.append(
+            f"- selector minus judge averaged over selector seeds {seeds.get('seeds')} ({per_seed}): "
+            f"{_s(seeds.get('difference_mean'))}, 95% CI {_ci(seeds['ci95'])}: {verdict(seeds['ci95'])}"
+        )
     return [*lines, ""]
 
 
