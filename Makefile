@@ -51,7 +51,8 @@ pretrain-update: install
 # Two workers (pytest-xdist), one per core of the 2-core machine the suite is sized for; --dist loadfile keeps
 # each test file on one worker, so its module fixtures (tiny worlds, models, pipelines) are built once, as in one
 # process. --durations lists the slowest tests, to see what to share next.
-test: install
+test: install              # the demo data too: some tests read data/ (the in-repo remote, no network)
+	dvc pull --quiet data.dvc
 	pytest -q -n 2 --dist loadfile --durations=15
 
 lint: install

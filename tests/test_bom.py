@@ -5,7 +5,6 @@ reads exactly as the same file without it. Each reader is run on both and must g
 from __future__ import annotations
 
 import json
-import shutil
 import types
 from pathlib import Path
 
@@ -111,7 +110,17 @@ def _images_of(fmt: str, path: Path) -> Path:
 
 def test_demonstrations_read_the_same_with_a_bom(tmp_path):
     plain = tmp_path / "plain"
-    shutil.copytree(REPO / "data" / "demonstrations", plain)
+    plain.mkdir()  # written here: data/ is DVC-tracked and not pulled by `make test`
+    demo = {
+        "id": "dr_a_ct_01",
+        "fig_caption": "Axial CT showing a hypodense lesion in the right hepatic lobe.",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat modality is this?"},
+            {"from": "gpt", "value": "An axial CT of the abdomen."},
+        ],
+    }
+    (plain / "ct_scan.json").write_text(json.dumps([demo]))
+    (plain / "mri.json").write_text(json.dumps([{**demo, "id": "dr_a_mri_01"}]))
     bommed = tmp_path / "bom"
     bommed.mkdir()
     for f in plain.glob("*.json"):

@@ -37,6 +37,7 @@ def test_rank_rows_deal_whole_batches():
 @pytest.mark.parametrize("text_mode", ["rounds", "joint"])
 def test_two_processes_write_the_bytes_of_one(tmp_path: Path, text_mode: str):
     paths = world(tmp_path / "w", figures=10, k=3)
+    torch.set_num_threads(1)  # as the ranks below: an in-process stage earlier in this worker may have set 2
     run(EmbedParams(batch_size=4, text_mode=text_mode), paths)
     one = {n: (paths.embeddings / n).read_bytes() for n in (FEATURES, META)}
     shutil.rmtree(paths.embeddings)

@@ -286,7 +286,7 @@ def test_paper_head_reads_text_and_image_side_by_side_through_three_relu_layers_
 def test_paper_head_trains_every_epoch_without_early_stopping(world: Paths):
     sp = SelectorParams(
         head="paper", hidden=32, dropout=0.0, epochs=6, batch_size=64, early_stopping=False,
-        human_weight=50, compare_weights=[], lr=1e-3,
+        human_weight=50, compare_weights=[], lr=1e-3, judge_input="none",
     )  # fmt: skip
     m = run(sp, world)
     assert m["epochs_run"] == 6 and m["best_epoch"] == 6 and not m["stopped_early"]

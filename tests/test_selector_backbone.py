@@ -81,6 +81,7 @@ def test_backbone_trains_with_the_head(paths: Paths, mode: str):
         batch_size=32,
         human_weight=10,
         compare_weights=[],
+        judge_input="none",  # the head and backbone alone: a residual on the judge may keep the judge as it is
     )
     m = run(sp, paths)
     assert m["finetune_backbone"] == mode and m["epochs_run"] == 4

@@ -129,7 +129,9 @@ def test_two_process_tune_matches_one_process_at_the_same_global_batch(one_proce
     assert any(not torch.equal(base[k], tuned[k]) for k in base if k in tuned)  # it did train
 
 
-def test_only_rank_zero_writes_metrics_curve_and_mlflow(two_processes):
+def test_only_rank_zero_writes_metrics_curve_and_mlflow(two_processes, monkeypatch):
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so an earlier in-process test may have left one
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert sorted(_writes(two_processes, 0)) == ["curve", "metrics", "mlflow"]
     assert _writes(two_processes, 1) == []
     name, version = lineage.resolve_version("vital-llava-top-s0", two_processes)
