@@ -59,6 +59,14 @@ def turns_of(c: Candidate) -> list[dict]:
     return [t.model_dump(by_alias=True) for t in c.conversations]
 
 
+def _reply_score(response) -> tuple[float, str]:
+    """(score, rationale) of a judge reply; InvalidOutput when it has no usable content or score."""
+    content, why = message_content(response)
+    if why:
+        raise InvalidOutput(why)
+    return parse_score(content)
+
+
 class OpenAIJudge:
     def __init__(self, params: Params, paths: Paths) -> None:
         jp = self.jp = params.judge
@@ -159,11 +167,8 @@ class OpenAIJudge:
                     if not o.ok:
                         yield cand, None, f"request_{o.error}", o.detail
                         continue
-                    content, why = message_content(o.response)
                     try:
-                        if why:
-                            raise InvalidOutput(why)
-                        score, rationale = parse_score(content)
+                        score, rationale = _reply_score(o.response)
                     except InvalidOutput as e:
                         if attempt < self.jp.max_invalid_retries:
                             retry.append(item)
@@ -205,11 +210,8 @@ class OpenAIJudge:
                     if not o.ok:
                         failed.setdefault(cand.id, (f"request_{o.error}", o.detail))
                         continue
-                    content, why = message_content(o.response)
                     try:
-                        if why:
-                            raise InvalidOutput(why)
-                        score, rationale = parse_score(content)
+                        score, rationale = _reply_score(o.response)
                     except InvalidOutput as e:
                         if attempt < self.jp.max_invalid_retries:
                             retry.append(item)
