@@ -193,8 +193,15 @@ def test_paper_profile_does_not_rerun_on_a_demo_edit(locked, tmp_path):
         edit(locked, "vital/generate.py")
         changed = changed_stages(locked)
         assert "generate" in changed and "judge" not in changed  # judge shares vital/llm, not generate.py
+        edit(locked, "vital/llm/accounting.py")
+        assert {"generate", "judge"} <= changed_stages(locked)
     finally:
-        for module in ("vital/demo/template_generator.py", "vital/world/findings.py", "vital/generate.py"):
+        for module in (
+            "vital/demo/template_generator.py",
+            "vital/world/findings.py",
+            "vital/generate.py",
+            "vital/llm/accounting.py",
+        ):
             restore(locked, module)
         shutil.copy(tmp_path / "dvc.yaml", locked / "dvc.yaml")
         shutil.copy(tmp_path / "bakeoff.dvc.yaml", locked / "bakeoff" / "dvc.yaml")
