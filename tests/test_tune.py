@@ -165,7 +165,11 @@ def test_sigkilled_tune_process_resumes_to_the_same_result(world, lora_run):
     name, ckpt_dir, log = "sigkilled", world / "ckpt-sigkilled", world / "sigkilled.log"
     # This checkout's vital, not whichever one is installed.
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "PYTHONPATH": path, "VITAL_PROGRESS": "off"}
+    # the child on as many threads as this process's reference run: a float reduction split another way
+    # differs in the last digits
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "PYTHONPATH": path, "VITAL_PROGRESS": "off", "OMP_NUM_THREADS": threads}
+    env["VITAL_THREADS"] = threads
     cmd = [sys.executable, str(REPO / "tests" / "tune_child.py"), str(world), name, "1.0"]
     with log.open("w") as out:  # a file, not a pipe: a full pipe would stall the child
         child = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out)
