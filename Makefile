@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 # fine-tuning protocol (9 fine-tunes + evaluate_finetuned) is `make vqa-finetune`; the bake-off's own tunes
 # are `make bakeoff`.
 # A bare `dvc repro` runs every stage of dvc.yaml; `dvc repro -P` also runs bakeoff/dvc.yaml.
-DEMO_TARGETS ?= chat_eval bakeoff export
+DEMO_TARGETS ?= fetch chat_eval bakeoff export
 
 demo: install
 	dvc pull --quiet data.dvc

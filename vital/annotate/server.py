@@ -22,6 +22,7 @@ import json
 import mimetypes
 import re
 import socket
+import sys
 from functools import cache
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -241,6 +242,12 @@ def make_handler(session: AnnotationSession) -> type[BaseHTTPRequestHandler]:
 class AnnotationServer(ThreadingHTTPServer):
     daemon_threads = True
     host_names: set[str]
+
+    def handle_error(self, request, client_address) -> None:
+        # A browser that closes a tab mid-request resets the socket: nothing was lost, so no traceback.
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def make_server(
