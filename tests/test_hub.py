@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from vital import hub
-from vital.params import FoundationParams
+from vital.params import FoundationParams, MlflowParams
 from vital.paths import Paths
 from vital.stage import run_stage
 
@@ -112,7 +112,8 @@ def test_foundation_records_the_resolved_commit_in_mlflow(fake_hub, tmp_path, mo
     _repo(tmp_path, "hf-hub:known/clip")
     from vital.foundation import run
 
-    metrics = run(FoundationParams(backend="pretrained", clip="hf-hub:known/clip"), Paths(tmp_path))
+    fp = FoundationParams(backend="pretrained", clip="hf-hub:known/clip")
+    metrics = run(fp, Paths(tmp_path), MlflowParams(enabled=True))
     assert metrics["hub"]["commit"] == COMMIT
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     version = MlflowClient().get_model_version("vital-foundation", "1")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vital import lineage
+from vital import dvc_repo, lineage
 from vital.params import MlflowParams
 
 
@@ -141,7 +141,8 @@ def _registered(root, name):
 
 
 def test_foundation_run_logs_its_model_in_a_pipeline_repo(tmp_path, monkeypatch):
-    """vital.foundation.run calls log_stage: a repo with params.yaml gets `vital-foundation`, a bare dir not."""
+    """vital.foundation.run calls log_stage: with the mlflow params in force it registers `vital-foundation`,
+    without them (a library call) or with `enabled: false` nothing."""
     import torch
 
     from vital.foundation import build_tiny_clip, run
@@ -155,23 +156,48 @@ def test_foundation_run_logs_its_model_in_a_pipeline_repo(tmp_path, monkeypatch)
     fp = FoundationParams(backend="pretrained", clip="vital-tiny-clip", clip_pretrained=str(ckpt))
     bare = tmp_path / "bare"
     run(fp, Paths(bare))
-    assert not (bare / "mlflow.db").exists()  # no params.yaml: not a pipeline run, nothing logged
+    assert not (bare / "mlflow.db").exists()  # no mlflow params: not a pipeline run, nothing logged
 
     repo = tmp_path / "repo"
     (repo / "data" / "corpus").mkdir(parents=True)
     (repo / "data" / "corpus" / "figures.jsonl").write_text('{"pair_id": "a"}\n')
-    (repo / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"experiment": "vital"}}))
-    run(fp, Paths(repo))
+    run(fp, Paths(repo), MlflowParams(experiment="vital"))
     assert _registered(repo, "vital-foundation") == ["1"]
     back = lineage.walk_back("vital-foundation", 1, repo)
     assert back["source"] == "models/foundation"
     assert back["tags"]["vital.stage"] == "foundation"
     corpus = next(i for i in back["inputs"] if i["path"] == "data/corpus")
-    assert corpus["role"] == "corpus" and corpus["md5"] == lineage.tree_md5(repo / "data" / "corpus")[:36]
+    assert corpus["role"] == "corpus" and corpus["md5"] == dvc_repo.dir_md5(repo / "data" / "corpus")[:36]
 
-    (repo / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"enabled": False}}))
-    run(fp, Paths(repo))
+    run(fp, Paths(repo), MlflowParams(enabled=False))
     assert _registered(repo, "vital-foundation") == ["1"]  # mlflow.enabled: false logs nothing
+
+
+def test_a_stage_logs_as_its_params_file_says_not_as_params_yaml(tmp_path, monkeypatch):
+    """Before: log_stage re-read <root>/params.yaml, so `--params paper.yaml` with MLflow on logged nothing
+    when params.yaml had it off (and logged when the file in force had it off)."""
+    import torch
+
+    from vital.foundation import build_tiny_clip
+    from vital.foundation import run_stage as foundation
+    from vital.params import FoundationParams
+    from vital.stage import run_stage
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    model, _, _ = build_tiny_clip(FoundationParams())
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    (tmp_path / "data" / "corpus").mkdir(parents=True)
+    (tmp_path / "data" / "corpus" / "figures.jsonl").write_text('{"pair_id": "a"}\n')
+    fp = {"backend": "pretrained", "clip": "vital-tiny-clip", "clip_pretrained": str(tmp_path / "w.pt")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"foundation": fp, "mlflow": {"enabled": False}}))
+    (tmp_path / "on.yaml").write_text(yaml.safe_dump({"foundation": fp, "mlflow": {"experiment": "lab"}}))
+    run_stage("foundation", foundation, "on.yaml")
+    assert _registered(tmp_path, "lab-foundation") == ["1"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"foundation": fp, "mlflow": {"experiment": "lab"}}))
+    (tmp_path / "off.yaml").write_text(yaml.safe_dump({"foundation": fp, "mlflow": {"enabled": False}}))
+    run_stage("foundation", foundation, "off.yaml")
+    assert _registered(tmp_path, "lab-foundation") == ["1"]
 
 
 def test_select_run_logs_its_model_with_pairs_labels_judgments(tmp_path, monkeypatch):
@@ -181,12 +207,11 @@ def test_select_run_logs_its_model_with_pairs_labels_judgments(tmp_path, monkeyp
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     paths = synthetic(tmp_path / "repo", figures=60)
-    (paths.root / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"experiment": "vital"}}))
-    run(SelectorParams(human_weight=1, epochs=2, compare_weights=[]), paths)
+    run(SelectorParams(human_weight=1, epochs=2, compare_weights=[]), paths, MlflowParams(experiment="vital"))
     back = lineage.walk_back("vital-select", 1, paths.root)
     roles = {i["role"]: i for i in back["inputs"]}
     assert {"embeddings", "pairs", "judgments", "labels"} <= set(roles)
-    assert roles["pairs"]["md5"] == lineage.file_md5(paths.pairs) and roles["pairs"]["direct"] == "True"
+    assert roles["pairs"]["md5"] == dvc_repo.file_md5(paths.pairs) and roles["pairs"]["direct"] == "True"
     assert back["params"]["human_weight"] == "1.0"
     assert back["source"] == "models/selector"
 
@@ -196,14 +221,14 @@ def test_inputs_name_the_default_remote_object(tmp_path):
     (tmp_path / ".dvc" / "config").write_text(
         "[core]\n    remote = team\n['remote \"team\"']\n    url = s3://bucket/store\n"
     )
-    assert lineage.default_remote(tmp_path) == "s3://bucket/store"
+    assert dvc_repo.default_remote(tmp_path) == "s3://bucket/store"
     assert (
-        lineage.remote_object("s3://bucket/store", "ab12cd.dir") == "s3://bucket/store/files/md5/ab/12cd.dir"
+        dvc_repo.remote_object("s3://bucket/store", "ab12cd.dir") == "s3://bucket/store/files/md5/ab/12cd.dir"
     )
     (tmp_path / ".dvc" / "config").write_text(
         "[core]\n    remote = demo\n['remote \"demo\"']\n    url = ../store\n"
     )
-    assert lineage.default_remote(tmp_path) == str((tmp_path / "store").resolve())
+    assert dvc_repo.default_remote(tmp_path) == str((tmp_path / "store").resolve())
 
 
 def test_each_tune_is_registered_on_its_own_by_subset_and_seed(repo, monkeypatch):

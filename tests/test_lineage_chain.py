@@ -32,9 +32,11 @@ else:
     (o / "weights.txt").write_text(h.hexdigest() + "\\n")
 if stage == "select":
     from vital.lineage import log_stage
+    from vital.params import MlflowParams
     inputs = {"pairs": "artifacts/pairs.jsonl", "judgments": "artifacts/judgments.jsonl",
               "labels": "artifacts/labels.jsonl"}
-    log_stage("select", params["select"], {"agreement": 0.75}, inputs, o, pathlib.Path("."))
+    mp = MlflowParams(**params["mlflow"])
+    log_stage("select", params["select"], {"agreement": 0.75}, inputs, o, pathlib.Path("."), mlflow=mp)
 if stage == "tune":
     from vital.lineage import log_tune
     from vital.params import MlflowParams

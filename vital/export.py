@@ -413,7 +413,7 @@ def selection_of(p: Params, subset: str) -> dict[str, Any]:
 
 
 def provenance_of(p: Params, curated: Path, root: Path) -> dict[str, Any]:
-    from vital.lineage import git_commit
+    from vital.gitrepo import git_commit
 
     commit, dirty = git_commit(root)
     corpus = p.sample.corpus

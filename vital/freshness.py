@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-PIPELINES = ("dvc.yaml", "bakeoff/dvc.yaml")
+from vital import dvc_repo
+from vital.dvc_repo import Lock, Status
+
 # stages the demo's `make demo` leaves out, and the command that brings them up to date
 REFRESH = {
     "finetune": "make vqa-finetune",
@@ -46,61 +48,14 @@ def refresh_command(stage: str) -> str:
     return REFRESH.get(base, f"dvc repro {base}")
 
 
-def _name(stage) -> str:
-    return getattr(stage, "name", None) or str(stage)
-
-
-def _missing_outs(status: dict) -> set[str]:
+def _missing_outs(status: Status) -> set[str]:
     """Outputs absent from the workspace (a fresh clone): a dep on them, or on a folder holding them, is
     'modified' to DVC without saying anything about the code or params."""
-    missing = set()
-    for changes in status.values():
-        for entry in changes:
-            if isinstance(entry, dict) and isinstance(entry.get("changed outs"), dict):
-                missing |= {p for p, s in entry["changed outs"].items() if s in ("not in cache", "deleted")}
-    return missing
-
-
-@dataclass(frozen=True)
-class Locks:
-    """What dvc.lock recorded: each output's md5, and the md5 of each dep when each stage ran."""
-
-    outs: dict[str, str]  # out path -> md5
-    deps: dict[str, dict[str, str]]  # stage name -> dep path -> md5
-    raw: tuple[str, ...] = ()  # paths tracked by a .dvc file (data.dvc: "data")
-
-    def is_raw(self, path: str) -> bool:
-        return any(path == r or path.startswith(r.rstrip("/") + "/") for r in self.raw)
-
-    @classmethod
-    def read(cls, root: Path) -> Locks:
-        import yaml
-
-        outs, deps = {}, {}
-        for pipeline in PIPELINES:
-            lock = Path(root) / pipeline.replace("dvc.yaml", "dvc.lock")
-            if not lock.is_file():
-                continue
-            for name, entry in ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).items():
-                outs |= {o["path"]: o.get("md5") for o in entry.get("outs") or [] if "path" in o}
-                deps[name] = {d["path"]: d.get("md5") for d in entry.get("deps") or [] if "path" in d}
-        raw = []
-        for dvcfile in (p for p in Path(root).glob("*.dvc") if p.is_file()):
-            for out in (yaml.safe_load(dvcfile.read_text()) or {}).get("outs") or []:
-                raw.append(str(Path(dvcfile.parent.relative_to(root), out["path"]).as_posix()))
-        return cls(outs, deps, tuple(raw))
-
-    def consumed_older(self, stage: str, path: str) -> bool | None:
-        """Whether ``stage`` ran on another version of ``path`` than its producer's last locked output
-        (None: the lock cannot tell, e.g. ``path`` is no stage's output)."""
-        produced, consumed = self.outs.get(path), self.deps.get(stage, {}).get(path)
-        if produced is None or consumed is None:
-            return None
-        return produced != consumed
+    return {p for p, s in status.changed_outs().items() if s in ("not in cache", "deleted")}
 
 
 def _own_change(
-    changes: list, missing: set[str], locks: Locks | None = None, stage: str = ""
+    changes: list, missing: set[str], locks: Lock | None = None, stage: str = ""
 ) -> tuple[str | None, str | None]:
     """(why stale, why unknown) from one stage's DVC status entries. An input missing from the workspace (a
     fresh clone) is judged by the lock instead: did this stage run on the version its producer last wrote?"""
@@ -135,36 +90,22 @@ def _own_change(
 
 def check(root: Path) -> Freshness:
     """DVC's status of every stage in both pipelines, propagated downstream."""
-    import networkx as nx
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        status = repo.status()
-        graph = repo.index.graph
-        by_addr = {}
-        for stage in graph.nodes:
-            if getattr(stage, "is_data_source", False) or not getattr(stage, "cmd", None):
-                continue
-            by_addr[stage.addressing] = stage
-        own_stale, own_unknown = {}, {}
-        missing = _missing_outs(status)
-        locks = Locks.read(root)
-        for addr, changes in status.items():
-            if addr not in by_addr:
-                continue
-            name = _name(by_addr[addr])
-            why_stale, why_unknown = _own_change(changes, missing, locks, name)
-            if why_stale:
-                own_stale[name] = why_stale
-            elif why_unknown:
-                own_unknown[name] = "its inputs are not in the workspace (`dvc pull`, or `dvc repro`)"
-        stale, unknown = dict(own_stale), dict(own_unknown)
-        for stage in by_addr.values():
-            name = _name(stage)
-            if name in stale:
-                continue
-            upstream = [_name(s) for s in nx.descendants(graph, stage) if _name(s) in own_stale]
-            if upstream:
-                stale[name] = f"upstream stage {sorted(upstream)[0]} is stale"
-                unknown.pop(name, None)
+    status = dvc_repo.status(root)
+    missing = _missing_outs(status)
+    locks = Lock.read(root)
+    own_stale, own_unknown = {}, {}
+    for name, changes in status.changes.items():
+        why_stale, why_unknown = _own_change(changes, missing, locks, name)
+        if why_stale:
+            own_stale[name] = why_stale
+        elif why_unknown:
+            own_unknown[name] = "its inputs are not in the workspace (`dvc pull`, or `dvc repro`)"
+    stale, unknown = dict(own_stale), dict(own_unknown)
+    for name, upstream in status.upstream.items():
+        if name in stale:
+            continue
+        stale_upstream = sorted(s for s in upstream if s in own_stale)
+        if stale_upstream:
+            stale[name] = f"upstream stage {stale_upstream[0]} is stale"
+            unknown.pop(name, None)
     return Freshness(stale, unknown)

@@ -10,18 +10,16 @@ prints that chain and says where the workspace no longer matches it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from vital import dvc_repo
+from vital.dvc_repo import Lock, cached_file_md5, default_remote, dir_md5, file_md5, remote_object
+from vital.gitrepo import git_commit
 from vital.params import MlflowParams
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -63,27 +61,16 @@ class DvcGraph:
 
 
 def read_dvc_graph(root: Path) -> DvcGraph:
-    """Outputs (with md5) and dependencies of every stage in ``dvc.lock``, plus ``*.dvc`` raw data."""
-    root = Path(root)
-    outs: dict[str, tuple[str | None, str | None, str]] = {}
-    deps: dict[str, list[str]] = {}
-    dep_md5: dict[str, str] = {}
-    lock = root / "dvc.lock"
-    if lock.is_file():
-        data = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
-        for stage, entry in (data.get("stages") or {}).items():
-            deps[stage] = [_norm(d["path"], root) for d in entry.get("deps") or []]
-            for d in entry.get("deps") or []:
-                if d.get("md5"):
-                    dep_md5[_norm(d["path"], root)] = d["md5"]
-            for o in entry.get("outs") or []:
-                outs[_norm(o["path"], root)] = (stage, o.get("md5"), "dvc.lock")
-    for dvc_file in root.glob("*.dvc"):
-        if not dvc_file.is_file():  # pathlib's glob matches the .dvc/ folder itself
-            continue
-        data = yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}
-        for o in data.get("outs") or []:
-            outs[_norm(o["path"], root)] = (None, o.get("md5"), dvc_file.name)
+    """Outputs (with md5) and dependencies of every stage in the dvc.lock files, plus ``*.dvc`` raw data."""
+    lock = Lock.read(root)
+    outs: dict[str, tuple[str | None, str | None, str]] = {
+        path: (name, md5, stage.lock_file)
+        for name, stage in lock.stages.items()
+        for path, md5 in stage.outs.items()
+    }
+    outs |= {path: (None, md5, dvc_file) for path, (md5, dvc_file) in lock.raw.items()}
+    deps = {name: list(stage.deps) for name, stage in lock.stages.items()}
+    dep_md5 = {path: md5 for stage in lock.stages.values() for path, md5 in stage.deps.items() if md5}
     return DvcGraph(outs, deps, dep_md5)
 
 
@@ -96,38 +83,6 @@ def _owner(path: str, graph: DvcGraph) -> str | None:
     return best
 
 
-def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def tree_md5(path: Path) -> str:
-    """md5 over (relative path, file md5) of every file: vital's digest for a directory DVC has not hashed."""
-    h = hashlib.md5()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(path).as_posix()}\0{file_md5(f)}\n".encode())
-    return h.hexdigest() + ".dir"
-
-
-def _dir_manifest_md5(root: Path, dir_md5: str | None, relpath: str) -> str | None:
-    """A file's md5 from the DVC cache's manifest of the folder output holding it (``<md5>.dir``), if cached."""
-    if not dir_md5 or not dir_md5.endswith(".dir"):
-        return None
-    cache = root / ".dvc" / "cache"
-    for manifest in (cache / "files" / "md5" / dir_md5[:2] / dir_md5[2:], cache / dir_md5[:2] / dir_md5[2:]):
-        try:
-            entries = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and entry.get("relpath") == relpath:
-                return entry.get("md5")
-    return None
-
-
 def _digest(path: str, root: Path, graph: DvcGraph) -> Artifact:
     if path in graph.outs:
         stage, md5, source = graph.outs[path]
@@ -137,7 +92,7 @@ def _digest(path: str, root: Path, graph: DvcGraph) -> Artifact:
     # A file inside an output folder: its digest comes from the producing stage's entry (the folder's
     # manifest), never from a consumer's entry, which holds the file as it was when that consumer last ran.
     if owner:
-        md5 = _dir_manifest_md5(root, graph.outs[owner][1], path[len(owner) + 1 :])
+        md5 = cached_file_md5(root, graph.outs[owner][1], path[len(owner) + 1 :])
         if md5:
             return Artifact(path, md5, graph.outs[owner][2], stage)
     full = root / path
@@ -148,7 +103,7 @@ def _digest(path: str, root: Path, graph: DvcGraph) -> Artifact:
     if full.is_file():
         return Artifact(path, file_md5(full), "computed", stage)
     if full.is_dir():
-        return Artifact(path, tree_md5(full), "computed", None)
+        return Artifact(path, dir_md5(full), "computed", None)
     if path.count("/") == 1 and not path.startswith((".", "/")):
         return Artifact(path, None, "hub", None)  # a Hugging Face hub id: no local digest to take
     return Artifact(path, None, "missing", None)
@@ -181,20 +136,6 @@ def lineage(inputs: list[str | Path], root: Path = Path(".")) -> list[Artifact]:
     return list(seen.values())
 
 
-def git_commit(root: Path = Path(".")) -> tuple[str | None, bool]:
-    """(HEAD commit, working tree dirty) — read-only git calls; (None, False) outside a repository."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        return head, bool(dirty)
-    except (OSError, subprocess.CalledProcessError):
-        return None, False
-
-
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():
@@ -204,29 +145,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[key] = str(v)[:6000]
     return out
-
-
-def default_remote(root: Path = Path(".")) -> str | None:
-    """The URL of the default DVC remote (``.dvc/config``, then ``.dvc/config.local``); a local path is made
-    absolute (DVC resolves it against ``.dvc/``). None without one."""
-    import configparser
-
-    cfg = configparser.ConfigParser()
-    cfg.read([Path(root) / ".dvc" / "config", Path(root) / ".dvc" / "config.local"])
-    name = cfg.get("core", "remote", fallback=None)
-    # DVC writes the section as ['remote "name"'] (configobj); configparser keeps those quotes in the name
-    section = next((x for x in (f"'remote \"{name}\"'", f'remote "{name}"') if cfg.has_section(x)), None)
-    url = cfg.get(section, "url", fallback=None) if name and section else None
-    if url and "://" not in url and not Path(url).is_absolute():
-        url = str((Path(root) / ".dvc" / url).resolve())
-    return url
-
-
-def remote_object(remote: str | None, md5: str | None) -> str | None:
-    """Where DVC 3 keeps an object with this md5 in a remote (``<remote>/files/md5/ab/cdef...``)."""
-    if not remote or not md5:
-        return None
-    return f"{remote.rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}"
 
 
 def _dataset_input(art: Artifact, root: Path):
@@ -286,7 +204,7 @@ def log_tune(
                 "dvc_stage": art.stage or "",
                 "direct": str(art.path in direct),
             }
-            if art.source in ("dvc.lock", "data.dvc") or art.source.endswith(".dvc"):
+            if art.source.endswith((".dvc", "dvc.lock")):
                 input_tags["dvc_remote_url"] = remote_object(remote, art.md5) or ""
             mlflow.log_input(_dataset_input(art, root), context=role, tags=input_tags)
         client = MlflowClient()
@@ -348,28 +266,24 @@ def log_stage(
     model_dir: Path,
     root: Path = Path("."),
     tags: dict[str, str] | None = None,
+    mlflow: MlflowParams | None = None,
 ) -> dict[str, Any] | None:
     """For a stage's library ``run`` function (foundation, select): one MLflow run, the model registered as
     ``<mlflow.experiment>-<stage>`` (``vital-foundation``, ``vital-select``) with its inputs' digests
     (``tags``: e.g. the hub commits it was made from).
 
-    Logs only inside a pipeline repo, i.e. when ``<root>/params.yaml`` exists and its ``mlflow.enabled`` is
-    true (a unit test's bare temp dir logs nothing); returns the ``log_tune`` record, or None.
+    ``mlflow`` is the ``mlflow`` section of the params in force (the stage's ``--params`` file); without it
+    (a library call outside a stage, a unit test) or with ``enabled: false`` nothing is logged. Returns the
+    ``log_tune`` record, or None.
     """
-    params_file = Path(root) / "params.yaml"
-    if not params_file.is_file():
-        return None
-    # only the mlflow section: the stage has validated the whole file already
-    data = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
-    mp = MlflowParams.model_validate(data.get("mlflow") or {})
-    if not mp.enabled or not _main_process():
+    if mlflow is None or not mlflow.enabled or not _main_process():
         return None
     return log_tune(
         params,
         metrics,
         inputs,
         model_dir,
-        mp.model_copy(update={"registered_model": f"{mp.experiment}-{stage}"}),
+        mlflow.model_copy(update={"registered_model": f"{mlflow.experiment}-{stage}"}),
         root,
         run_name=stage,
         tags={"vital.stage": stage, **(tags or {})},
@@ -426,21 +340,11 @@ def workspace_state(paths: list[str], root: Path = Path(".")) -> dict[str, str]:
     """What ``dvc status`` says of each path (or the DVC output holding it): ``modified``, ``deleted``, ...;
     paths it does not name are absent. Empty outside a DVC repo."""
     try:
-        from dvc.repo import Repo
-
-        with Repo(str(root)) as repo:
-            status = repo.status()
+        # outputs only: a stale consumer's "changed deps" says the consumer needs a rerun, not that the
+        # artifact itself differs from what the model was made from
+        changed = dvc_repo.status(root).changed_outs()
     except Exception:  # not a DVC repo, or no dvc.yaml: nothing to compare with
         return {}
-    changed: dict[str, str] = {}
-    for entries in status.values():
-        for entry in entries:
-            if not isinstance(entry, dict):
-                continue
-            # outputs only: a stale consumer's "changed deps" says the consumer needs a rerun, not that the
-            # artifact itself differs from what the model was made from
-            for path, state in (entry.get("changed outs") or {}).items():
-                changed[_norm(path, root)] = state
     out = {}
     for p in paths:
         hit = next((c for c in changed if p == c or p.startswith(c + "/") or c.startswith(p + "/")), None)

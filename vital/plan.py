@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from vital import hub
+from vital.dvc_repo import Lock, file_md5
 from vital.io import read_records
 from vital.params import Params
 from vital.paths import Paths, is_local
@@ -46,16 +46,6 @@ class PlanPaths(Paths):
         return self.candidates_file or super().candidates
 
 
-def _md5(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _dig(tree, dotted: str):
     for part in dotted.split("."):
         if not isinstance(tree, dict) or part not in tree:
@@ -66,26 +56,28 @@ def _dig(tree, dotted: str):
 
 def lock_current(stage: str, params_file: Path, root: Path, outs: tuple[str, ...]) -> tuple[bool, str]:
     """Whether ``dvc.lock`` shows ``stage``'s ``outs`` were written from these params and file deps."""
-    lock_path = root / "dvc.lock"
-    if not lock_path.is_file():
+    if not (root / "dvc.lock").is_file():
         return False, "no dvc.lock"
-    entry = (yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage)
+    entry = Lock.read(root, ("dvc.yaml",)).stages.get(stage)
     if not entry:
         return False, f"{stage} is not in dvc.lock"
     raw = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
-    for file_params in (entry.get("params") or {}).values():
+    for file_params in entry.params.values():
         for key, value in file_params.items():
             if _dig(raw, key) != value:
                 return False, f"{stage} ran with other params ({key})"
-    for dep in entry.get("deps") or []:
-        md5 = str(dep.get("md5", ""))
-        if not md5.endswith(".dir") and _md5(root / dep["path"]) != md5:
-            return False, f"{dep['path']} changed since {stage} ran"
-    locked = {o["path"]: o.get("md5") for o in entry.get("outs") or []}
+    for path, md5 in entry.deps.items():
+        # a folder dep (the corpus images) is left to DVC: hashing it here could take as long as the stage
+        if not str(md5).endswith(".dir") and _file_md5(root / path) != md5:
+            return False, f"{path} changed since {stage} ran"
     for out in outs:
-        if out not in locked or _md5(root / out) != locked[out]:
+        if out not in entry.outs or _file_md5(root / out) != entry.outs[out]:
             return False, f"{out} is not the one {stage} wrote last"
     return True, "current"
+
+
+def _file_md5(path: Path) -> str | None:
+    return file_md5(path) if path.is_file() else None
 
 
 def sample_in_force(params: Params, params_file: Path, paths: Paths, tmp: Path) -> tuple[Path, str]:

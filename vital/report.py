@@ -492,7 +492,8 @@ def render_curves(root: Path, base: str, head: str | None, out_dir: Path, limit:
 def _mlflow_section(root: Path, head: str | None) -> list[str]:
     """Registered model versions whose run was logged from the PR's commit (every version if head is the
     workspace and none match HEAD)."""
-    from vital.lineage import git_commit, tracking_uri
+    from vital.gitrepo import git_commit
+    from vital.lineage import tracking_uri
 
     uri = tracking_uri(root)
     db = uri.removeprefix("sqlite:///")

@@ -17,7 +17,7 @@ from vital.foundation.clip import (
     tiny_clip_config,
 )
 from vital.io import write_curve, write_json
-from vital.params import FoundationParams, Params
+from vital.params import FoundationParams, MlflowParams, Params
 from vital.paths import Paths
 from vital.registry import Backend, choose
 
@@ -63,8 +63,9 @@ def record_stage(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
     return record_pretrained(fp, paths.foundation / "clip")
 
 
-def run(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
-    """The foundation stage: writes ``models/foundation/`` and ``metrics/foundation.json``."""
+def run(fp: FoundationParams, paths: Paths, mlflow: MlflowParams | None = None) -> dict[str, Any]:
+    """The foundation stage: writes ``models/foundation/`` and ``metrics/foundation.json``; logs the model to
+    MLflow as ``mlflow`` (the params in force) says."""
     start = time.perf_counter()
     metrics = choose(BACKENDS, fp.backend, "foundation.backend").load()(fp, paths)
     metrics["wall_s"] = round(time.perf_counter() - start, 1)
@@ -74,10 +75,17 @@ def run(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
     hub = metrics.get("hub") or {}
     tags = {f"hub.{hub['param']}": f"{hub['repo']}@{hub['commit']}"} if hub else None
     log_stage(
-        "foundation", fp.model_dump(), metrics, {"corpus": paths.corpus}, paths.foundation, paths.root, tags
+        "foundation",
+        fp.model_dump(),
+        metrics,
+        {"corpus": paths.corpus},
+        paths.foundation,
+        paths.root,
+        tags,
+        mlflow,
     )
     return metrics
 
 
 def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
-    return run(p.foundation, paths)
+    return run(p.foundation, paths, p.mlflow)

@@ -11,7 +11,7 @@ import torch
 from vital.drops import Drops
 from vital.embed.store import load_embeddings
 from vital.io import RecordError, write_csv, write_json, write_jsonl
-from vital.params import Params, ParamsError, SelectorParams
+from vital.params import MlflowParams, Params, ParamsError, SelectorParams
 from vital.paths import Paths
 from vital.schema import Pair
 from vital.selector.backbone import save_backbone
@@ -71,8 +71,9 @@ def check_device(device: str) -> None:
         raise ParamsError(f"selector.device={device!r}: no CUDA device on this machine (use cpu)")
 
 
-def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
-    """The select stage: ``models/selector``, ``artifacts/scores.jsonl``, ``metrics/select.json``, curve."""
+def run(sp: SelectorParams, paths: Paths, mlflow: MlflowParams | None = None) -> dict[str, Any]:
+    """The select stage: ``models/selector``, ``artifacts/scores.jsonl``, ``metrics/select.json``, curve;
+    logs the selector to MLflow as ``mlflow`` (the params in force) says."""
     start = time.perf_counter()
     check_device(sp.device)
     emb = load_embeddings(paths.embeddings)
@@ -235,6 +236,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
         },
         paths.selector,
         paths.root,
+        mlflow=mlflow,
     )
     return metrics
 
@@ -271,4 +273,4 @@ def _write_weights(path: Path, by_weight: dict[float, float | None]) -> None:
 
 
 def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
-    return run(p.selector, paths)
+    return run(p.selector, paths, p.mlflow)
