@@ -38,7 +38,7 @@ def embedded_texts(ep, inputs) -> list[str]:
     rounds = [t for c in inputs.candidates for t in round_texts(c)]
     texts = rounds + [context_text(f) for f in inputs.figures.values()]
     if ep.side_features:
-        from vital.foundation.train import mirror_text
+        from vital.mirror import mirror_text
 
         texts += [mirror_text(t) for t in rounds]
     return texts

@@ -138,7 +138,7 @@ def test_pretrained_backend_records_checkpoint(tmp_path: Path):
 
 
 def test_mirror_text_swaps_sides_keeps_case():
-    from vital.foundation.train import mirror_text
+    from vital.mirror import mirror_text
 
     assert (
         mirror_text("Left lesion in the right half; leftover.") == "Right lesion in the left half; leftover."

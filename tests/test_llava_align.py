@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from vital.demo.tokenizer import train_tokenizer
 from vital.foundation.clip import build_tiny_clip, load_clip, save_clip, tiny_clip_config
 from vital.llava import align
 from vital.llava.testing import side_records
-from vital.llava.tokenizer import train_tokenizer
 from vital.params import AlignParams, FoundationParams
 
 

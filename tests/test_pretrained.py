@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from tests.test_foundation import make_corpus, tiny_params
+from vital.demo.pretrain import pretrain
+from vital.demo.pretrained import compare_trees, restore_foundation, training_params, tree_md5
 from vital.failures import StageFailed
 from vital.foundation import run as run_foundation
 from vital.llava import align
 from vital.params import AlignParams, FoundationParams, Params
 from vital.paths import Paths
-from vital.pretrain import pretrain
-from vital.pretrained import compare_trees, restore_foundation, training_params, tree_md5
 
 torch.set_num_threads(1)
 

@@ -223,7 +223,7 @@ def _add_export(sub) -> None:
 
 
 def _pretrain(args) -> int:
-    from vital.pretrain import PRETRAINED, pretrain
+    from vital.demo.pretrain import PRETRAINED, pretrain
 
     params = load_params(args.params)
     problems = pretrain(params, Path("."), write=args.write, keep=Path(args.keep) if args.keep else None)

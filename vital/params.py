@@ -57,7 +57,7 @@ class WorldParams(Section):
 # ---------------------------------------------------------------- foundation / base model
 class FoundationParams(Section):
     """Image/text encoders. ``demo`` pretrains a tiny CLIP on the corpus; ``pretrained`` records checkpoints;
-    ``restore`` copies the demo's stored ones from data/pretrained (vital.pretrained)."""
+    ``restore`` copies the demo's stored ones from data/pretrained (vital.demo.pretrained)."""
 
     backend: Literal["demo", "pretrained", "restore"] = "restore"
     clip: str = Field("vital-tiny-clip", description="open_clip model name, 'hf-hub:<id>' or local dir")
@@ -84,7 +84,7 @@ class FoundationParams(Section):
 
 class AlignParams(Section):
     """Base LLaVA model. ``demo`` assembles a tiny LLaVA and aligns it on captions (LLaVA-Med stage 1);
-    ``restore`` copies the demo's stored one from data/pretrained (vital.pretrained)."""
+    ``restore`` copies the demo's stored one from data/pretrained (vital.demo.pretrained)."""
 
     backend: Literal["demo", "pretrained", "restore"] = "restore"
     model: str = Field("models/base", description="hub id or local dir of a LlavaForConditionalGeneration")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from vital.embed.text import context_text, encode_texts, round_texts
+from vital.mirror import mirror_text
 from vital.params import EmbedParams
 from vital.schema import Candidate, FigureRecord
 
@@ -62,8 +63,6 @@ def encode_rounds(
     sims = round_sims(feats, np.array(owner), len(cands), fig_feats, context, [row[c.pair_id] for c in cands])
     extra = {"candidate_text_max": mx, "figure_context": context, "candidate_round_sim": sims}
     if ep.side_features:
-        from vital.foundation.train import mirror_text  # open_clip import is slow
-
         mirrored, _ = encode(model, tokenizer, [mirror_text(t) for t in texts], ep.batch_size, device)
         extra["candidate_text_side"] = text_side(feats, mirrored, np.array(owner), len(cands))
     return mean, conv_tokens, [c.pair_id for c in cands], extra

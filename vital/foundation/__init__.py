@@ -49,10 +49,10 @@ def record_pretrained(fp: FoundationParams, out_dir: Path) -> dict[str, Any]:
 
 # each: (fp, paths) -> metrics; writes models/foundation/
 BACKENDS: dict[str, Backend] = {
-    "demo": Backend("vital.foundation.train:train_stage", reads=("data/corpus",)),
+    "demo": Backend("vital.demo.foundation:train_stage", reads=("data/corpus",)),
     "pretrained": Backend("vital.foundation:record_stage"),
     "restore": Backend(
-        "vital.pretrained:restore_foundation",
+        "vital.demo.pretrained:restore_foundation",
         reads=("data/pretrained/foundation", "data/pretrained/metrics", "data/pretrained/params.json"),
     ),
 }

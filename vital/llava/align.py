@@ -26,7 +26,7 @@ BACKENDS: dict[str, Backend] = {
     # the sampled figures (vital.sample:align_reads), not the demo corpus
     "pretrained": Backend("vital.llava.align:train_stage"),
     "restore": Backend(
-        "vital.pretrained:restore_base",
+        "vital.demo.pretrained:restore_base",
         reads=("data/pretrained/base", "data/pretrained/metrics", "data/pretrained/params.json"),
     ),
 }

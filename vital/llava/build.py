@@ -54,7 +54,7 @@ def make_processor(
 ) -> LlavaProcessor:
     """A ``LlavaProcessor`` whose image processor reproduces the foundation encoder's preprocess."""
     if getattr(tokenizer, "image_token", None) is None:
-        raise ValueError("tokenizer has no image_token; train it with vital.llava.tokenizer.train_tokenizer")
+        raise ValueError("tokenizer has no image_token; train it with vital.demo.tokenizer.train_tokenizer")
     tokenizer.chat_template = chat_template
     patch = visual.patch_size[0] if isinstance(visual.patch_size, tuple) else visual.patch_size
     return LlavaProcessor(

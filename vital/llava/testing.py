@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vital.demo.tokenizer import train_tokenizer
 from vital.llava.build import build_tiny_llava, save_llava
-from vital.llava.tokenizer import train_tokenizer
 from vital.params import AlignParams, FoundationParams
 
 SIDES = ("left", "right")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pydantic import ValidationError
 from vital.drops import Drops
 from vital.foundation.clip import build_tiny_clip, save_clip, tiny_clip_config
 from vital.io import RecordError, read_jsonl, write_curve
+from vital.mirror import mirror_text
 from vital.params import FoundationParams
 from vital.paths import Paths
 from vital.progress import progress
@@ -40,20 +40,6 @@ class Corpus:
     images: torch.Tensor  # (N, 3, H, W), already preprocessed
     texts: list[str]
     drops: Drops
-
-
-_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
-
-
-def mirror_text(text: str) -> str:
-    """The caption of the horizontally mirrored figure: 'left' and 'right' swap (case kept)."""
-
-    def swap(m: re.Match) -> str:
-        word = m.group(0)
-        other = "right" if word.lower() == "left" else "left"
-        return other.capitalize() if word[0].isupper() else other
-
-    return _SIDE.sub(swap, text)
 
 
 def clip_text(rec: FigureRecord) -> str:
@@ -241,7 +227,7 @@ def train_demo(
     """Pretrain, save to ``out_dir`` (open_clip local-dir layout) and return the metrics.
 
     With ``tokenizer_dir``, also trains the demo LLM's byte-level BPE (``foundation.vocab_size``) on the
-    same corpus text (vital.llava.tokenizer owns that tokenizer; this stage only produces it).
+    same corpus text (vital.demo.tokenizer owns that tokenizer; this stage only produces it).
     """
     start = time.perf_counter()
     model, preprocess, tokenizer = build_tiny_clip(fp)
@@ -277,7 +263,7 @@ def train_demo(
         "train_wall_s": round(train_s, 1),
     }
     if tokenizer_dir is not None:
-        from vital.llava.tokenizer import train_tokenizer
+        from vital.demo.tokenizer import train_tokenizer
 
         tok = train_tokenizer(corpus.texts, fp.vocab_size, tokenizer_dir)
         metrics["llm_tokenizer"] = {"vocab_size": len(tok), "texts": len(corpus.texts)}

@@ -11,19 +11,19 @@ in-repo DVC remote)::
     data/pretrained/params.json   the foundation and align params they were trained with
 
 Backend ``restore`` copies them into ``models/`` (byte for byte, so every downstream stage reads the same
-bytes as after training). ``vital pretrain`` (vital.pretrain) trains both from scratch into a scratch folder
+bytes as after training). ``vital pretrain`` (vital.demo.pretrain) trains both from scratch into a scratch folder
 and compares every file with ``data/pretrained`` (``--write`` replaces them).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from vital.dvc_repo import file_md5
 from vital.failures import StageFailed
 from vital.io import write_json
 from vital.params import AlignParams, FoundationParams
@@ -43,11 +43,7 @@ def tree_md5(root: Path) -> dict[str, str]:
     """Every file under ``root`` (relative posix path -> md5 of its bytes)."""
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
-    return {
-        p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return {p.relative_to(root).as_posix(): file_md5(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def compare_trees(expected: Path, actual: Path) -> list[str]:

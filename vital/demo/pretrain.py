@@ -1,6 +1,6 @@
 """``vital pretrain``: retrain the demo's foundation + base from scratch, compare with or replace data/pretrained.
 
-Kept apart from vital.pretrained (the restore backend), so that restoring does not depend on training code.
+Kept apart from vital.demo.pretrained (the restore backend), so that restoring does not depend on training code.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from vital.demo.pretrained import LAYOUT, PRETRAINED, SECTIONS, compare_trees, training_params
 from vital.params import Params
 from vital.paths import Paths
-from vital.pretrained import LAYOUT, PRETRAINED, SECTIONS, compare_trees, training_params
 
 
 def train_from_scratch(params: Params, repo: Path, work: Path) -> Path:
