@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from vital.demo.llava import build_from_foundation
 from vital.demo.tokenizer import train_tokenizer
 from vital.foundation.clip import build_tiny_clip, load_clip, save_clip, tiny_clip_config
 from vital.llava import align
@@ -48,6 +49,7 @@ def _run(world, **kw):
         checkpoint_dir=world / "ckpt",
         metrics_path=world / "align.json",
         curve_path=world / "align.csv",
+        build_base=build_from_foundation,
     )
 
 
@@ -82,6 +84,7 @@ def test_missing_foundation_is_named(tmp_path):
             tmp_path / "b",
             AlignParams(backend="demo"),
             tmp_path / "c",
+            build_base=build_from_foundation,
         )
 
 

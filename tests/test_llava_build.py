@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
+from vital.demo.llava import build_tiny_llava
 from vital.demo.tokenizer import train_tokenizer
 from vital.foundation.clip import build_tiny_clip
-from vital.llava.build import build_tiny_llava, load_llava, save_llava
+from vital.llava.build import load_llava, save_llava
 from vital.llava.conversation import num_image_tokens
 from vital.params import AlignParams, FoundationParams
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from vital.registry import Backend, choose
 _TRAIN_READS = ("models/foundation", "data/corpus")
 # align.backend -> the function that makes models/base (params, paths) and what it reads
 BACKENDS: dict[str, Backend] = {
-    "demo": Backend("vital.llava.align:train_stage", reads=_TRAIN_READS),
+    "demo": Backend("vital.demo.llava:align_stage", reads=_TRAIN_READS),
     # the sampled figures (vital.sample:align_reads), not the demo corpus
     "pretrained": Backend("vital.llava.align:train_stage"),
     "restore": Backend(
@@ -105,19 +105,23 @@ def run(
     checkpoint_dir: Path,
     metrics_path: Path | None = None,
     curve_path: Path | None = None,
+    build_base: Callable[[Path, AlignParams], tuple[Any, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Build (demo) or load (pretrained) the base LLaVA, align it on captions, save it to ``out``."""
+    """Build (demo: ``build_base(foundation_dir, ap)``, vital.demo.llava's) or load (pretrained:
+    ``align.model``) the base LLaVA, align it on captions, save it to ``out``."""
     start = time.perf_counter()
     if ap.backend == "pretrained" and ap.steps == 0:
         return _record_pretrained(ap, out, metrics_path, curve_path)
     # torch, transformers and peft only when a model is built or trained (a record takes no 10 s of imports)
-    from vital.llava.build import build_from_foundation, load_llava, save_llava
+    from vital.llava.build import load_llava, save_llava
     from vital.llava.conversation import Collator, ConversationDataset
     from vital.llava.trainer import LoopConfig, train
 
     hub = None
     if ap.backend == "demo":
-        model, processor = build_from_foundation(foundation_dir, ap)
+        if build_base is None:
+            raise ValueError("align.backend demo: the base is built by vital.demo.llava (pass build_base)")
+        model, processor = build_base(foundation_dir, ap)
     else:
         from vital.hub import pinned
 
@@ -174,11 +178,11 @@ def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
 
 
 def train_stage(ap: AlignParams, paths: Paths) -> dict[str, Any]:
-    """demo: the whole demo corpus (before any sample); pretrained: the sampled figures' captions, as LLaVA-Med
-    aligns on the PMC figure-caption pairs of its instruction data."""
+    """pretrained: ``align.model`` aligned on the sampled figures' captions, as LLaVA-Med aligns on the PMC
+    figure-caption pairs of its instruction data (the demo's backend is vital.demo.llava:align_stage)."""
     return run(
         foundation_dir=paths.foundation,
-        figures=paths.sample if ap.backend == "pretrained" else paths.figures,
+        figures=paths.sample,
         corpus_root=paths.corpus,
         out=paths.base_model,
         ap=ap,

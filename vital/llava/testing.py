@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vital.demo.llava import build_tiny_llava
 from vital.demo.tokenizer import train_tokenizer
-from vital.llava.build import build_tiny_llava, save_llava
+from vital.llava.build import save_llava
 from vital.params import AlignParams, FoundationParams
 
 SIDES = ("left", "right")
@@ -112,8 +113,8 @@ def llama_style_tokenizer(texts: list[str], out: Path, vocab_size: int = 500):
 
 def llava_hf_style_base(out: Path, width: int = 32, image_size: int = 32, patch_size: int = 16) -> Path:
     """A random tiny LLaVA with a Llama-style tokenizer and llava-hf 1.5's chat template, saved to ``out``."""
+    from vital.demo.llava import make_processor
     from vital.foundation.clip import build_tiny_clip
-    from vital.llava.build import make_processor
 
     fp = FoundationParams(width=width, embed_dim=width, image_size=image_size, patch_size=patch_size)
     clip, _, _ = build_tiny_clip(fp)
