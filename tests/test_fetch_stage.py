@@ -17,10 +17,10 @@ from tests.test_corpus_fetch import _packages
 from tests.test_fetch import PMC, pmc  # noqa: F401 (pmc: the server fixture)
 from tests.test_pipeline import REPO, TINY, _merge, ran_stages, sh
 from vital import dag
+from vital.corpus_paths import corpus_images
 from vital.io import read_jsonl
 from vital.params import ParamsError, parse_params
 from vital.pipeline import STAGES
-from vital.sample import corpus_images
 from vital.shards import open_image
 
 

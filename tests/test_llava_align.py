@@ -131,10 +131,10 @@ def test_pretrained_base_with_steps_aligns_on_the_sampled_figures_not_the_corpus
     """LLaVA-Med's stage 1 in the paper profile: the captions are artifacts/sample.jsonl's, never a fixed path."""
     import shutil
 
+    from vital.corpus_paths import align_reads
     from vital.llava.testing import tiny_base
     from vital.params import Params
     from vital.paths import Paths
-    from vital.sample import align_reads
 
     paths = Paths(tmp_path)
     shutil.copytree(world / "corpus", paths.corpus)

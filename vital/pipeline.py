@@ -105,7 +105,7 @@ class Stage:
 
 # the figures' images: data/corpus/images, the fetch stage's artifacts/figures when fetch.enabled, or the
 # shards fetched beforehand when sample.corpus.shards is set
-_IMAGES = "vital.sample:corpus_images"
+_IMAGES = "vital.corpus_paths:corpus_images"
 _SEED = Option("seed", int, "overrides the section's seed")
 
 STAGES: dict[str, Stage] = {
@@ -126,7 +126,7 @@ STAGES: dict[str, Stage] = {
             "vital.llava.align:run_stage",
             "align",
             backends=(("align.backend", "vital.llava.align:BACKENDS"),),
-            param_reads=("vital.sample:align_reads",),
+            param_reads=("vital.corpus_paths:align_reads",),
             doc="assemble the base LLaVA and align it on captions (pretrained: on the sampled figures, or "
             "record the checkpoint with steps 0; restore: copy data/pretrained/base)",
             outs=("models/base",),
@@ -136,7 +136,7 @@ STAGES: dict[str, Stage] = {
             "sample",
             "vital.sample:run_stage",
             "sample",
-            param_reads=("vital.sample:corpus_files",),
+            param_reads=("vital.corpus_paths:corpus_files",),
             doc="domain-stratified, seeded sample of figure records",
             outs=("artifacts/sample.jsonl",),
         ),

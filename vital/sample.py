@@ -36,15 +36,16 @@ import numpy as np
 from pydantic import ValidationError
 
 from vital.corpus import Malformed, reader
+from vital.diversity import diverse
 from vital.drops import Drops
+from vital.image_urls import join_image_urls
 from vital.io import RecordError, write_json, write_jsonl
 from vital.licenses import OaFileList, license_counts, provenance, read_oa_file_list
 from vital.params import Params, SampleParams
-from vital.paths import Paths, repo_relative
+from vital.paths import Paths
 from vital.progress import progress
 from vital.schema import DOMAINS, FigureRecord
-from vital.seeding import stable_seed
-from vital.shards import image_exists, open_image, read_index
+from vital.shards import image_exists, read_index
 
 _PLAIN = (str, type(None))
 
@@ -188,88 +189,6 @@ def license_allowed(record: dict, cfg: SampleParams) -> bool:
     return cfg.licenses is None or record.get("license") in cfg.licenses
 
 
-def _hashed_words(text: str, n: int) -> np.ndarray:
-    v = np.zeros(n, dtype=np.float32)
-    for w in text.lower().split():
-        w = w.strip(".,;:()[]")
-        if len(w) > 2:
-            v[stable_seed("w", w) % n] += 1.0
-    norm = np.linalg.norm(v)
-    return v / norm if norm else v
-
-
-def _thumbnail(image: str, root: Path) -> np.ndarray | None:
-    try:
-        with open_image(image, root) as im:
-            px = np.asarray(im.convert("L").resize((4, 4)), dtype=np.float32).ravel() / 255.0
-    except Exception:
-        return None
-    return px - px.mean()
-
-
-def diverse(
-    pool: list[tuple[int, int, dict]], n: int, cfg: SampleParams, root: Path
-) -> list[tuple[int, int, dict]]:
-    """n items of ``pool`` (key, ordinal, raw) drawn across k-means clusters of caption+image features.
-
-    Clusters are visited round-robin (ordered by their smallest key), each giving its next item in
-    key order, so every cluster is represented before any gives a second item. Seeded by ``cfg.seed``.
-    """
-    div = cfg.diversity
-    pool = sorted(pool)
-    if len(pool) <= n:
-        return pool
-    feats = []
-    for _, _, raw in pool:
-        text = _hashed_words(f"{raw.get('fig_caption', '')}", div.features)
-        img = raw.get("image")
-        thumb = _thumbnail(img, root) if isinstance(img, str) and cfg.corpus.check_images else None
-        feats.append(np.concatenate([text, thumb if thumb is not None else np.zeros(16, np.float32)]))
-    x = np.stack(feats)
-    k = min(div.clusters, len(pool))
-    rng = np.random.default_rng(stable_seed(cfg.seed, "sample-diversity"))
-    centers = x[rng.choice(len(x), size=k, replace=False)]
-    labels = np.zeros(len(x), dtype=np.int64)
-    for _ in range(div.iterations):
-        # squared distances without the (pool x k x features) difference tensor
-        d = (centers**2).sum(1)[None, :] - 2.0 * x @ centers.T
-        labels = d.argmin(1)
-        for c in range(k):
-            members = x[labels == c]
-            if len(members):
-                centers[c] = members.mean(0)
-    queues: dict[int, list[int]] = {}
-    for i, c in enumerate(labels):  # pool is in key order, so each queue is too
-        queues.setdefault(int(c), []).append(i)
-    order = sorted(queues.values(), key=lambda q: q[0])
-    chosen: list[int] = []
-    while len(chosen) < n:
-        for q in order:
-            if q and len(chosen) < n:
-                chosen.append(q.pop(0))
-    return [pool[i] for i in chosen]
-
-
-def join_image_urls(records: list[dict], path: Path, problems: Drops) -> dict[str, int]:
-    """Add LLaVA-Med's ``pmc_tar_url`` and ``image_file_path`` to sampled records (first line wins)."""
-    wanted = {r["pair_id"]: r for r in records}
-    done: set[str] = set()
-    for where, raw in reader("llava_med_image_urls", "image_urls").read(path):
-        if isinstance(raw, Malformed):
-            problems.add(f"image_urls_{raw.reason}", where, raw.detail)
-            continue
-        pid = raw["pair_id"]
-        if pid in done:  # only the sampled pair_ids are tracked: memory stays bounded by the sample
-            problems.add(
-                "image_urls_duplicate_pair_id", where, f"{pid} appears earlier (first wins)", pair_id=pid
-            )
-        elif pid in wanted:
-            done.add(pid)
-            wanted[pid]["pmc_tar_url"] = raw["pmc_tar_url"]
-            wanted[pid]["image_file_path"] = raw["image_file_path"]
-    return {"joined": len(done), "without_url": len(wanted) - len(done)}
-
-
 def _relicense(records: list[dict], oa: OaFileList | None, cfg: SampleParams, problems: Drops) -> list[dict]:
     """After the image-URL join a record may name its PMCID (the OA package URL): fill what was missing;
     one whose license is now known and not allowed is dropped (the sample is then that much smaller)."""
@@ -386,37 +305,3 @@ def run_stage(p: Params, paths: Paths) -> dict:
     result = run(paths.figures, paths.sample, paths.metric("sample"), p.sample)
     print(f"sample: {result['sampled']} figures, {result['dropped']} records skipped -> {paths.sample}")
     return result
-
-
-def corpus_files(p: Params, root: Path) -> list[str]:
-    """The corpus index ``sample.corpus`` names, the image-URL file joined onto it, the fetch index whose
-    shard refs replace the records' images (and its shards, when image checks open them), and the images
-    whose thumbnails the diversity step clusters."""
-    c = p.sample.corpus
-    index = c.path or "data/corpus/figures.jsonl"
-    files = [index, *([c.image_urls] if c.image_urls else []), *([c.oa_file_list] if c.oa_file_list else [])]
-    if c.shards:
-        files.append(c.shards)
-        if c.check_images:
-            files.append(str(Path(c.shards).parent))
-    elif p.sample.diversity.clusters and c.check_images:
-        files.append(str(Path(index).parent / c.images))
-    return [repo_relative(f, root) for f in files]
-
-
-def corpus_images(p: Params, root: Path) -> list[str]:
-    """What stages that open the sampled figures read: the fetch stage's output when ``fetch.enabled``,
-    the fetched shards when ``sample.corpus.shards`` is set (the index's folder), else the corpus' image
-    folder."""
-    if p.fetch.enabled:
-        return ["artifacts/figures"]
-    shards = p.sample.corpus.shards
-    return [repo_relative(str(Path(shards).parent), root) if shards else "data/corpus/images"]
-
-
-def align_reads(p: Params, root: Path) -> list[str]:
-    """LLaVA-Med's stage 1 on a pretrained LLaVA (``align.backend: pretrained`` with ``align.steps`` > 0) trains on
-    the sampled figures' captions and images; otherwise align reads no sample."""
-    if p.align.backend != "pretrained" or p.align.steps == 0:
-        return []
-    return ["artifacts/sample.jsonl", *corpus_images(p, root)]

@@ -23,7 +23,7 @@ _TRAIN_READS = ("models/foundation", "data/corpus")
 # align.backend -> the function that makes models/base (params, paths) and what it reads
 BACKENDS: dict[str, Backend] = {
     "demo": Backend("vital.demo.llava:align_stage", reads=_TRAIN_READS),
-    # the sampled figures (vital.sample:align_reads), not the demo corpus
+    # the sampled figures (vital.corpus_paths:align_reads), not the demo corpus
     "pretrained": Backend("vital.llava.align:train_stage"),
     "restore": Backend(
         "vital.demo.pretrained:restore_base",
