@@ -8,7 +8,6 @@ plus ``adapter/`` for LoRA and QLoRA runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -21,6 +20,7 @@ from packaging.version import Version
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
 
+from vital.dvc_repo import file_md5
 from vital.io import RecordError, read_json, write_curve, write_json
 from vital.llava.build import load_llava, set_image_aspect_ratio
 from vital.llava.conversation import Collator, ConversationDataset
@@ -234,14 +234,6 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, sum(numel(p) for p in model.parameters())
 
 
-def _file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _save_outputs(model, accelerator, processor, base: str, out: Path, tp: TrainParams) -> None:
     """Write the merged checkpoint (+ adapter) with weights gathered from every process."""
     state = accelerator.get_state_dict(model)
@@ -312,7 +304,7 @@ def run(
         checkpoint_every=tp.checkpoint_every,
         seed=tp.seed,
         desc=f"tune {data.stem}",
-        fingerprint={"base": str(base), "data_md5": _file_md5(data), "params": tp.model_dump()},
+        fingerprint={"base": str(base), "data_md5": file_md5(data), "params": tp.model_dump()},
     )
     model, result, accelerator = train(
         model, dataset, Collator(processor.tokenizer.pad_token_id), cfg, on_step
