@@ -1,4 +1,5 @@
-"""A short, readable summary of a pipeline run, from the metrics files the stages wrote."""
+"""``vital report --base REV --md``: the pull-request report (params and headline metrics diffed by DVC,
+selection and VQA from the stages' evidence with their spreads over seeds, curves, MLflow versions)."""
 
 from __future__ import annotations
 
@@ -7,163 +8,7 @@ import os
 from pathlib import Path
 
 from vital.freshness import Freshness
-from vital.paths import Paths
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _fmt(x) -> str:
-    return f"{x:.3f}" if isinstance(x, float) else ("-" if x is None else str(x))
-
-
-def _model_lines(res: dict) -> list[str]:
-    lines = []
-    for model, m in res.items():
-        if isinstance(m, dict) and isinstance(m.get("closed_accuracy"), float | int):
-            legacy, recall = m.get("closed_accuracy_legacy"), m.get("open_recall")
-            discrimination = m.get("closed_discrimination")
-            lines.append(
-                f"            {model:<12}{_fmt(m['closed_accuracy'])} ({_fmt(legacy)})"
-                f" / {_fmt(discrimination)} / {_fmt(recall)}"
-            )
-    return lines
-
-
-def _gain_lines(res: dict) -> list[str]:
-    lines = []
-    for gain in ("top_minus_random", "top_minus_base", "random_minus_base"):
-        label = gain.replace("_minus_", " - ")
-        for key, d in res.get(gain, {}).items():
-            lines.append(
-                f"            {label} {key}: {_fmt(d.get('mean'))} ± {_fmt(d.get('std'))}"
-                f" over {d.get('n')} seeds ({d.get('wins')} wins)"
-            )
-    return lines
-
-
-def _stale_line(freshness: Freshness | None, stage: str) -> list[str]:
-    why = freshness.of(stage) if freshness is not None else None
-    return [f"  !! {why}"] if why else []
-
-
-def summary(paths: Paths, freshness: Freshness | None = None) -> str:
-    """The key numbers; with ``freshness`` (vital.freshness.check), every section whose producing stage is not
-    up to date with the code and params in force is marked so, with the command that refreshes it."""
-    lines = []
-    gen = _load(paths.metric("generate"))
-    if gen:
-        lines += _stale_line(freshness, "generate")
-        lines.append(
-            f"generate  {gen.get('backend')}/{gen.get('model')}: {gen.get('candidates')} candidates, "
-            f"{gen.get('candidates_failed', 0)} rejected {gen.get('failures_by_reason', {})}, "
-            f"{gen.get('requests_sent', 0)} requests, ${gen.get('estimated_cost_usd', 0):.2f}"
-        )
-    held = _load(paths.metric("select")).get("heldout_human", {})
-    if held:
-        lines += _stale_line(freshness, "select")
-        lines.append(f"select    agreement with {held.get('pairs')} held-out clinician pairs:")
-        for who in ("selector", "judge", "random", "clinician_vs_clinician"):
-            if isinstance(held.get(who), dict):
-                lines.append(f"            {who:<24}{_fmt(held[who].get('agreement'))}")
-        for key in ("selector_minus_judge", "selector_minus_weight0"):
-            if isinstance(held.get(key), dict):
-                d = held[key]
-                lines.append(f"            {key:<24}{_fmt(d.get('difference'))}  95% CI {d.get('ci95')}")
-    ev = _load(paths.metric("evaluate"))
-    for set_name, res in ev.items():
-        if set_name.startswith("_") or not isinstance(res, dict):
-            continue
-        lines += _stale_line(freshness, "evaluate")
-        lines.append(
-            f"evaluate  {set_name}, zero-shot: closed-set accuracy (legacy substring) / yes-no discrimination"
-            " / open-set recall"
-        )
-        lines += _model_lines(res)
-        chance = res.get("chance", {})
-        lines.append(
-            f"            chance {_fmt(chance.get('closed_chance'))}, majority {_fmt(chance.get('closed_majority'))}"
-        )
-        lines += _gain_lines(res)
-    for set_name, res in _load(paths.metric("evaluate_finetuned")).items():
-        if set_name.startswith("_") or not isinstance(res, dict):
-            continue
-        lines += _stale_line(freshness, "evaluate_finetuned")
-        lines.append(
-            f"evaluate  {set_name}, each model fine-tuned on its train split (LLaVA-Med's protocol):"
-        )
-        lines += _model_lines(res)
-        lines += _gain_lines(res)
-    lines += bakeoff_lines(
-        _load(paths.metric("bakeoff")), _load(paths.metric("bakeoff_downstream")), freshness
-    )
-    return "\n".join(lines) if lines else "no metrics yet: run `dvc repro`"
-
-
-def bakeoff_lines(m: dict, downstream: dict, freshness: Freshness | None = None) -> list[str]:
-    """The bake-off table: each method's headline quality per size, minus random (spread over random seeds,
-    wins, bootstrap CI), its cost; then the downstream VQA over seeds, minus random."""
-    lines: list[str] = []
-    head = m.get("headline")
-    if m and head:
-        lines += _stale_line(freshness, "bakeoff")
-        better = "lower" if head in m.get("lower_is_better", []) else "higher"
-        lines.append(
-            f"bakeoff   {head} share by method and subset size ({better} is better; "
-            f"{m.get('quality_scorer')} quality), minus random over {len(m.get('seeds', []))} seeds:"
-        )
-        for k, row in m.get("vs_random", {}).items():
-            r = row.get("random", {}).get(head, {})
-            lines.append(f"            {k:>3}%  random {_fmt(r.get('mean'))} ± {_fmt(r.get('std'))}")
-            for method, e in row.items():
-                if method == "random":
-                    continue
-                h = e[head]
-                d = h["minus_random"]
-                lines.append(
-                    f"                  {method:<12}{_fmt(h['value'])}  {d['mean']:+.3f} ± {d['std']:.3f} "
-                    f"(wins {h['wins']}, 95% CI {h['ci95']})"
-                )
-    if m.get("cost"):
-        lines.append("bakeoff   cost: CPU s scoring + upstream wall s / API $ / clinician labels")
-        for method, c in m["cost"].items():
-            lines.append(
-                f"            {method:<12}{c['cpu_seconds_scoring']:.1f} + {c['upstream_wall_seconds']:.1f} s"
-                f" / ${c['api_usd']:.2f} / {c['clinician_labels']}"
-            )
-    for set_name, row in downstream.items():
-        if not isinstance(row, dict):
-            continue
-        lines += _stale_line(freshness, "bakeoff_evaluate")
-        lines.append(
-            f"bakeoff   downstream {set_name} ({downstream.get('keep')}% subsets): closed acc / legacy / open recall"
-            " / yes-no likelihood acc (not LLaVA-Med's metric), mean ± std over seeds"
-        )
-        for method, e in row.items():
-            o = e.get("over_seeds", {})
-            cells = [
-                f"{_fmt(o.get(k, {}).get('mean'))} ± {_fmt(o.get(k, {}).get('std'))}" for k in DOWNSTREAM
-            ]
-            lines.append(f"            {method:<12}{' / '.join(cells)}")
-            gain = e.get("minus_random")
-            if gain:
-                cells = [_gain(gain.get(k)) for k in DOWNSTREAM]
-                lines.append(f"              − random  {' / '.join(cells)}")
-    return lines
-
-
-DOWNSTREAM = ("closed_accuracy", "closed_accuracy_legacy", "open_recall", "yes_no_likelihood_accuracy")
-
-
-def _gain(d: dict | None) -> str:
-    """A per-seed difference: mean ± std and the seeds where the method won."""
-    if not isinstance(d, dict) or d.get("mean") is None:
-        return "-"
-    return f"{float(d['mean']):+.3f} ± {float(d.get('std') or 0):.3f} ({d.get('wins')}/{d.get('n')} wins)"
-
-
-# --- the pull-request report: `vital report --base REV --md` ------------------------------------------------
+from vital.report.metrics import StageMetrics, file_at
 
 SPREAD_KEYS = ("closed_accuracy", "open_recall", "closed_discrimination")
 
@@ -181,22 +26,6 @@ def _run(cmd: list[str], root: Path) -> str:
             f"`{' '.join(cmd)}` failed in {root}: {(proc.stderr or proc.stdout).strip()[-800:]}"
         )
     return proc.stdout
-
-
-def _at(root: Path, rev: str | None, path: str) -> str | None:
-    """A git-tracked file at ``rev`` (None: the workspace); None if it is not there."""
-    if rev is None:
-        f = Path(root) / path
-        return f.read_text() if f.is_file() else None
-    import subprocess
-
-    proc = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True)
-    return proc.stdout if proc.returncode == 0 else None
-
-
-def _json_at(root: Path, rev: str | None, path: str) -> dict:
-    text = _at(root, rev, path)
-    return json.loads(text) if text else {}
 
 
 def _rev_name(root: Path, rev: str | None) -> str:
@@ -306,22 +135,12 @@ def _params_section(diff: dict) -> list[str]:
     return _table(["param", "base", "this PR"], rows)
 
 
-def _differs_every_run(key: str) -> bool:
-    """Wall times, rates and listed examples: they change on every run, so a diff of them says nothing."""
-    last = key.rsplit(".", 1)[-1]
-    return (
-        "dropped_examples" in key
-        or key.startswith("_stage")
-        or last.endswith(("wall_s", "wall_seconds", "_per_s"))
-    )
-
-
 def _metrics_section(diff: dict, limit: int) -> list[str]:
+    """``dvc metrics diff`` of the headline files (vital/stats.py): the numbers compared across runs, never a
+    wall time or a listed example, so every row is a result that moved."""
     rows = []
     for file, keys in sorted(diff.items()):
         for key, v in sorted(keys.items()):
-            if _differs_every_run(key):
-                continue
             rows.append(
                 [
                     md_text(file),
@@ -332,7 +151,7 @@ def _metrics_section(diff: dict, limit: int) -> list[str]:
                 ]
             )
     if not rows:
-        return ["No metric changed (wall times aside)."]
+        return ["No headline metric changed."]
     lines = _table(["file", "metric", "base", "this PR", "change"], rows[:limit])
     if len(rows) > limit:
         rest = _table(["file", "metric", "base", "this PR", "change"], rows[limit:])
@@ -348,7 +167,7 @@ def _metrics_section(diff: dict, limit: int) -> list[str]:
 
 def _select_section(old: dict, new: dict) -> list[str]:
     if not old and not new:
-        return ["No `metrics/select.json` at either revision."]
+        return ["No select evidence (`metrics/detail/select.json`) at either revision."]
     ho, hn = old.get("heldout_human", {}), new.get("heldout_human", {})
 
     def agree(h, who):
@@ -418,7 +237,7 @@ def _csv_at(root: Path, rev: str | None, path: str) -> tuple[list[str], list[lis
     import csv
     import io
 
-    text = _at(root, rev, path)
+    text = file_at(root, rev, path)
     if not text:
         return None
     rows = list(csv.reader(io.StringIO(text)))
@@ -558,19 +377,14 @@ def pr_report(
 
     lines = [f"## vital: `{label(names[0], base)}` → `{label(names[1], head)}`", ""]
     lines += ["### Params changed", "", *_params_section(_dvc_diff("params", root, base, head)), ""]
-    sel_old, sel_new = (
-        _json_at(root, base, "metrics/select.json"),
-        _json_at(root, head, "metrics/select.json"),
-    )
+    old, new = StageMetrics(root, base), StageMetrics(root, head)
+    sel_old, sel_new = old.detail("select"), new.detail("select")
     lines += ["### Selection", "", *_pr_stale(freshness, "select"), *_select_section(sel_old, sel_new), ""]
     lines += ["### VQA", ""]
-    for path, title, stage in (
-        ("metrics/evaluate.json", "zero-shot", "evaluate"),
-        ("metrics/evaluate_finetuned.json", "fine-tuned", "evaluate_finetuned"),
-    ):
+    for stage, title in (("evaluate", "zero-shot"), ("evaluate_finetuned", "fine-tuned")):
         stale = freshness.of(stage) if freshness is not None else None
-        lines += _vqa_section(_json_at(root, base, path), _json_at(root, head, path), title, stale)
-    lines += ["### Metrics diff (`dvc metrics diff`)", ""]
+        lines += _vqa_section(old.detail(stage), new.detail(stage), title, stale)
+    lines += ["### Metrics diff (`dvc metrics diff`, headline numbers)", ""]
     lines += [*_metrics_section(_dvc_diff("metrics", root, base, head), metrics_limit), ""]
     if images is not None:
         pngs = render_curves(root, base, head, images)
