@@ -54,21 +54,24 @@ def call(stage: Stage, params: Params, paths: Paths, **options) -> object:
         record = getattr(importlib.import_module(module), attr)(params, paths, **options)
     except Exception as e:  # a stage that failed after counting its input keeps its evidence
         if isinstance(getattr(e, "record", None), dict):
-            _write(stage, paths, options, e.record, start)
+            _write(stage, paths, options, e.record, start, headline=False)
         raise
     record = record if isinstance(record, dict) else {}
     _write(stage, paths, options, record, start)
     return record
 
 
-def _write(stage: Stage, paths: Paths, options: dict, record: dict, start: float) -> None:
+def _write(
+    stage: Stage, paths: Paths, options: dict, record: dict, start: float, headline: bool = True
+) -> None:
+    """The evidence; the headline only for a run that succeeded (a failed run's partial record is no result)."""
     run = stats.StageStats.from_record(
         (stage.script or stage.name) if stage.item else stage.name,
         record,
         item=stage.item_name(options, record),
         wall_s=stats.seconds(start),
     )
-    stats.write(paths.root, run, stage.headline)
+    stats.write(paths.root, run, stage.headline if headline else "")
 
 
 def run_stage(
