@@ -141,6 +141,12 @@ def read(root: Path, stage: str, item: str = "") -> dict[str, Any]:
     return read_json(path) if path.is_file() else {}
 
 
+def read_headline(root: Path, stage: str) -> dict[str, Any]:
+    """A stage's headline numbers (its DVC metrics file), or {}."""
+    path = headline_path(root, stage)
+    return read_json(path) if path.is_file() else {}
+
+
 def detail(root: Path, stage: str, item: str = "") -> dict[str, Any]:
     """The stage-specific part of a stage's evidence (what its entry returned), or {}."""
     return read(root, stage, item).get("detail", {})
