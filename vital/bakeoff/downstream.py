@@ -114,5 +114,6 @@ def headline(detail: dict) -> dict:
             if isinstance(m, dict) and "minus_random" in m
         }
         for set_name, block in detail.items()
-        if isinstance(block, dict) and any(isinstance(m, dict) and "minus_random" in m for m in block.values())
+        if isinstance(block, dict)
+        and any(isinstance(m, dict) and "minus_random" in m for m in block.values())
     }
