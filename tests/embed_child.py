@@ -15,4 +15,5 @@ from vital.paths import Paths
 torch.set_num_threads(1)
 root, batch_size, text_mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 m = run(EmbedParams(batch_size=batch_size, text_mode=text_mode), Paths(root), force=True)
-print(json.dumps({"rank_result_candidates": m["candidates"]}))
+# the stage's record: rank 0's (with data_parallel) is the one run_stage writes as the evidence
+print(json.dumps({"rank_result_candidates": m["candidates"], "data_parallel": m.get("data_parallel")}))

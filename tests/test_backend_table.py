@@ -83,7 +83,7 @@ def test_a_judge_provider_is_two_edits(tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     m = result["metrics"]
-    assert m["judged"] == 8 and m["unjudged"] == 0 and m["score_mean"] == 7
+    assert m["judged"] == 8 and m["failed"] == 0 and m["score_mean"] == 7
     assert m["requests_sent"] == 8  # through the new provider's client, cached for the dry run after it
     assert log.read_text().splitlines()[0] == "judge"
     assert result["estimate"]["backend"] == "compatible" and result["estimate"]["cached"] == 8

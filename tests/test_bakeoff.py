@@ -11,12 +11,13 @@ import pytest
 import torch
 import yaml
 
+from vital import stats
 from vital.bakeoff.methods import METHODS, Pool, check_methods
 from vital.bakeoff.stage import bootstrap_gain, run, subset_name
 from vital.demo.truth_quality import TruthQuality
 from vital.drops import Drops
 from vital.embed.store import save_embeddings
-from vital.io import RecordError, write_json, write_jsonl
+from vital.io import RecordError, write_jsonl
 from vital.params import BakeoffParams, ParamsError, parse_params
 from vital.paths import Paths
 
@@ -126,10 +127,11 @@ def tiny_world(root: Path, figures: int = 40) -> Paths:
         text,
         {"backbone": "synthetic"},
     )
-    write_json(paths.metric("judge"), {"estimated_cost_usd": 1.25, "wall_s": 3.0})
-    write_json(paths.metric("labels"), {"labels": 17, "human_pairs": 60, "wall_s": 0.5})
+    # the upstream stages' evidence, as run_stage writes it: the bake-off reads each method's cost there
+    stats.write(paths.root, stats.StageStats("judge", wall_s=3.0, detail={"estimated_cost_usd": 1.25}))
+    stats.write(paths.root, stats.StageStats("labels", wall_s=0.5, detail={"labels": 17, "human_pairs": 60}))
     for stage in ("embed", "pairs", "select"):
-        write_json(paths.metric(stage), {"wall_s": 2.0})
+        stats.write(paths.root, stats.StageStats(stage, wall_s=2.0))
     return paths
 
 
@@ -251,7 +253,7 @@ def test_stage_writes_every_subset_quality_gain_and_cost(world: Paths):
     assert m["cost"]["length"]["api_usd"] == 0 and m["cost"]["length"]["upstream_wall_seconds"] == 0
     plot = (world.plots / "bakeoff_quality.csv").read_text().splitlines()
     assert plot[0] == "keep,random,length,judge,selector_w0,selector,clip" and plot[1].startswith("25,")
-    assert json.loads(world.metric("bakeoff").read_text())["keep"] == [25, 50]
+    assert m["keep"] == [25, 50]
     # a smaller run leaves no stale subset behind
     run(
         p.model_copy(update={"bakeoff": p.bakeoff.model_copy(update={"methods": ["random", "judge"]})}), world

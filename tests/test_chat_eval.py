@@ -13,7 +13,7 @@ from tests.llm_world import KEY, KEY_ENV
 from tests.openai_server import FakeOpenAIServer
 from vital import chat_eval
 from vital.demo.reference_judge import HeuristicAnswerJudge
-from vital.io import read_json, read_jsonl
+from vital.io import read_jsonl
 from vital.params import Params, ParamsError, parse_params
 from vital.paths import Paths
 from vital.vqa.items import VQAItem
@@ -145,7 +145,7 @@ def test_heuristic_stage_end_to_end(tmp_path):
         "top-s0",
     )
     assert first["verdict"].startswith("10 10")
-    assert read_json(tmp_path / "metrics" / "chat_eval.json")["demo"]["win_rate"]["wins"] == 3
+    assert m["demo"]["win_rate"]["wins"] == 3
 
 
 def test_missing_answers_are_counted_and_left_out(tmp_path):

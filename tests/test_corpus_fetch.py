@@ -19,7 +19,7 @@ import yaml
 
 from tests.test_fetch import PMC, image_bytes, pmc, targz  # noqa: F401 (pmc: the server fixture)
 from tests.test_pipeline import REPO, TINY, _merge, ran_stages, sh
-from vital import dag
+from vital import dag, stats
 from vital.io import RecordError, read_json, read_jsonl
 from vital.params import SampleParams, parse_params
 from vital.pipeline import STAGES
@@ -202,15 +202,15 @@ def test_fetched_corpus_goes_through_dvc_repro_to_curate(pmc: PMC, tmp_path: Pat
     upstream = {"foundation", "sample", "generate", "judge", "labels", "pairs", "embed", "select", "curate"}
     assert ran_stages(first.stdout) == upstream
     assert (root / "metrics" / "curate.json").is_file() and any((root / "artifacts" / "curated").iterdir())
-    sample = read_json(root / "metrics" / "sample.json")
+    sample = stats.read(root, "sample")
     assert sample["dropped_by_reason"] == {"image_not_fetched": len(failed)}
     assert {e["pair_id"] for e in sample["dropped_examples"]} == failed
     sampled = list(read_jsonl(root / "artifacts" / "sample.jsonl"))
     assert sampled and all(r["image"].startswith("shards/shard-") for r in sampled)
     assert not failed & {r["pair_id"] for r in sampled}
     # the embed stage read every sampled figure out of the shards (none unreadable)
-    embed = read_json(root / "metrics" / "embed.json")
-    assert embed["dropped"] == 0 and embed["figures"] == len(sampled), embed
+    embed = stats.read(root, "embed")
+    assert embed["dropped"] == 0 and embed["detail"]["figures"] == len(sampled), embed
 
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "repro")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from vital import stats
 from vital.evaluate import (
     compare_subsets,
     evaluate_models,
@@ -22,6 +23,8 @@ from vital.evaluate import (
 )
 from vital.params import parse_params
 from vital.paths import Paths
+from vital.pipeline import STAGES
+from vital.stage import call
 from vital.vqa.loaders import load_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,9 +101,10 @@ def test_run_writes_metrics_and_predictions_hand_computed(tmp_path):
     write_demo_set(tmp_path)
     _fake_checkpoints(tmp_path)
     params = parse_params(ONE_TUNE)
-    out = run(params, Paths(tmp_path), answerer=_factory)
+    out = call(STAGES["evaluate"], params, Paths(tmp_path), answerer=_factory)
 
-    on_file = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    evidence = stats.read(tmp_path, "evaluate")
+    on_file = evidence["detail"]
     assert on_file == json.loads(json.dumps(out))
     demo = on_file["demo"]
     tuned, base = demo["top-s0"], demo["base"]
@@ -117,7 +121,9 @@ def test_run_writes_metrics_and_predictions_hand_computed(tmp_path):
     assert demo["chance"] == {"n_closed": 4, "closed_chance": 0.5, "closed_majority": 0.5}
     assert demo["data"]["n_items"] == 6 and demo["data"]["dropped"] == 0
     assert on_file["_stage"]["models"] == {"top-s0": "models/tuned/top-s0", "base": "models/base"}
-    assert on_file["_stage"]["wall_s"] >= 0
+    assert evidence["wall_s"] >= 0
+    top = stats.read_headline(tmp_path, "evaluate")["demo"]["top"]
+    assert top == {"closed_accuracy": 1.0, "open_recall": 1.0}  # one seed: its own figures
 
     rows = [
         json.loads(x) for x in (tmp_path / "artifacts/predictions/base/demo.jsonl").read_text().splitlines()
@@ -253,7 +259,7 @@ def test_finetuned_models_are_scored_on_their_set_beside_the_base_control(tmp_pa
     params = parse_params(
         {"tune": {"subsets": ["top"], "seeds": [0, 1]}, "chat_eval": {"compare": ["top-s0", "top-s1"]}}
     )
-    out = run_finetuned(params, Paths(tmp_path), answerer=factory)
+    out = call(STAGES["evaluate_finetuned"], params, Paths(tmp_path), answerer=factory)
     ft = out["demo"]
     expected = {
         "top-s0",
@@ -271,7 +277,7 @@ def test_finetuned_models_are_scored_on_their_set_beside_the_base_control(tmp_pa
     assert ft["chance"]["closed_chance"] == 0.5
     assert (tmp_path / "artifacts/predictions_finetuned/top-s1/demo.jsonl").is_file()
     assert out["_stage"]["models"]["base-s0"] == "models/finetuned/base-s0/<set>"
-    on_file = json.loads((tmp_path / "metrics" / "evaluate_finetuned.json").read_text())
+    on_file = stats.detail(tmp_path, "evaluate_finetuned")
     assert on_file == json.loads(json.dumps(out))
 
 

@@ -15,11 +15,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from vital.export import export, run_stage
-from vital.io import read_json
+from vital import stats
+from vital.export import export
 from vital.params import Params
 from vital.paths import Paths
+from vital.pipeline import STAGES
 from vital.shards import ShardWriter, sample_key
+from vital.stage import call
 
 REPO = Path(__file__).resolve().parents[1]
 LICENSES = ["CC BY", "CC0", "CC BY-NC", "unknown"]
@@ -154,9 +156,9 @@ def test_export_stage_releases_every_subset_and_format_and_names_a_bad_file(fetc
     (paths.curated / "top40.json").write_text(curated.read_text())
     paths.corpus.parent.mkdir(parents=True)
     corpus.rename(paths.corpus)
-    metrics = run_stage(Params(), paths)
+    metrics = call(STAGES["export"], Params(), paths)
     assert set(metrics["exports"]) == {"top40/llava", "top40/hf"}
-    assert read_json(paths.metric("export")) == metrics
+    assert stats.detail(root, "export") == metrics
     assert (root / "artifacts/export/top40/llava/top40.json").is_file()
     assert (root / "artifacts/export/top40/hf/README.md").is_file()
     card = yaml.safe_load((root / "artifacts/export/top40/hf/README.md").read_text().split("---\n")[1])

@@ -16,7 +16,7 @@ from tests.test_annotate import paths  # noqa: F401 (a fixture)
 from tests.test_corpus_fetch import _packages
 from tests.test_fetch import PMC, pmc  # noqa: F401 (pmc: the server fixture)
 from tests.test_pipeline import REPO, TINY, _merge, ran_stages, sh
-from vital import dag
+from vital import dag, stats
 from vital.corpus_paths import corpus_images
 from vital.io import read_jsonl
 from vital.params import ParamsError, parse_params
@@ -104,9 +104,9 @@ def test_dvc_repro_goes_from_llava_med_files_through_fetch_to_candidates(pmc: PM
         assert c["image"].startswith("../../artifacts/figures/shard-"), c["image"]
         with open_image(c["image"], corpus) as im:
             im.load()
-    gen = json.loads((root / "metrics" / "generate.json").read_text())
+    gen = stats.read(root, "generate")
     assert gen["dropped_by_reason"].get("image_not_fetched") == len(failed)
-    fetch_metrics = json.loads((root / "metrics" / "fetch.json").read_text())
+    fetch_metrics = stats.detail(root, "fetch")
     assert fetch_metrics["fetched"] == len(sampled - failed)
 
     again = sh(root, "dvc", "repro", "generate")

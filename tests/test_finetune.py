@@ -174,7 +174,8 @@ def test_stage_with_no_sets_still_writes_its_declared_outputs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "models" / "finetuned" / "base-s0").is_dir()
     assert (tmp_path / "metrics" / "plots" / "finetune" / "base-s0").is_dir()
-    assert json.loads((tmp_path / "metrics" / "finetune" / "base-s0.json").read_text()) == {}
+    evidence = json.loads((tmp_path / "metrics" / "detail" / "finetune" / "base-s0.json").read_text())
+    assert evidence["item"] == "base-s0" and evidence["detail"] == {}
 
 
 def test_pipeline_fine_tunes_the_base_tune_started_from():

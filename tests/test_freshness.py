@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 from tests.dvc_toy import make_repo, sh
+from vital import stats
 from vital.freshness import check, refresh_command
 from vital.paths import Paths
 from vital.report import pr_report, summary
@@ -53,10 +52,8 @@ def test_a_fresh_clone_is_judged_by_the_lock(tmp_path):
 
 def test_summary_marks_a_stale_section_with_the_command_that_refreshes_it(tmp_path):
     paths = Paths(tmp_path)
-    paths.metric("evaluate_finetuned").parent.mkdir(parents=True)
-    paths.metric("evaluate_finetuned").write_text(
-        json.dumps({"demo": {"top-s0": {"closed_accuracy": 0.8, "open_recall": 0.5}}})
-    )
+    detail = {"demo": {"top-s0": {"closed_accuracy": 0.8, "open_recall": 0.5}}}
+    stats.write(paths.root, stats.StageStats("evaluate_finetuned", detail=detail))
     from vital.freshness import Freshness
 
     text = summary(paths, Freshness(stale={"evaluate_finetuned": "models/tuned modified"}, unknown={}))
@@ -67,9 +64,8 @@ def test_summary_marks_a_stale_section_with_the_command_that_refreshes_it(tmp_pa
 
 def test_pr_report_calls_a_stale_section_stale_never_unchanged(tmp_path):
     repo = make_repo(tmp_path / "repo")
-    (repo / "metrics").mkdir(exist_ok=True)
     ev = {"demo": {"top_over_seeds": {"closed_accuracy": {"mean": 0.5, "std": 0.1, "n": 3}}}}
-    (repo / "metrics" / "evaluate.json").write_text(json.dumps(ev))
+    stats.write(repo, stats.StageStats("evaluate", detail=ev))
     sh(repo, "dvc", "repro", "-q")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "run")

@@ -16,14 +16,15 @@ import yaml
 
 from tests.llm_world import KEY, KEY_ENV, api_params, make_world
 from tests.openai_server import FakeOpenAIServer
-from vital import generate
+from vital import generate, stats
 from vital.failures import StageFailed
 from vital.io import read_json, read_jsonl
 from vital.llm.cache import RequestCache
 from vital.llm.client import ConfigError
 from vital.llm.prompts import DemonstrationError
 from vital.paths import Paths
-from vital.stage import run_stage
+from vital.pipeline import STAGES
+from vital.stage import call, run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,9 +44,9 @@ def world(tmp_path):
 def test_generates_validates_and_counts_skips(world):
     with FakeOpenAIServer() as server:
         server.script.extend(["bad_content", "length"])
-        m = generate.run(api_params(server.base_url, world), Paths(world))
+        m = call(STAGES["generate"], api_params(server.base_url, world), Paths(world))
         cands = list(read_jsonl(world / "artifacts" / "candidates.jsonl"))
-        assert len(cands) == 8 and m["candidates"] == 8 and m["candidates_failed"] == 0
+        assert len(cands) == 8 and m["candidates"] == 8 and m["failed"] == 0
         assert {c["id"] for c in cands} == {f"PMC{i:04d}_F1#{k}" for i in range(2, 6) for k in range(2)}
         assert m["dropped_by_reason"] == {"empty_caption": 1, "missing_image": 1}
         assert m["requests_sent"] == 10 and m["cache_hits"] == 0  # 8 + 2 re-asks for invalid output
@@ -53,8 +54,8 @@ def test_generates_validates_and_counts_skips(world):
         first = cands[0]["conversations"][0]
         assert first["from"] == "human" and "<image>" in first["value"]
         assert len(server.chat_requests()) == 10
-        metrics = read_json(world / "metrics" / "generate.json")
-        assert metrics["figures"] == 6 and KEY not in json.dumps(metrics)
+        evidence = stats.read(world, "generate")  # what run_stage wrote: the record, no API key
+        assert evidence["detail"]["figures"] == 6 and KEY not in json.dumps(evidence)
 
 
 def test_prompt_content_and_reproducibility(world):
@@ -102,7 +103,7 @@ def test_persistently_invalid_output_is_listed_with_reason(world):
         p = api_params(server.base_url, world)
         p.generate.client.max_failed_share = 0.5  # 2 of 8 fail; the default would fail the stage
         m = generate.run(p, Paths(world))
-        assert m["candidates"] == 6 and m["failures_by_reason"] == {"unparseable": 2}
+        assert m["candidates"] == 6 and m["failed_by_reason"] == {"unparseable": 2}
         fails = list(read_jsonl(world / "artifacts" / "generate_failures.jsonl"))
         assert {f["id"] for f in fails} == {"PMC0002_F1#0", "PMC0002_F1#1"}
         assert m["requests_sent"] == 6 + 2 * 2
@@ -114,7 +115,7 @@ def test_request_failures_are_recorded_not_dropped(world):
         p = api_params(server.base_url, world)
         p.generate.client.max_failed_share = 0.5
         m = generate.run(p, Paths(world))
-        assert m["failures_by_reason"] == {"request_server_error": 2} and m["candidates"] == 6
+        assert m["failed_by_reason"] == {"request_server_error": 2} and m["candidates"] == 6
         assert m["request_failures"] == {"server_error": 2} and m["retries"]["server_error"] == 6
 
 
@@ -218,12 +219,13 @@ def test_every_request_refused_fails_the_stage_after_writing_metrics(world):
         with pytest.raises(
             StageFailed, match=r"^generate: all 8 candidates failed \(request_server_error 8\)"
         ) as e:
-            generate.run(p, Paths(world))
+            call(STAGES["generate"], p, Paths(world))
     assert "\n" not in str(e.value)
     assert (world / "artifacts" / "candidates.jsonl").read_text() == ""
-    m = read_json(world / "metrics" / "generate.json")
-    assert m["candidates_failed"] == 8 and m["request_failures"] == {"server_error": 8}
-    assert m["figures_without_candidates"] == 4
+    evidence = stats.read(world, "generate")  # a failed stage keeps what it paid for, in its evidence
+    assert evidence["failed"] == 8 and evidence["failed_by_reason"] == {"request_server_error": 8}
+    m = evidence["detail"]
+    assert m["request_failures"] == {"server_error": 8} and m["figures_without_candidates"] == 4
 
 
 def test_failed_share_over_the_limit_fails_and_the_rerun_pays_only_for_the_failed(world):
@@ -293,7 +295,7 @@ def test_a_server_limit_below_client_rpm_loses_no_candidate(world):
         p.generate.client.max_retries = 0
         m = generate.run(p, Paths(world))
     assert [e["status"] for e in server.chat_requests()].count(429) > 0
-    assert m["candidates"] == 8 and m["candidates_failed"] == 0 and m["figures_without_candidates"] == 0
+    assert m["candidates"] == 8 and m["failed"] == 0 and m["figures_without_candidates"] == 0
     assert m["retries"]["rate_limited"] > 0 and m["rate_limiter"]["lowered_on_429"] >= 1
     assert m["rate_limiter"]["rpm_lowest"] < 60_000
 

@@ -8,12 +8,14 @@ import pytest
 
 from tests.llm_world import KEY, KEY_ENV, api_params, make_world
 from tests.openai_server import FakeOpenAIServer
-from vital import generate, judge
+from vital import generate, judge, stats
 from vital.failures import StageFailed
-from vital.io import read_json, read_jsonl
+from vital.io import read_jsonl
 from vital.llm.client import ConfigError
 from vital.llm.parse import InvalidOutput, parse_score
 from vital.paths import Paths
+from vital.pipeline import STAGES
+from vital.stage import call
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +42,7 @@ def test_judges_every_candidate_with_structured_output(judged_world):
     with FakeOpenAIServer(content_fn=reply) as server:
         m = judge.run(api_params(server.base_url, judged_world), Paths(judged_world))
     js = list(read_jsonl(judged_world / "artifacts" / "judgments.jsonl"))
-    assert len(js) == 8 and m["judged"] == 8 and m["unjudged"] == 0 and m["score_mean"] == 8
+    assert len(js) == 8 and m["judged"] == 8 and m["failed"] == 0 and m["score_mean"] == 8
     assert js[0]["score"] == 8 and js[0]["judge"]["backend"] == "openai" and js[0]["judge"]["request"]
     assert bodies[0]["response_format"]["type"] == "json_schema"
     system = bodies[0]["messages"][0]["content"]
@@ -62,9 +64,9 @@ def test_unparseable_scores_are_reasked_then_listed(judged_world):
         p = api_params(server.base_url, judged_world)
         p.judge.client.max_failed_share = 0.5  # 2 of 8 fail; the default would fail the stage
         m = judge.run(p, Paths(judged_world))
-    assert m["judged"] == 6 and m["unjudged_by_reason"] == {"unparseable_score": 2}
+    assert m["judged"] == 6 and m["failed_by_reason"] == {"unparseable_score": 2}
     assert m["invalid_output_reasks"] == {"unparseable_score": 2}  # each re-asked once (max_invalid_retries)
-    assert {f["candidate_id"] for f in m["unjudged_list"]} == {"PMC0003_F1#0", "PMC0003_F1#1"}
+    assert {f["where"] for f in m["failed_examples"]} == {"PMC0003_F1#0", "PMC0003_F1#1"}
     scores = {
         j["candidate_id"]: j["score"] for j in read_jsonl(judged_world / "artifacts" / "judgments.jsonl")
     }
@@ -173,10 +175,10 @@ def test_every_reply_unparseable_fails_the_judge_stage(judged_world, capsys):
         p = api_params(server.base_url, judged_world)
         p.judge.client.max_failed_share = 1.0  # nothing succeeded: fails whatever the share allows
         with pytest.raises(StageFailed, match=r"^judge: all 8 candidates failed \(unparseable_score 8\)"):
-            judge.run(p, Paths(judged_world))
+            call(STAGES["judge"], p, Paths(judged_world))
     assert (judged_world / "artifacts" / "judgments.jsonl").read_text() == ""
-    m = read_json(judged_world / "metrics" / "judge.json")
-    assert m["unjudged"] == 8 and m["invalid_output_reasks"] == {"unparseable_score": 8}
+    evidence = stats.read(judged_world, "judge")
+    assert evidence["failed"] == 8 and evidence["detail"]["invalid_output_reasks"] == {"unparseable_score": 8}
     assert (
         "[judge] 0 judgments written, 8 failed (unparseable_score 8); 16 requests sent, 0 cached, 8 re-asked"
         in (capsys.readouterr().err)

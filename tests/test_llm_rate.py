@@ -10,10 +10,13 @@ import openai
 import pytest
 
 from tests.openai_server import FakeOpenAIServer
+from vital import stats
 from vital.llm.cache import RequestCache
 from vital.llm.engine import Engine, FatalAPIError, Request, RetryPolicy
 from vital.llm.limiter import RateLimiter
 from vital.params import ClientParams
+from vital.pipeline import STAGES
+from vital.stage import call
 
 KEY = "sk-test-abcdefghijklmnop"
 
@@ -110,9 +113,7 @@ def test_generate_against_a_server_that_only_answers_429_ends_in_one_line_with_i
 ):
     from tests.llm_world import KEY as WORLD_KEY
     from tests.llm_world import KEY_ENV, api_params, make_world
-    from vital import generate
     from vital.failures import StageFailed
-    from vital.io import read_json
     from vital.paths import Paths
 
     monkeypatch.setenv(KEY_ENV, WORLD_KEY)
@@ -128,6 +129,6 @@ def test_generate_against_a_server_that_only_answers_429_ends_in_one_line_with_i
         with pytest.raises(
             StageFailed, match=r"^generate: all 8 candidates failed \(request_rate_limited 8\)"
         ):
-            generate.run(p, Paths(tmp_path))
+            call(STAGES["generate"], p, Paths(tmp_path))
         assert time.monotonic() - t0 < 2.0 + 3.0
-    assert read_json(tmp_path / "metrics" / "generate.json")["request_failures"] == {"rate_limited": 8}
+    assert stats.detail(tmp_path, "generate")["request_failures"] == {"rate_limited": 8}

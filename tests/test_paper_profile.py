@@ -163,18 +163,19 @@ def test_paper_profile_runs_foundation_to_chat_eval_without_demo_code(tmp_path):
     for curve in ("foundation_loss.csv", "align_loss.csv"):  # declared in dvc.yaml: written, with no points
         assert (root / "metrics" / "plots" / curve).read_text() == "step,loss\n"
 
-    gen, judge = _read(root, "metrics/generate.json"), _read(root, "metrics/judge.json")
-    assert (gen["backend"], gen["candidates"], gen["candidates_failed"]) == ("openai", n_candidates, 0)
+    generated = _read(root, "metrics/detail/generate.json")
+    gen, judge = generated["detail"], _read(root, "metrics/detail/judge.json")["detail"]
+    assert (gen["backend"], gen["candidates"], generated["failed"]) == ("openai", n_candidates, 0)
     assert (judge["backend"], judge["judged"]) == ("openai", n_candidates)
     assert gen["requests_sent"] + judge["requests_sent"] <= len(chats)  # all over HTTP to the test server
-    labels = _read(root, "metrics/labels.json")
+    labels = _read(root, "metrics/detail/labels.json")["detail"]
     assert labels["backend"] == "files" and labels["labels"] == n_figures
-    pairs = _read(root, "metrics/pairs.json")["by_source_split"]
+    pairs = _read(root, "metrics/detail/pairs.json")["detail"]["by_source_split"]
     assert pairs["human_train"] > 0 and pairs["model_train"] > 0
 
-    emb = _read(root, "metrics/embed.json")
+    emb = _read(root, "metrics/detail/embed.json")["detail"]
     assert (emb["backbone"], emb["candidates"], emb["context_length"]) == (clip, n_candidates, 256)
-    sel = _read(root, "metrics/select.json")
+    sel = _read(root, "metrics/detail/select.json")["detail"]
     assert (sel["finetune_backbone"], sel["human_share_of_weight"], sel["candidates_scored"]) == (
         "full",
         params["selector"]["human_share"],
@@ -190,16 +191,18 @@ def test_paper_profile_runs_foundation_to_chat_eval_without_demo_code(tmp_path):
         f"{s}-s{seed}" for s in params["tune"]["subsets"] for seed in params["tune"]["seeds"]
     ]
     for name in models[1:]:
-        assert _read(root, f"metrics/tune/{name}.json")["steps"] == params["tune"]["max_steps"]
+        assert (
+            _read(root, f"metrics/detail/tune/{name}.json")["detail"]["steps"] == params["tune"]["max_steps"]
+        )
         assert (root / "models" / "tuned" / name / "config.json").is_file()
-    ev = _read(root, "metrics/evaluate.json")
+    ev = _read(root, "metrics/detail/evaluate.json")["detail"]
     for s, n in SETS.items():
         assert ev[s]["data"]["n_items"] == n, s
         for m in models:
             assert (root / "artifacts" / "predictions" / m / f"{s}.jsonl").is_file()
             if s != "llava_med_chat":
                 assert ev[s][m]["n_closed"] + ev[s][m]["n_open"] == n
-    chat = _read(root, "metrics/chat_eval.json")["llava_med_chat"]["relative"]
+    chat = _read(root, "metrics/detail/chat_eval.json")["detail"]["llava_med_chat"]["relative"]
     assert {m: chat[m]["n"] for m in models} == dict.fromkeys(models, SETS["llava_med_chat"])
 
 

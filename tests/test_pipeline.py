@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vital import stats
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,10 +145,10 @@ def test_first_repro_runs_every_stage_and_writes_metrics(repo):
     for name in ("generate.json", "select.json", "evaluate.json"):
         assert name in flat
     # LLaVA-Med's protocol: each model fine-tuned on the train split, scored on the test split
-    finetuned = json.loads((repo / "metrics" / "evaluate_finetuned.json").read_text())["demo"]
+    finetuned = stats.detail(repo, "evaluate_finetuned")["demo"]
     assert {"base-s0", "top-s0", "random-s0", "top_minus_base", "top_minus_random"} <= set(finetuned)
     assert (repo / "models" / "finetuned" / "top-s0" / "demo" / "config.json").is_file()
-    assert json.loads((repo / "metrics" / "finetune" / "top-s0.json").read_text())["demo"]["steps"] == 6
+    assert stats.detail(repo, "finetune", "top-s0")["demo"]["steps"] == 6
 
 
 def _keys(node, found: set[str]) -> set[str]:
@@ -169,14 +171,16 @@ def _sections_with(node, key: str):
 
 
 def test_every_stage_reports_time_and_drops_under_the_same_keys(repo):
-    files = sorted((repo / "metrics").rglob("*.json"))
+    files = sorted((repo / "metrics" / "detail").rglob("*.json"))
     assert len(files) >= len(ALL_STAGES) - 2
     for path in files:
         m = json.loads(path.read_text())
-        keys = _keys(m, set())
-        assert not keys & {"wall_seconds", "wall_time_s", "drop_reasons"}, path
+        assert tuple(m) == stats.LAYOUT_KEYS and isinstance(m["wall_s"], float), path
+        # `trained`: the restored checkpoint's own training record, kept as data in data/pretrained/metrics
+        keys = _keys({k: v for k, v in m["detail"].items() if k != "trained"}, set())
+        assert not keys & {"wall_s", "wall_seconds", "wall_time_s", "drop_reasons", "by_reason"}, path
         times = [k for k in keys if "wall" in k]
-        assert "wall_s" in times and set(times) <= {"wall_s", "train_wall_s", "upstream_wall_seconds"}, path
+        assert set(times) <= {"train_wall_s", "upstream_wall_seconds", "requests_wall_s"}, path
         for section in _sections_with(m, "dropped"):
             assert {"dropped_by_reason", "dropped_examples"} <= set(section), (path, sorted(section))
     for path in sorted((repo / "metrics" / "plots").rglob("*.csv")):

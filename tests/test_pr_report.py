@@ -3,7 +3,6 @@ vital's dvc.yaml, params and metrics (the PR changes `selector.human_weight`), a
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import subprocess
@@ -14,15 +13,19 @@ import pytest
 import yaml
 
 from tests.dvc_toy import env, sh
+from vital import stats
+from vital.pipeline import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "pr-report.yml"
 
 
-def _edit_json(path: Path, fn) -> None:
-    data = json.loads(path.read_text())
-    fn(data)
-    path.write_text(json.dumps(data, indent=2))
+def _edit_evidence(root: Path, stage: str, fn) -> None:
+    """Edit what a stage reported, as a rerun would write it: its evidence and its headline."""
+    evidence = stats.read(root, stage)
+    fn(evidence["detail"])
+    run = stats.StageStats.from_record(stage, evidence["detail"], wall_s=evidence["wall_s"])
+    stats.write(root, run, STAGES[stage].headline)
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +60,12 @@ def pair(tmp_path_factory):
             "figures": 155,
         }
 
-    _edit_json(root / "metrics" / "select.json", select)
+    _edit_evidence(root, "select", select)
 
     def finetuned(m):
         m["demo"]["top_minus_random"]["closed_accuracy"]["mean"] += 0.01
 
-    _edit_json(root / "metrics" / "evaluate_finetuned.json", finetuned)
+    _edit_evidence(root, "evaluate_finetuned", finetuned)
     curve = root / "metrics" / "plots" / "select_curve.csv"
     lines = curve.read_text().splitlines()
     curve.write_text("\n".join([lines[0], *[f"{r},0.5,0.7" for r in range(1, 6)]]) + "\n")
@@ -109,7 +112,7 @@ def test_report_for_a_commit_pair_that_changes_human_weight(pair, monkeypatch):
     assert md.startswith(f"## vital: `{base[:7]}` → `HEAD ({head[:7]})`")
     assert "| `selector.human_weight` | `auto` | `1` |" in md
     sel = md[md.index("### Selection") : md.index("### VQA")]
-    committed = json.loads((REPO / "metrics" / "select.json").read_text())  # the base commit's figures
+    committed = stats.detail(REPO, "select")  # the base commit's figures
     before = committed["heldout_human"]["selector"]["agreement"]
     after = committed["heldout_human_agreement_by_weight"]["1"]
     change = f"{after - before:+.3f}"
@@ -127,7 +130,7 @@ def test_report_for_a_commit_pair_that_changes_human_weight(pair, monkeypatch):
         in vqa
     )
     metrics = md[md.index("### Metrics diff") : md.index("### Curves")]
-    assert "`heldout_human.selector.agreement`" in metrics and change in metrics
+    assert "`heldout_agreement`" in metrics and change in metrics  # the headline numbers alone
     assert "wall" not in metrics  # run-to-run noise left out
     curves = md[md.index("### Curves") : md.index("### MLflow")]
     assert "![select_curve](img/select_curve.png)" in curves

@@ -301,8 +301,8 @@ def test_paper_judge_leaves_a_candidate_unjudged_when_one_pair_fails(world):
         p = _with(api_params(server.base_url, world), "judge", structure="paper", structured=False)
         p.judge.client.max_failed_share = 0.5
         m = judge.run(p, Paths(world))
-    assert m["judged"] == 6 and m["unjudged"] == 2
-    assert {u["candidate_id"] for u in m["unjudged_list"]} == {"PMC0003_F1#0", "PMC0003_F1#1"}
+    assert m["judged"] == 6 and m["failed"] == 2
+    assert {u["where"] for u in m["failed_examples"]} == {"PMC0003_F1#0", "PMC0003_F1#1"}
 
 
 def test_the_shipped_vital_texts_are_the_ones_earlier_runs_sent():

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from vital.report import _metrics_section, _params_section, md_code, md_text
+from vital.report.pr import _metrics_section, _params_section, md_code, md_text
 
 HOSTILE = [
     "<script>alert(1)</script>",

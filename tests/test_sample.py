@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from vital import stats
 from vital.io import RecordError, read_json, read_jsonl
 from vital.params import ParamsError, SampleParams, parse_params
 from vital.sample import run
@@ -141,7 +142,8 @@ def test_stage_script_runs_from_a_project_root(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert len(list(read_jsonl(tmp_path / "artifacts" / "sample.jsonl"))) == 10
-    assert read_json(tmp_path / "metrics" / "sample.json")["sampled"] == 10
+    assert stats.read_headline(tmp_path, "sample") == {"sampled": 10}
+    assert stats.detail(tmp_path, "sample")["sampled"] == 10
 
 
 # ------------------------------------------------------------------ no usable record, duplicates, pmid

@@ -93,14 +93,15 @@ def test_write_regenerates_a_stage_and_keeps_the_rest_of_the_file(tmp_path):
     assert after[after.index("\nplots:") :] == text[text.index("\nplots:") :]  # the top-level plots
 
 
-ENTRY = """from vital.io import write_json
-
-
-def run(params, paths):
+ENTRY = """def run(params, paths):
     out = paths.root / "artifacts" / "hello.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(params.hello.greeting + "\\n")
-    write_json(paths.root / "metrics" / "hello.json", {"greetings": 1})
+    return {"greetings": 1, "greeting": params.hello.greeting}
+
+
+def headline(detail):
+    return {"greetings": detail["greetings"]}
 """
 
 
@@ -110,7 +111,10 @@ def test_a_new_stage_is_three_edits_and_vital_dag_write(tmp_path):
     (root / "vital" / "hello.py").write_text(ENTRY)
     # 2. its Stage row
     table = root / "vital" / "pipeline.py"
-    row = '        Stage("hello", "vital.hello:run", outs=("artifacts/hello.txt",), doc="says hello"),\n'
+    row = (
+        '        Stage("hello", "vital.hello:run", outs=("artifacts/hello.txt",), headline="vital.hello:headline", '
+        'doc="says hello"),\n'
+    )
     assert table.read_text().count("    for s in (\n") == 1
     table.write_text(table.read_text().replace("    for s in (\n", "    for s in (\n" + row))
     # 3. its params section
@@ -132,7 +136,9 @@ def test_a_new_stage_is_three_edits_and_vital_dag_write(tmp_path):
     repro = run(root, "dvc", "repro", "hello")
     assert "Running stage 'hello'" in repro.stdout
     assert (root / "artifacts" / "hello.txt").read_text() == "hello, vital\n"
-    assert yaml.safe_load((root / "metrics" / "hello.json").read_text()) == {"greetings": 1}
+    assert yaml.safe_load((root / "metrics" / "hello.json").read_text()) == {"greetings": 1}  # headline
+    evidence = yaml.safe_load((root / "metrics" / "detail" / "hello.json").read_text())
+    assert evidence["detail"] == {"greetings": 1, "greeting": "hello, vital"} and evidence["wall_s"] >= 0
     assert "hello" in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
 
 

@@ -162,6 +162,6 @@ def test_killed_two_process_tune_resumes_to_the_same_result(template, two_proces
     assert not alive
     assert not (root / "models" / "tuned" / "top-s0").exists() and _writes(root, 0) == []
     _run(root, 2)
-    metrics = yaml.safe_load((root / "metrics" / "tune" / "top-s0.json").read_text())
+    metrics = yaml.safe_load((root / "metrics" / "detail" / "tune" / "top-s0.json").read_text())["detail"]
     assert metrics["resumed_from"] == EVERY and metrics["steps"] == STEPS
     _assert_same(root, two_processes, tol=1e-6)

@@ -32,6 +32,7 @@ import yaml
 from tests import paper_world
 from tests.openai_server import FakeOpenAIServer
 from tests.test_fetch import PMC, targz
+from vital import stats
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "paper.md"
@@ -159,18 +160,18 @@ def test_docs_paper_md_walks_from_an_empty_folder_to_the_evaluated_models(tmp_pa
     lab = walk / "lab"
     assert "vital plan:" in r.stdout and "GiB/GPU" in r.stdout  # the plan was printed before the first repro
     n = len(paper_world.DOMAINS) * paper_world.PER_DOMAIN
-    fetched = json.loads((lab / "metrics" / "fetch.json").read_text())
+    fetched = stats.detail(lab, "fetch")
     assert fetched["fetched"] == n and len(pmc_server.log) == n  # each sampled figure's package, once
-    gen = json.loads((lab / "metrics" / "generate.json").read_text())
+    gen = stats.detail(lab, "generate")
     assert gen["candidates"] == n * paper_world.CANDIDATES and len(chats) >= gen["requests_sent"] > 0
-    labels = json.loads((lab / "metrics" / "labels.json").read_text())
+    labels = stats.detail(lab, "labels")
     assert labels["backend"] == "files" and labels["labels"] == 2 * n, (
         labels
     )  # dr_b by the server, dr_a by hand
     assert len((lab / "data" / "labels" / "dr_b.jsonl").read_text().splitlines()) == n
     top = json.loads((lab / "artifacts" / "curated" / "top40.json").read_text())
     assert top and (lab / "release" / "llava").is_dir()
-    chat = json.loads((lab / "metrics" / "chat_eval.json").read_text())
+    chat = stats.detail(lab, "chat_eval")
     assert set(chat) >= {
         "llava_med_chat"
     }  # tuned, evaluated and judged: the walk reaches the end of the paper

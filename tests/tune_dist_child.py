@@ -3,7 +3,7 @@
 python tests/tune_dist_child.py ROOT SUBSET SEED SLEEP_S     (cwd ROOT; the repository root on PYTHONPATH;
 directly or under `accelerate launch`)
 
-Runs ``vital.tune.run_stage`` with ROOT/params.yaml. Every write of a metrics file, a loss curve or an
+Runs the tune stage's entry through ``vital.stage.call`` (which writes its evidence) with ROOT/params.yaml. Every write of a metrics file, a loss curve or an
 MLflow run is appended to ROOT/writes-rank<RANK>.txt before it happens, so the test can tell which rank
 wrote what. From its first checkpoint on it sleeps SLEEP_S after every optimizer step, which gives the
 parent time to kill it before the end.
@@ -15,10 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from vital import stats
 from vital import tune as tune_stage
 from vital.llava import tune
 from vital.params import load_params
 from vital.paths import Paths
+from vital.pipeline import STAGES
+from vital.stage import call
 
 
 def main() -> None:
@@ -35,6 +38,7 @@ def main() -> None:
         return wrapper
 
     tune.write_json = recorded("metrics", tune.write_json)
+    stats.write_json = recorded("metrics", stats.write_json)
     tune.write_curve = recorded("curve", tune.write_curve)
     tune_stage.lineage.log_tune = recorded("mlflow", tune_stage.lineage.log_tune)
     p = load_params(root / "params.yaml")
@@ -44,7 +48,7 @@ def main() -> None:
             time.sleep(sleep_s)
 
     tune.run = functools.partial(tune.run, on_step=slow)  # tune_stage imports it when it runs
-    tune_stage.run_stage(p, Paths(root), subset, seed)
+    call(STAGES["tune"], p, Paths(root), subset=subset, seed=seed)
 
 
 if __name__ == "__main__":

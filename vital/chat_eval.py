@@ -19,7 +19,6 @@ through the generation engine (cache, shared limiter, retries). Every per-order 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Protocol
 from vital.backends import CHAT_EVAL
 from vital.drops import Drops
 from vital.evaluate import load_sets, tuned_models
-from vital.io import RecordError, read_jsonl, write_json, write_jsonl
+from vital.io import RecordError, read_jsonl, write_jsonl
 from vital.llm.accounting import estimate_cost
 from vital.llm.engine import Outcome, Request, message_content
 from vital.llm.prompts import ImageError, image_data_url
@@ -333,7 +332,6 @@ def _missing_predictions(params: Params, paths: Paths) -> list[str]:
 
 def run(params: Params, paths: Paths) -> dict:
     """Write artifacts/chat_eval/judgments.jsonl and metrics/chat_eval.json; return the metrics."""
-    start = time.perf_counter()
     cp = params.chat_eval
     judge = backend_for(cp, paths)
     sets = _load(params, paths)
@@ -352,9 +350,7 @@ def run(params: Params, paths: Paths) -> dict:
         "judgments": len(rows),
         "unscored": sum(r["score_a"] is None for r in rows),
         **judge.metrics(),
-        "wall_s": round(time.perf_counter() - start, 3),
     }
-    write_json(paths.metric("chat_eval"), results)
     return results
 
 
@@ -420,3 +416,24 @@ def dry_run(params: Params, paths: Paths) -> dict:
         )
         + ("" if runtime.price else f"; no price for {cp.model!r} in chat_eval.prices, so no cost"),
     }
+
+
+def headline(detail: dict) -> dict:
+    """Per set: the relative score of the tuned subsets (mean over their seeds) and the base, and the win rate."""
+    out: dict[str, Any] = {}
+    for set_name, block in detail.items():
+        if set_name == "_stage" or not isinstance(block, dict):
+            continue
+        relative = block.get("relative") or {}
+        numbers: dict[str, Any] = {}
+        for group in ("top", "random", "base"):
+            scores = [
+                r["relative_score"]
+                for name, r in relative.items()
+                if (name == group or name.startswith(f"{group}-s")) and r.get("relative_score") is not None
+            ]
+            if scores:
+                numbers[group] = sum(scores) / len(scores)
+        numbers["win_rate"] = (block.get("win_rate") or {}).get("win_rate")
+        out[set_name] = numbers
+    return out

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pydantic import ValidationError
 
 from vital.corpus import Malformed, reader
 from vital.drops import Drops
-from vital.io import RecordError, _atomic, read_jsonl, write_json
+from vital.io import RecordError, _atomic, read_jsonl
 from vital.licenses import PROVENANCE_FIELDS, UNKNOWN, license_counts
 from vital.params import CurateParams, Params
 from vital.paths import Paths, repo_relative
@@ -276,7 +275,6 @@ def build_mixture(
 
 def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
     """The curate stage: ``artifacts/curated/{top,random}<k>.json`` (+ mixtures) and ``metrics/curate.json``."""
-    start = time.perf_counter()
     problems = Drops()
     scores = read_scores(paths.scores, problems)
     cands = read_candidates(paths.candidates, problems)
@@ -355,9 +353,7 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
         "subsets": report,
         "mixtures": mixtures,
         **problems.metrics(),
-        "wall_s": round(time.perf_counter() - start, 2),
     }
-    write_json(paths.metric("curate"), metrics)
     return metrics
 
 
@@ -376,3 +372,7 @@ def mix_files(p: Params, root: Path) -> list[str]:
     """Instruction files named by ``curate.mix`` (the curated subsets it names are the stage's own outputs)."""
     files = {part for parts in p.curate.mix.values() for part in parts if not SUBSET_NAME.fullmatch(part)}
     return sorted(repo_relative(f, root) for f in files)
+
+
+def headline(detail: dict) -> dict:
+    return {"pool": detail.get("pool")}

@@ -223,6 +223,7 @@ def stage_spec(stage: Stage, params: Params, root: Path = Path(".")) -> dict:
     outs = [
         o if isinstance(o, str) else o.path if o.cache else {o.path: {"cache": False}} for o in stage.outs
     ]
+    outs.append({stage.evidence_file: {"cache": False}})  # the run's evidence (vital/stats.py), git-tracked
     if outs:
         body["outs"] = outs
     if stage.metric_files:
@@ -391,7 +392,7 @@ def docs_table(params: Params, root: Path = Path(".")) -> str:
     ]
     for name, stage in STAGES.items():
         writes = [o if isinstance(o, str) else o.path for o in stage.outs]
-        writes += [*stage.metric_files, *(p.path for p in stage.plots)]
+        writes += [*stage.metric_files, stage.evidence_file, *(p.path for p in stage.plots)]
         where = "" if stage.pipeline == "dvc.yaml" else f" ({stage.pipeline})"
         reads = stage_deps(stage, params, root).data
         rows.append(

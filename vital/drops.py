@@ -1,8 +1,8 @@
 """What a stage skipped, in one layout for every stage's metrics.
 
 Every dropped record is counted by reason; the first ``listed`` are kept with where they were (``file:line``
-or an id) and why. ``metrics()`` gives the keys every ``metrics/<stage>.json`` uses: ``dropped``,
-``dropped_by_reason``, ``dropped_examples`` (and stages add ``wall_s``).
+or an id) and why. ``metrics()`` gives the keys of the metrics layout (vital/stats.py): ``dropped``,
+``dropped_by_reason``, ``dropped_examples``.
 """
 
 from __future__ import annotations

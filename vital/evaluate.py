@@ -6,7 +6,7 @@
                            "n_closed": ..., "n_open": ..., "by_domain": {...}},
                "chance": {"closed_chance": 0.5, "closed_majority": ...},
                "data": {"n_items": ..., "dropped": ..., "dropped_examples": [...], "filtered": {...}}},
-     "_stage": {"wall_s": ..., "models": {"<model>": "<dir or hub id>"}}}
+     "_stage": {"models": {"<model>": "<dir or hub id>"}}}
 
 Predictions go to ``artifacts/predictions/<model>/<set>.jsonl`` (LLaVA-Med answer-file fields plus
 the reference and per-question scores). :func:`evaluate_models` takes any ``{name: model dir}``, so
@@ -19,12 +19,11 @@ from __future__ import annotations
 import gc
 import math
 import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from vital.io import write_json, write_jsonl
+from vital.io import write_jsonl
 from vital.params import EvaluateParams, Params
 from vital.paths import Paths, is_local, repo_relative
 from vital.vqa.items import LoadedSet, VQAItem
@@ -144,7 +143,6 @@ def _release_memory() -> None:
 
 def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -> dict:
     """The evaluate stage: all ``evaluate.models`` on all ``evaluate.sets``; writes metrics/evaluate.json."""
-    start = time.perf_counter()
     ev = params.evaluate
     specs = {**ev.models, **tuned_models(params)}
     models = {name: resolve_model(name, spec, paths.root) for name, spec in specs.items()}
@@ -153,18 +151,15 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
     for set_name in [s.name for s in sets]:
         results[set_name].update(compare_subsets(results[set_name], params.tune.subsets, params.tune.seeds))
     results["_stage"] = {
-        "wall_s": round(time.perf_counter() - start, 3),
         "models": {k: str(v) for k, v in specs.items()},
         "sets": {s.name: {"format": s.format, "path": str(s.path)} for s in sets},
     }
-    write_json(paths.metric("evaluate"), results)
     return results
 
 
 def run_finetuned(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -> dict:
     """The evaluate_finetuned stage: every model the finetune stages fine-tuned on a set's train split,
     scored on that set's test split (LLaVA-Med's VQA protocol); writes metrics/evaluate_finetuned.json."""
-    start = time.perf_counter()
     ev = params.evaluate
     tuned_on = {f.name for f in params.finetune.sets}
     specs = finetuned_models(params)
@@ -187,11 +182,9 @@ def run_finetuned(params: Params, paths: Paths, answerer: AnswererFactory | None
         block.update(compare_subsets(block, ["base", *params.tune.subsets], params.tune.seeds))
         results[s.name] = block
     results["_stage"] = {
-        "wall_s": round(time.perf_counter() - start, 3),
         "models": {k: f"{v}/<set>" for k, v in specs.items()},
         "sets": {s.name: {"format": s.format, "path": str(s.path)} for s in sets},
     }
-    write_json(paths.metric("evaluate_finetuned"), results)
     return results
 
 
@@ -318,3 +311,19 @@ def eval_files(params: Params, root: Path) -> list[str]:
 def extra_models(params: Params, root: Path) -> list[str]:
     """The local checkpoints among ``evaluate.models`` (hub ids are not files)."""
     return [repo_relative(spec, root) for spec in params.evaluate.models.values() if is_local(spec, root)]
+
+
+def headline(detail: dict) -> dict:
+    """Per set: closed accuracy and open recall of the tuned subsets (mean over seeds) and the base."""
+    out: dict[str, Any] = {}
+    for set_name, block in detail.items():
+        if set_name == "_stage" or not isinstance(block, dict):
+            continue
+        for model in ("top", "random", "base"):
+            m = block.get(f"{model}_over_seeds") or {}
+            if m:
+                numbers = {k: (m.get(k) or {}).get("mean") for k in ("closed_accuracy", "open_recall")}
+            else:
+                numbers = {k: (block.get(model) or {}).get(k) for k in ("closed_accuracy", "open_recall")}
+            out.setdefault(set_name, {})[model] = numbers
+    return out

@@ -21,7 +21,6 @@ import io
 import json
 import os
 import shutil
-import time
 from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -372,7 +371,6 @@ def export(
     """Export one curated set in one format (``llava`` or ``hf``); returns its counts."""
     if fmt not in FORMATS:
         raise RecordError(f"export format {fmt!r}: one of {list(FORMATS)}")
-    start = time.perf_counter()
     curated, out = Path(curated), Path(out)
     records = read_curated(curated)
     if fmt == "llava":
@@ -381,7 +379,7 @@ def export(
         card = card or {}
         card.setdefault("provenance", {}).setdefault("curated_sha256", file_sha256(curated))
         result = export_hf(records, curated, Path(root), out, card, shard_rows)
-    return {**result, "wall_s": round(time.perf_counter() - start, 3)}
+    return result
 
 
 # ------------------------------------------------------------------ the stage and the card's facts
@@ -433,7 +431,6 @@ def provenance_of(p: Params, curated: Path, root: Path) -> dict[str, Any]:
 
 def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
     """``artifacts/export/<subset>/<format>`` for every ``export.subsets`` x ``export.formats``."""
-    start = time.perf_counter()
     out: dict[str, Any] = {}
     for subset in p.export.subsets:
         curated = paths.curated / f"{subset}.json"
@@ -449,9 +446,7 @@ def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
             print(
                 f"export: {subset} as {fmt}: {result['records']} records, {result['dropped']} skipped -> {dest}"
             )
-    metrics = {"exports": out, "wall_s": round(time.perf_counter() - start, 3)}
-    write_json(paths.metric("export"), metrics)
-    return metrics
+    return {"exports": out}
 
 
 def curated_files(p: Params, root: Path) -> list[str]:

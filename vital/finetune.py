@@ -129,7 +129,6 @@ def run_stage(p: Params, paths: Paths, model: str, name: str, seed: int | None =
         fp=fp,
         out_root=out_root,
         work_dir=paths.root / ".vital" / "checkpoints" / "finetune" / name,
-        metrics_path=paths.metrics / "finetune" / f"{name}.json",
         curves_dir=paths.plots / "finetune" / name,
     )
     if p.mlflow.enabled and tune.is_main_process():

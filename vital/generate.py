@@ -10,8 +10,6 @@ through the same validation, accounting and outputs. Invalid or failed candidate
 from __future__ import annotations
 
 import sys
-import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Protocol
 from vital.backends import GENERATE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
-from vital.io import read_records, write_json, write_jsonl
+from vital.io import read_records, write_jsonl
 from vital.llm.accounting import dry_run_estimate, summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.engine import Outcome, Request, message_content
@@ -45,6 +43,7 @@ from vital.paths import Paths, repo_relative
 from vital.registry import Backend, choose
 from vital.schema import Candidate, FigureRecord
 from vital.shards import index_refs
+from vital.stats import Failures, evidence_path, keeping
 
 FIGURES_PER_CHUNK = 128  # bounds memory: image data URLs of one chunk are held at once
 
@@ -264,8 +263,7 @@ def backend_for(params: Params, paths: Paths) -> Generator:
 
 # ---------------------------------------------------------------- stage
 def run(params: Params, paths: Paths) -> dict:
-    """Write candidates.jsonl, generate_failures.jsonl and metrics/generate.json; return the metrics."""
-    t0 = time.monotonic()
+    """Write candidates.jsonl and generate_failures.jsonl; return the record (vital.stage writes it)."""
     gp = params.generate
     backend = backend_for(params, paths)
     backend.preflight()  # config errors surface here, before any request
@@ -304,20 +302,17 @@ def run(params: Params, paths: Paths) -> dict:
         **drops.metrics(),
         "candidates_requested": (len(figures) - len(late)) * gp.candidates,
         "candidates": len(candidates),
-        "candidates_failed": len(failures),
-        "failures_by_reason": dict(Counter(f["reason"] for f in failures)),
+        **_failures(failures).metrics(),
         "failures_file": str(paths.artifacts / "generate_failures.jsonl"),
         **backend.metrics(),
-        "wall_s": round(time.monotonic() - t0, 3),
     }
     used = {rec.pair_id for rec in figures} - {s["pair_id"] for s in late}
     with_candidates = {c.pair_id for c in candidates}
     empty = sorted(used - with_candidates)
     metrics["figures_without_candidates"] = len(empty)
     metrics["figures_without_candidates_list"] = empty
-    write_json(paths.metric("generate"), metrics)
     print(
-        summary_line("generate", len(candidates), "candidates", metrics["failures_by_reason"], metrics),
+        summary_line("generate", len(candidates), "candidates", metrics["failed_by_reason"], metrics),
         file=sys.stderr,
     )
     if empty:
@@ -327,21 +322,34 @@ def run(params: Params, paths: Paths) -> dict:
             file=sys.stderr,
         )
     api = GENERATORS[gp.backend].api
-    check_failed_share(
-        "generate",
-        "candidates",
-        len(failures),
-        metrics["candidates_requested"],
-        metrics["failures_by_reason"],
-        max_failed_share("generate", gp.client.max_failed_share) if api else None,
-        f"{paths.artifacts / 'generate_failures.jsonl'}, {paths.metric('generate')}",
-    )
-    if not candidates and total:
-        raise StageFailed(
-            f"generate: no candidates written: all {total} figures were skipped "
-            f"({', '.join(f'{r} {n}' for r, n in metrics['dropped_by_reason'].items())}; see {paths.metric('generate')})"
+    evidence = evidence_path(Path("."), "generate")
+    with keeping(metrics):
+        check_failed_share(
+            "generate",
+            "candidates",
+            len(failures),
+            metrics["candidates_requested"],
+            metrics["failed_by_reason"],
+            max_failed_share("generate", gp.client.max_failed_share) if api else None,
+            f"{paths.artifacts / 'generate_failures.jsonl'}, {evidence}",
         )
+        if not candidates and total:
+            raise StageFailed(
+                f"generate: no candidates written: all {total} figures were skipped "
+                f"({', '.join(f'{r} {n}' for r, n in metrics['dropped_by_reason'].items())}; see {evidence})"
+            )
     return metrics
+
+
+def _failures(failed: list[dict]) -> Failures:
+    out = Failures()
+    for f in failed:
+        out.add(f["reason"], f.get("id") or f.get("candidate_id", ""), str(f.get("detail") or ""))
+    return out
+
+
+def headline(detail: dict) -> dict:
+    return {"candidates": detail.get("candidates"), "cost_usd": detail.get("estimated_cost_usd")}
 
 
 UNFETCHED_IMAGE = "data:image/png;base64,"  # priced like any image: its tokens come from max_image_side

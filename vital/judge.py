@@ -11,15 +11,14 @@ mean over its pairs). Unscored candidates are counted and listed.
 from __future__ import annotations
 
 import sys
-import time
-from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 from vital.backends import JUDGE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
-from vital.io import read_records, write_json, write_jsonl
+from vital.io import read_records, write_jsonl
 from vital.llm.accounting import dry_run_estimate, summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.engine import Request, message_content
@@ -43,6 +42,7 @@ from vital.params import Params, ParamsError
 from vital.paths import Paths, repo_relative
 from vital.registry import Backend, choose
 from vital.schema import Candidate, FigureRecord, Judgment
+from vital.stats import Failures, evidence_path, keeping
 
 CANDIDATES_PER_CHUNK = 512
 
@@ -305,8 +305,7 @@ def _pairs(cands: list[Candidate], figures: dict[str, FigureRecord], drops: Drop
 
 
 def run(params: Params, paths: Paths) -> dict:
-    """Write judgments.jsonl and metrics/judge.json; return the metrics."""
-    t0 = time.monotonic()
+    """Write judgments.jsonl; return the record (vital.stage writes it)."""
     backend = backend_for(params, paths)
     backend.preflight()
     drops = Drops()
@@ -338,35 +337,43 @@ def run(params: Params, paths: Paths) -> dict:
         "model": params.judge.model,
         "candidates": len(cands),
         "judged": len(judgments),
-        "unjudged": len(failed),
-        "unjudged_by_reason": dict(Counter(f["reason"] for f in failed)),
-        "unjudged_list": failed,
+        **_failures(failed).metrics(),  # candidates whose judging failed (a refused request, no score)
         **drops.metrics(),  # input lines and candidates that could not be judged at all
         "score_mean": round(sum(scores) / len(scores), 4) if scores else None,
         **backend.metrics(),
-        "wall_s": round(time.monotonic() - t0, 3),
     }
-    write_json(paths.metric("judge"), metrics)
     print(
-        summary_line("judge", len(judgments), "judgments", metrics["unjudged_by_reason"], metrics),
+        summary_line("judge", len(judgments), "judgments", metrics["failed_by_reason"], metrics),
         file=sys.stderr,
     )
-    if not cands:
-        why = f" ({drops.total} unreadable: {drops.summary()})" if drops else ""
-        raise StageFailed(
-            f"judge: {paths.candidates} holds no usable candidates{why}; nothing to judge (rerun generate)"
+    with keeping(metrics):
+        if not cands:
+            why = f" ({drops.total} unreadable: {drops.summary()})" if drops else ""
+            raise StageFailed(
+                f"judge: {paths.candidates} holds no usable candidates{why}; nothing to judge (rerun generate)"
+            )
+        api = JUDGES[params.judge.backend].api
+        check_failed_share(
+            "judge",
+            "candidates",
+            len(failed) + drops.counts["figure_not_in_sample"],
+            len(cands),
+            metrics["failed_by_reason"],
+            max_failed_share("judge", params.judge.client.max_failed_share) if api else None,
+            f"{evidence_path(Path('.'), 'judge')} failed_examples",
         )
-    api = JUDGES[params.judge.backend].api
-    check_failed_share(
-        "judge",
-        "candidates",
-        len(failed) + drops.counts["figure_not_in_sample"],
-        len(cands),
-        metrics["unjudged_by_reason"],
-        max_failed_share("judge", params.judge.client.max_failed_share) if api else None,
-        f"{paths.metric('judge')} unjudged_list",
-    )
     return metrics
+
+
+def _failures(failed: list[dict]) -> Failures:
+    out = Failures(listed=len(failed))  # every unjudged candidate is listed: judging them again is the fix
+    for f in failed:
+        out.add(f["reason"], f["candidate_id"], str(f.get("detail") or ""))
+    return out
+
+
+def headline(detail: dict) -> dict:
+    return {"score_mean": detail.get("score_mean"), "cost_usd": detail.get("estimated_cost_usd")}
 
 
 def dry_run(params: Params, paths: Paths) -> dict:

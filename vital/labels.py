@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from vital.drops import Drops
-from vital.io import RecordError, read_records, strip_bom, write_json, write_jsonl
+from vital.io import RecordError, read_records, strip_bom, write_jsonl
 from vital.params import LabelsParams, Params
 from vital.paths import Paths
 from vital.registry import Backend, choose
@@ -248,7 +247,6 @@ BACKENDS: dict[str, Backend] = {
 
 def run(cfg: LabelsParams, paths: Paths) -> dict:
     """Collect preferences with ``cfg.backend``; write labels and metrics; return the metrics."""
-    start = time.perf_counter()
     backend = choose(BACKENDS, cfg.backend, "labels.backend").load()
     problems = Drops()
     prefs, extra = backend(cfg, paths, problems)
@@ -266,9 +264,7 @@ def run(cfg: LabelsParams, paths: Paths) -> dict:
         "clinician_agreement": clinician_agreement(prefs),
         **extra,
         **problems.metrics(),
-        "wall_s": round(time.perf_counter() - start, 3),
     }
-    write_json(paths.metric("labels"), result)
     return result
 
 
@@ -279,3 +275,7 @@ def run_stage(p: Params, paths: Paths) -> dict:
         f"{result['dropped']} skipped -> {paths.labels}"
     )
     return result
+
+
+def headline(detail: dict) -> dict:
+    return {"clinician_agreement": (detail.get("clinician_agreement") or {}).get("agreement")}

@@ -14,14 +14,13 @@ import hashlib
 import math
 import random
 import sys
-import time
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 from vital.drops import Drops
-from vital.io import RecordError, read_records, write_json, write_jsonl
+from vital.io import RecordError, read_records, write_jsonl
 from vital.params import PairsParams, Params
 from vital.paths import Paths
 from vital.schema import Judgment, Pair, Preference
@@ -220,7 +219,6 @@ def build_pairs(
 
 def run(pp: PairsParams, paths: Paths) -> dict[str, Any]:
     """The pairs stage: ``artifacts/pairs.jsonl`` and ``metrics/pairs.json``."""
-    start = time.perf_counter()
     problems = Drops()
     judgments = read_judgments(paths.judgments, problems)
     prefs = read_labels(paths.labels, judgments, problems)
@@ -234,10 +232,12 @@ def run(pp: PairsParams, paths: Paths) -> dict[str, Any]:
     pairs, stats = build_pairs(judgments, prefs, pp)
     write_jsonl(paths.pairs, pairs)
     metrics = {**stats, **problems.metrics(), "warnings": warnings}
-    metrics["wall_s"] = round(time.perf_counter() - start, 2)
-    write_json(paths.metric("pairs"), metrics)
     return metrics
 
 
 def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
     return run(p.pairs, paths)
+
+
+def headline(detail: dict) -> dict:
+    return {"pairs": detail.get("pairs")}

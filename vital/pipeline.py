@@ -20,8 +20,12 @@ to dvc.yaml:
 - ``reads``: repository paths it reads in every profile; ``backends``: (dotted param, registry) whose
   chosen backend adds code and reads; ``param_reads``: functions (params, root) -> paths named by
   params. Together with the import closure of the entry they are its ``deps`` (never written by hand)
-- ``outs``: paths, or ``Out(path, cache=False)``; ``metrics``: default ``metrics/<name>.json``;
-  ``plots``: ``Plot(path, x, y, template)``; metrics and plots are ``cache: false``
+- ``outs``: paths, or ``Out(path, cache=False)``; ``plots``: ``Plot(path, x, y, template)``
+- ``headline``: ``module:function`` (the record's detail -> the few numbers compared across experiments);
+  with it the stage's ``metrics`` is ``metrics/<name>.json`` (``dvc exp show``'s columns); every stage also
+  writes its evidence, ``metrics/detail/<name>.json`` (foreach: ``metrics/detail/<script>/<item>.json``), a
+  ``cache: false`` out (vital/stats.py has the layout); ``item``: the foreach item's name, a format string
+  over the options (``"{subset}-s{seed}"``). Metrics, evidence and plots are ``cache: false``
 - ``matrix``: (key, ``${...}``) pairs, or ``foreach``: one ``${...}``; ``options``: its command-line
   options; ``pipeline``: the dvc.yaml that declares it (``bakeoff/dvc.yaml`` runs with ``wdir: ..``)
 
@@ -79,7 +83,8 @@ class Stage:
     args: str = ""  # the command line's arguments after the script
     params: tuple[str, ...] = ()  # dvc.yaml params; default: (name,)
     outs: tuple[str | Out, ...] = ()
-    metrics: tuple[str, ...] | None = None  # default: (metrics/<name>.json,)
+    headline: str = ""  # "module:function": the record's detail -> headline numbers (metrics/<name>.json)
+    item: str = ""  # matrix/foreach: the item's name, a format string over the options ("{subset}-s{seed}")
     plots: tuple[Plot, ...] = ()
     matrix: tuple[tuple[str, str], ...] = ()
     foreach: str = ""
@@ -96,7 +101,28 @@ class Stage:
 
     @property
     def metric_files(self) -> tuple[str, ...]:
-        return (f"metrics/{self.name}.json",) if self.metrics is None else self.metrics
+        return (f"metrics/{self.name}.json",) if self.headline else ()
+
+    @property
+    def evidence_file(self) -> str:
+        """Its evidence in dvc.yaml (``${item...}`` in a foreach stage): one file per item, named by script,
+        so that finetune and finetune_base, one script, write one folder."""
+        if not self.item:
+            return f"metrics/detail/{self.name}.json"
+        args = dict(zip(self.args.split()[::2], self.args.split()[1::2], strict=True))
+        return (
+            f"metrics/detail/{self.script or self.name}/"
+            + self.item.format_map({o.name: args.get(f"--{o.name}", "") for o in self.options})
+            + ".json"
+        )
+
+    def item_name(self, options: dict, record: dict | None = None) -> str:
+        """The item a run of a foreach stage is (an option left out: the value its record reports)."""
+        if not self.item:
+            return ""
+        values = {o.name: options.get(o.name) for o in self.options}
+        values = {k: (record or {}).get(k) if v is None else v for k, v in values.items()}
+        return self.item.format_map(values)
 
     @property
     def cmd(self) -> str:
@@ -137,6 +163,7 @@ STAGES: dict[str, Stage] = {
             "vital.sample:run_stage",
             "sample",
             param_reads=("vital.corpus_paths:corpus_files",),
+            headline="vital.sample:headline",
             doc="domain-stratified, seeded sample of figure records",
             outs=("artifacts/sample.jsonl",),
         ),
@@ -155,6 +182,7 @@ STAGES: dict[str, Stage] = {
             reads=("artifacts/sample.jsonl", "data/demonstrations"),
             backends=(("generate.backend", "vital.generate:GENERATORS"),),
             param_reads=(_IMAGES, "vital.generate:prompt_files"),
+            headline="vital.generate:headline",
             doc="candidate conversations per sampled figure",
             outs=("artifacts/candidates.jsonl", "artifacts/generate_failures.jsonl"),
         ),
@@ -165,6 +193,7 @@ STAGES: dict[str, Stage] = {
             reads=("artifacts/candidates.jsonl", "artifacts/sample.jsonl"),
             backends=(("judge.backend", "vital.judge:JUDGES"),),
             param_reads=(_IMAGES, "vital.judge:rubric_files"),
+            headline="vital.judge:headline",
             doc="0-10 rubric score per candidate (model preference)",
             outs=("artifacts/judgments.jsonl",),
         ),
@@ -174,6 +203,7 @@ STAGES: dict[str, Stage] = {
             "labels",
             reads=("artifacts/candidates.jsonl", "artifacts/sample.jsonl"),
             backends=(("labels.backend", "vital.labels:BACKENDS"),),
+            headline="vital.labels:headline",
             doc="clinician preferences (simulated, or files from data/labels)",
             outs=("artifacts/labels.jsonl",),
         ),
@@ -182,6 +212,7 @@ STAGES: dict[str, Stage] = {
             "vital.pairs:run_stage",
             "pairs",
             reads=("artifacts/judgments.jsonl", "artifacts/labels.jsonl"),
+            headline="vital.pairs:headline",
             doc="model and human preference pairs, held-out split by figure",
             outs=("artifacts/pairs.jsonl",),
         ),
@@ -213,6 +244,7 @@ STAGES: dict[str, Stage] = {
                 "models/foundation",
             ),
             param_reads=(_IMAGES,),  # read with selector.finetune_backbone only
+            headline="vital.selector.stage:headline",
             doc="train the selection model, score every candidate",
             params=("selector",),
             outs=("models/selector", "artifacts/scores.jsonl", "artifacts/scores_by_weight.jsonl"),
@@ -230,6 +262,7 @@ STAGES: dict[str, Stage] = {
             "curate",
             reads=("artifacts/scores.jsonl", "artifacts/candidates.jsonl", "artifacts/sample.jsonl"),
             param_reads=("vital.curate:mix_files",),
+            headline="vital.curate:headline",
             doc="top-k% subsets, same-size random baselines, mixtures",
             outs=("artifacts/curated",),
         ),
@@ -254,14 +287,15 @@ STAGES: dict[str, Stage] = {
                 "artifacts/judgments.jsonl",
                 "artifacts/embeddings",
                 # each method's upstream cost (seconds, API spend, clinician labels)
-                "metrics/embed.json",
-                "metrics/judge.json",
-                "metrics/labels.json",
-                "metrics/pairs.json",
-                "metrics/select.json",
+                "metrics/detail/embed.json",
+                "metrics/detail/judge.json",
+                "metrics/detail/labels.json",
+                "metrics/detail/pairs.json",
+                "metrics/detail/select.json",
             ),
             backends=(("bakeoff.quality", "vital.bakeoff.quality:QUALITY"),),
             param_reads=("vital.bakeoff.stage:ifd_model",),
+            headline="vital.bakeoff.stage:headline",
             doc="selection methods compared on the same pool: subsets, quality, gain over random, cost",
             params=("bakeoff", "curate.policy"),
             # the quality CSV is drawn by dvc.yaml's top-level `plots` (a line per method)
@@ -284,7 +318,7 @@ STAGES: dict[str, Stage] = {
             matrix=(("method", "${bakeoff.downstream_methods}"), ("seed", "${bakeoff.seeds}")),
             params=("bakeoff.downstream_keep", "tune"),
             outs=("models/bakeoff/${item.method}-s${item.seed}",),
-            metrics=("metrics/bakeoff_tune/${item.method}-s${item.seed}.json",),
+            item="{method}-s{seed}",
             plots=(Plot("metrics/plots/bakeoff_tune/${item.method}-s${item.seed}.csv", "step", "loss"),),
             pipeline="bakeoff/dvc.yaml",
         ),
@@ -295,7 +329,7 @@ STAGES: dict[str, Stage] = {
             param_reads=("vital.evaluate:eval_files", "vital.bakeoff.downstream:downstream_models"),
             doc="VQA of every bakeoff-tuned model, over seeds and minus random",
             params=("bakeoff.downstream_methods", "bakeoff.seeds", "evaluate"),
-            metrics=("metrics/bakeoff_downstream.json",),
+            headline="vital.bakeoff.downstream:headline",
             plots=(
                 Plot("metrics/plots/bakeoff_downstream.csv", "method", "closed_accuracy", "bar_horizontal"),
             ),
@@ -314,7 +348,7 @@ STAGES: dict[str, Stage] = {
             matrix=(("subset", "${tune.subsets}"), ("seed", "${tune.seeds}")),
             params=("tune", "mlflow"),
             outs=("models/tuned/${item.subset}-s${item.seed}",),
-            metrics=("metrics/tune/${item.subset}-s${item.seed}.json",),
+            item="{subset}-s{seed}",
             plots=(Plot("metrics/plots/tune/${item.subset}-s${item.seed}.csv", "step", "loss"),),
             comment="the method's claim, measured: the same base tuned on the selector's top-k% and on a random "
             "subset\nof the same size, over several seeds; each model is hash-locked and reruns only when its data does",
@@ -336,7 +370,7 @@ STAGES: dict[str, Stage] = {
             matrix=(("subset", "${tune.subsets}"), ("seed", "${tune.seeds}")),
             params=("finetune", "mlflow"),
             outs=("models/finetuned/${item.subset}-s${item.seed}",),
-            metrics=("metrics/finetune/${item.subset}-s${item.seed}.json",),
+            item="{name}",
             plots=(Plot("metrics/plots/finetune/${item.subset}-s${item.seed}", "step", "loss"),),
             comment="LLaVA-Med's VQA protocol: every tuned model fine-tuned on each finetune.sets train split, so "
             "the\nevaluate stage can score it on the test split the way the field's VQA tables are made",
@@ -356,7 +390,7 @@ STAGES: dict[str, Stage] = {
             foreach="${tune.seeds}",
             params=("finetune", "tune.base", "mlflow"),
             outs=("models/finetuned/base-s${item}",),
-            metrics=("metrics/finetune/base-s${item}.json",),
+            item="{name}",
             plots=(Plot("metrics/plots/finetune/base-s${item}", "step", "loss"),),
             comment="the control: the untuned base fine-tuned the same way, once per seed",
         ),
@@ -366,6 +400,7 @@ STAGES: dict[str, Stage] = {
             "evaluate",
             reads=("models/tuned",),
             param_reads=("vital.evaluate:eval_files", "vital.evaluate:extra_models"),
+            headline="vital.evaluate:headline",
             doc="zero-shot VQA of every tuned model and the base",
             params=("evaluate", "tune.subsets", "tune.seeds"),
             outs=("artifacts/predictions",),
@@ -376,6 +411,7 @@ STAGES: dict[str, Stage] = {
             "evaluate_finetuned",
             reads=("models/finetuned",),
             param_reads=("vital.evaluate:eval_files",),
+            headline="vital.evaluate:headline",
             doc="each fine-tuned model on the test split of its set",
             params=("evaluate", "finetune.sets", "tune.subsets", "tune.seeds"),
             outs=("artifacts/predictions_finetuned",),
@@ -389,6 +425,7 @@ STAGES: dict[str, Stage] = {
             reads=("artifacts/predictions",),
             backends=(("chat_eval.backend", "vital.chat_eval:BACKENDS"),),
             param_reads=("vital.evaluate:eval_files",),
+            headline="vital.chat_eval:headline",
             doc="judge-scored open answers and win rate",
             params=("chat_eval", "evaluate.sets", "evaluate.models"),
             outs=("artifacts/chat_eval",),

@@ -7,20 +7,16 @@ called a finding only when its 95% interval over seeds (or figures) excludes 0.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
 from vital.paths import Paths
+from vital.report.metrics import StageMetrics
 
 BEGIN, END = "<!-- results:begin (vital report --results) -->", "<!-- results:end -->"
 # two-sided 95% Student t quantiles by degrees of freedom; the normal's beyond
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _f(x, nd: int = 3) -> str:
@@ -74,7 +70,7 @@ def selection(m: dict) -> list[str]:
     ]
     lines = [
         f"Agreement with {held.get('pairs')} held-out clinician pairs on {held.get('figures')} figures "
-        "(`metrics/select.json`, `heldout_human`):",
+        "(`metrics/detail/select.json`, `heldout_human`):",
         "",
         *_table(["rater", "agreement"], rows),
         "",
@@ -159,7 +155,7 @@ def bakeoff(m: dict) -> list[str]:
     better = "lower" if head in (m.get("lower_is_better") or []) else "higher"
     return [
         f"Share `{head}` of each method's top-k% ({better} is better; {m.get('quality_scorer')} quality), "
-        "minus random over the random seeds (`metrics/bakeoff.json`, `vs_random`):",
+        "minus random over the random seeds (`metrics/detail/bakeoff.json`, `vs_random`):",
         "",
         *_table(["k", "method", head, "− random", "95% CI", "wins", "verdict"], rows),
         "",
@@ -181,7 +177,7 @@ def downstream(m: dict) -> list[str]:
                 )
         lines += [
             f"**{name}**, {m.get('keep')}% subsets, zero-shot, over seeds {m.get('seeds')} "
-            "(`metrics/bakeoff_downstream.json`):",
+            "(`metrics/detail/bakeoff_evaluate.json`):",
             "",
             *_table(["method", "metric", "mean ± sd", "− random", "95% t-interval", "verdict"], rows),
             "",
@@ -198,7 +194,7 @@ def chat(m: dict) -> list[str]:
         rows = [[model, _f(r.get("relative_score"), 1), str(r.get("n"))] for model, r in rel.items()]
         if rows:
             lines += [
-                f"**{name}** open answers scored against the references (`metrics/chat_eval.json`):",
+                f"**{name}** open answers scored against the references (`metrics/detail/chat_eval.json`):",
                 "",
             ]
             lines += _table(["model", "relative score", "questions"], rows) + [""]
@@ -259,7 +255,7 @@ def label_value(csv_path: Path) -> list[str]:
 
 def render(paths: Paths) -> str:
     """The whole of docs/results.md."""
-    p = paths.metric
+    p = StageMetrics(paths.root).detail
     parts = [
         "# Results of the committed run",
         "",
@@ -271,33 +267,34 @@ def render(paths: Paths) -> str:
         "",
         "## Selection against held-out clinicians",
         "",
-        *selection(_load(p("select"))),
+        *selection(p("select")),
         "## Selection bake-off on the demo's hidden truth",
         "",
-        *bakeoff(_load(p("bakeoff"))),
+        *bakeoff(p("bakeoff")),
         "## When clinician labels pay: the judge's biases",
         "",
         *label_value(paths.plots / "label_value.csv"),
         "## VQA, zero-shot (`make demo`)",
         "",
-        *vqa(_load(p("evaluate")), "zero-shot", ("top_minus_random",)),
+        *vqa(p("evaluate"), "zero-shot", ("top_minus_random",)),
         "## Open answers (chat_eval)",
         "",
-        *chat(_load(p("chat_eval"))),
+        *chat(p("chat_eval")),
         "## VQA after LLaVA-Med's fine-tuning protocol (`make vqa-finetune`)",
         "",
-        *vqa(_load(p("evaluate_finetuned")), "fine-tuned", ("top_minus_random", "top_minus_base")),
+        *vqa(p("evaluate_finetuned"), "fine-tuned", ("top_minus_random", "top_minus_base")),
         "## Downstream bake-off (`make bakeoff`)",
         "",
-        *downstream(_load(p("bakeoff_downstream"))),
+        *downstream(p("bakeoff_evaluate")),
     ]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(parts)).rstrip() + "\n"
 
 
 def readme_block(paths: Paths) -> str:
     """The README's short version: the selection and zero-shot headline, pointing at docs/results.md."""
-    lines = [BEGIN, "", *selection(_load(paths.metric("select")))]
-    lines += vqa(_load(paths.metric("evaluate")), "zero-shot", ("top_minus_random",))
+    p = StageMetrics(paths.root).detail
+    lines = [BEGIN, "", *selection(p("select"))]
+    lines += vqa(p("evaluate"), "zero-shot", ("top_minus_random",))
     lines += [
         "Everything else (the bake-off, chat_eval, fine-tuned VQA, downstream bake-off): "
         "[docs/results.md](docs/results.md).",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
-import time
 from array import array
 from collections import Counter
 from collections.abc import Iterator
@@ -46,6 +45,7 @@ from vital.paths import Paths
 from vital.progress import progress
 from vital.schema import DOMAINS, FigureRecord
 from vital.shards import image_exists, read_index
+from vital.stats import attach, evidence_path
 
 _PLAIN = (str, type(None))
 
@@ -231,15 +231,15 @@ def _corpus_path(figures_path: Path, cfg: SampleParams) -> Path:
     return Path(cfg.corpus.path) if cfg.corpus.path else Path(figures_path)
 
 
-def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict:
-    """Draw ``cfg.per_domain`` figures per domain; write the sample and metrics; return the metrics.
+def run(figures_path: Path, out: Path, metrics: Path | None, cfg: SampleParams) -> dict:
+    """Draw ``cfg.per_domain`` figures per domain; write the sample (and ``metrics``, if given); return the
+    metrics (the stage's record: ``vital.stage`` writes it as the stage's evidence).
 
     ``figures_path`` is the demo corpus; ``cfg.corpus.path`` replaces it when set. With no usable
     record, the metrics (counts and listed problems with their lines) are still written, then a
     :class:`~vital.io.RecordError` says what was skipped and why.
     """
-    start = time.perf_counter()
-    path, out, metrics = _corpus_path(figures_path, cfg), Path(out), Path(metrics)
+    path, out = _corpus_path(figures_path, cfg), Path(out)
     if not path.exists():
         hint = "set sample.corpus.path" if cfg.corpus.path is None else "check sample.corpus.path"
         raise FileNotFoundError(
@@ -283,25 +283,28 @@ def run(figures_path: Path, out: Path, metrics: Path, cfg: SampleParams) -> dict
         records = _relicense(records, oa, cfg, p.problems)
         result["sampled"] = len(records)
     result["by_license"] = license_counts(records)
-    result |= {
-        **p.problems.metrics(),
-        "wall_s": round(time.perf_counter() - start, 3),
-    }
-    write_json(metrics, result)
+    result |= p.problems.metrics()
+    if metrics is not None:
+        write_json(metrics, result)
     if not records:
         shown = "\n  ".join(
             f"{x['where']}: {x['reason']} {x['detail']}".rstrip() for x in p.problems.examples[:5]
         )
-        raise RecordError(
+        error = RecordError(
             f"{path}: no usable figures for domains {cfg.domains} (format {cfg.corpus.format!r}; read {p.read}, "
             f"skipped {result['dropped_by_reason']}, other domains {dict(p.not_selected)}; all listed in "
-            f"{metrics})" + (f"\n  {shown}" if shown else "")
+            f"{metrics or evidence_path(Path('.'), 'sample')})" + (f"\n  {shown}" if shown else "")
         )
+        raise attach(error, result)
     write_jsonl(out, records)
     return result
 
 
 def run_stage(p: Params, paths: Paths) -> dict:
-    result = run(paths.figures, paths.sample, paths.metric("sample"), p.sample)
+    result = run(paths.figures, paths.sample, None, p.sample)
     print(f"sample: {result['sampled']} figures, {result['dropped']} records skipped -> {paths.sample}")
     return result
+
+
+def headline(detail: dict) -> dict:
+    return {"sampled": detail.get("sampled")}

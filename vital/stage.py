@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import time
 from collections.abc import Callable, Sequence
 
+from vital import stats
 from vital.dag import DagError, check_stage
 from vital.determinism import pin_threads
 from vital.failures import StageFailed
@@ -46,8 +46,32 @@ def parser(stage: Stage) -> argparse.ArgumentParser:
 
 
 def call(stage: Stage, params: Params, paths: Paths, **options) -> object:
+    """Run the stage's entry, timed with the one clock, and write what it returned in the one layout: its
+    evidence file and, for a stage with a headline, its DVC metrics file (vital/stats.py)."""
     module, _, attr = stage.entry.partition(":")
-    return getattr(importlib.import_module(module), attr)(params, paths, **options)
+    start = stats.clock()
+    try:
+        record = getattr(importlib.import_module(module), attr)(params, paths, **options)
+    except Exception as e:  # a stage that failed after counting its input keeps its evidence
+        if isinstance(getattr(e, "record", None), dict):
+            _write(stage, paths, options, e.record, start, headline=False)
+        raise
+    record = record if isinstance(record, dict) else {}
+    _write(stage, paths, options, record, start)
+    return record
+
+
+def _write(
+    stage: Stage, paths: Paths, options: dict, record: dict, start: float, headline: bool = True
+) -> None:
+    """The evidence; the headline only for a run that succeeded (a failed run's partial record is no result)."""
+    run = stats.StageStats.from_record(
+        (stage.script or stage.name) if stage.item else stage.name,
+        record,
+        item=stage.item_name(options, record),
+        wall_s=stats.seconds(start),
+    )
+    stats.write(paths.root, run, stage.headline if headline else "")
 
 
 def run_stage(
@@ -55,7 +79,7 @@ def run_stage(
 ) -> None:
     """Validate all params before any work (a typo anywhere fails every stage, before anything is paid for),
     check the stage's DVC deps, run ``fn(params, paths, **options)``; errors end it with one line, exit 2."""
-    start = time.perf_counter()
+    start = stats.clock()
     try:
         pin_threads()
         params = load_params(params_file)
@@ -65,7 +89,7 @@ def run_stage(
     except (*ERRORS, *_api_errors()) as e:
         print(f"[{name}] error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
-    print(f"[{name}] done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    print(f"[{name}] done in {stats.seconds(start):.1f}s", file=sys.stderr)
 
 
 def main(name: str, argv: Sequence[str] | None = None) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 from vital import lineage
 from vital.hub import pinned
 from vital.hub import tags as hub_tags
-from vital.io import write_json
 from vital.params import Params
 from vital.paths import Paths, is_local, repo_relative
 
@@ -34,12 +33,10 @@ def run_stage(p: Params, paths: Paths, subset: str, seed: int | None = None) -> 
         out=out,
         tp=tp,
         checkpoint_dir=paths.root / ".vital" / "checkpoints" / "tune" / f"models_tuned_{name}",
-        metrics_path=paths.metrics / "tune" / f"{name}.json",
         curve_path=paths.plots / "tune" / f"{name}.csv",
     )
-    if hub.repo is not None and tune.is_main_process():
+    if hub.repo is not None:
         metrics["hub"] = hub.record()
-        write_json(paths.metrics / "tune" / f"{name}.json", metrics)
     if p.mlflow.enabled and tune.is_main_process():
         inputs = {"base": tp.base, "curated": data, "images": paths.corpus / "images"}
         run_name = f"models/tuned/{name}"

@@ -10,13 +10,12 @@ LLaVA-Med's legacy figure), open-set recall, and the yes/no likelihood accuracy 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from vital.bakeoff.stage import subset_name
 from vital.evaluate import _load_named_sets, seed_difference, summarize_seeds
-from vital.io import write_csv, write_json
+from vital.io import write_csv
 from vital.params import Params
 from vital.paths import Paths
 from vital.vqa.metrics import summarize
@@ -48,7 +47,6 @@ def tune_stage(p: Params, paths: Paths, method: str, seed: int) -> dict[str, Any
         out=model_dir(paths, method, seed),
         tp=tp,
         checkpoint_dir=paths.root / ".vital" / "checkpoints" / "bakeoff" / name,
-        metrics_path=paths.metrics / "bakeoff_tune" / f"{name}.json",
         curve_path=paths.plots / "bakeoff_tune" / f"{name}.csv",
     )
 
@@ -57,7 +55,6 @@ def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
     """``metrics/bakeoff_downstream.json`` and ``metrics/plots/bakeoff_downstream.csv``."""
     from vital.llava.inference import LlavaAnswerer, likelihood_closed_accuracy
 
-    start = time.perf_counter()
     bp, ev = p.bakeoff, p.evaluate
     sets = _load_named_sets(p, paths)
     per: dict[str, dict[str, dict[int, dict[str, Any]]]] = {s.name: {} for s in sets}
@@ -91,8 +88,6 @@ def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
                 }
         out[s.name] = row
     _write_plot(paths.plots / "bakeoff_downstream.csv", out, [s.name for s in sets])
-    out["wall_s"] = round(time.perf_counter() - start, 2)
-    write_json(paths.metric("bakeoff_downstream"), out)
     return out
 
 
@@ -108,3 +103,17 @@ def _write_plot(path: Path, out: dict[str, Any], sets: list[str]) -> None:
 def downstream_models(p: Params, root: Path) -> list[str]:
     """What bakeoff_evaluate reads: every tuned model of the matrix."""
     return [f"models/bakeoff/{m}-s{s}" for m in p.bakeoff.downstream_methods for s in p.bakeoff.seeds]
+
+
+def headline(detail: dict) -> dict:
+    """Per set: each method's closed accuracy minus random's, mean over seeds."""
+    return {
+        set_name: {
+            method: ((m.get("minus_random") or {}).get("closed_accuracy") or {}).get("mean")
+            for method, m in block.items()
+            if isinstance(m, dict) and "minus_random" in m
+        }
+        for set_name, block in detail.items()
+        if isinstance(block, dict)
+        and any(isinstance(m, dict) and "minus_random" in m for m in block.values())
+    }

@@ -21,11 +21,12 @@ from vital.bakeoff.methods import METHODS, Pool, check_methods
 from vital.bakeoff.quality import QUALITY
 from vital.curate import CandidateRef, pool, top_share, write_json_list
 from vital.drops import Drops
-from vital.io import RecordError, read_json, read_records, write_csv, write_json
+from vital.io import RecordError, read_json, read_records, write_csv
 from vital.params import Params
 from vital.paths import Paths, is_local, repo_relative
 from vital.registry import choose
 from vital.schema import Candidate
+from vital.stats import evidence_path
 
 HEADLINE = "flawed"
 
@@ -44,12 +45,13 @@ def read_pool(paths: Paths, drops: Drops) -> list[Candidate]:
 
 
 def stage_cost(paths: Paths, stage: str) -> dict[str, float]:
-    """What an upstream stage spent: wall seconds, API dollars, clinician labels (from its metrics file)."""
-    path = paths.metric(stage)
+    """What an upstream stage spent: wall seconds, API dollars, clinician labels (from its evidence file)."""
+    path = evidence_path(paths.root, stage)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (the bakeoff reads each method's upstream cost from it)")
-    m = read_json(path)
-    out = {"seconds": float(m.get("wall_s", 0.0))}
+    evidence = read_json(path)
+    m = evidence.get("detail", {})
+    out = {"seconds": float(evidence.get("wall_s", 0.0))}
     if "estimated_cost_usd" in m:
         out["api_usd"] = float(m["estimated_cost_usd"] or 0.0)
     if stage == "labels":
@@ -128,7 +130,6 @@ def write_plot(
 
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
-    start = time.perf_counter()
     bp = params.bakeoff
     check_methods(bp.methods)
     scorer = choose(QUALITY, bp.quality, "bakeoff.quality").load()(paths)
@@ -225,8 +226,6 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             bp.bootstrap,
         )
     write_plot(paths.plots / "bakeoff_quality.csv", quality, bp.methods, bp.keep, bp.seeds)
-    metrics["wall_s"] = round(time.perf_counter() - start, 2)
-    write_json(paths.metric("bakeoff"), metrics)
     return metrics
 
 
@@ -239,3 +238,19 @@ def ifd_model(p: Params, root: Path) -> list[str]:
     if "ifd" not in p.bakeoff.methods or not is_local(p.bakeoff.ifd_model, root):
         return []
     return [repo_relative(p.bakeoff.ifd_model, root)]
+
+
+def headline(detail: dict) -> dict:
+    """Each method's headline quality minus random (mean over the random seeds) at the middle ``keep``."""
+    keeps = detail.get("keep") or []
+    if not keeps:
+        return {}
+    keep, measure = str(keeps[len(keeps) // 2]), detail.get("headline")
+    by_method = (detail.get("vs_random") or {}).get(keep) or {}
+    return {
+        f"{measure}_minus_random_at_{keep}": {
+            method: ((q.get(measure) or {}).get("minus_random") or {}).get("mean")
+            for method, q in by_method.items()
+            if method != "random"
+        }
+    }

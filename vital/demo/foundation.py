@@ -229,7 +229,6 @@ def train_demo(
     With ``tokenizer_dir``, also trains the demo LLM's byte-level BPE (``foundation.vocab_size``) on the
     same corpus text (vital.demo.tokenizer owns that tokenizer; this stage only produces it).
     """
-    start = time.perf_counter()
     model, preprocess, tokenizer = build_tiny_clip(fp)
     random_init, _, _ = build_tiny_clip(fp)
     corpus = load_corpus(figures, corpus_root, preprocess)
@@ -269,7 +268,6 @@ def train_demo(
         metrics["llm_tokenizer"] = {"vocab_size": len(tok), "texts": len(corpus.texts)}
     if truth_file is not None:
         metrics["laterality_probe"] = laterality_probe(model, random_init, corpus, truth_file, fp.seed)
-    metrics["wall_s"] = round(time.perf_counter() - start, 1)
     return metrics
 
 

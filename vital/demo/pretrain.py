@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from vital.demo.pretrained import LAYOUT, PRETRAINED, SECTIONS, compare_trees, training_params
+from vital.io import write_json
 from vital.params import Params
 from vital.paths import Paths
 
@@ -30,8 +31,9 @@ def train_from_scratch(params: Params, repo: Path, work: Path) -> Path:
         }
     )
     paths = Paths(work)
-    run_foundation(trained.foundation, paths)
-    run_align(trained, paths)
+    # the training records, kept as data/pretrained/metrics/<stage>.json (a stage run writes them as evidence)
+    write_json(work / "metrics" / LAYOUT["foundation"][2], run_foundation(trained.foundation, paths))
+    write_json(work / "metrics" / LAYOUT["align"][2], run_align(trained, paths))
     return work
 
 

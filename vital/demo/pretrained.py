@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from vital.dvc_repo import file_md5
 from vital.failures import StageFailed
-from vital.io import write_json
 from vital.params import AlignParams, FoundationParams
 from vital.paths import Paths
 
@@ -114,8 +112,5 @@ def restore_foundation(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
 
 def restore_base(ap: AlignParams, paths: Paths) -> dict[str, Any]:
     """``align.backend: restore``: models/base and metrics/align.json."""
-    start = time.perf_counter()
     metrics = restore("align", ap, paths)
-    metrics["wall_s"] = round(time.perf_counter() - start, 2)
-    write_json(paths.metric("align"), metrics)
     return metrics

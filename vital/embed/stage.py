@@ -18,7 +18,7 @@ from vital.embed.ranks import encode_images_ranked, join_ranks, text_encoder
 from vital.embed.rounds import encode_rounds
 from vital.embed.store import FEATURES, META, save_embeddings
 from vital.embed.text import candidate_text, context_text
-from vital.io import RecordError, read_json, write_json
+from vital.io import RecordError, read_json
 from vital.params import EmbedParams, Params
 from vital.paths import Paths
 
@@ -83,16 +83,13 @@ def text_stats(tokens: torch.Tensor, pair_ids: list[str]) -> dict[str, int]:
 
 def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
     """The embed stage: ``artifacts/embeddings/`` and ``metrics/embed.json``."""
-    start = time.perf_counter()
     ref = backbone_ref(ep, paths)
     fp = fingerprint(ref, ep, [paths.candidates, paths.sample])
     meta_file = paths.embeddings / META
     if not force and meta_file.is_file() and (paths.embeddings / FEATURES).is_file():
         old = read_json(meta_file)
         if old.get("fingerprint") == fp:
-            metrics = {**old, "skipped": True, "wall_s": round(time.perf_counter() - start, 2)}
-            write_json(paths.metric("embed"), metrics)
-            return metrics
+            return {**old, "skipped": True}
 
     from vital.foundation import load_clip  # open_clip import is slow; readers of embeddings don't need it
 
@@ -172,9 +169,7 @@ def run(ep: EmbedParams, paths: Paths, force: bool = False) -> dict[str, Any]:
             if ranks.world > 1
             else {}
         ),
-        "wall_s": round(time.perf_counter() - start, 2),
     }
-    write_json(paths.metric("embed"), metrics)
     return metrics
 
 

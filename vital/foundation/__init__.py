@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +65,7 @@ def record_stage(fp: FoundationParams, paths: Paths) -> dict[str, Any]:
 def run(fp: FoundationParams, paths: Paths, mlflow: MlflowParams | None = None) -> dict[str, Any]:
     """The foundation stage: writes ``models/foundation/`` and ``metrics/foundation.json``; logs the model to
     MLflow as ``mlflow`` (the params in force) says."""
-    start = time.perf_counter()
     metrics = choose(BACKENDS, fp.backend, "foundation.backend").load()(fp, paths)
-    metrics["wall_s"] = round(time.perf_counter() - start, 1)
-    write_json(paths.metric("foundation"), metrics)
     from vital.lineage import log_stage  # MLflow run + registered `vital-foundation` (in a pipeline repo)
 
     hub = metrics.get("hub") or {}

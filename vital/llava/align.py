@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,7 +108,6 @@ def run(
 ) -> dict[str, Any]:
     """Build (demo: ``build_base(foundation_dir, ap)``, vital.demo.llava's) or load (pretrained:
     ``align.model``) the base LLaVA, align it on captions, save it to ``out``."""
-    start = time.perf_counter()
     if ap.backend == "pretrained" and ap.steps == 0:
         return _record_pretrained(ap, out, metrics_path, curve_path)
     # torch, transformers and peft only when a model is built or trained (a record takes no 10 s of imports)
@@ -165,7 +163,6 @@ def run(
     model.requires_grad_(False)
     save_llava(model.eval(), processor, out)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    metrics["wall_s"] = round(time.perf_counter() - start, 2)
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics
@@ -187,6 +184,5 @@ def train_stage(ap: AlignParams, paths: Paths) -> dict[str, Any]:
         out=paths.base_model,
         ap=ap,
         checkpoint_dir=paths.root / ".vital" / "checkpoints" / "align",
-        metrics_path=paths.metric("align"),
         curve_path=paths.plots / "align_loss.csv",
     )

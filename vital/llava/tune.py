@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -280,7 +279,6 @@ def run(
 
     ``section`` is the params section ``tp`` came from, for error messages (``tune`` or ``finetune``).
     """
-    start = time.perf_counter()
     check_method(tp, section)
     data, out = Path(data), Path(out)
     records = read_llava_json(data)
@@ -313,7 +311,6 @@ def run(
     metrics = _metrics(tp, dataset, result, trainable, total, records)
     metrics["trainable_dtypes"] = dtypes
     metrics["global_batch"] = tp.batch_size * tp.grad_accum * accelerator.num_processes
-    metrics["wall_s"] = round(time.perf_counter() - start, 2)
     if accelerator.is_main_process:
         if curve_path is not None:
             write_curve(curve_path, result.losses)

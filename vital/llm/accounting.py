@@ -50,7 +50,7 @@ class Usage:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "estimated_cost_usd": None if cost is None else round(cost, 6),
-            "wall_s": round(wall, 3),
+            "requests_wall_s": round(wall, 3),  # the request engine's own clock, for requests_per_s
             "requests_per_s": round(self.requests_sent / wall, 3) if wall > 0 else 0.0,
         }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,6 @@ def check_device(device: str) -> None:
 def run(sp: SelectorParams, paths: Paths, mlflow: MlflowParams | None = None) -> dict[str, Any]:
     """The select stage: ``models/selector``, ``artifacts/scores.jsonl``, ``metrics/select.json``, curve;
     logs the selector to MLflow as ``mlflow`` (the params in force) says."""
-    start = time.perf_counter()
     check_device(sp.device)
     emb = load_embeddings(paths.embeddings)
     index = emb.index()
@@ -203,7 +201,6 @@ def run(sp: SelectorParams, paths: Paths, mlflow: MlflowParams | None = None) ->
         },
         "candidates_scored": len(scores),
         **drops.metrics(),
-        "wall_s": round(time.perf_counter() - start, 2),
     }
     if weight0_scores is not None:
         human_held = [p for p in held if p.source == "human"]
@@ -221,7 +218,6 @@ def run(sp: SelectorParams, paths: Paths, mlflow: MlflowParams | None = None) ->
     metrics["judge_input"] = sp.judge_input
     if "judge_weight" in config:
         metrics["judge_weight"] = config["judge_weight"]
-    write_json(paths.metric("select"), metrics)
     from vital.lineage import log_stage  # MLflow run + registered `vital-select` (in a pipeline repo)
 
     log_stage(
@@ -274,3 +270,17 @@ def _write_weights(path: Path, by_weight: dict[float, float | None]) -> None:
 
 def run_stage(p: Params, paths: Paths) -> dict[str, Any]:
     return run(p.selector, paths, p.mlflow)
+
+
+def headline(detail: dict) -> dict:
+    """Held-out clinician agreement of the selector, and its gap over the judge alone with the 95% interval."""
+    held = detail.get("heldout_human") or {}
+    gap = held.get("selector_minus_judge_over_seeds") or held.get("selector_minus_judge") or {}
+    low, high = (gap.get("ci95") or [None, None])[:2]
+    return {
+        "human_weight": detail.get("human_weight"),
+        "heldout_agreement": (held.get("selector") or {}).get("agreement"),
+        "minus_judge": gap.get("difference_mean", gap.get("difference")),
+        "minus_judge_ci_low": low,
+        "minus_judge_ci_high": high,
+    }
