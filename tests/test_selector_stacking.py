@@ -75,6 +75,11 @@ def test_residual_selector_beats_the_judge_where_clinicians_know_more(world: Pat
     assert cfg["judge_weight"] == m["judge_weight"]
     written = {r["candidate_id"]: r["score"] for r in read_jsonl(world.scores)}
     assert len(written) == 1200
+    # every seed's head scores every candidate for the bakeoff; seed 0's is scores.jsonl
+    by_seed = [r["scores_by_seed"] for r in read_jsonl(world.scores_by_weight)]
+    assert len(by_seed) == 1200 and set(by_seed[0]) == {"0", "1", "2"}
+    assert [s["0"] for s in by_seed] == list(written.values())
+    assert [s["1"] for s in by_seed] != [s["0"] for s in by_seed]
 
 
 def test_without_judge_input_the_metrics_say_none(world: Paths):

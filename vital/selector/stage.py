@@ -179,7 +179,6 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
             for c, p, s in zip(emb.candidate_ids, emb.pair_ids, scores, strict=True)
         ),
     )
-    write_scores_by_weight(paths.scores_by_weight, emb.candidate_ids, emb.pair_ids, heads)
     _write_curve(paths.plots / "select_curve.csv", result.curve)
     _write_weights(paths.plots / "select_weights.csv", by_weight)
     metrics = {
@@ -217,6 +216,7 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
     metrics["heldout_human"]["selector_minus_judge_over_seeds"] = gap_over_seeds(
         by_seed, judge, human_held, sp.seed
     )
+    write_scores_by_weight(paths.scores_by_weight, emb.candidate_ids, emb.pair_ids, heads, by_seed)
     metrics["judge_input"] = sp.judge_input
     if "judge_weight" in config:
         metrics["judge_weight"] = config["judge_weight"]
@@ -240,11 +240,18 @@ def run(sp: SelectorParams, paths: Paths) -> dict[str, Any]:
 
 
 def write_scores_by_weight(
-    path: Path, ids: list[str], pair_ids: list[str], heads: dict[float, list[float]]
+    path: Path,
+    ids: list[str],
+    pair_ids: list[str],
+    heads: dict[float, list[float]],
+    by_seed: dict[int, dict[str, float]] | None = None,
 ) -> None:
     """``artifacts/scores_by_weight.jsonl``: every trained head's score of every candidate, keyed by its
-    human weight (``"0"``, ``"400"``), so that other consumers (the bakeoff's ``selector_w0``) need no retrain."""
+    human weight (``scores``: ``"0"``, ``"400"``) and, for the chosen weight, by training seed
+    (``scores_by_seed``: ``selector.seed`` .. ``+ seed_repeats - 1``), so that other consumers (the bakeoff's
+    ``selector_w0``, and its ``selector`` over seeds) need no retrain."""
     order = sorted(heads)
+    seeds = sorted(by_seed or {})
     write_jsonl(
         path,
         (
@@ -252,6 +259,7 @@ def write_scores_by_weight(
                 "candidate_id": c,
                 "pair_id": p,
                 "scores": {f"{w:g}": round(float(heads[w][i]), 6) for w in order},
+                **({"scores_by_seed": {str(s): round(float(by_seed[s][c]), 6) for s in seeds}} if seeds else {}),
             }
             for i, (c, p) in enumerate(zip(ids, pair_ids, strict=True))
         ),
