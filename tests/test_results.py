@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from vital.paths import Paths
-from vital.results import BEGIN, END, readme_block, render, t_interval, verdict
+from vital.results import BEGIN, END, findings, label_value, readme_block, render, t_interval, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +42,14 @@ def test_intervals_and_verdicts():
     assert verdict((-0.2, -0.01)).startswith("**finding: lower")
     assert verdict((-0.1, 0.2)).startswith("no finding")
     assert t_interval({"mean": 0.1, "std": 0.05, "n": 1}) is None
+
+
+def test_findings_are_every_verdict_the_docs_state():
+    """tests/test_conclusions.py compares ``findings`` across kernels: it must hold every rendered verdict."""
+    paths = Paths(ROOT)
+    pattern = r"\*\*finding: (?:higher|lower)\*\*|no finding \(interval includes 0\)"
+    bench = "\n".join(label_value(paths.plots / "label_value.csv"))  # a bench's table, not a stage's
+    rendered = len(re.findall(pattern, render(paths))) - len(re.findall(pattern, bench))
+    found = findings(paths)
+    assert rendered == len(found) > 0
+    assert all(v[2] in render(paths) for v in found.values())

@@ -38,7 +38,9 @@ def subset_file(p: Params, paths: Paths, method: str, seed: int) -> Path:
     if own.is_file():
         return own
     pattern = re.compile(rf"{re.escape(method)}-s(\d+)-{keep}\.json")
-    trained = sorted(int(m.group(1)) for f in paths.bakeoff.glob("*.json") if (m := pattern.fullmatch(f.name)))
+    trained = sorted(
+        int(m.group(1)) for f in paths.bakeoff.glob("*.json") if (m := pattern.fullmatch(f.name))
+    )
     if not trained:
         return own  # tune names the missing file
     position = p.bakeoff.seeds.index(seed) if seed in p.bakeoff.seeds else 0

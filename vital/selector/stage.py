@@ -259,7 +259,11 @@ def write_scores_by_weight(
                 "candidate_id": c,
                 "pair_id": p,
                 "scores": {f"{w:g}": round(float(heads[w][i]), 6) for w in order},
-                **({"scores_by_seed": {str(s): round(float(by_seed[s][c]), 6) for s in seeds}} if seeds else {}),
+                **(
+                    {"scores_by_seed": {str(s): round(float(by_seed[s][c]), 6) for s in seeds}}
+                    if seeds
+                    else {}
+                ),
             }
             for i, (c, p) in enumerate(zip(ids, pair_ids, strict=True))
         ),
