@@ -2,7 +2,7 @@
 the environment gives, and print every verdict vital/results.py states from the metrics they wrote
 (tests/test_conclusions.py). Prints one JSON line: kernels, threads, CPU seconds, findings.
 
-python tests/conclusions_child.py ROOT PARAMS_JSON
+python tests/conclusions_child.py ROOT PARAMS_JSON [STAGES]   (STAGES: comma-separated, default select,bakeoff)
 """
 
 import json
@@ -21,7 +21,7 @@ threads = pin_threads()
 import torch  # noqa: E402  (after the pins)
 
 paths, params = Paths(sys.argv[1]), parse_params(json.loads(sys.argv[2]))
-for name in ("select", "bakeoff"):
+for name in (sys.argv[3] if len(sys.argv) > 3 else "select,bakeoff").split(","):
     call(STAGES[name], params, paths)
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(
