@@ -188,6 +188,16 @@ def test_selector_without_seed_scores_asks_for_a_select_rerun(tmp_path: Path):
         METHODS["selector"].seeds_of(_pool(paths))
 
 
+def test_selector_w0_over_seeds_where_select_trained_it_so(tmp_path: Path):
+    paths = tiny_world(tmp_path, figures=2)
+    assert METHODS["selector_w0"].seeds_of(_pool(paths)) == [None]  # one head: scores["0"]
+    rows = [json.loads(x) for x in paths.scores_by_weight.read_text().splitlines()]
+    write_jsonl(paths.scores_by_weight, [{**r, "weight0_by_seed": {"0": 1.0, "4": 2.0}} for r in rows])
+    pool = _pool(paths)
+    assert METHODS["selector_w0"].seeds_of(pool) == [0, 4]
+    assert set(METHODS["selector_w0"].scorer(pool, 4).values()) == {2.0}
+
+
 def test_downstream_tunes_the_selector_subset_of_its_own_seed(tmp_path: Path):
     from vital.bakeoff.downstream import subset_file
 
@@ -280,7 +290,9 @@ def test_stage_writes_every_subset_quality_gain_and_cost(world: Paths):
     # and its interval holds the seed that picked truncated answers
     sel = m["vs_random"]["50"]["selector"]["flawed"]
     assert m["trained_at_seeds"] == {"selector": [0, 1, 2]}
-    assert sel["value_by_seed"] == {"0": 0.0, "1": 0.0, "2": 1.0} and sel["value"] == pytest.approx(1 / 3, abs=1e-4)
+    assert sel["value_by_seed"] == {"0": 0.0, "1": 0.0, "2": 1.0} and sel["value"] == pytest.approx(
+        1 / 3, abs=1e-4
+    )
     assert sel["wins"].endswith("/9") and len(sel["minus_random"]["values"]) == 9
     judge_ci = m["vs_random"]["50"]["judge"]["flawed"]["ci95"]
     assert sel["ci95"][1] - sel["ci95"][0] > 2 * (judge_ci[1] - judge_ci[0]) and sel["ci95"][1] > 0

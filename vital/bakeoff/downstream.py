@@ -37,6 +37,8 @@ def subset_file(p: Params, paths: Paths, method: str, seed: int) -> Path:
     own = paths.bakeoff / f"{subset_name(method, keep, seed)}.json"
     if own.is_file():
         return own
+    if (one := paths.bakeoff / f"{subset_name(method, keep)}.json").is_file():
+        return one  # trained at one seed
     pattern = re.compile(rf"{re.escape(method)}-s(\d+)-{keep}\.json")
     trained = sorted(
         int(m.group(1)) for f in paths.bakeoff.glob("*.json") if (m := pattern.fullmatch(f.name))

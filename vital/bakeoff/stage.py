@@ -232,7 +232,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "policy": params.curate.policy,
         "keep": bp.keep,
         "seeds": bp.seeds,
-        "trained_at_seeds": {m: s for m, s in method_seeds.items() if METHODS[m].seeds is not None},
+        "trained_at_seeds": {
+            m: s for m, s in method_seeds.items() if METHODS[m].seeds is not None and s != [None]
+        },
         "candidates": len(candidates),
         "params": {"ifd_model": bp.ifd_model, "ifd_max_length": bp.ifd_max_length}
         if "ifd" in bp.methods
@@ -251,7 +253,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             measures,
             tuple(getattr(scorer, "lower_is_better", ())),
             bp.bootstrap,
-            {m: s for m, s in method_seeds.items() if METHODS[m].seeds is not None},
+            {m: s for m, s in method_seeds.items() if METHODS[m].seeds is not None and s != [None]},
         )
     write_plot(paths.plots / "bakeoff_quality.csv", quality, bp.keep, method_seeds)
     metrics["wall_s"] = round(time.perf_counter() - start, 2)
