@@ -218,6 +218,14 @@ def test_bootstrap_gain_brackets_the_difference():
     lo, hi = bootstrap_gain(m, r, 500)
     assert lo <= -0.3 <= hi and hi < 0
     assert bootstrap_gain(m, r, 0) is None
+    # one method trained at three seeds that kept the same candidates is as uncertain as one subset
+    ids = [f"c{i}" for i in range(100)]
+    one, three = bootstrap_gain(m, r, 2000), bootstrap_gain([m, m, m], r, 2000, members=[ids] * 3)
+    assert abs((three[1] - three[0]) - (one[1] - one[0])) < 0.15 * (one[1] - one[0])
+    # seeds that kept different candidates widen it
+    other = np.array([1.0] * 50 + [0.0] * 50)
+    varied = bootstrap_gain([m, m, other], r, 2000, members=[ids, ids, [f"d{i}" for i in range(100)]])
+    assert varied[1] - varied[0] > 1.5 * (one[1] - one[0])
 
 
 # ------------------------------------------------------------------ IFD on a tiny LLaVA
@@ -287,7 +295,7 @@ def test_stage_writes_every_subset_quality_gain_and_cost(world: Paths):
     assert gain["ci95"][1] < 0
     assert m["vs_random"]["25"]["length"]["flawed"]["wins"] == "0/3"
     # the selector over its three training seeds: the mean rates it, every seed meets every random seed,
-    # and its interval holds the seed that picked truncated answers
+    # and its interval widens with the seed that picked truncated answers
     sel = m["vs_random"]["50"]["selector"]["flawed"]
     assert m["trained_at_seeds"] == {"selector": [0, 1, 2]}
     assert sel["value_by_seed"] == {"0": 0.0, "1": 0.0, "2": 1.0} and sel["value"] == pytest.approx(
@@ -295,7 +303,7 @@ def test_stage_writes_every_subset_quality_gain_and_cost(world: Paths):
     )
     assert sel["wins"].endswith("/9") and len(sel["minus_random"]["values"]) == 9
     judge_ci = m["vs_random"]["50"]["judge"]["flawed"]["ci95"]
-    assert sel["ci95"][1] - sel["ci95"][0] > 2 * (judge_ci[1] - judge_ci[0]) and sel["ci95"][1] > 0
+    assert sel["ci95"][1] - sel["ci95"][0] > 2 * (judge_ci[1] - judge_ci[0])
     # cost: judge spend and clinician labels where a method uses them
     assert m["cost"]["judge"]["api_usd"] == 1.25 and m["cost"]["judge"]["clinician_labels"] == 0
     assert (

@@ -59,23 +59,39 @@ def stage_cost(paths: Paths, stage: str) -> dict[str, float]:
 
 
 def bootstrap_gain(
-    method: np.ndarray | list[np.ndarray], randoms: list[np.ndarray], resamples: int, seed: int = 0
+    method: np.ndarray | list[np.ndarray],
+    randoms: list[np.ndarray],
+    resamples: int,
+    seed: int = 0,
+    members: list[list[str]] | None = None,
 ) -> list[float] | None:
     """95% CI of mean(method) - mean over seeds of mean(random), resampling each subset's records.
 
-    ``method`` may be several subsets, one per training seed of the method (the selector): then each
-    resample also draws the seeds with replacement, so that the interval holds the training noise too (a
-    record bootstrap of one random subset already mimics drawing another; retraining is not a record draw)."""
+    ``method`` may be several subsets, one per training seed of the method (the selector), with ``members``
+    their candidate ids: then each resample draws the candidates once for all of them (a candidate two seeds
+    both kept weighs the same in both, so three equal subsets are as uncertain as one) and draws the seeds
+    with replacement, so that the interval holds the training noise too (a record bootstrap of one random
+    subset already mimics drawing another; retraining is not a record draw)."""
     subsets = method if isinstance(method, list) else [method]
     if resamples == 0 or not subsets or not all(len(x) for x in subsets) or not randoms:
         return None
     rng = np.random.default_rng(seed)
-    by_seed = np.stack([x[rng.integers(0, len(x), (resamples, len(x)))].mean(1) for x in subsets])
     if len(subsets) == 1:
-        m = by_seed[0]
+        only = subsets[0]
+        m = only[rng.integers(0, len(only), (resamples, len(only)))].mean(1)
     else:
+        if members is None or len(members) != len(subsets):
+            raise ValueError("bootstrap_gain: several method subsets need their candidate ids (members)")
+        union = sorted(set().union(*members))
+        position = {c: i for i, c in enumerate(union)}
+        counts = rng.multinomial(len(union), np.full(len(union), 1 / len(union)), size=resamples)
+        by_seed = []
+        for flags, ids in zip(subsets, members, strict=True):
+            weights = counts[:, [position[c] for c in ids]]
+            total = weights.sum(1)
+            by_seed.append(np.where(total > 0, (weights * flags).sum(1) / np.maximum(total, 1), flags.mean()))
         drawn = rng.integers(0, len(subsets), (resamples, len(subsets)))
-        m = by_seed[drawn, np.arange(resamples)[:, None]].mean(1)
+        m = np.stack(by_seed)[drawn, np.arange(resamples)[:, None]].mean(1)
     r = np.mean([x[rng.integers(0, len(x), (resamples, len(x)))].mean(1) for x in randoms], axis=0)
     lo, hi = np.percentile(m - r, [2.5, 97.5])
     return [round(float(lo), 4), round(float(hi), 4)]
@@ -100,6 +116,7 @@ def compare(
     lower_is_better: tuple[str, ...],
     resamples: int,
     method_seeds: dict[str, list[int | None]] | None = None,
+    members: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Per method and size: each measure, its gain over random (mean, spread over random seeds, wins, CI).
 
@@ -131,7 +148,10 @@ def compare(
                     "minus_random": _spread(gains),
                     "wins": f"{sum(better)}/{len(better)}",
                     "ci95": bootstrap_gain(
-                        [flags[n][m] for n in names], [flags[r][m] for r in randoms], resamples
+                        [flags[n][m] for n in names],
+                        [flags[r][m] for r in randoms],
+                        resamples,
+                        members=[members[n] for n in names] if members and len(names) > 1 else None,
                     ),
                 }
             row[method] = entry
@@ -172,6 +192,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     cpu: dict[str, float] = {}
     measures = tuple(getattr(scorer, "measures", ()))
     method_seeds: dict[str, list[int | None]] = {}
+    members: dict[str, list[str]] = {}
     for method in bp.methods:
         spec = METHODS[method]
         t0 = time.process_time()
@@ -208,6 +229,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                     )
                 write_json_list(paths.bakeoff / f"{name}.json", records)
                 subsets[name] = {"method": method, "keep": k, "seed": seed, "records": len(chosen)}
+                members[name] = [ref.id for ref, _ in chosen]
                 flags[name] = {m: np.array([r[m] for r in rows], dtype=float) for m in measures}
                 quality[name] = {m: round(float(flags[name][m].mean()), 4) for m in measures}
         cpu[method] = round(time.process_time() - t0, 2)
@@ -254,6 +276,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             tuple(getattr(scorer, "lower_is_better", ())),
             bp.bootstrap,
             {m: s for m, s in method_seeds.items() if METHODS[m].seeds is not None and s != [None]},
+            members,
         )
     write_plot(paths.plots / "bakeoff_quality.csv", quality, bp.keep, method_seeds)
     metrics["wall_s"] = round(time.perf_counter() - start, 2)
