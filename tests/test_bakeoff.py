@@ -111,8 +111,18 @@ def tiny_world(root: Path, figures: int = 40) -> Paths:
                 }
             )
             judg.append({"candidate_id": cid, "pair_id": pid, "score": 9.0 - k})
-            scores.append({"candidate_id": cid, "pair_id": pid, "score": 1.0 - k / 10 + f / 1000})
-            by_w.append({"candidate_id": cid, "pair_id": pid, "scores": {"0": float(k == 2), "1": 0.0}})
+            sel = 1.0 - k / 10 + f / 1000
+            scores.append({"candidate_id": cid, "pair_id": pid, "score": sel})
+            # the selector trained at seeds 0 and 1 rates #0 best, at seed 2 the truncated #3
+            by_seed = {"0": sel, "1": sel, "2": sel + 0.5 * (k == 3)}
+            by_w.append(
+                {
+                    "candidate_id": cid,
+                    "pair_id": pid,
+                    "scores": {"0": float(k == 2), "1": 0.0},
+                    "scores_by_seed": by_seed,
+                }
+            )
     write_jsonl(paths.candidates, cands)
     write_jsonl(paths.judgments, judg)
     write_jsonl(paths.scores, scores)
@@ -173,12 +183,51 @@ def test_selector_w0_without_that_head_names_the_file_and_line(tmp_path: Path):
         METHODS["selector_w0"].scorer(_pool(paths), 0)
 
 
+def test_selector_without_seed_scores_asks_for_a_select_rerun(tmp_path: Path):
+    paths = tiny_world(tmp_path, figures=2)
+    write_jsonl(paths.scores_by_weight, [{"candidate_id": "F00#0", "scores": {"0": 1.0}}])
+    with pytest.raises(RecordError, match=r"scores_by_weight.jsonl:1: needs candidate_id and scores_by_seed"):
+        METHODS["selector"].seeds_of(_pool(paths))
+
+
+def test_selector_w0_over_seeds_where_select_trained_it_so(tmp_path: Path):
+    paths = tiny_world(tmp_path, figures=2)
+    assert METHODS["selector_w0"].seeds_of(_pool(paths)) == [None]  # one head: scores["0"]
+    rows = [json.loads(x) for x in paths.scores_by_weight.read_text().splitlines()]
+    write_jsonl(paths.scores_by_weight, [{**r, "weight0_by_seed": {"0": 1.0, "4": 2.0}} for r in rows])
+    pool = _pool(paths)
+    assert METHODS["selector_w0"].seeds_of(pool) == [0, 4]
+    assert set(METHODS["selector_w0"].scorer(pool, 4).values()) == {2.0}
+
+
+def test_downstream_tunes_the_selector_subset_of_its_own_seed(tmp_path: Path):
+    from vital.bakeoff.downstream import subset_file
+
+    paths = Paths(tmp_path)
+    p = parse_params({"bakeoff": {"seeds": [0, 1, 2]}})
+    paths.bakeoff.mkdir(parents=True)
+    for name in ("selector-s0-40", "selector-s1-40"):
+        (paths.bakeoff / f"{name}.json").write_text("[]")
+    assert subset_file(p, paths, "selector", 1).name == "selector-s1-40.json"
+    assert subset_file(p, paths, "selector", 2).name == "selector-s0-40.json"  # fewer trained: cycle
+    assert subset_file(p, paths, "judge", 2).name == "judge-40.json"
+    assert subset_file(p, paths, "random", 2).name == "random-s2-40.json"
+
+
 def test_bootstrap_gain_brackets_the_difference():
     m = np.array([0.0] * 80 + [1.0] * 20)
     r = [np.array([0.0] * 50 + [1.0] * 50)] * 3
     lo, hi = bootstrap_gain(m, r, 500)
     assert lo <= -0.3 <= hi and hi < 0
     assert bootstrap_gain(m, r, 0) is None
+    # one method trained at three seeds that kept the same candidates is as uncertain as one subset
+    ids = [f"c{i}" for i in range(100)]
+    one, three = bootstrap_gain(m, r, 2000), bootstrap_gain([m, m, m], r, 2000, members=[ids] * 3)
+    assert abs((three[1] - three[0]) - (one[1] - one[0])) < 0.15 * (one[1] - one[0])
+    # seeds that kept different candidates widen it
+    other = np.array([1.0] * 50 + [0.0] * 50)
+    varied = bootstrap_gain([m, m, other], r, 2000, members=[ids, ids, [f"d{i}" for i in range(100)]])
+    assert varied[1] - varied[0] > 1.5 * (one[1] - one[0])
 
 
 # ------------------------------------------------------------------ IFD on a tiny LLaVA
@@ -229,7 +278,8 @@ def test_stage_writes_every_subset_quality_gain_and_cost(world: Paths):
     )
     m = run(p, world)
     files = sorted(f.name for f in world.bakeoff.glob("*.json"))
-    assert len(files) == 2 * (3 + 5) and "random-s2-25.json" in files and "judge-50.json" in files
+    assert len(files) == 2 * (3 + 4 + 3) and "random-s2-25.json" in files and "judge-50.json" in files
+    assert "selector-s2-50.json" in files and "selector-50.json" not in files
     judge25 = json.loads((world.bakeoff / "judge-25.json").read_text())
     assert len(judge25) == 10  # 25% of 40 figures, one candidate per figure (curate.policy)
     assert {r["id"].split("#")[1] for r in judge25} == {"0"}
@@ -237,7 +287,8 @@ def test_stage_writes_every_subset_quality_gain_and_cost(world: Paths):
     assert judge25[0]["conversations"][0]["value"].startswith("<image>")
     # known quality: judge and selector pick only accurate answers; length and CLIP only wrong sides
     q = {n: s["quality"] for n, s in m["subsets"].items()}
-    assert q["judge-25"]["flawed"] == q["selector-50"]["flawed"] == 0
+    assert q["judge-25"]["flawed"] == q["selector-s0-50"]["flawed"] == q["selector-s1-50"]["flawed"] == 0
+    assert q["selector-s2-50"]["truncated"] == 1
     assert q["length-25"]["wrong_side"] == q["clip-25"]["wrong_side"] == 1
     assert q["selector_w0-25"]["hedging"] == 1
     assert 0 < np.mean([q[subset_name("random", 25, s)]["flawed"] for s in (0, 1, 2)]) < 1
@@ -245,6 +296,16 @@ def test_stage_writes_every_subset_quality_gain_and_cost(world: Paths):
     assert gain["value"] == 0 and gain["minus_random"]["mean"] < -0.4 and gain["wins"] == "3/3"
     assert gain["ci95"][1] < 0
     assert m["vs_random"]["25"]["length"]["flawed"]["wins"] == "0/3"
+    # the selector over its three training seeds: the mean rates it, every seed meets every random seed,
+    # and its interval widens with the seed that picked truncated answers
+    sel = m["vs_random"]["50"]["selector"]["flawed"]
+    assert m["trained_at_seeds"] == {"selector": [0, 1, 2]}
+    assert sel["value_by_seed"] == {"0": 0.0, "1": 0.0, "2": 1.0} and sel["value"] == pytest.approx(
+        1 / 3, abs=1e-4
+    )
+    assert sel["wins"].endswith("/9") and len(sel["minus_random"]["values"]) == 9
+    judge_ci = m["vs_random"]["50"]["judge"]["flawed"]["ci95"]
+    assert sel["ci95"][1] - sel["ci95"][0] > 2 * (judge_ci[1] - judge_ci[0])
     # cost: judge spend and clinician labels where a method uses them
     assert m["cost"]["judge"]["api_usd"] == 1.25 and m["cost"]["judge"]["clinician_labels"] == 0
     assert (

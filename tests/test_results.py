@@ -3,11 +3,12 @@ metrics files, and README quotes no result figure outside that block (issue 22).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from vital.paths import Paths
-from vital.results import BEGIN, END, readme_block, render, t_interval, verdict
+from vital.results import BEGIN, END, findings, label_value, readme_block, render, t_interval, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +43,90 @@ def test_intervals_and_verdicts():
     assert verdict((-0.2, -0.01)).startswith("**finding: lower")
     assert verdict((-0.1, 0.2)).startswith("no finding")
     assert t_interval({"mean": 0.1, "std": 0.05, "n": 1}) is None
+
+
+def test_findings_are_every_verdict_the_docs_state():
+    """tests/test_conclusions.py compares ``findings`` across kernels: it must hold every rendered verdict."""
+    paths = Paths(ROOT)
+    pattern = r"\*\*finding: (?:higher|lower)\*\*|no finding \(interval includes 0\)"
+    bench = "\n".join(label_value(paths.plots / "label_value.csv"))  # a bench's table, not a stage's
+    rendered = len(re.findall(pattern, render(paths))) - len(re.findall(pattern, bench))
+    found = findings(paths)
+    assert rendered == len(found) > 0
+    assert all(v[2] in render(paths) for v in found.values())
+
+
+# ------------------------------------------------------------------ result figures in docs/
+FIGURE = re.compile(
+    r"(?<![\w.])(?!\d{4}\.\d{4,5}\b)[−+-]?\d+\.\d{2,}(?!\.?\d)"
+)  # not versions (0.46.1), arXiv ids
+METRIC = re.compile(r"<!--\s*metric:\s*(\S+)\s+(\S+)\s*-->")
+HISTORICAL = re.compile(
+    r"historical.*\d{4}-\d{2}-\d{2}.*`[^`]+`|`[^`]+`.*\d{4}-\d{2}-\d{2}.*historical", re.I
+)
+
+
+def _metric_value(path: str, key: str):
+    value = json.loads((ROOT / path).read_text())
+    for part in key.split("."):
+        value = value[part] if isinstance(value, dict) else value[int(part)]
+    return value
+
+
+def bare_figures(text: str) -> list[tuple[int, str]]:
+    """(line, figure) of every result figure not rendered, not checked against a metrics file by its
+    ``<!-- metric: FILE KEY -->`` annotation, and not in a section whose heading marks it historical with a
+    date and the command that measured it. Figures in code (fenced or inline) are commands and params."""
+    text = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+    bare, historical_level = [], None
+    for n, line in enumerate(text.splitlines(), 1):
+        heading = re.match(r"(#+)\s", line)
+        if heading:
+            level = len(heading.group(1))
+            if historical_level is not None and level <= historical_level:
+                historical_level = None
+            if historical_level is None and HISTORICAL.search(line):
+                historical_level = level
+            continue
+        if historical_level is not None:
+            continue
+        prose = re.sub(r"`[^`]*`", lambda m: " " * len(m.group(0)), line)
+        for fig in FIGURE.finditer(prose):
+            after = prose[fig.end() :]
+            note = METRIC.match(after.lstrip(" *%)")) if not FIGURE.search(after.split("<!--")[0]) else None
+            if note is None:
+                bare.append((n, fig.group(0)))
+                continue
+            value = _metric_value(note.group(1), note.group(2))
+            decimals = len(fig.group(0).split(".")[1])
+            if round(float(fig.group(0).replace("−", "-")), decimals) != round(value, decimals):
+                bare.append((n, f"{fig.group(0)} but {note.group(1)} {note.group(2)} = {value}"))
+    return bare
+
+
+def test_docs_quote_no_result_figure_without_a_metrics_source():
+    """Every result figure in docs/ is rendered (docs/results.md), annotated with the metrics file and key
+    that hold it (checked here), or in a section headed historical with its date and command (issue 22)."""
+    flagged = [
+        f"{doc.name}:{n} {fig}"
+        for doc in sorted((ROOT / "docs").glob("*.md"))
+        if doc.name != "results.md"
+        for n, fig in bare_figures(doc.read_text())
+    ]
+    assert flagged == [], f"figures without a metrics source (annotate or mark historical): {flagged}"
+
+
+def test_a_bare_figure_is_flagged_and_an_annotated_or_historical_one_is_not():
+    assert bare_figures("The selector agrees 0.766 of the time.\n") == [(1, "0.766")]
+    select = json.loads((ROOT / "metrics" / "select.json").read_text())
+    value = select["heldout_human"]["selector"]["agreement"]
+    good = (
+        f"It agrees {value:.3f} <!-- metric: metrics/select.json heldout_human.selector.agreement --> here.\n"
+    )
+    assert bare_figures(good) == []
+    wrong = good.replace(f"{value:.3f}", f"{value + 0.1:.3f}")
+    assert bare_figures(wrong)[0][1].startswith(f"{value + 0.1:.3f} but metrics/select.json")
+    old = "## Measured (historical: 2026-12-04, `make demo`)\n\nIt agreed 0.741.\n\n## Now\n\nIt agrees 0.766.\n"
+    assert bare_figures(old) == [(7, "0.766")]
+    assert bare_figures("## Measured (historical)\n\nIt agreed 0.741.\n") == [(3, "0.741")]  # no date/command
+    assert bare_figures("Version 0.46.1, `lr: 0.001`, 2e-5, 1.5 and arXiv 2410.09335.\n") == []

@@ -75,6 +75,22 @@ def test_residual_selector_beats_the_judge_where_clinicians_know_more(world: Pat
     assert cfg["judge_weight"] == m["judge_weight"]
     written = {r["candidate_id"]: r["score"] for r in read_jsonl(world.scores)}
     assert len(written) == 1200
+    # every seed's head scores every candidate for the bakeoff; seed 0's is scores.jsonl
+    by_seed = [r["scores_by_seed"] for r in read_jsonl(world.scores_by_weight)]
+    assert len(by_seed) == 1200 and set(by_seed[0]) == {"0", "1", "2"}
+    assert [s["0"] for s in by_seed] == list(written.values())
+    assert [s["1"] for s in by_seed] != [s["0"] for s in by_seed]
+
+
+def test_the_weight0_head_is_compared_over_the_same_seeds(world: Paths):
+    m = run(SelectorParams(human_weight=50, seed_repeats=3, **{**FAST, "compare_weights": [0]}), world)
+    h = m["heldout_human"]
+    gap = h["selector_minus_weight0_over_seeds"]
+    assert gap["seeds"] == [0, 1, 2] and gap["ci95"][0] <= gap["difference_mean"] <= gap["ci95"][1]
+    assert gap["difference_by_seed"]["0"] == h["selector_minus_weight0"]["difference"]
+    rows = list(read_jsonl(world.scores_by_weight))
+    assert set(rows[0]["weight0_by_seed"]) == {"0", "1", "2"}
+    assert [r["weight0_by_seed"]["0"] for r in rows] == [r["scores"]["0"] for r in rows]
 
 
 def test_without_judge_input_the_metrics_say_none(world: Paths):

@@ -477,8 +477,9 @@ class SelectorParams(Section):
     seed_repeats: int = Field(
         3,
         ge=1,
-        description="the chosen head is also trained at seeds seed+1 .. seed+n-1: metrics report selector - "
-        "judge on held-out clinician pairs per seed and averaged over seeds, with a figure-bootstrap interval",
+        description="the chosen head (and the weight-0 head it is compared with) is also trained at seeds "
+        "seed+1 .. seed+n-1: metrics report selector - judge and selector - weight 0 on held-out clinician pairs "
+        "per seed and averaged over seeds, with a figure-bootstrap interval; the bakeoff rates both over them",
     )
 
     @field_validator("human_weight")

@@ -76,19 +76,23 @@ def selection(m: dict) -> list[str]:
         "",
     ]
     for key in ("selector_minus_judge", "selector_minus_weight0"):
-        d = held.get(key)
-        if isinstance(d, dict) and d.get("ci95"):
+        d, seeds = held.get(key), held.get(f"{key}_over_seeds")
+        if isinstance(seeds, dict) and seeds.get("ci95"):  # one seed's verdict would hide the training noise
+            if isinstance(d, dict):
+                lines.append(
+                    f"- {key.replace('_', ' ')}, the first selector seed alone: {_s(d.get('difference'))} "
+                    "(no verdict from one seed)"
+                )
+            per_seed = ", ".join(f"{_s(v)}" for v in (seeds.get("difference_by_seed") or {}).values())
+            lines.append(
+                f"- {key.replace('_', ' ')} averaged over selector seeds {seeds.get('seeds')} ({per_seed}): "
+                f"{_s(seeds.get('difference_mean'))}, 95% CI {_ci(seeds['ci95'])}: {verdict(seeds['ci95'])}"
+            )
+        elif isinstance(d, dict) and d.get("ci95"):
             lines.append(
                 f"- {key.replace('_', ' ')}: {_s(d.get('difference'))}, 95% figure-bootstrap CI "
                 f"{_ci(d['ci95'])}: {verdict(d['ci95'])}"
             )
-    seeds = held.get("selector_minus_judge_over_seeds")
-    if isinstance(seeds, dict) and seeds.get("ci95"):
-        per_seed = ", ".join(f"{_s(v)}" for v in (seeds.get("difference_by_seed") or {}).values())
-        lines.append(
-            f"- selector minus judge averaged over selector seeds {seeds.get('seeds')} ({per_seed}): "
-            f"{_s(seeds.get('difference_mean'))}, 95% CI {_ci(seeds['ci95'])}: {verdict(seeds['ci95'])}"
-        )
     return [*lines, ""]
 
 
@@ -251,6 +255,81 @@ def label_value(csv_path: Path) -> list[str]:
         ),
         "",
     ]
+
+
+def selection_findings(m: dict) -> dict[str, tuple[float | None, list | None]]:
+    """Every difference ``selection`` gives a verdict: name -> (mean, 95% interval)."""
+    held = m.get("heldout_human") or {}
+    out: dict[str, tuple[float | None, list | None]] = {}
+    for key in ("selector_minus_judge", "selector_minus_weight0"):
+        d, seeds = held.get(key), held.get(f"{key}_over_seeds")
+        if isinstance(seeds, dict) and seeds.get("ci95"):
+            out[f"select: {key}_over_seeds"] = (seeds.get("difference_mean"), seeds["ci95"])
+        elif isinstance(d, dict) and d.get("ci95"):
+            out[f"select: {key}"] = (d.get("difference"), d["ci95"])
+    return out
+
+
+def bakeoff_findings(m: dict) -> dict[str, tuple[float | None, list | None]]:
+    """Every difference ``bakeoff`` gives a verdict: name -> (mean, 95% interval)."""
+    head, out = m.get("headline"), {}
+    for k, row in (m.get("vs_random") or {}).items():
+        for method, e in row.items():
+            if method != "random" and head in e:
+                h = e[head]
+                out[f"bakeoff: {method} - random, {head}, top {k}%"] = (
+                    (h.get("minus_random") or {}).get("mean"),
+                    h.get("ci95"),
+                )
+    return out
+
+
+def _t_finding(d) -> tuple[float | None, list | None] | None:
+    if not isinstance(d, dict) or "mean" not in d:
+        return None
+    ci = t_interval(d)
+    return d.get("mean"), list(ci) if ci else None
+
+
+def vqa_findings(m: dict, gains: tuple[str, ...], where: str) -> dict[str, tuple[float | None, list | None]]:
+    """Every over-seeds difference ``vqa`` gives a verdict (t-interval): name -> (mean, CI)."""
+    out = {}
+    for name, res in m.items():
+        if name.startswith("_") or not isinstance(res, dict):
+            continue
+        for gain in gains:
+            for k, d in (res.get(gain) or {}).items():
+                if (f := _t_finding(d)) is not None:
+                    out[f"{where}: {name} {gain} {k}"] = f
+    return out
+
+
+def downstream_findings(m: dict) -> dict[str, tuple[float | None, list | None]]:
+    """Every difference ``downstream`` gives a verdict (t-interval): name -> (mean, CI)."""
+    out = {}
+    for name, row in m.items():
+        if not isinstance(row, dict) or name in ("keep", "seeds"):
+            continue
+        for method, e in row.items():
+            for k in ("closed_accuracy", "open_recall"):
+                f = _t_finding(((e.get("minus_random") or {}) if isinstance(e, dict) else {}).get(k))
+                if f is not None:
+                    out[f"downstream: {name} {method} - random {k}"] = f
+    return out
+
+
+def findings(paths: Paths) -> dict[str, tuple[float | None, list | None, str]]:
+    """Every verdict docs/results.md and README state, by name: (mean, 95% interval, verdict). The test of
+    conclusions across float kernels (tests/test_conclusions.py) compares these between runs."""
+    p = StageMetrics(paths.root).detail
+    out = {
+        **selection_findings(p("select")),
+        **bakeoff_findings(p("bakeoff")),
+        **vqa_findings(p("evaluate"), ("top_minus_random",), "evaluate"),
+        **vqa_findings(p("evaluate_finetuned"), ("top_minus_random", "top_minus_base"), "finetuned"),
+        **downstream_findings(p("bakeoff_evaluate")),
+    }
+    return {name: (mean, ci, verdict(ci)) for name, (mean, ci) in out.items()}
 
 
 def render(paths: Paths) -> str:

@@ -10,9 +10,11 @@ LLaVA-Med's legacy figure), open-set recall, and the yes/no likelihood accuracy 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from vital.bakeoff.methods import METHODS
 from vital.bakeoff.stage import subset_name
 from vital.evaluate import _load_named_sets, seed_difference, summarize_seeds
 from vital.io import write_csv
@@ -24,8 +26,26 @@ MEASURES = ("closed_accuracy", "closed_accuracy_legacy", "open_recall", "yes_no_
 
 
 def subset_file(p: Params, paths: Paths, method: str, seed: int) -> Path:
+    """The method's subset at ``downstream_keep`` for the tune at ``seed``: random's own draw, the selector's
+    subset trained at that seed (when select trained fewer seeds: the one at the same position, cycling)."""
     keep = p.bakeoff.downstream_keep
-    return paths.bakeoff / f"{subset_name(method, keep, seed if method == 'random' else None)}.json"
+    if method == "random":
+        return paths.bakeoff / f"{subset_name(method, keep, seed)}.json"
+    if METHODS[method].seeds is None:
+        return paths.bakeoff / f"{subset_name(method, keep)}.json"
+    own = paths.bakeoff / f"{subset_name(method, keep, seed)}.json"
+    if own.is_file():
+        return own
+    if (one := paths.bakeoff / f"{subset_name(method, keep)}.json").is_file():
+        return one  # trained at one seed
+    pattern = re.compile(rf"{re.escape(method)}-s(\d+)-{keep}\.json")
+    trained = sorted(
+        int(m.group(1)) for f in paths.bakeoff.glob("*.json") if (m := pattern.fullmatch(f.name))
+    )
+    if not trained:
+        return own  # tune names the missing file
+    position = p.bakeoff.seeds.index(seed) if seed in p.bakeoff.seeds else 0
+    return paths.bakeoff / f"{subset_name(method, keep, trained[position % len(trained)])}.json"
 
 
 def model_dir(paths: Paths, method: str, seed: int) -> Path:

@@ -43,6 +43,38 @@ class Pool:
 
         return load_embeddings(self.paths.embeddings)
 
+    def _by_seed(self, field: str, required: bool) -> dict[int, dict[str, float]]:
+        """``seed -> {candidate_id: score}`` from ``field`` of ``scores_by_weight.jsonl`` (select writes the
+        chosen head's ``scores_by_seed`` always, ``weight0_by_seed`` when it trains weight 0 over seeds)."""
+        path = self.paths.scores_by_weight
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found (run the select stage first)")
+        out: dict[int, dict[str, float]] = {}
+        for i, rec in enumerate(read_jsonl(path), 1):
+            by_seed, cid = rec.get(field), rec.get("candidate_id")
+            if by_seed is None and not required:
+                return {}
+            if not isinstance(by_seed, dict) or not by_seed or not isinstance(cid, str):
+                raise RecordError(
+                    f"{path}:{i}: needs candidate_id and {field} (rerun select: the bakeoff rates the "
+                    "selector over its training seeds)"
+                )
+            for seed, value in by_seed.items():
+                if not isinstance(value, int | float):
+                    raise RecordError(f"{path}:{i}: {field}[{seed!r}] is not a number")
+                out.setdefault(int(seed), {})[cid] = float(value)
+        return out
+
+    @cached_property
+    def selector_by_seed(self) -> dict[int, dict[str, float]]:
+        """The chosen selector head at each seed select trained it."""
+        return self._by_seed("scores_by_seed", required=True)
+
+    @cached_property
+    def weight0_by_seed(self) -> dict[int, dict[str, float]]:
+        """The weight-0 head at each seed select trained it; empty when it trained one."""
+        return self._by_seed("weight0_by_seed", required=False)
+
     def score_file(self, path: Path, field: str = "score", key: str | None = None) -> dict[str, float]:
         """``candidate_id -> score`` of a JSONL file (``key``: inside a ``scores`` mapping); errors name the line."""
         if not path.is_file():
@@ -93,13 +125,25 @@ def judge_scores(pool: Pool, seed: int) -> dict[str, float]:
 
 
 def selector_scores(pool: Pool, seed: int) -> dict[str, float]:
-    """The selector as configured (``artifacts/scores.jsonl``, what curate ranks by)."""
-    return pool.score_file(pool.paths.scores)
+    """The selector as configured, trained at ``seed`` (one of select's ``selector.seed_repeats`` seeds; the
+    first is ``artifacts/scores.jsonl``, what curate ranks by)."""
+    return pool.selector_by_seed[seed]
+
+
+def selector_seeds(pool: Pool) -> list[int]:
+    return sorted(pool.selector_by_seed)
 
 
 def selector_w0_scores(pool: Pool, seed: int) -> dict[str, float]:
-    """The selector head trained on judge pairs only (``human_weight: 0``), from ``scores_by_weight.jsonl``."""
+    """The selector head trained on judge pairs only (``human_weight: 0``), from ``scores_by_weight.jsonl``:
+    at ``seed`` where select trained it over seeds, else its one head."""
+    if pool.weight0_by_seed:
+        return pool.weight0_by_seed[seed]
     return pool.score_file(pool.paths.scores_by_weight, field="scores", key="0")
+
+
+def selector_w0_seeds(pool: Pool) -> list[int | None]:
+    return sorted(pool.weight0_by_seed) or [None]
 
 
 def ifd_scores(pool: Pool, seed: int) -> dict[str, float]:
@@ -115,6 +159,14 @@ class Method:
     uses: tuple[str, ...] = ()  # upstream stages whose outputs (and cost) it relies on
     seeded: bool = False  # one subset per bakeoff seed (else one subset)
     doc: str = ""
+    # one subset per seed it names (the seeds a trained method was trained at), each rated on its own
+    seeds: Callable[[Pool], list[int | None]] | None = None
+
+    def seeds_of(self, pool: Pool) -> list[int | None]:
+        """The seeds of this method's subsets: its training seeds, the bakeoff seeds, or one unseeded subset."""
+        if self.seeds is not None:
+            return list(self.seeds(pool))
+        return list(pool.bp.seeds) if self.seeded else [None]
 
 
 METHODS: dict[str, Method] = {
@@ -125,12 +177,14 @@ METHODS: dict[str, Method] = {
     "selector_w0": Method(
         selector_w0_scores,
         uses=("embed", "judge", "pairs", "select"),
-        doc="selector head trained on judge pairs only (human_weight 0)",
+        doc="selector head trained on judge pairs only (human_weight 0), one subset per training seed",
+        seeds=selector_w0_seeds,
     ),
     "selector": Method(
         selector_scores,
         uses=("embed", "judge", "labels", "pairs", "select"),
-        doc="the selector as configured (artifacts/scores.jsonl)",
+        doc="the selector as configured, one subset per training seed (selector.seed_repeats)",
+        seeds=selector_seeds,
     ),
     "ifd": Method(
         ifd_scores, doc="instruction-following difficulty under the base LLM (Superfiltering-style)"

@@ -61,13 +61,39 @@ def stage_cost(paths: Paths, stage: str) -> dict[str, float]:
 
 
 def bootstrap_gain(
-    method: np.ndarray, randoms: list[np.ndarray], resamples: int, seed: int = 0
+    method: np.ndarray | list[np.ndarray],
+    randoms: list[np.ndarray],
+    resamples: int,
+    seed: int = 0,
+    members: list[list[str]] | None = None,
 ) -> list[float] | None:
-    """95% CI of mean(method) - mean over seeds of mean(random), resampling each subset's records."""
-    if resamples == 0 or not len(method) or not randoms:
+    """95% CI of mean(method) - mean over seeds of mean(random), resampling each subset's records.
+
+    ``method`` may be several subsets, one per training seed of the method (the selector), with ``members``
+    their candidate ids: then each resample draws the candidates once for all of them (a candidate two seeds
+    both kept weighs the same in both, so three equal subsets are as uncertain as one) and draws the seeds
+    with replacement, so that the interval holds the training noise too (a record bootstrap of one random
+    subset already mimics drawing another; retraining is not a record draw)."""
+    subsets = method if isinstance(method, list) else [method]
+    if resamples == 0 or not subsets or not all(len(x) for x in subsets) or not randoms:
         return None
     rng = np.random.default_rng(seed)
-    m = method[rng.integers(0, len(method), (resamples, len(method)))].mean(1)
+    if len(subsets) == 1:
+        only = subsets[0]
+        m = only[rng.integers(0, len(only), (resamples, len(only)))].mean(1)
+    else:
+        if members is None or len(members) != len(subsets):
+            raise ValueError("bootstrap_gain: several method subsets need their candidate ids (members)")
+        union = sorted(set().union(*members))
+        position = {c: i for i, c in enumerate(union)}
+        counts = rng.multinomial(len(union), np.full(len(union), 1 / len(union)), size=resamples)
+        by_seed = []
+        for flags, ids in zip(subsets, members, strict=True):
+            weights = counts[:, [position[c] for c in ids]]
+            total = weights.sum(1)
+            by_seed.append(np.where(total > 0, (weights * flags).sum(1) / np.maximum(total, 1), flags.mean()))
+        drawn = rng.integers(0, len(subsets), (resamples, len(subsets)))
+        m = np.stack(by_seed)[drawn, np.arange(resamples)[:, None]].mean(1)
     r = np.mean([x[rng.integers(0, len(x), (resamples, len(x)))].mean(1) for x in randoms], axis=0)
     lo, hi = np.percentile(m - r, [2.5, 97.5])
     return [round(float(lo), 4), round(float(hi), 4)]
@@ -91,8 +117,15 @@ def compare(
     measures: tuple[str, ...],
     lower_is_better: tuple[str, ...],
     resamples: int,
+    method_seeds: dict[str, list[int | None]] | None = None,
+    members: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Per method and size: each measure, its gain over random (mean, spread over random seeds, wins, CI)."""
+    """Per method and size: each measure, its gain over random (mean, spread over random seeds, wins, CI).
+
+    A method trained at several seeds (``method_seeds``, the selector) has one subset per seed: its value is
+    the mean over them (``value_by_seed`` each), its gains are every seed against every random seed, and its
+    CI resamples its seeds too (:func:`bootstrap_gain`)."""
+    method_seeds = method_seeds or {}
     out: dict[str, Any] = {}
     for k in keep:
         randoms = [subset_name("random", k, s) for s in seeds]
@@ -100,16 +133,28 @@ def compare(
         for method in methods:
             if method == "random":
                 continue
-            name = subset_name(method, k)
+            trained_at = method_seeds.get(method, [None])
+            names = [subset_name(method, k, s) for s in trained_at]
             entry: dict[str, Any] = {}
             for m in measures:
-                gains = [quality[name][m] - quality[r][m] for r in randoms]
+                gains = [quality[n][m] - quality[r][m] for n in names for r in randoms]
                 better = [(g < 0) if m in lower_is_better else (g > 0) for g in gains]
+                values = [quality[n][m] for n in names]
                 entry[m] = {
-                    "value": quality[name][m],
+                    "value": values[0] if len(values) == 1 else round(float(np.mean(values)), 4),
+                    **(
+                        {"value_by_seed": dict(zip(map(str, trained_at), values, strict=True))}
+                        if trained_at != [None]
+                        else {}
+                    ),
                     "minus_random": _spread(gains),
                     "wins": f"{sum(better)}/{len(better)}",
-                    "ci95": bootstrap_gain(flags[name][m], [flags[r][m] for r in randoms], resamples),
+                    "ci95": bootstrap_gain(
+                        [flags[n][m] for n in names],
+                        [flags[r][m] for r in randoms],
+                        resamples,
+                        members=[members[n] for n in names] if members and len(names) > 1 else None,
+                    ),
                 }
             row[method] = entry
         out[str(k)] = row
@@ -117,16 +162,16 @@ def compare(
 
 
 def write_plot(
-    path: Path, quality: dict[str, dict[str, Any]], methods: list[str], keep: list[int], seeds
+    path: Path, quality: dict[str, dict[str, Any]], keep: list[int], method_seeds: dict[str, list[int | None]]
 ) -> None:
-    """``keep`` and one column per method (the headline share; random: its mean over seeds)."""
+    """``keep`` and one column per method (the headline share; a seeded method: its mean over seeds)."""
 
     def cell(m: str, k: int) -> float | str:
-        names = [subset_name(m, k, s) for s in seeds] if METHODS[m].seeded else [subset_name(m, k)]
+        names = [subset_name(m, k, s) for s in method_seeds[m]]
         values = [quality[n][HEADLINE] for n in names if HEADLINE in quality.get(n, {})]
         return round(float(np.mean(values)), 4) if values else ""
 
-    write_csv(path, ["keep", *methods], ([k, *(cell(m, k) for m in methods)] for k in keep))
+    write_csv(path, ["keep", *method_seeds], ([k, *(cell(m, k) for m in method_seeds)] for k in keep))
 
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
@@ -147,10 +192,13 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     flags: dict[str, dict[str, np.ndarray]] = {}
     cpu: dict[str, float] = {}
     measures = tuple(getattr(scorer, "measures", ()))
+    method_seeds: dict[str, list[int | None]] = {}
+    members: dict[str, list[str]] = {}
     for method in bp.methods:
         spec = METHODS[method]
         t0 = time.process_time()
-        for seed in bp.seeds if spec.seeded else [None]:
+        method_seeds[method] = spec.seeds_of(pool_)
+        for seed in method_seeds[method]:
             scores = spec.scorer(pool_, 0 if seed is None else seed)
             missing = [c.id for c in candidates if c.id not in scores]
             for cid in missing:
@@ -182,6 +230,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                     )
                 write_json_list(paths.bakeoff / f"{name}.json", records)
                 subsets[name] = {"method": method, "keep": k, "seed": seed, "records": len(chosen)}
+                members[name] = [ref.id for ref, _ in chosen]
                 flags[name] = {m: np.array([r[m] for r in rows], dtype=float) for m in measures}
                 quality[name] = {m: round(float(flags[name][m].mean()), 4) for m in measures}
         cpu[method] = round(time.process_time() - t0, 2)
@@ -206,6 +255,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "policy": params.curate.policy,
         "keep": bp.keep,
         "seeds": bp.seeds,
+        "trained_at_seeds": {
+            m: s for m, s in method_seeds.items() if METHODS[m].seeds is not None and s != [None]
+        },
         "candidates": len(candidates),
         "params": {"ifd_model": bp.ifd_model, "ifd_max_length": bp.ifd_max_length}
         if "ifd" in bp.methods
@@ -224,8 +276,10 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             measures,
             tuple(getattr(scorer, "lower_is_better", ())),
             bp.bootstrap,
+            {m: s for m, s in method_seeds.items() if METHODS[m].seeds is not None and s != [None]},
+            members,
         )
-    write_plot(paths.plots / "bakeoff_quality.csv", quality, bp.methods, bp.keep, bp.seeds)
+    write_plot(paths.plots / "bakeoff_quality.csv", quality, bp.keep, method_seeds)
     return metrics
 
 

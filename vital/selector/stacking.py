@@ -87,11 +87,19 @@ def saved_head(head: torch.nn.Module, config: dict) -> torch.nn.Module:
 
 
 def gap_over_seeds(
-    by_seed: dict[int, dict[str, float]], judge: dict[str, float], pairs: list, seed: int, n: int = 1000
+    by_seed: dict[int, dict[str, float]],
+    judge: dict[str, float] | dict[int, dict[str, float]],
+    pairs: list,
+    seed: int,
+    n: int = 1000,
 ) -> dict | None:
     """Selector - judge agreement on ``pairs`` per selector seed, and its mean over seeds with a 95% interval
-    from resampling figures (each figure's pairs, under every seed, move together)."""
-    pairs = [p for p in pairs if p.winner in judge and p.loser in judge]
+    from resampling figures (each figure's pairs, under every seed, move together). ``judge`` may also be
+    another rater trained at the same seeds (``{seed: scores}``, e.g. the weight-0 head): then each seed is
+    compared with its own seed, and the mean with that rater's mean over seeds."""
+    others = judge if judge and isinstance(next(iter(judge.values())), dict) else {k: judge for k in by_seed}
+    any_other = next(iter(others.values()), {})
+    pairs = [p for p in pairs if p.winner in any_other and p.loser in any_other]
     if not pairs or not by_seed:
         return None
 
@@ -101,7 +109,8 @@ def gap_over_seeds(
     figs: dict[str, list[float]] = {}
     for p in pairs:
         mean_hit = sum(hit(s, p) for s in by_seed.values()) / len(by_seed)
-        figs.setdefault(p.pair_id, []).append(mean_hit - hit(judge, p))
+        other_hit = sum(hit(s, p) for s in others.values()) / len(others)
+        figs.setdefault(p.pair_id, []).append(mean_hit - other_hit)
     names = list(figs)
     rng = np.random.default_rng(seed)
     stats = [
@@ -109,7 +118,7 @@ def gap_over_seeds(
         for _ in range(n)
     ]
     per_seed = {
-        str(k): round(float(np.mean([hit(s, p) - hit(judge, p) for p in pairs])), 4)
+        str(k): round(float(np.mean([hit(s, p) - hit(others[k], p) for p in pairs])), 4)
         for k, s in by_seed.items()
     }
     lo, hi = np.percentile(stats, [2.5, 97.5])

@@ -178,7 +178,6 @@ def run(sp: SelectorParams, paths: Paths, mlflow: MlflowParams | None = None) ->
             for c, p, s in zip(emb.candidate_ids, emb.pair_ids, scores, strict=True)
         ),
     )
-    write_scores_by_weight(paths.scores_by_weight, emb.candidate_ids, emb.pair_ids, heads)
     _write_curve(paths.plots / "select_curve.csv", result.curve)
     _write_weights(paths.plots / "select_weights.csv", by_weight)
     metrics = {
@@ -215,6 +214,21 @@ def run(sp: SelectorParams, paths: Paths, mlflow: MlflowParams | None = None) ->
     metrics["heldout_human"]["selector_minus_judge_over_seeds"] = gap_over_seeds(
         by_seed, judge, human_held, sp.seed
     )
+    # the weight-0 head is compared too (select's evidence, the bakeoff's selector_w0): the same seeds
+    weight0_by_seed = by_seed if sp.human_weight == 0 else None
+    if weight0_scores is not None and sp.seed_repeats > 1:
+        weight0_by_seed = {sp.seed: weight0_scores}
+        for k in range(1, sp.seed_repeats):
+            res = fit(0.0, desc=f"selector w=0 seed {sp.seed + k}", seed=sp.seed + k)
+            weight0_by_seed[sp.seed + k] = dict(
+                zip(emb.candidate_ids, rate_all(res.rater).tolist(), strict=True)
+            )
+        metrics["heldout_human"]["selector_minus_weight0_over_seeds"] = gap_over_seeds(
+            by_seed, weight0_by_seed, human_held, sp.seed
+        )
+    write_scores_by_weight(
+        paths.scores_by_weight, emb.candidate_ids, emb.pair_ids, heads, by_seed, weight0_by_seed
+    )
     metrics["judge_input"] = sp.judge_input
     if "judge_weight" in config:
         metrics["judge_weight"] = config["judge_weight"]
@@ -238,11 +252,22 @@ def run(sp: SelectorParams, paths: Paths, mlflow: MlflowParams | None = None) ->
 
 
 def write_scores_by_weight(
-    path: Path, ids: list[str], pair_ids: list[str], heads: dict[float, list[float]]
+    path: Path,
+    ids: list[str],
+    pair_ids: list[str],
+    heads: dict[float, list[float]],
+    by_seed: dict[int, dict[str, float]] | None = None,
+    weight0_by_seed: dict[int, dict[str, float]] | None = None,
 ) -> None:
     """``artifacts/scores_by_weight.jsonl``: every trained head's score of every candidate, keyed by its
-    human weight (``"0"``, ``"400"``), so that other consumers (the bakeoff's ``selector_w0``) need no retrain."""
+    human weight (``scores``: ``"0"``, ``"400"``) and, for the chosen weight and for weight 0, by training
+    seed (``scores_by_seed``, ``weight0_by_seed``: ``selector.seed`` .. ``+ seed_repeats - 1``), so that other
+    consumers (the bakeoff's ``selector`` and ``selector_w0`` over seeds) need no retrain."""
     order = sorted(heads)
+
+    def by(seeds: dict[int, dict[str, float]] | None, field: str, c: str) -> dict:
+        return {field: {str(s): round(float(seeds[s][c]), 6) for s in sorted(seeds)}} if seeds else {}
+
     write_jsonl(
         path,
         (
@@ -250,6 +275,8 @@ def write_scores_by_weight(
                 "candidate_id": c,
                 "pair_id": p,
                 "scores": {f"{w:g}": round(float(heads[w][i]), 6) for w in order},
+                **by(by_seed, "scores_by_seed", c),
+                **by(weight0_by_seed, "weight0_by_seed", c),
             }
             for i, (c, p) in enumerate(zip(ids, pair_ids, strict=True))
         ),
