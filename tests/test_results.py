@@ -118,14 +118,13 @@ def test_docs_quote_no_result_figure_without_a_metrics_source():
 
 def test_a_bare_figure_is_flagged_and_an_annotated_or_historical_one_is_not():
     assert bare_figures("The selector agrees 0.766 of the time.\n") == [(1, "0.766")]
-    select = json.loads((ROOT / "metrics" / "select.json").read_text())
-    value = select["heldout_human"]["selector"]["agreement"]
-    good = (
-        f"It agrees {value:.3f} <!-- metric: metrics/select.json heldout_human.selector.agreement --> here.\n"
-    )
+    select = json.loads((ROOT / "metrics" / "detail" / "select.json").read_text())
+    value = select["detail"]["heldout_human"]["selector"]["agreement"]
+    key = "metrics/detail/select.json detail.heldout_human.selector.agreement"
+    good = f"It agrees {value:.3f} <!-- metric: {key} --> here.\n"
     assert bare_figures(good) == []
     wrong = good.replace(f"{value:.3f}", f"{value + 0.1:.3f}")
-    assert bare_figures(wrong)[0][1].startswith(f"{value + 0.1:.3f} but metrics/select.json")
+    assert bare_figures(wrong)[0][1].startswith(f"{value + 0.1:.3f} but metrics/detail/select.json")
     old = "## Measured (historical: 2026-12-04, `make demo`)\n\nIt agreed 0.741.\n\n## Now\n\nIt agrees 0.766.\n"
     assert bare_figures(old) == [(7, "0.766")]
     assert bare_figures("## Measured (historical)\n\nIt agreed 0.741.\n") == [(3, "0.741")]  # no date/command
