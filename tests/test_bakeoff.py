@@ -139,9 +139,9 @@ def world(tmp_path_factory) -> Paths:
 
 
 def _pool(paths: Paths) -> Pool:
-    from vital.bakeoff.stage import read_pool
+    from vital.artifacts import read_candidates
 
-    return Pool(paths, BakeoffParams(), read_pool(paths, Drops()))
+    return Pool(paths, BakeoffParams(), read_candidates(paths.candidates, Drops()))
 
 
 def _best(scores: dict[str, float], pid: str = "F03") -> str:
@@ -167,7 +167,7 @@ def test_each_scorer_rates_the_known_best_candidate_first(world: Paths):
 def test_selector_w0_without_that_head_names_the_file_and_line(tmp_path: Path):
     paths = tiny_world(tmp_path, figures=2)
     write_jsonl(paths.scores_by_weight, [{"candidate_id": "F00#0", "scores": {"400": 1.0}}])
-    with pytest.raises(RecordError, match=r"scores_by_weight.jsonl:1: no scores\['0'\]"):
+    with pytest.raises(RecordError, match=r"scores_by_weight.jsonl:1: bad_line \(no scores\['0'\]"):
         METHODS["selector_w0"].scorer(_pool(paths), 0)
 
 
@@ -280,7 +280,7 @@ def test_a_malformed_candidate_line_is_skipped_and_counted_like_every_stage(tmp_
         {"bakeoff": {"methods": ["random", "judge"], "downstream_methods": ["random"], "quality": "none"}}
     )
     m = run(p, paths)
-    assert m["dropped"] == 2 and m["dropped_by_reason"] == {"invalid_candidate": 2}
+    assert m["dropped"] == 2 and m["dropped_by_reason"] == {"bad_line": 2}
     assert [e["where"] for e in m["dropped_examples"]] == [f"{paths.candidates}:33", f"{paths.candidates}:34"]
     assert m["subsets"]["judge-40"]["records"] == 3  # the 32 good candidates still make every subset
 

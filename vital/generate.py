@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from vital.artifacts import read_sample
 from vital.backends import GENERATE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
-from vital.io import read_records, write_json, write_jsonl
+from vital.io import write_json, write_jsonl
 from vital.llm.accounting import dry_run_estimate, summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.engine import Outcome, Request, message_content
@@ -65,11 +66,12 @@ class Result:
 def load_figures(
     path: Path, corpus: Path, check_images: bool = True, fetched: dict[str, str] | None = None
 ) -> tuple[list[FigureRecord], Drops]:
-    """Sampled figures, and the ones skipped (counted by reason, listed with file:line or pair_id); record
-    problems never abort the stage. ``fetched`` (the fetch stage's index, pair_id -> shard ref) replaces
+    """Sampled figures, and the ones skipped (counted by reason, listed with file:line or pair_id); the
+    sample's lines by the rules of :func:`vital.artifacts.read_sample` (only a sample with no usable record
+    aborts the stage). ``fetched`` (the fetch stage's index, pair_id -> shard ref) replaces
     each record's image; a figure not in it was not fetched (its reason is in the fetch's report)."""
     figures, drops = [], Drops()
-    for _, rec in read_records(path, FigureRecord, drops.invalid("invalid_record")):
+    for rec in read_sample(path, drops).values():
         if not rec.fig_caption.strip():
             drops.add("empty_caption", rec.pair_id)
             continue

@@ -16,10 +16,11 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Protocol
 
+from vital.artifacts import read_candidates, read_sample
 from vital.backends import JUDGE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
-from vital.io import read_records, write_json, write_jsonl
+from vital.io import write_json, write_jsonl
 from vital.llm.accounting import dry_run_estimate, summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.engine import Request, message_content
@@ -48,11 +49,10 @@ CANDIDATES_PER_CHUNK = 512
 
 
 def load_inputs(paths: Paths, drops: Drops) -> tuple[list[Candidate], dict[str, FigureRecord]]:
-    """Candidates and their figures; a malformed line of either file is skipped and counted in ``drops``."""
-    sample = read_records(paths.sample, FigureRecord, drops.invalid("invalid_figure_record"))
-    figures = {rec.pair_id: rec for _, rec in sample}
-    cands = [c for _, c in read_records(paths.candidates, Candidate, drops.invalid("invalid_candidate"))]
-    return cands, figures
+    """Candidates and their figures, by the rules of :mod:`vital.artifacts` (a candidate whose figure is not
+    in the sample is dropped as ``figure_not_in_sample``)."""
+    figures = read_sample(paths.sample, drops)
+    return read_candidates(paths.candidates, drops, figures), figures
 
 
 def turns_of(c: Candidate) -> list[dict]:
@@ -292,15 +292,13 @@ def backend_for(params: Params, paths: Paths) -> Judge:
     return choose(JUDGES, params.judge.backend, "judge.backend").load()(params, paths)
 
 
-def _pairs(cands: list[Candidate], figures: dict[str, FigureRecord], drops: Drops) -> list:
+def _pairs(cands: list[Candidate], figures: dict[str, FigureRecord]) -> list:
+    """Each candidate with its figure record, carrying the image the candidate was generated on (the fetch
+    stage's shard ref when the profile fetches)."""
     items = []
     for c in cands:
-        if c.pair_id in figures:
-            fig = figures[c.pair_id]
-            # the image the candidate was generated on (the fetch stage's shard ref when the profile fetches)
-            items.append((c, fig if fig.image == c.image else fig.model_copy(update={"image": c.image})))
-        else:
-            drops.add("figure_not_in_sample", c.id, c.pair_id)
+        fig = figures[c.pair_id]
+        items.append((c, fig if fig.image == c.image else fig.model_copy(update={"image": c.image})))
     return items
 
 
@@ -312,7 +310,7 @@ def run(params: Params, paths: Paths) -> dict:
     drops = Drops()
     cands, figures = load_inputs(paths, drops)
     refuse_synthetic(params, paths, cands)
-    items, failed = _pairs(cands, figures, drops), []
+    items, failed = _pairs(cands, figures), []
     prov = backend.provenance()
     judgments = []
     for cand, score, rationale, detail in backend.score(items):
@@ -361,7 +359,7 @@ def run(params: Params, paths: Paths) -> dict:
         "judge",
         "candidates",
         len(failed) + drops.counts["figure_not_in_sample"],
-        len(cands),
+        len(cands) + drops.counts["figure_not_in_sample"],
         metrics["unjudged_by_reason"],
         max_failed_share("judge", params.judge.client.max_failed_share) if api else None,
         f"{paths.metric('judge')} unjudged_list",
@@ -384,7 +382,7 @@ def dry_run(params: Params, paths: Paths) -> dict:
     cache = backend.runtime.open_cache()
     drops = Drops()
     cands, figures = load_inputs(paths, drops)
-    items = _pairs(cands, figures, drops)
+    items = _pairs(cands, figures)
 
     def requests():
         for cand, rec in items:

@@ -24,10 +24,11 @@ from pathlib import Path
 import yaml
 
 from vital import hub
-from vital.io import read_records
+from vital.artifacts import read_sample
+from vital.drops import Drops
 from vital.params import Params
 from vital.paths import Paths, is_local
-from vital.schema import Candidate, FigureRecord, Turn
+from vital.schema import Candidate, Turn
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def _judge_bound(params: Params, paths: PlanPaths) -> dict:
         }
     backend = backend_for(params, paths)
     cache = backend.runtime.open_cache()
-    figures = [rec for _, rec in read_records(paths.sample, FigureRecord, lambda where, detail: None)]
+    figures = list(read_sample(paths.sample, Drops()).values())
     half = "x" * (2 * gp.max_tokens)  # the answer budget split between a question and an answer
 
     def requests():
@@ -131,8 +132,6 @@ def _judge_bound(params: Params, paths: PlanPaths) -> dict:
                     conversations=turns,
                 )
                 yield backend.request(cand, rec, "data:image/png;base64,", 0)
-
-    from vital.drops import Drops
 
     est = dry_run_estimate(requests(), cache, backend.runtime.price, jp, len(figures), Drops(), "judge")
     est["candidates"] = len(figures) * gp.candidates
@@ -179,7 +178,7 @@ class Gpu:
 
 
 def _sampled_count(sample: Path) -> int:
-    return sum(1 for _ in read_records(sample, FigureRecord, lambda where, detail: None))
+    return len(read_sample(sample, Drops()))
 
 
 def _source(param: str, spec: str, revision: str | None, root: Path) -> tuple[str, str | None]:

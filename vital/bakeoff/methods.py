@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
-from vital.io import RecordError, read_jsonl
+from vital import artifacts
+from vital.drops import Drops
 from vital.params import BakeoffParams, ParamsError, unknown_name
 from vital.paths import Paths
 from vital.schema import Candidate
@@ -32,6 +32,7 @@ class Pool:
     paths: Paths
     bp: BakeoffParams
     candidates: list[Candidate]
+    drops: Drops = field(default_factory=Drops)  # the upstream lines the methods could not read
 
     @cached_property
     def ids(self) -> set[str]:
@@ -42,24 +43,6 @@ class Pool:
         from vital.embed.store import load_embeddings
 
         return load_embeddings(self.paths.embeddings)
-
-    def score_file(self, path: Path, field: str = "score", key: str | None = None) -> dict[str, float]:
-        """``candidate_id -> score`` of a JSONL file (``key``: inside a ``scores`` mapping); errors name the line."""
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found (run its stage first)")
-        out: dict[str, float] = {}
-        for i, rec in enumerate(read_jsonl(path), 1):
-            value = rec.get(field)
-            if key is not None:
-                if not isinstance(value, dict) or key not in value:
-                    have = sorted(value) if isinstance(value, dict) else None
-                    raise RecordError(f"{path}:{i}: no {field}[{key!r}] (has {have})")
-                value = value[key]
-            cid = rec.get("candidate_id")
-            if not isinstance(cid, str) or not isinstance(value, int | float):
-                raise RecordError(f"{path}:{i}: needs candidate_id and a numeric {field}")
-            out[cid] = float(value)
-        return out
 
 
 # ------------------------------------------------------------------ the scorers
@@ -89,17 +72,17 @@ def clip_scores(pool: Pool, seed: int) -> dict[str, float]:
 
 def judge_scores(pool: Pool, seed: int) -> dict[str, float]:
     """AlpaGasus-style filtering: the judge's 0-10 rubric score alone."""
-    return pool.score_file(pool.paths.judgments)
+    return artifacts.judge_scores(pool.paths.judgments, pool.drops)
 
 
 def selector_scores(pool: Pool, seed: int) -> dict[str, float]:
     """The selector as configured (``artifacts/scores.jsonl``, what curate ranks by)."""
-    return pool.score_file(pool.paths.scores)
+    return artifacts.read_scores(pool.paths.scores, pool.drops)
 
 
 def selector_w0_scores(pool: Pool, seed: int) -> dict[str, float]:
     """The selector head trained on judge pairs only (``human_weight: 0``), from ``scores_by_weight.jsonl``."""
-    return pool.score_file(pool.paths.scores_by_weight, field="scores", key="0")
+    return artifacts.read_scores(pool.paths.scores_by_weight, pool.drops, field="scores", key="0")
 
 
 def ifd_scores(pool: Pool, seed: int) -> dict[str, float]:
