@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vital.fetch.http import HostRateLimiter, download
+from vital.fetch.http import download
 from vital.fetch.inputs import read_url_records
 from vital.fetch.options import FetchOptions, Figure, Permanent
 from vital.fetch.packages import _src, _staged, extract
 from vital.io import FILE_MODE, RecordError, read_json, write_json, write_jsonl
 from vital.progress import progress
+from vital.ratelimit import HostRateLimiter
 from vital.shards import ShardWriter, file_sha256, make_ref
 
 INDEX = "index.parquet"
