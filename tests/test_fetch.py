@@ -354,3 +354,13 @@ def test_retry_after_is_read_the_same_by_fetch_and_the_llm_client():
     assert 25 < retry_after_s(headers) <= 30
     headers.replace_header("Retry-After", "7")
     assert retry_after_s(headers) == 7.0 and retry_after_s({}) is None
+
+
+def test_the_command_and_the_stage_build_the_same_options_by_default():
+    from vital.cli import build_parser
+    from vital.fetch.options import options_from
+    from vital.params import FetchParams
+
+    args = build_parser().parse_args(["fetch-images", "urls.jsonl"])
+    assert options_from(args) == options_from(FetchParams()) == FetchOptions()
+    assert options_from(FetchParams(max_package_mb=1, max_member_mb=0.5)).max_member_bytes == 2**19
