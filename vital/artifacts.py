@@ -98,15 +98,22 @@ def read_sample(path: Path, drops: Drops) -> dict[str, FigureRecord]:
 
     Dropped: ``bad_line``; ``duplicate_figure`` (a second record of a pair_id: the first wins).
     Fatal: a missing file, no usable record."""
+    return _first_by(path, FigureRecord, drops, "pair_id", "duplicate_figure", "figure record")
+
+
+def _first_by(path: Path, model: type[M], drops: Drops, key: str, duplicate: str, what: str) -> dict[str, M]:
+    """The valid records of ``path`` by their ``key`` field, the first of a key kept (a later one dropped as
+    ``duplicate``); fatal when the file is missing or has no usable record."""
     require(path)
-    out: dict[str, FigureRecord] = {}
-    for where, _, rec in records(path, FigureRecord, drops):
-        if rec.pair_id in out:
-            drops.add("duplicate_figure", where, rec.pair_id)
+    out: dict[str, M] = {}
+    for where, _, rec in records(path, model, drops):
+        value = getattr(rec, key)
+        if value in out:
+            drops.add(duplicate, where, value)
             continue
-        out[rec.pair_id] = rec
+        out[value] = rec
     if not out:
-        raise _none_usable(path, "figure record", drops)
+        raise _none_usable(path, what, drops)
     return out
 
 
@@ -228,16 +235,7 @@ def read_judgments(path: Path, drops: Drops) -> dict[str, Judgment]:
 
     Dropped: ``bad_line`` (a score outside 0-10 included); ``duplicate_judgment`` (a second judgment of a
     candidate: the first wins). Fatal: a missing file, no usable judgment."""
-    require(path)
-    out: dict[str, Judgment] = {}
-    for where, _, j in records(path, Judgment, drops):
-        if j.candidate_id in out:
-            drops.add("duplicate_judgment", where, j.candidate_id)
-            continue
-        out[j.candidate_id] = j
-    if not out:
-        raise _none_usable(path, "judgment", drops)
-    return out
+    return _first_by(path, Judgment, drops, "candidate_id", "duplicate_judgment", "judgment")
 
 
 def judge_scores(path: Path, drops: Drops) -> dict[str, float]:
