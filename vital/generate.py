@@ -22,7 +22,7 @@ from vital.backends import GENERATE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
 from vital.io import write_json, write_jsonl
-from vital.llm.accounting import dry_run_estimate, summary_line
+from vital.llm.accounting import dry_run_estimate, offline_dry_run, summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.engine import Outcome, Request, message_content
 from vital.llm.parse import InvalidOutput, parse_conversation, validate_conversation
@@ -97,14 +97,10 @@ class OpenAIBackend:
     def __init__(self, params: Params, paths: Paths) -> None:
         gp = self.gp = params.generate
         self.paths = paths
-        self.runtime = LLMRuntime(
+        self.runtime = LLMRuntime.of(
             "generate",
-            gp.backend,
-            gp.model,
-            gp.client,
-            gp.prices,
+            gp,
             paths.request_cache,
-            gp.mode,
             BatchLimits(
                 max_lines=gp.batch_max_lines,
                 max_bytes=int(gp.batch_max_mb * 2**20),
@@ -356,13 +352,7 @@ def dry_run(params: Params, paths: Paths, price_unfetched: bool = False) -> dict
     is priced as it will be sent once fetched, instead of counted as dropped."""
     gp = params.generate
     if gp.backend == "template":
-        return {
-            "stage": "generate",
-            "backend": "template",
-            "requests": 0,
-            "estimated_cost_usd": 0.0,
-            "note": "offline template generator: no requests, no cost",
-        }
+        return offline_dry_run("generate", "template", "template generator")
     backend = backend_for(params, paths)
     backend.load_inputs(refuse_synthetic=False)  # pricing sends nothing; the note below warns
     cache = backend.runtime.open_cache()
