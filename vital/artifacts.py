@@ -23,7 +23,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from vital.drops import Drops
-from vital.io import BOM, RecordError
+from vital.io import BOM, RecordError, read_json
 from vital.schema import Candidate, FigureRecord, Judgment, Preference
 
 M = TypeVar("M", bound=BaseModel)
@@ -268,3 +268,23 @@ def read_labels(path: Path, drops: Drops, candidates: Mapping[str, str] | None =
             continue
         out.append(p)
     return out
+
+
+# ------------------------------------------------------------------ curated sets (artifacts/curated/<name>.json)
+def read_curated(path: Path) -> list[dict]:
+    """A curated set: a JSON list of LLaVA records (curate, bakeoff subsets; read by tune and export).
+
+    It is written whole by one stage, so any problem is fatal, naming the file: missing, not JSON, not a
+    list, or records that are not JSON objects (their indices)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: curated set not found (run the curate stage first: dvc repro curate)"
+        )
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise RecordError(f"{path}: expected a JSON list of LLaVA records, got {type(data).__name__}")
+    bad = [i for i, r in enumerate(data) if not isinstance(r, dict)]
+    if bad:
+        raise RecordError(f"{path}: records {bad[:5]} are not JSON objects")
+    return data
