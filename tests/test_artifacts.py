@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from vital.artifacts import (
-    CandidateFile,
-    candidate_refs,
-    judge_scores,
-    read_candidates,
-    read_judgments,
-    read_labels,
-    read_sample,
-    read_scores,
-)
+from vital.artifacts.candidates import CandidateFile, candidate_refs, read_candidates
+from vital.artifacts.labels import read_labels
+from vital.artifacts.sample import read_sample
+from vital.artifacts.scores import judge_scores, read_judgments, read_scores
 from vital.drops import Drops
 from vital.io import RecordError
 

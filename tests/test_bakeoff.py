@@ -139,7 +139,7 @@ def world(tmp_path_factory) -> Paths:
 
 
 def _pool(paths: Paths) -> Pool:
-    from vital.artifacts import read_candidates
+    from vital.artifacts.candidates import read_candidates
 
     return Pool(paths, BakeoffParams(), read_candidates(paths.candidates, Drops()))
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from tests.test_vqa_loaders import _demo, _qa50, _vqa_rad
 from vital.annotate.order import read_scores
 from vital.annotate.session import AnnotationSession
-from vital.artifacts import judge_scores, read_sample
-from vital.artifacts import read_scores as read_artifact_scores
+from vital.artifacts.sample import read_sample
+from vital.artifacts.scores import judge_scores
+from vital.artifacts.scores import read_scores as read_artifact_scores
 from vital.corpus import json_records, jsonl_lines, reader
 from vital.drops import Drops
 from vital.io import json_lines, read_json, read_jsonl, read_records

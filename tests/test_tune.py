@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from vital.artifacts import read_curated
+from vital.artifacts.curated import read_curated
 from vital.llava import tune
 from vital.llava.testing import side_records, tiny_base, write_llava_json
 from vital.llava.trainer import latest_checkpoint

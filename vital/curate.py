@@ -22,7 +22,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vital.artifacts import CandidateFile, CandidateRef, candidate_refs, read_sample, read_scores
+from vital.artifacts.candidates import CandidateFile, CandidateRef, candidate_refs
+from vital.artifacts.sample import read_sample
+from vital.artifacts.scores import read_scores
 from vital.corpus import Malformed, reader
 from vital.drops import Drops
 from vital.io import RecordError, _atomic, write_json

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from PIL import Image
 
-from vital.artifacts import read_curated
+from vital.artifacts.curated import read_curated
 from vital.drops import Drops
 from vital.failures import StageFailed
 from vital.io import RecordError, write_json

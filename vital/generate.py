@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from vital.artifacts import read_sample
+from vital.artifacts.sample import read_sample
 from vital.backends import GENERATE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share

@@ -16,7 +16,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Protocol
 
-from vital.artifacts import read_candidates, read_sample
+from vital.artifacts.candidates import read_candidates
+from vital.artifacts.sample import read_sample
 from vital.backends import JUDGE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share

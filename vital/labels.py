@@ -27,7 +27,7 @@ import krippendorff
 import numpy as np
 from pydantic import ValidationError
 
-from vital.artifacts import read_candidates
+from vital.artifacts.candidates import read_candidates
 from vital.drops import Drops
 from vital.io import RecordError, strip_bom, write_json, write_jsonl
 from vital.params import LabelsParams, Params

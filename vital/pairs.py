@@ -19,7 +19,8 @@ from collections import defaultdict
 from itertools import combinations
 from typing import Any
 
-from vital.artifacts import read_judgments, read_labels
+from vital.artifacts.labels import read_labels
+from vital.artifacts.scores import read_judgments
 from vital.drops import Drops
 from vital.io import write_json, write_jsonl
 from vital.params import PairsParams, Params

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from vital import hub
-from vital.artifacts import read_sample
+from vital.artifacts.sample import read_sample
 from vital.drops import Drops
 from vital.params import Params
 from vital.paths import Paths, is_local

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
 
-from vital import artifacts
+from vital.artifacts import scores as artifact_scores
 from vital.drops import Drops
 from vital.io import RecordError
 
@@ -82,9 +82,9 @@ def read_scores(path: Path, field: str, stage: str) -> dict[str, float]:
     drops = Drops()
     try:
         scores = (
-            artifacts.judge_scores(path, drops)
+            artifact_scores.judge_scores(path, drops)
             if stage == "judge"
-            else artifacts.read_scores(path, drops, field)
+            else artifact_scores.read_scores(path, drops, field)
         )
     except (FileNotFoundError, RecordError) as e:
         raise OrderError(str(e)) from None

@@ -18,7 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from vital.annotate.order import ORDERS, OrderError, figure_order, read_scores
-from vital.artifacts import read_candidates, read_sample
+from vital.artifacts.candidates import read_candidates
+from vital.artifacts.sample import read_sample
 from vital.drops import Drops
 from vital.io import RecordError, strip_bom
 from vital.labels import validate_preference

@@ -18,7 +18,7 @@ from functools import cached_property
 
 import numpy as np
 
-from vital import artifacts
+from vital.artifacts import scores as artifact_scores
 from vital.drops import Drops
 from vital.params import BakeoffParams, ParamsError, unknown_name
 from vital.paths import Paths
@@ -72,17 +72,17 @@ def clip_scores(pool: Pool, seed: int) -> dict[str, float]:
 
 def judge_scores(pool: Pool, seed: int) -> dict[str, float]:
     """AlpaGasus-style filtering: the judge's 0-10 rubric score alone."""
-    return artifacts.judge_scores(pool.paths.judgments, pool.drops)
+    return artifact_scores.judge_scores(pool.paths.judgments, pool.drops)
 
 
 def selector_scores(pool: Pool, seed: int) -> dict[str, float]:
     """The selector as configured (``artifacts/scores.jsonl``, what curate ranks by)."""
-    return artifacts.read_scores(pool.paths.scores, pool.drops)
+    return artifact_scores.read_scores(pool.paths.scores, pool.drops)
 
 
 def selector_w0_scores(pool: Pool, seed: int) -> dict[str, float]:
     """The selector head trained on judge pairs only (``human_weight: 0``), from ``scores_by_weight.jsonl``."""
-    return artifacts.read_scores(pool.paths.scores_by_weight, pool.drops, field="scores", key="0")
+    return artifact_scores.read_scores(pool.paths.scores_by_weight, pool.drops, field="scores", key="0")
 
 
 def ifd_scores(pool: Pool, seed: int) -> dict[str, float]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vital.artifacts import CandidateRef, read_candidates
+from vital.artifacts.candidates import CandidateRef, read_candidates
 from vital.bakeoff.methods import METHODS, Pool, check_methods
 from vital.bakeoff.quality import QUALITY
 from vital.curate import pool, top_share, write_json_list

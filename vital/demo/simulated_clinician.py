@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from vital.artifacts import read_candidates, read_sample
+from vital.artifacts.candidates import read_candidates
+from vital.artifacts.sample import read_sample
 from vital.demo.claims import check_claims, extract_claims, gpt_text, style_flags
 from vital.drops import Drops
 from vital.labels import pairwise_agreement

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vital.artifacts import read_candidates, read_sample
+from vital.artifacts.candidates import read_candidates
+from vital.artifacts.sample import read_sample
 from vital.drops import Drops
 from vital.schema import Candidate, FigureRecord
 

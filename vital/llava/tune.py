@@ -21,7 +21,7 @@ from packaging.version import Version
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
 
-from vital.artifacts import read_curated
+from vital.artifacts.curated import read_curated
 from vital.io import write_curve, write_json
 from vital.llava.build import load_llava, set_image_aspect_ratio
 from vital.llava.conversation import Collator, ConversationDataset

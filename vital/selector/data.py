@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vital.artifacts import judge_scores, read_labels, records
+from vital.artifacts.labels import read_labels
+from vital.artifacts.lines import records
+from vital.artifacts.scores import judge_scores
 from vital.drops import Drops
 from vital.schema import Pair, Preference
 
