@@ -51,9 +51,15 @@ def write_json_list(path: Path, records: Iterable[Any]) -> int:
     return n
 
 
+def top_count(pool_size: int, keep: float) -> int:
+    """How many of a pool of ``pool_size`` the top ``keep`` percent holds (rounded, at least one of a
+    non-empty pool): the one top-k cut of curate, bakeoff and ``vital plan``."""
+    return min(pool_size, max(1, round(keep / 100 * pool_size)))
+
+
 def top_share(ranked: list, keep: float) -> list:
-    """The first ``keep`` percent of ``ranked`` (rounded, at least one): the one top-k cut of curate and bakeoff."""
-    return ranked[: max(1, round(keep / 100 * len(ranked)))]
+    """The first ``keep`` percent of ``ranked`` (:func:`top_count`)."""
+    return ranked[: top_count(len(ranked), keep)]
 
 
 def pool(

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import yaml
 
 from vital import hub
 from vital.artifacts.sample import read_sample
+from vital.curate import top_count
 from vital.drops import Drops
 from vital.params import Params
 from vital.paths import Paths, is_local
@@ -206,12 +206,20 @@ def _training_rows(params: Params, paths: Paths, figures: int, gpu: Gpu) -> list
     except Exception as e:  # noqa: BLE001 - an unreachable hub or a missing checkpoint: the row says why
         why = f"model size unknown: {' '.join(str(e).split())[:200]}"
     runs = len(tp.subsets) * len(tp.seeds)
-    examples = math.ceil(candidates * tp.keep / 100)
+    # the pool curate cuts: one candidate per figure under best_per_figure
+    pool = figures if params.curate.policy == "best_per_figure" else candidates
+    examples = top_count(pool, tp.keep)
     if shape is None:
         rows.append({"stage": "tune", "model": tp.base, "method": tp.method, "runs": runs, "note": why})
     else:
         plan = plan_training(tp.base, shape, tp, examples, runs, gpu.count, gpu.tflops, gpu.mfu)
-        rows.append({"stage": "tune", **plan.to_dict(), "note": f"top {tp.keep}% of {candidates} candidates"})
+        rows.append(
+            {
+                "stage": "tune",
+                **plan.to_dict(),
+                "note": f"top {tp.keep}% of {pool} candidates ({params.curate.policy})",
+            }
+        )
     if fp.sets:
         try:
             train = sum(
