@@ -35,13 +35,12 @@ from vital.fetch.http import download
 from vital.fetch.inputs import read_url_records, url_lines
 from vital.fetch.options import FetchOptions, Figure, Permanent, url_problem
 from vital.fetch.packages import extract
-from vital.fetch.run import (
+from vital.fetch.run import fetch_figures, fetch_images
+from vital.fetch.shards import (
     INDEX,
     REPORT,
     SETTINGS,
     SUMMARY,
-    fetch_figures,
-    fetch_images,
     remove_leftovers,
     shard_done,
     write_index,

@@ -9,7 +9,8 @@ from pathlib import Path
 from vital.failures import StageFailed
 from vital.fetch.inputs import read_url_records
 from vital.fetch.options import FetchOptions, options_from
-from vital.fetch.run import REPORT, SUMMARY, fetch_figures, write_index
+from vital.fetch.run import fetch_figures
+from vital.fetch.shards import REPORT, SUMMARY, write_index
 from vital.io import write_json
 
 
