@@ -171,6 +171,17 @@ def test_selector_w0_without_that_head_names_the_file_and_line(tmp_path: Path):
         METHODS["selector_w0"].scorer(_pool(paths), 0)
 
 
+def test_a_bad_scores_line_is_dropped_as_curate_drops_it(tmp_path: Path):
+    """One rule for scores.jsonl wherever it is read: the bakeoff failed on a line curate dropped."""
+    paths = tiny_world(tmp_path, figures=2)
+    write_jsonl(
+        paths.scores, [{"candidate_id": "F00#0", "score": 1.0}, {"candidate_id": "F00#1", "score": "high"}]
+    )
+    pool = _pool(paths)
+    assert METHODS["selector"].scorer(pool, 0) == {"F00#0": 1.0}
+    assert pool.drops.counts == {"bad_line": 1} and pool.drops.examples[0]["where"] == f"{paths.scores}:2"
+
+
 def test_bootstrap_gain_brackets_the_difference():
     m = np.array([0.0] * 80 + [1.0] * 20)
     r = [np.array([0.0] * 50 + [1.0] * 50)] * 3
