@@ -11,19 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vital.fetch import shards as shard_files
 from vital.fetch.http import download
 from vital.fetch.inputs import read_url_records
 from vital.fetch.options import FetchOptions, Figure, Permanent
 from vital.fetch.packages import _src, _staged, extract
-from vital.fetch.shards import (
-    REPORT,
-    SETTINGS,
-    SUMMARY,
-    remove_leftovers,
-    shard_done,
-    write_index,
-    write_shard,
-)
 from vital.io import read_json, write_json, write_jsonl
 from vital.progress import progress
 from vital.ratelimit import HostRateLimiter
@@ -67,14 +59,14 @@ def fetch_figures(
         fig.shard = i // opts.shard_size
     shards = [figures[i : i + opts.shard_size] for i in range(0, len(figures), opts.shard_size)]
     out.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)
+    shard_files.remove_leftovers(out)
     settings = {"shard_size": opts.shard_size, "max_side": opts.max_side}
-    if (out / SETTINGS).is_file() and (old := read_json(out / SETTINGS)) != settings:
+    if (out / shard_files.SETTINGS).is_file() and (old := read_json(out / shard_files.SETTINGS)) != settings:
         raise ValueError(
             f"fetch-images: {out} was written with --shard-size {old.get('shard_size')} --max-side "
             f"{old.get('max_side')}; rerun with those, or use another --out"
         )
-    write_json(out / SETTINGS, settings)
+    write_json(out / shard_files.SETTINGS, settings)
     staging = opts.staging or out / STAGING
     downloads = opts.downloads or out / DOWNLOADS
     staging.mkdir(parents=True, exist_ok=True)
@@ -82,7 +74,7 @@ def fetch_figures(
         part.unlink(missing_ok=True)
     st = _State(figures, shards, staging, keep_staged=opts.staging is not None)
     for i in range(len(shards)):
-        m = shard_done(out, i, opts.verify, shards[i])
+        m = shard_files.shard_done(out, i, opts.verify, shards[i])
         if m is not None:
             st.manifests[i] = m
             st.resolved.update(f.pair_id for f in shards[i])
@@ -144,9 +136,9 @@ def fetch_figures(
         shutil.rmtree(staging, ignore_errors=True)
     manifests = [st.manifests[i] for i in range(len(shards))]
     prefix = ref_prefix or out.name
-    n_index = write_index(out, manifests, prefix)
+    n_index = shard_files.write_index(out, manifests, prefix)
     report = [*refused, *(f for m in manifests for f in m["failures"])]
-    write_jsonl(out / REPORT, report)
+    write_jsonl(out / shard_files.REPORT, report)
     reasons: dict[str, int] = {}
     for r in report:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
@@ -163,8 +155,8 @@ def fetch_figures(
         "max_side": opts.max_side,
         "packages": len({f.url for f in figures}),
     }
-    write_json(out / SUMMARY, summary)
-    remove_leftovers(out)
+    write_json(out / shard_files.SUMMARY, summary)
+    shard_files.remove_leftovers(out)
     return {
         **summary,
         "this_run": {
@@ -211,5 +203,7 @@ def _flush(out: Path, st: _State, pending: set[int]) -> None:
             ]
             if missing:
                 raise RuntimeError(f"fetch-images: {missing[0].pair_id} resolved but not staged")
-            st.manifests[i] = write_shard(out, i, st.shards[i], st.staging, st.failed, st.keep_staged)
+            st.manifests[i] = shard_files.write_shard(
+                out, i, st.shards[i], st.staging, st.failed, st.keep_staged
+            )
             pending.discard(i)
