@@ -22,6 +22,7 @@ _MADE_BY = {
     "candidates.jsonl": "generate",
     "judgments.jsonl": "judge",
     "labels.jsonl": "labels",
+    "pairs.jsonl": "pairs",
     "scores.jsonl": "select",
     "scores_by_weight.jsonl": "select",
 }

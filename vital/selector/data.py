@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from vital.artifacts.labels import read_labels
-from vital.artifacts.lines import records
+from vital.artifacts.lines import records, require
 from vital.artifacts.scores import judge_scores
 from vital.drops import Drops
 from vital.schema import Pair, Preference
@@ -40,9 +40,9 @@ class PairSet:
 
 
 def read_pairs(path: Path, index: dict[str, int], drops: Drops) -> dict[str, list[Pair]]:
-    """Pairs by split; a pair naming a candidate without features is dropped and counted."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run the pairs stage first)")
+    """Pairs by split; a bad line (``bad_line``), a pair naming a candidate without features or a candidate
+    with itself is dropped and counted."""
+    require(path)
     out: dict[str, list[Pair]] = defaultdict(list)
 
     for where, _, p in records(path, Pair, drops):
