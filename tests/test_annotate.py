@@ -79,7 +79,7 @@ def test_tasks_are_figures_with_two_candidates_in_a_stable_per_annotator_order(p
 def test_missing_inputs_and_bad_annotator_fail_naming_what_to_fix(paths):
     with paths.candidates.open("a") as f:
         f.write(json.dumps({"id": "PMC1_F1#9", "pair_id": "PMC1_F1"}) + "\n")
-    with pytest.raises(AnnotationError, match=r"candidates.jsonl:9: invalid candidate"):
+    with pytest.raises(AnnotationError, match=r"candidates.jsonl:9: bad_line"):
         load_tasks(paths, "dr_a")
     os.remove(paths.candidates)
     with pytest.raises(AnnotationError, match=r"candidates.jsonl: not found \(run the generate stage"):
@@ -834,7 +834,9 @@ def test_order_serves_uncertain_or_disagreeing_figures_first_after_the_overlap_s
     # bad score files name the line; the command line refuses and names the file
     with paths.scores.open("a") as f:
         f.write('{"candidate_id": "PMC0_F1#9", "score": "high"}\n')
-    with pytest.raises(AnnotationError, match=r"--order uncertain: .*scores.jsonl:23: expected"):
+    with pytest.raises(
+        AnnotationError, match=r"--order uncertain: .*scores.jsonl:23: bad_line \(needs a string candidate_id"
+    ):
         load_tasks(paths, "dr_a", order="uncertain")
     proc = subprocess.run(
         [sys.executable, "-m", "vital.cli", "annotate", "--annotator", "dr_b", "--order", "disagree"],
@@ -843,7 +845,7 @@ def test_order_serves_uncertain_or_disagreeing_figures_first_after_the_overlap_s
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    assert proc.returncode == 2 and "scores.jsonl:23: expected" in proc.stderr
+    assert proc.returncode == 2 and "scores.jsonl:23: bad_line" in proc.stderr
     _scores(paths)
     proc, line = _cli(["--annotator", "dr_b", "--order", "disagree", "--port", "0"], cwd=paths.root)
     try:

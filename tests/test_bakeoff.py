@@ -151,9 +151,9 @@ def world(tmp_path_factory) -> Paths:
 
 
 def _pool(paths: Paths) -> Pool:
-    from vital.bakeoff.stage import read_pool
+    from vital.artifacts.candidates import read_candidates
 
-    return Pool(paths, BakeoffParams(), read_pool(paths, Drops()))
+    return Pool(paths, BakeoffParams(), read_candidates(paths.candidates, Drops()))
 
 
 def _best(scores: dict[str, float], pid: str = "F03") -> str:
@@ -179,7 +179,7 @@ def test_each_scorer_rates_the_known_best_candidate_first(world: Paths):
 def test_selector_w0_without_that_head_names_the_file_and_line(tmp_path: Path):
     paths = tiny_world(tmp_path, figures=2)
     write_jsonl(paths.scores_by_weight, [{"candidate_id": "F00#0", "scores": {"400": 1.0}}])
-    with pytest.raises(RecordError, match=r"scores_by_weight.jsonl:1: no scores\['0'\]"):
+    with pytest.raises(RecordError, match=r"scores_by_weight.jsonl:1: bad_line \(no scores\['0'\]"):
         METHODS["selector_w0"].scorer(_pool(paths), 0)
 
 
@@ -212,6 +212,19 @@ def test_downstream_tunes_the_selector_subset_of_its_own_seed(tmp_path: Path):
     assert subset_file(p, paths, "selector", 2).name == "selector-s0-40.json"  # fewer trained: cycle
     assert subset_file(p, paths, "judge", 2).name == "judge-40.json"
     assert subset_file(p, paths, "random", 2).name == "random-s2-40.json"
+
+
+def test_a_bad_scores_line_is_dropped_as_curate_drops_it(tmp_path: Path):
+    """One rule for scores.jsonl wherever it is read: the bakeoff failed on a line curate dropped."""
+    paths = tiny_world(tmp_path, figures=2)
+    write_jsonl(
+        paths.scores_by_weight,
+        [{"candidate_id": "F00#0", "scores": {"0": 1.0}}, {"candidate_id": "F00#1", "scores": {"0": "high"}}],
+    )
+    pool = _pool(paths)
+    assert METHODS["selector_w0"].scorer(pool, None) == {"F00#0": 1.0}
+    assert pool.drops.counts == {"bad_line": 1}
+    assert pool.drops.examples[0]["where"] == f"{paths.scores_by_weight}:2"
 
 
 def test_bootstrap_gain_brackets_the_difference():
@@ -343,7 +356,7 @@ def test_a_malformed_candidate_line_is_skipped_and_counted_like_every_stage(tmp_
         {"bakeoff": {"methods": ["random", "judge"], "downstream_methods": ["random"], "quality": "none"}}
     )
     m = run(p, paths)
-    assert m["dropped"] == 2 and m["dropped_by_reason"] == {"invalid_candidate": 2}
+    assert m["dropped"] == 2 and m["dropped_by_reason"] == {"bad_line": 2}
     assert [e["where"] for e in m["dropped_examples"]] == [f"{paths.candidates}:33", f"{paths.candidates}:34"]
     assert m["subsets"]["judge-40"]["records"] == 3  # the 32 good candidates still make every subset
 

@@ -15,7 +15,11 @@ from hypothesis import strategies as st
 from tests.test_vqa_loaders import _demo, _qa50, _vqa_rad
 from vital.annotate.order import read_scores
 from vital.annotate.session import AnnotationSession
+from vital.artifacts.sample import read_sample
+from vital.artifacts.scores import judge_scores
+from vital.artifacts.scores import read_scores as read_artifact_scores
 from vital.corpus import json_records, jsonl_lines, reader
+from vital.drops import Drops
 from vital.io import json_lines, read_json, read_jsonl, read_records
 from vital.llm.prompts import load_demonstrations
 from vital.schema import FigureRecord
@@ -56,7 +60,15 @@ JSONL_READERS = {
         (w.rsplit(":", 1)[1], r) for w, r in reader("llava_med_fig_captions").read(p)
     ],
     "annotate.read_scores": lambda p: read_scores(p, "score", "judge"),
+    "artifacts.read_sample": lambda p: list(read_sample(p, _RefusingDrops())),
+    "artifacts.read_scores": lambda p: read_artifact_scores(p, _RefusingDrops()),
+    "artifacts.judge_scores": lambda p: judge_scores(p, _RefusingDrops()),
 }
+
+
+class _RefusingDrops(Drops):
+    def add(self, reason, where="", detail="", **extra):
+        raise AssertionError(f"{where}: {reason} ({detail})")
 
 
 def _no_invalid(where: str, detail: str) -> None:

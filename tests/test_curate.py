@@ -146,7 +146,10 @@ def test_every_curated_record_carries_its_article_and_license_counts_match(tmp_p
     paths = make(tmp_path)
     licenses = ["CC BY", "CC0", "CC BY-NC"]
     sample = [
-        {"pair_id": f"F{f:02d}", "pmid": str(100 + f), "pmcid": f"PMC{200 + f}", "license": licenses[f % 3]}
+        {
+            **{"pair_id": f"F{f:02d}", "fig_caption": "CT.", "image": f"images/F{f:02d}.png"},
+            **{"pmid": str(100 + f), "pmcid": f"PMC{200 + f}", "license": licenses[f % 3]},
+        }
         for f in range(19)  # F19 is not in the sample: unknown
     ]
     write_jsonl(paths.sample, sample)

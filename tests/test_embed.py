@@ -80,7 +80,7 @@ def test_bad_records_are_counted(tmp_path: Path):
     m = run(EmbedParams(), paths)
     assert m["dropped_by_reason"] == {
         "figure_image_unreadable": 3,
-        "unknown_figure": 1,
+        "figure_not_in_sample": 1,
         "unreadable_image": 1,
     }
     unreadable = [e for e in m["dropped_examples"] if e["reason"] == "unreadable_image"]
@@ -97,12 +97,11 @@ def test_invalid_lines_are_counted_with_file_and_line(tmp_path: Path):
     with paths.candidates.open("a") as f:
         f.write(json.dumps({"id": "fig0000#9"}) + "\n")
     m = run(EmbedParams(), paths)
-    assert m["dropped_by_reason"] == {"invalid_candidate": 1, "invalid_figure_record": 1}
-    where = {e["reason"]: e["where"] for e in m["dropped_examples"]}
-    assert where == {
-        "invalid_figure_record": f"{paths.sample}:{n_sample + 1}",
-        "invalid_candidate": f"{paths.candidates}:{n_cands + 1}",
-    }
+    assert m["dropped_by_reason"] == {"bad_line": 2}
+    assert [e["where"] for e in m["dropped_examples"]] == [
+        f"{paths.sample}:{n_sample + 1}",
+        f"{paths.candidates}:{n_cands + 1}",
+    ]
     assert m["candidates"] == 18
 
 
@@ -128,7 +127,7 @@ def test_text_is_paper_order_or_qa_first():
 def test_no_usable_candidates(tmp_path: Path):
     paths = world(tmp_path)
     write_jsonl(paths.candidates, [])
-    with pytest.raises(RecordError, match="no usable candidates"):
+    with pytest.raises(RecordError, match="no usable candidate"):
         run(EmbedParams(), paths)
 
 

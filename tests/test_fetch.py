@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from vital.fetch import FetchOptions, HostRateLimiter, fetch_images, read_url_records
+from vital.ratelimit import retry_after_s
 from vital.shards import open_image, read_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -330,3 +331,36 @@ def test_rate_limit_is_per_host():
     t1 = time.monotonic()
     lim.wait("http://b.example/x")
     assert time.monotonic() - t1 < 0.03  # another host does not wait for a.example's slots
+
+
+def test_host_limiter_refuses_a_slot_past_the_deadline_and_holds_for_retry_after():
+    lim = HostRateLimiter(rate=10.0)
+    assert lim.wait("http://a.example/1")
+    t0 = time.monotonic()
+    assert not lim.wait("http://a.example/2", deadline=t0 + 0.01)  # the next slot is 100 ms away
+    assert time.monotonic() - t0 < 0.05  # refused without sleeping, and without taking the slot:
+    assert lim.wait("http://a.example/3") and 0.05 < time.monotonic() - t0 < 0.2
+    lim.hold("http://a.example/4", 0.3)
+    t1 = time.monotonic()
+    assert lim.wait("http://a.example/4") and time.monotonic() - t1 >= 0.25
+
+
+def test_retry_after_is_read_the_same_by_fetch_and_the_llm_client():
+    from email.message import Message
+    from email.utils import formatdate
+
+    headers = Message()  # urllib's response headers: names are case-insensitive
+    headers["Retry-After"] = formatdate(time.time() + 30).replace("+0000", "-0000")  # a UTC date, no zone
+    assert 25 < retry_after_s(headers) <= 30
+    headers.replace_header("Retry-After", "7")
+    assert retry_after_s(headers) == 7.0 and retry_after_s({}) is None
+
+
+def test_the_command_and_the_stage_build_the_same_options_by_default():
+    from vital.cli import build_parser
+    from vital.fetch.options import options_from
+    from vital.params import FetchParams
+
+    args = build_parser().parse_args(["fetch-images", "urls.jsonl"])
+    assert options_from(args) == options_from(FetchParams()) == FetchOptions()
+    assert options_from(FetchParams(max_package_mb=1, max_member_mb=0.5)).max_member_bytes == 2**19

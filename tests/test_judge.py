@@ -149,7 +149,7 @@ def test_heuristic_backend_runs_offline(tmp_path):
 
     m = judge.run(parse_params({}), Paths(tmp_path))  # skips and counts them: no pydantic traceback
     assert m["judged"] == 2 and m["requests_sent"] == 0
-    assert m["dropped"] == 2 and m["dropped_by_reason"] == {"invalid_candidate": 2}
+    assert m["dropped"] == 2 and m["dropped_by_reason"] == {"bad_line": 2}
     where = [e["where"] for e in m["dropped_examples"]]
     assert where == [f"{tmp_path / 'artifacts' / 'candidates.jsonl'}:{n}" for n in (2, 4)]
     js = list(read_jsonl(tmp_path / "artifacts" / "judgments.jsonl"))

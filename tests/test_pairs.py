@@ -80,7 +80,7 @@ def test_bad_labels_are_counted_not_fatal(tmp_path: Path):
     paths = write_world(tmp_path, labels=labels)
     m = run(PairsParams(), paths)
     assert m["dropped_by_reason"] == {
-        "invalid_label": 1,
+        "bad_line": 1,
         "label_candidate_of_other_figure": 1,
         "label_unknown_candidate": 1,
     }

@@ -114,11 +114,18 @@ def test_batch_mode_is_priced_at_half_the_online_rate(repo):
         assert b["price_listed"] == PRICE and b["price"] == {k: v / 2 for k, v in PRICE.items()}
 
 
+def test_the_tune_rows_count_the_examples_curate_will_keep(repo):
+    every = _plan(repo, per_domain=3, curate={"keep": [40], "policy": "all"})
+    tune = next(r for r in every["gpu_work"] if r["stage"] == "tune")
+    assert tune["examples"] == 5  # 40% of all 12 candidates (6 figures x 2), rounded as curate rounds
+
+
 def test_gpu_rows_come_from_the_checkpoints(repo):
     p = _plan(repo, per_domain=3)
     rows = {r["stage"]: r for r in p["gpu_work"]}
     tune = rows["tune"]
-    assert tune["examples"] == 5 and tune["runs"] == 1  # top 40% of 6 figures x 2 candidates, rounded up
+    # curate's own cut: best_per_figure keeps 40% of the 6 figures' best candidates, rounded
+    assert tune["examples"] == 2 and tune["runs"] == 1
     assert (
         tune["memory_gib"] > 0
         and tune["gpu_hours"] > 0

@@ -303,6 +303,7 @@ def test_paper_judge_leaves_a_candidate_unjudged_when_one_pair_fails(world):
         m = judge.run(p, Paths(world))
     assert m["judged"] == 6 and m["failed"] == 2
     assert {u["where"] for u in m["failed_examples"]} == {"PMC0003_F1#0", "PMC0003_F1#1"}
+    assert all(u["detail"].startswith("QA pair 2: unparseable_score") for u in m["failed_examples"])
 
 
 def test_the_shipped_vital_texts_are_the_ones_earlier_runs_sent():

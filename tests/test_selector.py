@@ -208,9 +208,9 @@ def test_invalid_and_featureless_pairs_are_counted_with_file_and_line(tmp_path: 
             json.dumps({**json.loads(paths.pairs.read_text().splitlines()[0]), "winner": "ghost#0"}) + "\n"
         )
     m = run(SelectorParams(human_weight=1, epochs=1, compare_weights=[]), paths)
-    assert m["dropped"] == 2 and m["dropped_by_reason"] == {"invalid_pair": 1, "pair_without_features": 1}
+    assert m["dropped"] == 2 and m["dropped_by_reason"] == {"bad_line": 1, "pair_without_features": 1}
     first, second = m["dropped_examples"]
-    assert (first["reason"], first["where"]) == ("invalid_pair", f"{paths.pairs}:{n + 1}")
+    assert (first["reason"], first["where"]) == ("bad_line", f"{paths.pairs}:{n + 1}")
     assert second == {
         "where": f"{paths.pairs}:{n + 2}",
         "reason": "pair_without_features",

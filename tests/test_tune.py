@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from vital.artifacts.curated import read_curated
 from vital.llava import tune
 from vital.llava.testing import side_records, tiny_base, write_llava_json
 from vital.llava.trainer import latest_checkpoint
@@ -216,11 +217,14 @@ def test_stale_checkpoint_of_other_params_is_not_resumed(world):
 
 
 def test_bad_inputs_name_the_problem(world, tmp_path):
-    with pytest.raises(FileNotFoundError, match="curated instruction file"):
-        tune.read_llava_json(tmp_path / "none.json")
+    with pytest.raises(FileNotFoundError, match="curated set not found"):
+        read_curated(tmp_path / "none.json")
     (tmp_path / "obj.json").write_text('{"id": 1}')
     with pytest.raises(ValueError, match="expected a JSON list"):
-        tune.read_llava_json(tmp_path / "obj.json")
+        read_curated(tmp_path / "obj.json")
+    (tmp_path / "mixed.json").write_text('[{"id": 1}, 2]')
+    with pytest.raises(ValueError, match=r"mixed.json: records \[1\] are not JSON objects"):
+        read_curated(tmp_path / "mixed.json")
     with pytest.raises(ValueError, match="matched no module"):
         model = LlavaForConditionalGeneration.from_pretrained(world / "base")
         tune.prepare_model(model, _params(lora={"target_modules": ["nope_proj"]}))
@@ -323,7 +327,7 @@ def test_qlora_configuration_errors_come_before_any_loading(world, monkeypatch):
         raise AssertionError("the model was loaded before the configuration was checked")
 
     monkeypatch.setattr(tune, "load_llava", no_loading)
-    monkeypatch.setattr(tune, "read_llava_json", no_loading)
+    monkeypatch.setattr(tune, "read_curated", no_loading)
 
     def fails(match):
         with pytest.raises(ParamsError, match=match):

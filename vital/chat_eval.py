@@ -28,7 +28,7 @@ from vital.backends import CHAT_EVAL
 from vital.drops import Drops
 from vital.evaluate import load_sets, tuned_models
 from vital.io import RecordError, read_jsonl, write_jsonl
-from vital.llm.accounting import estimate_cost
+from vital.llm.accounting import estimate_cost, offline_dry_run
 from vital.llm.engine import Outcome, Request, message_content
 from vital.llm.prompts import ImageError, image_data_url
 from vital.llm.runtime import LLMRuntime
@@ -80,9 +80,7 @@ class EngineChatJudge:
     """A judge model behind an OpenAI-compatible API, through the generation engine."""
 
     def __init__(self, cp: ChatEvalParams, paths: Paths) -> None:
-        self.runtime = LLMRuntime(
-            "chat_eval", cp.backend, cp.model, cp.client, cp.prices, paths.request_cache
-        )
+        self.runtime = LLMRuntime.of("chat_eval", cp, paths.request_cache)
 
     def preflight(self) -> None:
         self.runtime.preflight()
@@ -379,13 +377,7 @@ def dry_run(params: Params, paths: Paths) -> dict:
     missing = _missing_predictions(params, paths)
     sets = _load(params, paths, placeholder="x" * (4 * params.evaluate.max_new_tokens))
     if cp.backend == "heuristic":
-        return {
-            "stage": "chat_eval",
-            "backend": "heuristic",
-            "requests": 0,
-            "estimated_cost_usd": 0.0,
-            "note": "offline, no cost",
-        }
+        return offline_dry_run("chat_eval", "heuristic", "heuristic judge")
     runtime = EngineChatJudge(cp, paths).runtime
     cache = runtime.open_cache()
     recorder = _DryRun()

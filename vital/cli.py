@@ -131,23 +131,11 @@ def _annotate(args) -> int:
 
 
 def _fetch_images(args) -> int:
-    from vital.fetch import FetchOptions, fetch_images
+    from vital.fetch import fetch_images
+    from vital.fetch.options import options_from
     from vital.io import RecordError
 
-    opts = FetchOptions(
-        shard_size=args.shard_size,
-        workers=args.workers,
-        rate=args.rate,
-        retries=args.retries,
-        backoff=args.backoff,
-        timeout=args.timeout,
-        max_side=args.max_side,
-        verify=not args.no_verify,
-        max_package_bytes=int(args.max_package_mb * 2**20),
-        max_member_bytes=int(args.max_member_mb * 2**20),
-        max_pixels=args.max_pixels,
-        package_s=args.package_s,
-    )
+    opts = options_from(args, verify=not args.no_verify)
     try:
         summary = fetch_images(Path(args.urls), Path(args.out), opts)
     except (RecordError, FileNotFoundError, ValueError, OSError) as e:

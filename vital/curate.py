@@ -18,15 +18,15 @@ import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
+from vital.artifacts.candidates import CandidateFile, CandidateRef, candidate_refs
+from vital.artifacts.sample import read_sample
+from vital.artifacts.scores import read_scores
 from vital.corpus import Malformed, reader
 from vital.drops import Drops
-from vital.io import RecordError, _atomic, read_jsonl
+from vital.io import RecordError, _atomic
 from vital.licenses import PROVENANCE_FIELDS, UNKNOWN, license_counts
 from vital.params import CurateParams, Params
 from vital.paths import Paths, repo_relative
@@ -35,66 +35,6 @@ from vital.schema import DOMAINS, Candidate
 
 def subset_name(kind: str, keep: int) -> str:
     return f"{kind}{keep}"
-
-
-def read_scores(path: Path, problems: Drops) -> dict[str, float]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run the select stage first)")
-    out: dict[str, float] = {}
-    for i, raw in enumerate(read_jsonl(path), 1):
-        cid, score = raw.get("candidate_id"), raw.get("score")
-        if not isinstance(cid, str) or not isinstance(score, int | float):
-            problems.add("invalid_score", f"{path}:{i}")
-            continue
-        out[cid] = float(score)
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class CandidateRef:
-    """A candidate without its conversation: where to read it back from ``candidates.jsonl``."""
-
-    id: str
-    pair_id: str
-    domain: str
-    offset: int
-
-
-def read_candidates(path: Path, problems: Drops) -> list[CandidateRef]:
-    """Every valid candidate's reference (validated once, conversation not kept); bad lines counted."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run the generate stage first)")
-    out = []
-    offset = 0
-    with path.open("rb") as f:
-        for i, line in enumerate(f, 1):
-            start, offset = offset, offset + len(line)
-            if not line.strip():
-                continue
-            try:
-                c = Candidate.model_validate_json(line)
-            except ValidationError as e:
-                err = e.errors()[0]
-                if err["type"] == "json_invalid":
-                    raise RecordError(f"{path}:{i}: not valid JSON ({err['msg']})") from None
-                problems.add("invalid_candidate", f"{path}:{i}", err["msg"])
-                continue
-            out.append(CandidateRef(c.id, c.pair_id, c.domain, start))
-    return out
-
-
-class CandidateFile:
-    """Reads candidates back by offset (one open file, one record in memory at a time)."""
-
-    def __init__(self, path: Path):
-        self.f = path.open("rb")
-
-    def get(self, ref: CandidateRef) -> Candidate:
-        self.f.seek(ref.offset)
-        return Candidate.model_validate_json(self.f.readline())
-
-    def close(self) -> None:
-        self.f.close()
 
 
 def write_json_list(path: Path, records: Iterable[Any]) -> int:
@@ -110,9 +50,15 @@ def write_json_list(path: Path, records: Iterable[Any]) -> int:
     return n
 
 
+def top_count(pool_size: int, keep: float) -> int:
+    """How many of a pool of ``pool_size`` the top ``keep`` percent holds (rounded, at least one of a
+    non-empty pool): the one top-k cut of curate, bakeoff and ``vital plan``."""
+    return min(pool_size, max(1, round(keep / 100 * pool_size)))
+
+
 def top_share(ranked: list, keep: float) -> list:
-    """The first ``keep`` percent of ``ranked`` (rounded, at least one): the one top-k cut of curate and bakeoff."""
-    return ranked[: max(1, round(keep / 100 * len(ranked)))]
+    """The first ``keep`` percent of ``ranked`` (:func:`top_count`)."""
+    return ranked[: top_count(len(ranked), keep)]
 
 
 def pool(
@@ -159,17 +105,13 @@ def _neg(s: str) -> tuple[int, ...]:
     return tuple(-ord(ch) for ch in s)
 
 
-def read_provenance(path: Path, pair_ids: set[str]) -> dict[str, dict[str, str | None]]:
+def read_provenance(path: Path, pair_ids: set[str], problems: Drops) -> dict[str, dict[str, str | None]]:
     """``pair_id -> {pmid, pmcid, license}`` of the sampled figures (``artifacts/sample.jsonl``) that have
     candidates; an empty dict when there is no sample (then every record's license is ``unknown``)."""
     if not path.is_file():
         return {}
-    out = {}
-    for raw in read_jsonl(path):
-        pid = raw.get("pair_id")
-        if pid in pair_ids:
-            out[pid] = {k: raw.get(k) for k in PROVENANCE_FIELDS}
-    return out
+    sample = read_sample(path, problems)
+    return {pid: {k: getattr(sample[pid], k) for k in PROVENANCE_FIELDS} for pid in pair_ids if pid in sample}
 
 
 def _article(prov: dict[str, dict[str, str | None]], pair_id: str) -> dict[str, str | None]:
@@ -277,13 +219,13 @@ def run(cp: CurateParams, paths: Paths) -> dict[str, Any]:
     """The curate stage: ``artifacts/curated/{top,random}<k>.json`` (+ mixtures) and ``metrics/curate.json``."""
     problems = Drops()
     scores = read_scores(paths.scores, problems)
-    cands = read_candidates(paths.candidates, problems)
+    cands = candidate_refs(paths.candidates, problems)
     ranked = pool(cands, scores, cp.policy, problems)
     if not ranked:
         raise RecordError(f"{paths.scores}: no candidate of {paths.candidates} has a score")
     shuffled = [(c, None) for c in baseline_pool(cands, scores, cp.policy, cp.seed)]
     n_candidates = len(cands)
-    prov = read_provenance(paths.sample, {c.pair_id for c in cands})
+    prov = read_provenance(paths.sample, {c.pair_id for c in cands}, problems)
     del cands
     source = CandidateFile(paths.candidates)
     sources: dict[str, list[tuple[CandidateRef, float | None]]] = {}

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 from PIL import Image
 
+from vital.artifacts.curated import read_curated
 from vital.drops import Drops
 from vital.failures import StageFailed
 from vital.io import RecordError, write_json
@@ -51,21 +52,6 @@ CITATION = """@inproceedings{cui2024biomedical,
   booktitle = {Advances in Neural Information Processing Systems (Datasets and Benchmarks Track)},
   year      = {2023}
 }"""
-
-
-def read_curated(path: Path) -> list[dict[str, Any]]:
-    """A curated set (JSON list of LLaVA records); anything else is a RecordError naming the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: curated set not found (run the curate stage first)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RecordError(f"{path}:{e.lineno}: not a JSON list of LLaVA records: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise RecordError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not isinstance(data, list):
-        raise RecordError(f"{path}: not a JSON list of LLaVA records (a {type(data).__name__})")
-    return data
 
 
 def export_name(ref: str) -> str:

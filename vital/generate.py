@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from vital.artifacts.sample import read_sample
 from vital.backends import GENERATE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
-from vital.io import read_records, write_jsonl
-from vital.llm.accounting import dry_run_estimate, summary_line
+from vital.io import write_jsonl
+from vital.llm.accounting import dry_run_estimate, offline_dry_run, summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.engine import Outcome, Request, message_content
 from vital.llm.parse import InvalidOutput, parse_conversation, validate_conversation
@@ -64,11 +65,12 @@ class Result:
 def load_figures(
     path: Path, corpus: Path, check_images: bool = True, fetched: dict[str, str] | None = None
 ) -> tuple[list[FigureRecord], Drops]:
-    """Sampled figures, and the ones skipped (counted by reason, listed with file:line or pair_id); record
-    problems never abort the stage. ``fetched`` (the fetch stage's index, pair_id -> shard ref) replaces
+    """Sampled figures, and the ones skipped (counted by reason, listed with file:line or pair_id); the
+    sample's lines by the rules of :func:`vital.artifacts.read_sample` (only a sample with no usable record
+    aborts the stage). ``fetched`` (the fetch stage's index, pair_id -> shard ref) replaces
     each record's image; a figure not in it was not fetched (its reason is in the fetch's report)."""
     figures, drops = [], Drops()
-    for _, rec in read_records(path, FigureRecord, drops.invalid("invalid_record")):
+    for rec in read_sample(path, drops).values():
         if not rec.fig_caption.strip():
             drops.add("empty_caption", rec.pair_id)
             continue
@@ -94,14 +96,10 @@ class OpenAIBackend:
     def __init__(self, params: Params, paths: Paths) -> None:
         gp = self.gp = params.generate
         self.paths = paths
-        self.runtime = LLMRuntime(
+        self.runtime = LLMRuntime.of(
             "generate",
-            gp.backend,
-            gp.model,
-            gp.client,
-            gp.prices,
+            gp,
             paths.request_cache,
-            gp.mode,
             BatchLimits(
                 max_lines=gp.batch_max_lines,
                 max_bytes=int(gp.batch_max_mb * 2**20),
@@ -362,13 +360,7 @@ def dry_run(params: Params, paths: Paths, price_unfetched: bool = False) -> dict
     is priced as it will be sent once fetched, instead of counted as dropped."""
     gp = params.generate
     if gp.backend == "template":
-        return {
-            "stage": "generate",
-            "backend": "template",
-            "requests": 0,
-            "estimated_cost_usd": 0.0,
-            "note": "offline template generator: no requests, no cost",
-        }
+        return offline_dry_run("generate", "template", "template generator")
     backend = backend_for(params, paths)
     backend.load_inputs(refuse_synthetic=False)  # pricing sends nothing; the note below warns
     cache = backend.runtime.open_cache()

@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from vital.artifacts.candidates import read_candidates
+from vital.artifacts.sample import read_sample
 from vital.backends import JUDGE
 from vital.drops import Drops
 from vital.failures import StageFailed, check_failed_share, max_failed_share
-from vital.io import read_records, write_jsonl
-from vital.llm.accounting import dry_run_estimate, summary_line
+from vital.io import write_jsonl
+from vital.llm.accounting import dry_run_estimate, offline_dry_run, summary_line
 from vital.llm.batch import BatchLimits
 from vital.llm.engine import Request, message_content
 from vital.llm.parse import InvalidOutput, parse_score
@@ -48,11 +50,10 @@ CANDIDATES_PER_CHUNK = 512
 
 
 def load_inputs(paths: Paths, drops: Drops) -> tuple[list[Candidate], dict[str, FigureRecord]]:
-    """Candidates and their figures; a malformed line of either file is skipped and counted in ``drops``."""
-    sample = read_records(paths.sample, FigureRecord, drops.invalid("invalid_figure_record"))
-    figures = {rec.pair_id: rec for _, rec in sample}
-    cands = [c for _, c in read_records(paths.candidates, Candidate, drops.invalid("invalid_candidate"))]
-    return cands, figures
+    """Candidates and their figures, by the rules of :mod:`vital.artifacts` (a candidate whose figure is not
+    in the sample is dropped as ``figure_not_in_sample``)."""
+    figures = read_sample(paths.sample, drops)
+    return read_candidates(paths.candidates, drops, figures), figures
 
 
 def turns_of(c: Candidate) -> list[dict]:
@@ -71,16 +72,7 @@ class OpenAIJudge:
     def __init__(self, params: Params, paths: Paths) -> None:
         jp = self.jp = params.judge
         self.paths = paths
-        self.runtime = LLMRuntime(
-            "judge",
-            jp.backend,
-            jp.model,
-            jp.client,
-            jp.prices,
-            paths.request_cache,
-            jp.mode,
-            BatchLimits(poll_s=jp.batch_poll_s),
-        )
+        self.runtime = LLMRuntime.of("judge", jp, paths.request_cache, BatchLimits(poll_s=jp.batch_poll_s))
         self._urls: dict[str, str | None] = {}
         self.rubric = ""
 
@@ -156,30 +148,35 @@ class OpenAIJudge:
                 else:
                     pending.append((cand, rec, url))
             self._urls.clear()
-            for attempt in range(self.jp.max_invalid_retries + 1):
-                outcomes = self.runtime.send(
-                    [self.request(c, r, u, attempt) for c, r, u in pending],
-                    f"judge {start + len(chunk)}/{len(items)}",
-                )
-                retry = []
-                for o, item in zip(outcomes, pending, strict=True):
-                    cand = item[0]
-                    if not o.ok:
-                        yield cand, None, f"request_{o.error}", o.detail
-                        continue
-                    try:
-                        score, rationale = _reply_score(o.response)
-                    except InvalidOutput as e:
-                        if attempt < self.jp.max_invalid_retries:
-                            retry.append(item)
-                            self.runtime.usage.reasks[e.reason] += 1
-                        else:
-                            yield cand, None, e.reason, str(e)[:200]
-                        continue
-                    yield cand, score, rationale, o.request.key
-                pending = retry
-                if not pending:
-                    break
+            desc = f"judge {start + len(chunk)}/{len(items)}"
+            for (cand, _, _), score, rationale, detail in self._scored(pending, self.request, desc):
+                yield cand, score, rationale, detail
+
+    def _scored(
+        self, pending: list[tuple], request, desc: str
+    ) -> Iterator[tuple[tuple, float | None, str, str]]:
+        """``(item, score, rationale, request key)`` of each pending item, or ``(item, None, reason, detail)``;
+        an unusable reply is re-asked up to ``judge.max_invalid_retries`` times (``request(*item, attempt)``)."""
+        for attempt in range(self.jp.max_invalid_retries + 1):
+            outcomes = self.runtime.send([request(*item, attempt) for item in pending], desc)
+            retry = []
+            for o, item in zip(outcomes, pending, strict=True):
+                if not o.ok:
+                    yield item, None, f"request_{o.error}", o.detail
+                    continue
+                try:
+                    score, rationale = _reply_score(o.response)
+                except InvalidOutput as e:
+                    if attempt < self.jp.max_invalid_retries:
+                        retry.append(item)
+                        self.runtime.usage.reasks[e.reason] += 1
+                    else:
+                        yield item, None, e.reason, str(e)[:200]
+                    continue
+                yield item, score, rationale, o.request.key
+            pending = retry
+            if not pending:
+                break
 
     def score_pairs(
         self, items: list[tuple[Candidate, FigureRecord]]
@@ -199,30 +196,14 @@ class OpenAIJudge:
             self._urls.clear()
             scored: dict[str, dict[int, tuple[float, str, str]]] = {cid: {} for cid in rounds}
             failed: dict[str, tuple[str, str]] = {}
-            for attempt in range(self.jp.max_invalid_retries + 1):
-                outcomes = self.runtime.send(
-                    [self.pair_request(c, r, u, i, qa, attempt) for c, r, u, i, qa in pending],
-                    f"judge {start + len(chunk)}/{len(items)} (per QA pair)",
-                )
-                retry = []
-                for o, item in zip(outcomes, pending, strict=True):
-                    cand, index = item[0], item[3]
-                    if not o.ok:
-                        failed.setdefault(cand.id, (f"request_{o.error}", o.detail))
-                        continue
-                    try:
-                        score, rationale = _reply_score(o.response)
-                    except InvalidOutput as e:
-                        if attempt < self.jp.max_invalid_retries:
-                            retry.append(item)
-                            self.runtime.usage.reasks[e.reason] += 1
-                        else:
-                            failed.setdefault(cand.id, (e.reason, f"QA pair {index + 1}: {str(e)[:200]}"))
-                        continue
-                    scored[cand.id][index] = (score, rationale, o.request.key)
-                pending = retry
-                if not pending:
-                    break
+            desc = f"judge {start + len(chunk)}/{len(items)} (per QA pair)"
+            for (cand, _, _, index, _), score, why, detail in self._scored(pending, self.pair_request, desc):
+                if score is not None:
+                    scored[cand.id][index] = (score, why, detail)
+                elif why.startswith("request_"):
+                    failed.setdefault(cand.id, (why, detail))
+                else:
+                    failed.setdefault(cand.id, (why, f"QA pair {index + 1}: {detail}"))
             for cand, _ in chunk:
                 if cand.id not in rounds:
                     continue
@@ -292,15 +273,13 @@ def backend_for(params: Params, paths: Paths) -> Judge:
     return choose(JUDGES, params.judge.backend, "judge.backend").load()(params, paths)
 
 
-def _pairs(cands: list[Candidate], figures: dict[str, FigureRecord], drops: Drops) -> list:
+def _pairs(cands: list[Candidate], figures: dict[str, FigureRecord]) -> list:
+    """Each candidate with its figure record, carrying the image the candidate was generated on (the fetch
+    stage's shard ref when the profile fetches)."""
     items = []
     for c in cands:
-        if c.pair_id in figures:
-            fig = figures[c.pair_id]
-            # the image the candidate was generated on (the fetch stage's shard ref when the profile fetches)
-            items.append((c, fig if fig.image == c.image else fig.model_copy(update={"image": c.image})))
-        else:
-            drops.add("figure_not_in_sample", c.id, c.pair_id)
+        fig = figures[c.pair_id]
+        items.append((c, fig if fig.image == c.image else fig.model_copy(update={"image": c.image})))
     return items
 
 
@@ -311,7 +290,7 @@ def run(params: Params, paths: Paths) -> dict:
     drops = Drops()
     cands, figures = load_inputs(paths, drops)
     refuse_synthetic(params, paths, cands)
-    items, failed = _pairs(cands, figures, drops), []
+    items, failed = _pairs(cands, figures), []
     prov = backend.provenance()
     judgments = []
     for cand, score, rationale, detail in backend.score(items):
@@ -357,7 +336,7 @@ def run(params: Params, paths: Paths) -> dict:
             "judge",
             "candidates",
             len(failed) + drops.counts["figure_not_in_sample"],
-            len(cands),
+            len(cands) + drops.counts["figure_not_in_sample"],
             metrics["failed_by_reason"],
             max_failed_share("judge", params.judge.client.max_failed_share) if api else None,
             f"{evidence_path(Path('.'), 'judge')} failed_examples",
@@ -379,19 +358,13 @@ def headline(detail: dict) -> dict:
 def dry_run(params: Params, paths: Paths) -> dict:
     jp = params.judge
     if jp.backend == "heuristic":
-        return {
-            "stage": "judge",
-            "backend": "heuristic",
-            "requests": 0,
-            "estimated_cost_usd": 0.0,
-            "note": "offline heuristic judge: no requests, no cost",
-        }
+        return offline_dry_run("judge", "heuristic", "heuristic judge")
     backend = backend_for(params, paths)
     backend.load_rubric()
     cache = backend.runtime.open_cache()
     drops = Drops()
     cands, figures = load_inputs(paths, drops)
-    items = _pairs(cands, figures, drops)
+    items = _pairs(cands, figures)
 
     def requests():
         for cand, rec in items:

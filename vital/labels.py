@@ -21,41 +21,24 @@ import itertools
 import json
 import math
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import krippendorff
 import numpy as np
 from pydantic import ValidationError
 
+from vital.artifacts.candidates import read_candidates
 from vital.drops import Drops
-from vital.io import RecordError, read_records, strip_bom, write_jsonl
+from vital.io import RecordError, strip_bom, write_jsonl
 from vital.params import LabelsParams, Params
 from vital.paths import Paths
 from vital.registry import Backend, choose
-from vital.schema import Candidate, FigureRecord, Preference
+from vital.schema import Preference
 
 MAX_LISTED = 50
 
 
 class LabelsError(RecordError):
     """Label input that cannot produce any usable preference; the message names the file."""
-
-
-def load_candidates(path: Path, problems: Drops) -> dict[str, list[Candidate]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: candidates not found (run the generate stage first)")
-    by_figure: dict[str, list[Candidate]] = defaultdict(list)
-    for _, c in read_records(path, Candidate, problems.invalid("invalid_candidate")):
-        by_figure[c.pair_id].append(c)
-    return by_figure
-
-
-def load_sample(path: Path, problems: Drops) -> dict[str, FigureRecord]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: sample not found (run the sample stage first)")
-    return {
-        r.pair_id: r for _, r in read_records(path, FigureRecord, problems.invalid("invalid_figure_record"))
-    }
 
 
 def pairwise_agreement(a: list[str], b: list[str], ties: tuple[list[list[str]], ...] = ()) -> tuple[int, int]:
@@ -185,7 +168,7 @@ def file_labels(cfg: LabelsParams, paths: Paths, problems: Drops) -> tuple[list[
         raise LabelsError(
             f"{folder}: no *.jsonl label files (labels.backend=files); see {folder / 'README.md'} for the format"
         )
-    candidates = [c for cs in load_candidates(paths.candidates, problems).values() for c in cs]
+    candidates = read_candidates(paths.candidates, problems)
     known = {c.id: c.pair_id for c in candidates}
     digests = {c.id: c.digest() for c in candidates}
     latest: dict[tuple[str, str], tuple[Preference, str]] = {}  # (annotator, figure) -> (record, where)

@@ -16,52 +16,15 @@ import random
 import sys
 from collections import defaultdict
 from itertools import combinations
-from pathlib import Path
 from typing import Any
 
+from vital.artifacts.labels import read_labels
+from vital.artifacts.scores import read_judgments
 from vital.drops import Drops
-from vital.io import RecordError, read_records, write_jsonl
+from vital.io import write_jsonl
 from vital.params import PairsParams, Params
 from vital.paths import Paths
 from vital.schema import Judgment, Pair, Preference
-
-
-def read_judgments(path: Path, problems: Drops) -> dict[str, Judgment]:
-    """candidate_id -> judgment; a second judgment of the same candidate is dropped and counted."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run the judge stage first)")
-    out: dict[str, Judgment] = {}
-    for i, j in read_records(path, Judgment, problems.invalid("invalid_judgment")):
-        if j.candidate_id in out:
-            problems.add("duplicate_judgment", f"{path}:{i}", f"{j.candidate_id}")
-            continue
-        out[j.candidate_id] = j
-    if not out:
-        raise RecordError(f"{path}: no valid judgments")
-    return out
-
-
-def read_labels(path: Path, known: dict[str, Judgment], problems: Drops) -> list[Preference]:
-    """Clinician preferences whose candidates all exist and belong to the labelled figure."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run the labels stage first)")
-    prefs = []
-    for i, p in read_records(path, Preference, problems.invalid("invalid_label")):
-        unknown = [c for c in p.ranking if c not in known]
-        if unknown:
-            problems.add("label_unknown_candidate", f"{path}:{i}", f"{p.annotator} names unknown {unknown}")
-            continue
-        foreign = [c for c in p.ranking if known[c].pair_id != p.pair_id]
-        if foreign:
-            problems.add(
-                "label_candidate_of_other_figure", f"{path}:{i}", f"{foreign} not of figure {p.pair_id}"
-            )
-            continue
-        if len(set(p.ranking)) != len(p.ranking):
-            problems.add("label_repeats_candidate", f"{path}:{i}", f"{p.ranking}")
-            continue
-        prefs.append(p)
-    return prefs
 
 
 def ranking_pairs(pref: Preference) -> tuple[list[tuple[str, str]], int]:
@@ -221,7 +184,7 @@ def run(pp: PairsParams, paths: Paths) -> dict[str, Any]:
     """The pairs stage: ``artifacts/pairs.jsonl`` and ``metrics/pairs.json``."""
     problems = Drops()
     judgments = read_judgments(paths.judgments, problems)
-    prefs = read_labels(paths.labels, judgments, problems)
+    prefs = read_labels(paths.labels, problems, {cid: j.pair_id for cid, j in judgments.items()})
     warnings = []
     if not prefs:
         warnings.append(

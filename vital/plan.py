@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,13 @@ from pathlib import Path
 import yaml
 
 from vital import hub
+from vital.artifacts.sample import read_sample
+from vital.curate import top_count
+from vital.drops import Drops
 from vital.dvc_repo import Lock, file_md5
-from vital.io import read_records
 from vital.params import Params
 from vital.paths import Paths, is_local
-from vital.schema import Candidate, FigureRecord, Turn
+from vital.schema import Candidate, Turn
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def _judge_bound(params: Params, paths: PlanPaths) -> dict:
         }
     backend = backend_for(params, paths)
     cache = backend.runtime.open_cache()
-    figures = [rec for _, rec in read_records(paths.sample, FigureRecord, lambda where, detail: None)]
+    figures = list(read_sample(paths.sample, Drops()).values())
     half = "x" * (2 * gp.max_tokens)  # the answer budget split between a question and an answer
 
     def requests():
@@ -123,8 +124,6 @@ def _judge_bound(params: Params, paths: PlanPaths) -> dict:
                     conversations=turns,
                 )
                 yield backend.request(cand, rec, "data:image/png;base64,", 0)
-
-    from vital.drops import Drops
 
     est = dry_run_estimate(requests(), cache, backend.runtime.price, jp, len(figures), Drops(), "judge")
     est["candidates"] = len(figures) * gp.candidates
@@ -171,7 +170,7 @@ class Gpu:
 
 
 def _sampled_count(sample: Path) -> int:
-    return sum(1 for _ in read_records(sample, FigureRecord, lambda where, detail: None))
+    return len(read_sample(sample, Drops()))
 
 
 def _source(param: str, spec: str, revision: str | None, root: Path) -> tuple[str, str | None]:
@@ -199,12 +198,20 @@ def _training_rows(params: Params, paths: Paths, figures: int, gpu: Gpu) -> list
     except Exception as e:  # noqa: BLE001 - an unreachable hub or a missing checkpoint: the row says why
         why = f"model size unknown: {' '.join(str(e).split())[:200]}"
     runs = len(tp.subsets) * len(tp.seeds)
-    examples = math.ceil(candidates * tp.keep / 100)
+    # the pool curate cuts: one candidate per figure under best_per_figure
+    pool = figures if params.curate.policy == "best_per_figure" else candidates
+    examples = top_count(pool, tp.keep)
     if shape is None:
         rows.append({"stage": "tune", "model": tp.base, "method": tp.method, "runs": runs, "note": why})
     else:
         plan = plan_training(tp.base, shape, tp, examples, runs, gpu.count, gpu.tflops, gpu.mfu)
-        rows.append({"stage": "tune", **plan.to_dict(), "note": f"top {tp.keep}% of {candidates} candidates"})
+        rows.append(
+            {
+                "stage": "tune",
+                **plan.to_dict(),
+                "note": f"top {tp.keep}% of {pool} candidates ({params.curate.policy})",
+            }
+        )
     if fp.sets:
         try:
             train = sum(

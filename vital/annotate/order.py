@@ -10,13 +10,14 @@ scores do not cover (fewer than two scored candidates) come last, in sample orde
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
 
-from vital.io import strip_bom
+from vital.artifacts import scores as artifact_scores
+from vital.drops import Drops
+from vital.io import RecordError
 
 ORDERS = ("sample", "uncertain", "disagree")
 
@@ -76,25 +77,20 @@ def ranked(pair_ids: Sequence[str], key: Mapping[str, float], descending: bool) 
 
 
 def read_scores(path: Path, field: str, stage: str) -> dict[str, float]:
-    """candidate_id -> ``field`` of a JSONL file (the first record of a candidate wins)."""
-    if not path.is_file():
-        raise OrderError(f"{path}: not found (run the {stage} stage first: dvc repro {stage})")
-    out: dict[str, float] = {}
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(strip_bom(line))
-                cid, score = rec["candidate_id"], rec[field]
-                if not isinstance(cid, str) or isinstance(score, bool) or not math.isfinite(score):
-                    raise TypeError
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise OrderError(
-                    f"{path}:{i}: expected a JSON object with a candidate_id and a finite {field} ({e!r})"
-                ) from None
-            out.setdefault(cid, float(score))
-    return out
+    """candidate_id -> score of the selector's ``scores.jsonl`` or the judge's ``judgments.jsonl``, by the
+    rules of :mod:`vital.artifacts`; an unusable line is refused (the order would silently miss it)."""
+    drops = Drops()
+    try:
+        scores = (
+            artifact_scores.judge_scores(path, drops)
+            if stage == "judge"
+            else artifact_scores.read_scores(path, drops, field)
+        )
+    except (FileNotFoundError, RecordError) as e:
+        raise OrderError(str(e)) from None
+    if drops:
+        raise OrderError(f"{drops.summary(1)}; rerun the {stage} stage: dvc repro {stage}")
+    return scores
 
 
 def figure_order(

@@ -15,14 +15,13 @@ import os
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-
-from pydantic import BaseModel, ValidationError
 
 from vital.annotate.order import ORDERS, OrderError, figure_order, read_scores
-from vital.io import read_jsonl, strip_bom
+from vital.artifacts.candidates import read_candidates
+from vital.artifacts.sample import read_sample
+from vital.drops import Drops
+from vital.io import RecordError, strip_bom
 from vital.labels import validate_preference
 from vital.paths import Paths
 from vital.schema import Candidate, FigureRecord
@@ -73,12 +72,22 @@ class Task:
         }
 
 
-def _validated(path: Path, model: type[BaseModel], what: str) -> Iterator:
-    for i, raw in enumerate(read_jsonl(path), 1):
-        try:
-            yield model.model_validate(raw)
-        except ValidationError as e:
-            raise AnnotationError(f"{path}:{i}: invalid {what} ({e.errors()[0]['msg']})") from None
+def _read_inputs(paths: Paths) -> tuple[dict[str, FigureRecord], list[Candidate]]:
+    """The sample and its candidates by the rules of :mod:`vital.artifacts`. The session writes no metrics
+    where a dropped line could be listed, so any drop is refused here, naming the first."""
+    drops = Drops()
+    try:
+        sample = read_sample(paths.sample, drops)
+        candidates = read_candidates(paths.candidates, drops, sample)
+    except (FileNotFoundError, RecordError) as e:
+        raise AnnotationError(str(e)) from None
+    if drops:
+        first = drops.examples[0]
+        raise AnnotationError(
+            f"{first['where']}: {first['reason']} ({first['detail']}); {drops.total} such line(s): fix or "
+            "rerun the stage that wrote it"
+        )
+    return sample, candidates
 
 
 def load_tasks(
@@ -110,17 +119,15 @@ def load_tasks(
         raise AnnotationError(f"overlap={overlap}: expected 0 (no shared set) or more figures")
     if order not in ORDERS:
         raise AnnotationError(f"order={order!r}: expected one of {', '.join(ORDERS)}")
-    for path, stage in ((paths.sample, "sample"), (paths.candidates, "generate")):
-        if not path.is_file():
-            raise AnnotationError(f"{path}: not found (run the {stage} stage first: dvc repro {stage})")
+    sample, candidates = _read_inputs(paths)
     by_figure: dict[str, list[Candidate]] = defaultdict(list)
-    for c in _validated(paths.candidates, Candidate, "candidate"):
+    for c in candidates:
         by_figure[c.pair_id].append(c)
     tasks = []
     # the fetch stage's index when the profile fetched the figures (the demo's is empty: local images)
     index = paths.fetched / "index.parquet"
     fetched = index_refs(index, paths.corpus) if index.is_file() else {}
-    for fig in _validated(paths.sample, FigureRecord, "figure record"):
+    for fig in sample.values():
         cands = by_figure.get(fig.pair_id, [])
         if len(cands) < 2:
             continue

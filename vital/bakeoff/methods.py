@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
+from vital.artifacts import scores as artifact_scores
+from vital.drops import Drops
 from vital.io import RecordError, read_jsonl
 from vital.params import BakeoffParams, ParamsError, unknown_name
 from vital.paths import Paths
@@ -32,6 +33,7 @@ class Pool:
     paths: Paths
     bp: BakeoffParams
     candidates: list[Candidate]
+    drops: Drops = field(default_factory=Drops)  # the upstream lines the methods could not read
 
     @cached_property
     def ids(self) -> set[str]:
@@ -75,24 +77,6 @@ class Pool:
         """The weight-0 head at each seed select trained it; empty when it trained one."""
         return self._by_seed("weight0_by_seed", required=False)
 
-    def score_file(self, path: Path, field: str = "score", key: str | None = None) -> dict[str, float]:
-        """``candidate_id -> score`` of a JSONL file (``key``: inside a ``scores`` mapping); errors name the line."""
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found (run its stage first)")
-        out: dict[str, float] = {}
-        for i, rec in enumerate(read_jsonl(path), 1):
-            value = rec.get(field)
-            if key is not None:
-                if not isinstance(value, dict) or key not in value:
-                    have = sorted(value) if isinstance(value, dict) else None
-                    raise RecordError(f"{path}:{i}: no {field}[{key!r}] (has {have})")
-                value = value[key]
-            cid = rec.get("candidate_id")
-            if not isinstance(cid, str) or not isinstance(value, int | float):
-                raise RecordError(f"{path}:{i}: needs candidate_id and a numeric {field}")
-            out[cid] = float(value)
-        return out
-
 
 # ------------------------------------------------------------------ the scorers
 def random_scores(pool: Pool, seed: int) -> dict[str, float]:
@@ -121,7 +105,7 @@ def clip_scores(pool: Pool, seed: int) -> dict[str, float]:
 
 def judge_scores(pool: Pool, seed: int) -> dict[str, float]:
     """AlpaGasus-style filtering: the judge's 0-10 rubric score alone."""
-    return pool.score_file(pool.paths.judgments)
+    return artifact_scores.judge_scores(pool.paths.judgments, pool.drops)
 
 
 def selector_scores(pool: Pool, seed: int) -> dict[str, float]:
@@ -139,7 +123,7 @@ def selector_w0_scores(pool: Pool, seed: int) -> dict[str, float]:
     at ``seed`` where select trained it over seeds, else its one head."""
     if pool.weight0_by_seed:
         return pool.weight0_by_seed[seed]
-    return pool.score_file(pool.paths.scores_by_weight, field="scores", key="0")
+    return artifact_scores.read_scores(pool.paths.scores_by_weight, pool.drops, field="scores", key="0")
 
 
 def selector_w0_seeds(pool: Pool) -> list[int | None]:

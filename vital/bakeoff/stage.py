@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from vital.artifacts.candidates import CandidateRef, read_candidates
 from vital.bakeoff.methods import METHODS, Pool, check_methods
 from vital.bakeoff.quality import QUALITY
-from vital.curate import CandidateRef, pool, top_share, write_json_list
+from vital.curate import pool, top_share, write_json_list
 from vital.drops import Drops
-from vital.io import RecordError, read_json, read_records, write_csv
+from vital.io import read_json, write_csv
 from vital.params import Params
 from vital.paths import Paths, is_local, repo_relative
 from vital.registry import choose
-from vital.schema import Candidate
 from vital.stats import evidence_path
 
 HEADLINE = "flawed"
@@ -33,15 +33,6 @@ HEADLINE = "flawed"
 
 def subset_name(method: str, keep: int, seed: int | None = None) -> str:
     return f"{method}-{keep}" if seed is None else f"{method}-s{seed}-{keep}"
-
-
-def read_pool(paths: Paths, drops: Drops) -> list[Candidate]:
-    if not paths.candidates.is_file():
-        raise FileNotFoundError(f"{paths.candidates}: not found (run the generate stage first)")
-    out = [c for _, c in read_records(paths.candidates, Candidate, drops.invalid("invalid_candidate"))]
-    if not out:
-        raise RecordError(f"{paths.candidates}: no valid candidate ({drops.summary()})")
-    return out
 
 
 def stage_cost(paths: Paths, stage: str) -> dict[str, float]:
@@ -179,10 +170,10 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     check_methods(bp.methods)
     scorer = choose(QUALITY, bp.quality, "bakeoff.quality").load()(paths)
     drops = Drops()
-    candidates = read_pool(paths, drops)
+    candidates = read_candidates(paths.candidates, drops)
     by_id = {c.id: c for c in candidates}
     refs = [CandidateRef(c.id, c.pair_id, c.domain, 0) for c in candidates]
-    pool_ = Pool(paths, bp, candidates)
+    pool_ = Pool(paths, bp, candidates, drops)
     paths.bakeoff.mkdir(parents=True, exist_ok=True)
     for old in paths.bakeoff.glob("*.json"):  # a method or size dropped from params leaves no stale subset
         old.unlink()

@@ -8,9 +8,13 @@ ranking); slips are seeded by annotator, so two annotators disagree now and then
 
 from __future__ import annotations
 
+from collections import defaultdict
+
+from vital.artifacts.candidates import read_candidates
+from vital.artifacts.sample import read_sample
 from vital.demo.claims import check_claims, extract_claims, gpt_text, style_flags
 from vital.drops import Drops
-from vital.labels import load_candidates, load_sample, pairwise_agreement
+from vital.labels import pairwise_agreement
 from vital.params import LabelsParams
 from vital.paths import Paths
 from vital.progress import progress
@@ -96,8 +100,10 @@ def _tasks(eligible: list[str], cfg: LabelsParams) -> list[str]:
 
 def simulated_labels(cfg: LabelsParams, paths: Paths, problems: Drops) -> tuple[list[Preference], dict]:
     truth = load_truth(paths.truth)
-    sample = load_sample(paths.sample, problems)
-    candidates = load_candidates(paths.candidates, problems)
+    sample = read_sample(paths.sample, problems)
+    candidates: dict[str, list[Candidate]] = defaultdict(list)
+    for c in read_candidates(paths.candidates, problems, sample):
+        candidates[c.pair_id].append(c)
     eligible = []
     for pid in sample:
         n = len(candidates.get(pid, []))

@@ -31,23 +31,23 @@ are fetched, redirects included (followed by hand, each hop through the per-host
 missing field, a URL that is not http(s)) is listed in the report with its ``file:line`` and skipped.
 """
 
-from vital.fetch.http import HostRateLimiter, download, retry_after_s
+from vital.fetch.http import download
 from vital.fetch.inputs import read_url_records, url_lines
 from vital.fetch.options import FetchOptions, Figure, Permanent, url_problem
 from vital.fetch.packages import extract
-from vital.fetch.run import (
+from vital.fetch.run import fetch_figures, fetch_images
+from vital.fetch.shards import (
     INDEX,
     REPORT,
     SETTINGS,
     SUMMARY,
-    fetch_figures,
-    fetch_images,
     remove_leftovers,
     shard_done,
     write_index,
     write_shard,
 )
 from vital.fetch.stage import run_stage, stage_options, stage_reads
+from vital.ratelimit import HostRateLimiter, retry_after_s
 
 __all__ = [
     "INDEX",

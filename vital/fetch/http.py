@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import http.client
 import random
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -14,33 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from vital.fetch.options import FetchOptions, Permanent, Transient, url_problem
-
-
-class HostRateLimiter:
-    """At most ``rate`` request starts per second to each host, across all threads; ``hold`` keeps a host
-    closed until a time (a server's Retry-After)."""
-
-    def __init__(self, rate: float):
-        self.interval = 1.0 / rate
-        self._lock = threading.Lock()
-        self._next: dict[str, float] = {}
-
-    def wait(self, url: str, deadline: float | None = None) -> None:
-        host = urllib.parse.urlsplit(url).netloc
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next.get(host, now))
-            if deadline is not None and slot > deadline:
-                raise Permanent("package_timeout", f"{host} is rate-limited past the package's deadline")
-            self._next[host] = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
-
-    def hold(self, url: str, seconds: float) -> None:
-        host = urllib.parse.urlsplit(url).netloc
-        with self._lock:
-            self._next[host] = max(self._next.get(host, 0.0), time.monotonic() + seconds)
-
+from vital.ratelimit import HostRateLimiter, retry_after_s
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -60,22 +31,6 @@ def _opener() -> urllib.request.OpenerDirector:
 
 
 _OPENER = _opener()
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - time.time())
 
 
 def download(
@@ -103,7 +58,9 @@ def download(
 def _get_once(url: str, dest: Path, opts: FetchOptions, limiter: HostRateLimiter, deadline: float) -> None:
     current, hops = url, 0
     while True:
-        limiter.wait(current, deadline)
+        if not limiter.wait(current, deadline):
+            host = urllib.parse.urlsplit(current).netloc
+            raise Permanent("package_timeout", f"{host} is rate-limited past the package's deadline")
         left = deadline - time.monotonic()
         if left <= 0:
             raise Permanent("package_timeout", f"not complete after {opts.package_s:g} s")
@@ -128,7 +85,7 @@ def _get_once(url: str, dest: Path, opts: FetchOptions, limiter: HostRateLimiter
                 current = target
                 continue
             if e.code >= 500 or e.code in (408, 429):
-                wait = retry_after_s(e.headers.get("Retry-After"))
+                wait = retry_after_s(e.headers)
                 e.close()
                 if wait is not None:
                     if wait > opts.max_retry_after:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -42,6 +43,25 @@ class FetchOptions:
             raise ValueError("fetch-images: --rate, --timeout and --package-s must be > 0, --backoff >= 0")
         if self.max_side is not None and self.max_side < 8:
             raise ValueError(f"fetch-images: --max-side {self.max_side} is too small (>= 8, or omit it)")
+
+
+def options_from(source: Any, **rest: Any) -> FetchOptions:
+    """FetchOptions from the ``fetch`` params section or the ``vital fetch-images`` arguments, which name
+    the bounds alike (package and member sizes in MiB); ``rest`` sets the others (verify, staging, ...)."""
+    return FetchOptions(
+        shard_size=source.shard_size,
+        workers=source.workers,
+        rate=source.rate,
+        retries=source.retries,
+        backoff=source.backoff,
+        timeout=source.timeout,
+        max_side=source.max_side,
+        max_package_bytes=int(source.max_package_mb * 2**20),
+        max_member_bytes=int(source.max_member_mb * 2**20),
+        max_pixels=source.max_pixels,
+        package_s=source.package_s,
+        **rest,
+    )
 
 
 @dataclass

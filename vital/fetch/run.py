@@ -4,143 +4,24 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
-import os
-import re
 import shutil
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vital.fetch.http import HostRateLimiter, download
+from vital.fetch import shards as shard_files
+from vital.fetch.http import download
 from vital.fetch.inputs import read_url_records
 from vital.fetch.options import FetchOptions, Figure, Permanent
 from vital.fetch.packages import _src, _staged, extract
-from vital.io import FILE_MODE, RecordError, read_json, write_json, write_jsonl
+from vital.io import read_json, write_json, write_jsonl
 from vital.progress import progress
-from vital.shards import ShardWriter, file_sha256, make_ref
+from vital.ratelimit import HostRateLimiter
 
-INDEX = "index.parquet"
-REPORT = "report.jsonl"
-SUMMARY = "summary.json"
-SETTINGS = "fetch.json"  # what decides shard contents: a rerun must use the same
 STAGING = ".staging"
 DOWNLOADS = ".downloads"
-
-
-def shard_name(i: int) -> str:
-    return f"shard-{i:05d}"
-
-
-def shard_done(out: Path, i: int, verify: bool, figs: list[Figure]) -> dict | None:
-    """The manifest of shard ``i`` if the shard is complete (its tar matches the manifest) and holds the
-    figures the input now puts there, else None."""
-    man, tar = out / f"{shard_name(i)}.json", out / f"{shard_name(i)}.tar"
-    if not man.is_file() or not tar.is_file():
-        return None
-    try:
-        m = read_json(man)
-    except (RecordError, OSError):
-        return None
-    listed = {r["pair_id"] for r in m.get("figures", []) + m.get("failures", [])}
-    if listed != {f.pair_id for f in figs} or tar.stat().st_size != m.get("bytes"):
-        return None
-    if verify and file_sha256(tar) != m.get("sha256"):
-        return None
-    return m
-
-
-def write_shard(
-    out: Path,
-    i: int,
-    figs: list[Figure],
-    staging: Path,
-    failed: dict[str, Permanent],
-    keep_staged: bool = False,
-) -> dict:
-    """Shard ``i`` from the staged figures (in input order), then its manifest; both atomic."""
-    tar = out / f"{shard_name(i)}.tar"
-    w = ShardWriter(tar)
-    rows, failures = [], []
-    try:
-        for fig in figs:
-            if fig.pair_id in failed:
-                e = failed[fig.pair_id]
-                failures.append(
-                    {
-                        "pair_id": fig.pair_id,
-                        "url": fig.url,
-                        "member": fig.member,
-                        "reason": e.reason,
-                        "detail": e.detail,
-                    }
-                )
-                continue
-            body, meta = _staged(staging, fig.key)  # type: ignore[misc]
-            meta = {k: v for k, v in meta.items() if k != "src"}
-            sample = {"pair_id": fig.pair_id, "pmc_tar_url": fig.url, "image_file_path": fig.member, **meta}
-            entry = w.add(fig.key, meta["ext"], body, sample)
-            rows.append({"pair_id": fig.pair_id, "width": meta["width"], "height": meta["height"], **entry})
-        digest = w.commit()
-    except BaseException:
-        w.abort()
-        raise
-    manifest = {
-        "shard": tar.name,
-        "sha256": digest,
-        "bytes": tar.stat().st_size,
-        "figures": rows,
-        "failures": failures,
-    }
-    write_json(out / f"{shard_name(i)}.json", manifest)
-    if not keep_staged:
-        for fig in figs:
-            (staging / fig.key).unlink(missing_ok=True)
-    return manifest
-
-
-def write_index(out: Path, manifests: list[dict], prefix: str | None = None) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = []
-    for m in manifests:
-        for r in m["figures"]:
-            rows.append(
-                {
-                    "pair_id": r["pair_id"],
-                    "shard": m["shard"],
-                    "member": r["member"],
-                    "ref": make_ref(f"{prefix or out.name}/{m['shard']}", r["member"]),
-                    "offset": r["offset"],
-                    "size": r["size"],
-                    "sha256": r["sha256"],
-                    "width": r["width"],
-                    "height": r["height"],
-                }
-            )
-    schema = pa.schema(
-        [
-            ("pair_id", pa.string()),
-            ("shard", pa.string()),
-            ("member", pa.string()),
-            ("ref", pa.string()),
-            ("offset", pa.int64()),
-            ("size", pa.int64()),
-            ("sha256", pa.string()),
-            ("width", pa.int32()),
-            ("height", pa.int32()),
-        ]
-    )
-    table = pa.Table.from_pylist(rows, schema=schema)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{INDEX}.")
-    os.close(fd)
-    pq.write_table(table, tmp)
-    os.chmod(tmp, FILE_MODE)
-    os.replace(tmp, out / INDEX)
-    return len(rows)
 
 
 @dataclass
@@ -152,22 +33,6 @@ class _State:
     failed: dict[str, Permanent] = field(default_factory=dict)
     resolved: set[str] = field(default_factory=set)
     manifests: dict[int, dict] = field(default_factory=dict)
-
-
-_LEFTOVER = re.compile(
-    r"^\.(shard-\d+\.(tar|json)|index\.parquet|report\.jsonl|summary\.json|fetch\.json)\..+"
-)
-
-
-def remove_leftovers(out: Path) -> int:
-    """Temporary files a killed run left beside the outputs (``.shard-00000.tar.*.part``,
-    ``.index.parquet.*``, ...): never complete, so never worth keeping or tracking."""
-    n = 0
-    for p in out.iterdir() if out.is_dir() else ():
-        if _LEFTOVER.match(p.name) and p.is_file():
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
 
 
 def fetch_images(urls_file: Path, out: Path, opts: FetchOptions | None = None) -> dict[str, Any]:
@@ -194,14 +59,14 @@ def fetch_figures(
         fig.shard = i // opts.shard_size
     shards = [figures[i : i + opts.shard_size] for i in range(0, len(figures), opts.shard_size)]
     out.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)
+    shard_files.remove_leftovers(out)
     settings = {"shard_size": opts.shard_size, "max_side": opts.max_side}
-    if (out / SETTINGS).is_file() and (old := read_json(out / SETTINGS)) != settings:
+    if (out / shard_files.SETTINGS).is_file() and (old := read_json(out / shard_files.SETTINGS)) != settings:
         raise ValueError(
             f"fetch-images: {out} was written with --shard-size {old.get('shard_size')} --max-side "
             f"{old.get('max_side')}; rerun with those, or use another --out"
         )
-    write_json(out / SETTINGS, settings)
+    write_json(out / shard_files.SETTINGS, settings)
     staging = opts.staging or out / STAGING
     downloads = opts.downloads or out / DOWNLOADS
     staging.mkdir(parents=True, exist_ok=True)
@@ -209,7 +74,7 @@ def fetch_figures(
         part.unlink(missing_ok=True)
     st = _State(figures, shards, staging, keep_staged=opts.staging is not None)
     for i in range(len(shards)):
-        m = shard_done(out, i, opts.verify, shards[i])
+        m = shard_files.shard_done(out, i, opts.verify, shards[i])
         if m is not None:
             st.manifests[i] = m
             st.resolved.update(f.pair_id for f in shards[i])
@@ -271,9 +136,9 @@ def fetch_figures(
         shutil.rmtree(staging, ignore_errors=True)
     manifests = [st.manifests[i] for i in range(len(shards))]
     prefix = ref_prefix or out.name
-    n_index = write_index(out, manifests, prefix)
+    n_index = shard_files.write_index(out, manifests, prefix)
     report = [*refused, *(f for m in manifests for f in m["failures"])]
-    write_jsonl(out / REPORT, report)
+    write_jsonl(out / shard_files.REPORT, report)
     reasons: dict[str, int] = {}
     for r in report:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
@@ -290,8 +155,8 @@ def fetch_figures(
         "max_side": opts.max_side,
         "packages": len({f.url for f in figures}),
     }
-    write_json(out / SUMMARY, summary)
-    remove_leftovers(out)
+    write_json(out / shard_files.SUMMARY, summary)
+    shard_files.remove_leftovers(out)
     return {
         **summary,
         "this_run": {
@@ -338,5 +203,7 @@ def _flush(out: Path, st: _State, pending: set[int]) -> None:
             ]
             if missing:
                 raise RuntimeError(f"fetch-images: {missing[0].pair_id} resolved but not staged")
-            st.manifests[i] = write_shard(out, i, st.shards[i], st.staging, st.failed, st.keep_staged)
+            st.manifests[i] = shard_files.write_shard(
+                out, i, st.shards[i], st.staging, st.failed, st.keep_staged
+            )
             pending.discard(i)

@@ -7,29 +7,16 @@ from pathlib import Path
 
 from vital.failures import StageFailed
 from vital.fetch.inputs import read_url_records
-from vital.fetch.options import FetchOptions
-from vital.fetch.run import REPORT, SUMMARY, fetch_figures, write_index
+from vital.fetch.options import FetchOptions, options_from
+from vital.fetch.run import fetch_figures
+from vital.fetch.shards import REPORT, SUMMARY, write_index
 from vital.io import write_json
 
 
 def stage_options(fp) -> FetchOptions:
     """FetchOptions from the ``fetch`` params section, staging and downloads in its ``cache_dir``."""
     cache = Path(fp.cache_dir)
-    return FetchOptions(
-        shard_size=fp.shard_size,
-        workers=fp.workers,
-        rate=fp.rate,
-        retries=fp.retries,
-        backoff=fp.backoff,
-        timeout=fp.timeout,
-        max_side=fp.max_side,
-        max_package_bytes=int(fp.max_package_mb * 2**20),
-        max_member_bytes=int(fp.max_member_mb * 2**20),
-        max_pixels=fp.max_pixels,
-        package_s=fp.package_s,
-        staging=cache / "figures",
-        downloads=cache / "downloads",
-    )
+    return options_from(fp, staging=cache / "figures", downloads=cache / "downloads")
 
 
 def run_stage(p, paths) -> dict:

@@ -19,8 +19,9 @@ from packaging.version import Version
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
 
+from vital.artifacts.curated import read_curated
 from vital.dvc_repo import file_md5
-from vital.io import RecordError, read_json, write_curve, write_json
+from vital.io import write_curve, write_json
 from vital.llava.build import load_llava, set_image_aspect_ratio
 from vital.llava.conversation import Collator, ConversationDataset
 from vital.llava.trainer import LoopConfig, LoopResult, cpu_launch, train
@@ -40,20 +41,6 @@ _NOT_QUANTISED = [
     "model.multi_modal_projector",
     "lm_head",
 ]
-
-
-def read_llava_json(path: Path) -> list[dict[str, Any]]:
-    """A LLaVA instruction file (JSON list); errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: curated instruction file not found")
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise RecordError(f"{path}: expected a JSON list of LLaVA records, got {type(data).__name__}")
-    bad = [i for i, r in enumerate(data) if not isinstance(r, dict)]
-    if bad:
-        raise RecordError(f"{path}: records {bad[:5]} are not JSON objects")
-    return data
 
 
 def under_deepspeed() -> bool:
@@ -281,7 +268,7 @@ def run(
     """
     check_method(tp, section)
     data, out = Path(data), Path(out)
-    records = read_llava_json(data)
+    records = read_curated(data)
     torch.manual_seed(tp.seed)
     model, processor = load_llava(base, dtype=_DTYPES[tp.load_dtype], **_load_kwargs(tp))
     # saved with the checkpoint, so evaluation preprocesses images as training did

@@ -141,6 +141,17 @@ def offline_metrics() -> dict:
     }
 
 
+def offline_dry_run(stage: str, backend: str, what: str) -> dict:
+    """The dry run of an offline backend (``what`` names it): no requests, no cost."""
+    return {
+        "stage": stage,
+        "backend": backend,
+        "requests": 0,
+        "estimated_cost_usd": 0.0,
+        "note": f"offline {what}: no requests, no cost",
+    }
+
+
 def dry_run_estimate(
     requests,
     cache: RequestCache,

@@ -188,25 +188,13 @@ class Engine:
                 raw = await self.client.chat.completions.with_raw_response.create(**req.body)
             except openai.APIStatusError as e:
                 reason, detail = _status_reason(e.status_code), self._clean(e)
-                if e.status_code in (400, 422) and self._refused_again(e):
+                fatal = e.status_code in (401, 403, 404, 405)  # every further request is refused alike
+                if fatal or (e.status_code in (400, 422) and self._refused_again(e)):
+                    repeated = 1 if fatal else self.retry.max_identical_refusals
+                    model = str(req.body.get("model"))
                     raise FatalAPIError(
                         refusal_message(
-                            self.section,
-                            e.status_code,
-                            detail,
-                            str(req.body.get("model")),
-                            self.client_params,
-                            repeated=self.retry.max_identical_refusals,
-                        )
-                    ) from None
-                if e.status_code in (401, 403, 404, 405):
-                    raise FatalAPIError(
-                        refusal_message(
-                            self.section,
-                            e.status_code,
-                            detail,
-                            str(req.body.get("model")),
-                            self.client_params,
+                            self.section, e.status_code, detail, model, self.client_params, repeated
                         )
                     ) from None
                 if e.status_code == 429 and _code(e) == "insufficient_quota":

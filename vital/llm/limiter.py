@@ -25,52 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from email.utils import parsedate_to_datetime
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_duration(text: str | None) -> float | None:
-    """Parse OpenAI's reset durations ('1s', '6m0s', '20ms', '0.5') into seconds."""
-    if text is None:
-        return None
-    text = str(text).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION.findall(text)
-    if not parts:
-        return None
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(v) * scale[u] for v, u in parts)
-
-
-def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds form), if present."""
-    if not headers:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    sec = headers.get("retry-after")
-    if sec is not None:
-        try:
-            return max(0.0, float(sec))
-        except ValueError:
-            pass
-        try:  # the HTTP-date form: "Wed, 21 Oct 2026 07:28:00 GMT"
-            return max(0.0, parsedate_to_datetime(sec).timestamp() - time.time())
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    return None
+from vital.ratelimit import Slots, parse_duration, retry_after_s
 
 
 class _Bucket:
@@ -104,39 +63,6 @@ class _Bucket:
         self.level = min(self.capacity, self.level + amount)
 
 
-class _Slots:
-    """Request slots handed out one interval apart (virtual scheduling), with about ``burst_s`` of burst.
-
-    A slot, once given, keeps its time when the rate changes: only later slots move. (A token bucket whose
-    negative level is the queue reprices the whole queue at the new rate instead, and a decrease while
-    ``concurrency`` callers wait in it leaves seconds with nothing sent.)"""
-
-    def __init__(self, per_minute: float, burst_s: float) -> None:
-        self.burst_s = burst_s
-        self.next_at = float("-inf")  # the earliest time of the next slot
-        self.set_rate(per_minute)
-
-    def set_rate(self, per_minute: float) -> None:
-        self.per_minute = float(per_minute)
-        self.interval = 60.0 / self.per_minute
-        # an idle limiter may send this many at once: one second's worth, at least one
-        self.burst = max(1.0, self.burst_s * self.per_minute / 60.0)
-
-    def reserve(self, amount: float, now: float) -> float:
-        """Take the next slot; return how long the caller must wait for it."""
-        start = max(self.next_at, now - (self.burst - 1) * self.interval)
-        self.next_at = start + self.interval
-        return max(0.0, start - now)
-
-    def give_back(self, amount: float, now: float) -> None:
-        """Return the slot just taken (a caller that will not use it)."""
-        self.next_at -= self.interval
-
-    def drain(self, now: float) -> None:
-        """Spend the saved-up burst: the next slot is one interval from now at the earliest."""
-        self.next_at = max(self.next_at, now)
-
-
 class RateLimiter:
     def __init__(
         self,
@@ -152,7 +78,7 @@ class RateLimiter:
         self.configured_rpm = float(rpm)
         self.configured_tpm = float(tpm)
         self.ceiling_rpm = float(rpm)  # configured, or the server's advertised limit if lower
-        self.requests = _Slots(rpm, burst_s)
+        self.requests = Slots(rpm, burst_s)
         self.tokens = _Bucket(tpm, burst_s)
         self.paused_until = 0.0
         self.pauses = 0

@@ -38,6 +38,13 @@ class LLMRuntime:
         self.usage = Usage()
         self.cache: RequestCache | None = None
 
+    @classmethod
+    def of(cls, section: str, sp, cache_dir: Path, batch: BatchLimits | None = None) -> LLMRuntime:
+        """The runtime of the params section ``section`` (``sp``: its backend, model, client, prices and, where
+        it has one, mode)."""
+        mode = getattr(sp, "mode", "online")
+        return cls(section, sp.backend, sp.model, sp.client, sp.prices, cache_dir, mode, batch)
+
     def open_cache(self) -> RequestCache:
         if self.cache is None:
             try:

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vital.artifacts.labels import read_labels
+from vital.artifacts.lines import records, require
+from vital.artifacts.scores import judge_scores
 from vital.drops import Drops
-from vital.io import read_records
-from vital.schema import Judgment, Pair, Preference
+from vital.schema import Pair, Preference
 
 
 @dataclass
@@ -38,18 +40,18 @@ class PairSet:
 
 
 def read_pairs(path: Path, index: dict[str, int], drops: Drops) -> dict[str, list[Pair]]:
-    """Pairs by split; a pair naming a candidate without features is dropped and counted."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run the pairs stage first)")
+    """Pairs by split; a bad line (``bad_line``), a pair naming a candidate without features or a candidate
+    with itself is dropped and counted."""
+    require(path)
     out: dict[str, list[Pair]] = defaultdict(list)
 
-    for i, p in read_records(path, Pair, drops.invalid("invalid_pair")):
+    for where, _, p in records(path, Pair, drops):
         missing = [c for c in (p.winner, p.loser) if c not in index]
         if missing:
-            drops.add("pair_without_features", f"{path}:{i}", str(missing))
+            drops.add("pair_without_features", where, str(missing))
             continue
         if p.winner == p.loser:
-            drops.add("pair_with_itself", f"{path}:{i}", p.winner)
+            drops.add("pair_with_itself", where, p.winner)
             continue
         out[p.split].append(p)
     return out
@@ -68,15 +70,8 @@ def to_pairset(pairs: list[Pair], index: dict[str, int], human_weight: float) ->
 
 
 def read_scores_of_judge(path: Path) -> dict[str, float]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run the judge stage first)")
-    out = {}
-    for _, j in read_records(path, Judgment):  # invalid lines: counted by the pairs stage, which reads them
-        out.setdefault(j.candidate_id, j.score)
-    return out
+    return judge_scores(path, Drops())  # unusable lines: counted by the pairs stage, which reads them too
 
 
 def read_prefs(path: Path) -> list[Preference]:
-    if not path.is_file():
-        return []
-    return [p for _, p in read_records(path, Preference)]  # invalid lines: counted by the pairs stage
+    return read_labels(path, Drops()) if path.is_file() else []  # unusable lines: counted by the pairs stage
