@@ -2,7 +2,7 @@
 
 An entry returns its record (a dict); ``vital.stage.call`` times it with one clock and writes two files:
 
-- the **evidence** ``metrics/detail/<stage>.json`` (foreach stages: ``metrics/detail/<stage>/<item>.json``), a
+- the **evidence** ``metrics/detail/<stage>.json`` (foreach: ``metrics/detail/<script>/<item>.json``), a
   plain ``cache: false`` out of the stage, git-tracked: ``stage``, ``item``, ``wall_s``, ``headline``, the drops
   (``dropped``, ``dropped_by_reason``, ``dropped_examples``: records skipped as unusable), the failures
   (``failed``, ``failed_by_reason``, ``failed_examples``: outputs that could not be produced) and ``detail``
