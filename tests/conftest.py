@@ -6,6 +6,8 @@ one worker and files are handed out in the order below.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -57,9 +59,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def _shared_dir(config: pytest.Config) -> Path:
-    """One folder per test run: xdist workers' temp folders are children of the run's, a lone process has its own."""
+    """One folder per test run: xdist workers' temp folders are children of the run's (named by the run's id, as a
+    --basetemp is not emptied between runs at that level), a lone process has its own."""
     base = config._tmp_path_factory.getbasetemp()
-    shared = (base.parent if hasattr(config, "workerinput") else base) / "tiny_pipeline"
+    worker = getattr(config, "workerinput", None)
+    shared = base.parent / f"tiny_pipeline-{worker['testrunuid']}" if worker else base / "tiny_pipeline"
     shared.mkdir(exist_ok=True)
     return shared
 
@@ -78,11 +82,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _start_build(session.config)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     build = session.config.stash.get(_BUILD, None)
     if build is not None:
-        if session.shouldstop or session.shouldfail:
-            build.terminate()  # the run was cut short: nobody will use it
+        cut_short = session.shouldstop or session.shouldfail or exitstatus == pytest.ExitCode.INTERRUPTED
+        if cut_short and build.poll() is None:
+            os.killpg(build.pid, signal.SIGTERM)  # the run was cut short: nobody will use it
         build.wait()  # another worker may still be waiting for it
 
 

@@ -106,7 +106,11 @@ def build_in_background(root: Path) -> subprocess.Popen:
     """Start building the repo at ``root``; ``root.parent`` gets ``done`` or ``failed`` when it ends."""
     with open(root.parent / LOG, "w") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.tiny_pipeline", str(root)], cwd=REPO, stdout=log, stderr=log
+            [sys.executable, "-m", "tests.tiny_pipeline", str(root)],
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # its own process group, so that an interrupted run can stop all of it
         )
 
 
