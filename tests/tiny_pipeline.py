@@ -43,7 +43,7 @@ def _merge(base: dict, over: dict) -> dict:
     return base
 
 
-def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+def sh(cwd: Path, *cmd: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
     env = dict(
         os.environ,
         PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -55,7 +55,7 @@ def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         GIT_COMMITTER_NAME="t",
         GIT_COMMITTER_EMAIL="t@t",
     )
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
@@ -89,7 +89,7 @@ def build(root: Path) -> Path:
     sh(root, "dvc", "add", "-q", "data")
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "tiny world")
-    first = sh(root, "dvc", "repro")
+    first = sh(root, "dvc", "repro", timeout=1800)  # 21 stages: slow where many share the cores
     (root / "first_repro.log").write_text(first.stdout + first.stderr)
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "repro")
