@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 TINY = {
-    "world": {"figures": 150, "vqa_figures": 20, "vqa_train_figures": 20},
+    "world": {"figures": 150, "vqa_figures": 10, "vqa_train_figures": 20},
     "foundation": {"backend": "demo", "steps": 30, "batch_size": 32},  # tiny: trained here, not restored
     "align": {"backend": "demo", "steps": 20, "batch_size": 16},
     "sample": {"per_domain": 16},
@@ -30,8 +30,9 @@ TINY = {
     # the head alone and one seed: a residual on the judge may keep the judge's scores whatever the weight,
     # and these tests need a selector change to reach curate and the tunes
     "selector": {"epochs": 5, "judge_input": "none", "seed_repeats": 1},
-    "tune": {"seeds": [0], "max_steps": 12, "batch_size": 8, "checkpoint_every": 6},
-    "finetune": {"max_steps": 6, "batch_size": 8},
+    # one epoch of the 32 conversations in top40, with a checkpoint half-way
+    "tune": {"seeds": [0], "max_steps": 4, "batch_size": 8, "checkpoint_every": 2},
+    "finetune": {"max_steps": 3, "batch_size": 8},
 }
 
 DONE, FAILED, LOG = "done", "failed", "build.log"  # markers beside the built repo
