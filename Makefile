@@ -49,11 +49,13 @@ pretrain-update: install
 	dvc push data.dvc
 
 # Two workers (pytest-xdist), one per core of the 2-core machine the suite is sized for; --dist loadfile keeps
-# each test file on one worker, so its module fixtures (tiny worlds, models, pipelines) are built once, as in one
-# process. --durations lists the slowest tests, to see what to share next.
+# each test file on one worker, so its module fixtures (tiny worlds, models) are built once, as in one process.
+# --no-loadscope-reorder hands files out in the order tests/conftest.py gives them: the slowest first, and last
+# the ones that use the tiny pipeline, which is built once per run in the background (tests/tiny_pipeline.py).
+# --durations lists the slowest tests, to see what to share next.
 test: install              # the demo data too: some tests read data/ (the in-repo remote, no network)
 	dvc pull --quiet data.dvc
-	pytest -q -n 2 --dist loadfile --durations=15
+	pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: install
 	ruff check vital stages tests bench

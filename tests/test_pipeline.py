@@ -1,41 +1,23 @@
 """End to end: the real dvc.yaml and stage scripts on a tiny world, in a temporary git + DVC repo.
 
 Checks what users rely on: a full `dvc repro`, a second one that runs nothing, a param change that
-reruns exactly the stages downstream of it, `dvc exp run -S`, and a bad param that fails naming the key.
+reruns exactly the stages downstream of it, and a bad param that fails naming the key (`dvc exp run -S` is in
+test_pipeline_exp.py, on its own copy of the repo, so that it can run on another worker).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from vital import stats
+from tests.tiny_pipeline import REPO, TINY, _merge, copy_of, ran_stages, sh  # noqa: F401 (imported from here)
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-TINY = {
-    "world": {"figures": 150, "vqa_figures": 20, "vqa_train_figures": 20},
-    "foundation": {"backend": "demo", "steps": 30, "batch_size": 32},  # tiny: trained here, not restored
-    "align": {"backend": "demo", "steps": 20, "batch_size": 16},
-    "sample": {"per_domain": 16},
-    "labels": {"figures": 40},
-    # the head alone and one seed: a residual on the judge may keep the judge's scores whatever the weight,
-    # and these tests need a selector change to reach curate and the tunes
-    "selector": {"epochs": 5, "judge_input": "none", "seed_repeats": 1},
-    "tune": {"seeds": [0], "max_steps": 12, "batch_size": 8, "checkpoint_every": 6},
-    "finetune": {"max_steps": 6, "batch_size": 8},
-}
 ALL_STAGES = {
     "foundation",
     "chat_eval",
@@ -78,62 +60,10 @@ def assert_reran_only_downstream_of_selector(ran: set[str]) -> None:
     assert DOWNSTREAM_OF_SELECTOR <= ran <= DOWNSTREAM_OF_SELECTOR | {"chat_eval"}
 
 
-def _merge(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-        base[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
-    return base
-
-
-def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ,
-        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        VITAL_PROGRESS="off",
-        MLFLOW_TRACKING_URI=f"sqlite:///{cwd / 'mlflow.db'}",
-        DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@t",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@t",
-    )
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and out.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
-        )
-    return out
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([\w@.-]+)'", output))
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pipeline")
-    for item in ("dvc.yaml", "stages", "vital"):
-        src = REPO / item
-        (
-            shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
-            if src.is_dir()
-            else shutil.copy(src, root / item)
-        )
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # deps for the tiny world's backends (foundation and align trained here, not restored)
-    sh(root, "vital", "dag", "--write")
-    (root / ".gitignore").write_text("/.vital/\n/mlflow.db\n/mlruns/\n__pycache__/\n")
-    sh(root, "git", "init", "-q")
-    sh(root, "dvc", "init", "-q")
-    sh(root, "vital", "world", "--out", "data")
-    sh(root, "dvc", "add", "-q", "data")
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-qm", "tiny world")
-    first = sh(root, "dvc", "repro")
-    (root / "first_repro.log").write_text(first.stdout + first.stderr)
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-qm", "repro")
-    return root
+def repo(tiny_pipeline: Path, tmp_path_factory) -> Path:
+    """This module's copy of the tiny pipeline after its first `dvc repro` (tests/tiny_pipeline.py)."""
+    return copy_of(tiny_pipeline, tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 def test_first_repro_runs_every_stage_and_writes_metrics(repo):
@@ -148,7 +78,7 @@ def test_first_repro_runs_every_stage_and_writes_metrics(repo):
     finetuned = stats.detail(repo, "evaluate_finetuned")["demo"]
     assert {"base-s0", "top-s0", "random-s0", "top_minus_base", "top_minus_random"} <= set(finetuned)
     assert (repo / "models" / "finetuned" / "top-s0" / "demo" / "config.json").is_file()
-    assert stats.detail(repo, "finetune", "top-s0")["demo"]["steps"] == 6
+    assert stats.detail(repo, "finetune", "top-s0")["demo"]["steps"] == TINY["finetune"]["max_steps"]
 
 
 def _keys(node, found: set[str]) -> set[str]:
@@ -204,15 +134,6 @@ def test_human_weight_change_reruns_exactly_downstream(repo):
     finally:
         sh(repo, "git", "checkout", "params.yaml")
         sh(repo, "dvc", "checkout", "-q")
-
-
-def test_exp_run_sweeps_a_param_beside_the_baseline(repo):
-    # 3 is not one of selector.auto_weights, so the head cannot be the one `auto` picked
-    out = sh(repo, "dvc", "exp", "run", "-S", "selector.human_weight=3", "-n", "hw3")
-    # a sweep over the selector head never recomputes features or regenerates data
-    assert_reran_only_downstream_of_selector(ran_stages(out.stdout))
-    shown = sh(repo, "dvc", "exp", "show", "--json").stdout
-    assert "hw3" in shown and "workspace" in shown
 
 
 def test_bad_param_fails_at_stage_start_naming_the_key(repo):
