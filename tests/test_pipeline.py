@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vital import stats
 from tests.tiny_pipeline import REPO, TINY, _merge, copy_of, ran_stages, sh  # noqa: F401 (imported from here)
+from vital import stats
 
 pytestmark = pytest.mark.slow
 
