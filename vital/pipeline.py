@@ -81,7 +81,7 @@ class Stage:
     outs: tuple[str | Out, ...] = ()
     metrics: tuple[str, ...] | None = None  # default: (metrics/<name>.json,)
     plots: tuple[Plot, ...] = ()
-    matrix: tuple[tuple[str, str], ...] = ()
+    matrix: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # (key, "${param}" or the values)
     foreach: str = ""
     comment: str = ""
     launcher: str = ""  # dotted param naming the command that runs the script in dvc.yaml's cmd ("" = python)
@@ -299,6 +299,45 @@ STAGES: dict[str, Stage] = {
             plots=(
                 Plot("metrics/plots/bakeoff_downstream.csv", "method", "closed_accuracy", "bar_horizontal"),
             ),
+            pipeline="bakeoff/dvc.yaml",
+        ),
+        Stage(
+            "control_data",
+            "vital.bakeoff.control:data_stage",
+            "control_data",
+            reads=("artifacts/sample.jsonl", "data/corpus/truth.jsonl"),
+            doc="positive control: the same sampled figures with truth-written and with flawed conversations",
+            params=("bakeoff.control_figures", "bakeoff.seeds"),
+            outs=("artifacts/control",),
+            pipeline="bakeoff/dvc.yaml",
+        ),
+        Stage(
+            "control_tune",
+            "vital.bakeoff.control:tune_stage",
+            "control_tune",
+            reads=("artifacts/control",),
+            param_reads=("vital.tune:base_model", _IMAGES),
+            options=(
+                Option("arm", str, "truth or flawed", required=True),
+                Option("seed", int, "tune seed", required=True),
+            ),
+            doc="tune the base on one positive-control arm, one seed (the tune section's budget)",
+            args="--arm ${item.arm} --seed ${item.seed}",
+            matrix=(("arm", ("truth", "flawed")), ("seed", "${bakeoff.seeds}")),
+            params=("tune",),
+            outs=("models/control/${item.arm}-s${item.seed}",),
+            metrics=("metrics/control_tune/${item.arm}-s${item.seed}.json",),
+            plots=(Plot("metrics/plots/control_tune/${item.arm}-s${item.seed}.csv", "step", "loss"),),
+            pipeline="bakeoff/dvc.yaml",
+        ),
+        Stage(
+            "control_evaluate",
+            "vital.bakeoff.control:evaluate_stage",
+            "control_evaluate",
+            param_reads=("vital.evaluate:eval_files", "vital.bakeoff.control:control_models"),
+            doc="positive control: truth - flawed per downstream metric over seeds, with its 95% t-interval",
+            params=("bakeoff.seeds", "bakeoff.control_figures", "evaluate", "world"),
+            metrics=("metrics/control.json",),
             pipeline="bakeoff/dvc.yaml",
         ),
         Stage(
