@@ -80,9 +80,9 @@ def tune_stage(p: Params, paths: Paths, arm: str, seed: int) -> dict[str, Any]:
 def evaluate_model(p: Params, paths: Paths, model: str | Path, name: str) -> dict[str, Any]:
     """Closed accuracy and open recall on every evaluate set, and the hallucination rate of its
     descriptions of the world's held-out VQA figures: ``{set: {metric: value}}``."""
-    from vital.evaluate import _load_named_sets
+    from vital.evaluate import HALLUCINATION_BACKENDS, _load_named_sets
     from vital.llava.inference import LlavaAnswerer
-    from vital.vqa.hallucination import world_hallucination
+    from vital.registry import choose
     from vital.vqa.metrics import summarize
 
     ev = p.evaluate
@@ -93,7 +93,8 @@ def evaluate_model(p: Params, paths: Paths, model: str | Path, name: str) -> dic
             s.items, answerer.answer(s.items, ev.batch_size, ev.max_new_tokens, f"{name}/{s.name}")
         )
         out[s.name] = {k: summary[k] for k in ("closed_accuracy", "open_recall") if k in summary}
-    rates = world_hallucination(p, paths, answerer, name)
+    hallucination = choose(HALLUCINATION_BACKENDS, ev.hallucination, "evaluate.hallucination").load()
+    rates = hallucination(p, paths, answerer, name)
     if rates is not None:
         for block in out.values():
             block["hallucination_claim_rate"] = rates["claim_rate"]

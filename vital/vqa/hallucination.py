@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vital.demo.claims import FINDING_KEYS, check_claims, extract_claims
-from vital.io import RecordError
+from vital.io import RecordError, write_jsonl
 from vital.vqa.items import VQAItem
 
 
@@ -85,17 +85,30 @@ def hallucination_of(
     return hallucination_rate(pairs, truth, source=desc), rows
 
 
-def world_hallucination(params, paths, answerer, name: str = "") -> dict | None:
+def world_hallucination(
+    params, paths, answerer, name: str = "", rows_path: Path | None = None
+) -> dict | None:
     """:func:`hallucination_of` on the demo world's held-out VQA test figures (their truth replayed from
     ``params.world``, :func:`vital.world.vqa_truth`), when ``evaluate.hallucination`` is ``world``;
-    None when it is ``none`` (no hidden truth outside the demo)."""
+    None when it is ``none`` (no hidden truth outside the demo). ``rows_path``: every description and its
+    claims, as JSONL."""
     ev = params.evaluate
     if ev.hallucination == "none":
         return None
     from vital.world import vqa_truth
 
     truth = vqa_truth(params.world)
-    rates, _ = hallucination_of(
-        answerer, truth, paths.vqa / "demo", ev.batch_size, ev.describe_max_new_tokens, f"{name}/describe"
+    images = paths.vqa / "demo"
+    missing = [f["image"] for f in truth.values() if not (images / f["image"]).is_file()]
+    if missing:
+        raise RecordError(
+            f"evaluate.hallucination=world: {images / missing[0]} (and {len(missing) - 1} more of the world's "
+            f"{len(truth)} held-out VQA figures) not found: build the world with these world params "
+            "(`vital world`), or set evaluate.hallucination: none"
+        )
+    rates, rows = hallucination_of(
+        answerer, truth, images, ev.batch_size, ev.describe_max_new_tokens, f"{name}/describe"
     )
+    if rows_path is not None:
+        write_jsonl(rows_path, rows)
     return rates
