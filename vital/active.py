@@ -8,7 +8,9 @@ shuffle, the baseline), and the orders ``vital annotate --order`` serves (``unce
 get them from that selector's ``artifacts/scores.jsonl``.
 
 Early stopping uses the validation figures' judge pairs only, so no clinician label reaches a head except
-through the revealed training figures.
+through the revealed training figures; the residual rater (``judge_input="residual"``) validates on the
+validation figures' clinician pairs as well (on the judge's own pairs the judge alone can never be beaten),
+so its curve starts from those figures' labels too.
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ def label_curve(
         if p.source == "human":
             human[p.pair_id].append(p)
     pool = sorted(human)
-    val = [p for p in by_split.get("val", []) if p.source == "model"]
+    # A residual rater keeps the judge unless an epoch beats it on validation, and on the judge's own pairs
+    # nothing can: it validates on the validation figures' clinician pairs too, as the select stage does.
+    val = [p for p in by_split.get("val", []) if p.source == "model" or judge_input == "residual"]
     held = [p for p in by_split.get("heldout", []) if p.source == "human"]
     if not judge_pairs or not pool or not held:
         raise RecordError(
