@@ -560,6 +560,11 @@ class BakeoffParams(Section):
     downstream_keep: int = Field(
         40, gt=0, le=100, description="bakeoff/dvc.yaml tunes on this size (one of keep)"
     )
+    control: Literal["world", "none"] = Field(
+        "world",
+        description="positive control (bakeoff/dvc.yaml): world writes truth and flawed conversations from the demo "
+        "world's hidden truth | none (no hidden truth: control_data stops naming this parameter)",
+    )
     control_figures: int = Field(
         480,
         ge=1,

@@ -19,14 +19,32 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vital.backends import Backend
 from vital.io import read_jsonl, write_json
-from vital.params import Params
+from vital.params import Params, ParamsError
 from vital.paths import Paths
+from vital.registry import choose
+
+ARMS = ("truth", "flawed")
 
 # metric -> +1 when the truth arm should score higher, -1 when lower
 CONTROL_METRICS = {"closed_accuracy": 1, "open_recall": 1, "hallucination_claim_rate": -1}
 # two-sided 95% Student t quantiles by degrees of freedom; the normal's beyond
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def no_arms(records: list[dict], paths: Paths, seed: int) -> dict[str, list[dict]]:
+    raise ParamsError(
+        "bakeoff.control=none: the positive control writes conversations from the demo world's hidden truth, "
+        "which this profile does not have (run bakeoff_tune and bakeoff_evaluate alone, or set world)"
+    )
+
+
+# bakeoff.control: who writes the two arms' conversations (vital.registry)
+CONTROL_WRITERS: dict[str, Backend] = {
+    "world": Backend("vital.demo.positive_control:arms_from_truth", reads=("data/corpus/truth.jsonl",)),
+    "none": Backend("vital.bakeoff.control:no_arms"),
+}
 
 
 def control_dir(paths: Paths) -> Path:
@@ -40,15 +58,11 @@ def model_dir(paths: Paths, arm: str, seed: int) -> Path:
 def data_stage(p: Params, paths: Paths) -> dict[str, Any]:
     """``artifacts/control/<arm>.json`` for both arms, on the first ``bakeoff.control_figures`` sampled
     figures (the sample is already a seeded, domain-stratified draw)."""
-    from vital.demo.positive_control import ARMS, control_conversations
-    from vital.world import load_truth
-
+    write_arms = choose(CONTROL_WRITERS, p.bakeoff.control, "bakeoff.control").load()
     records = list(read_jsonl(paths.sample))[: p.bakeoff.control_figures]
-    truth = load_truth(paths.truth)
     out = control_dir(paths)
     counts = {}
-    for arm in ARMS:
-        convs = control_conversations(records, truth, arm, seed=p.bakeoff.seeds[0])
+    for arm, convs in write_arms(records, paths, p.bakeoff.seeds[0]).items():
         write_json(out / f"{arm}.json", convs)
         counts[arm] = len(convs)
     metrics = {"figures": len(records), "conversations": counts}
@@ -58,7 +72,6 @@ def data_stage(p: Params, paths: Paths) -> dict[str, Any]:
 
 def tune_stage(p: Params, paths: Paths, arm: str, seed: int) -> dict[str, Any]:
     """``models/control/<arm>-s<seed>``: the base tuned on one arm with the tune section's budget."""
-    from vital.demo.positive_control import ARMS
     from vital.llava import tune
 
     if arm not in ARMS:
@@ -129,8 +142,6 @@ def difference(truth_runs: dict[int, float], flawed_runs: dict[int, float], dire
 def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
     """``metrics/control.json``: per set and metric, each arm over seeds and truth - flawed with its
     interval and ``has_power``."""
-    from vital.demo.positive_control import ARMS
-
     start = time.perf_counter()
     per: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
     for arm in ARMS:
@@ -158,6 +169,4 @@ def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
 
 def control_models(p: Params, root: Path) -> list[str]:
     """What control_evaluate reads: every control model."""
-    from vital.demo.positive_control import ARMS
-
     return [f"models/control/{a}-s{s}" for a in ARMS for s in p.bakeoff.seeds]

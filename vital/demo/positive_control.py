@@ -10,11 +10,20 @@ answers assert, never in their form or length range.
 
 from __future__ import annotations
 
+from vital.bakeoff.control import ARMS
 from vital.demo.template_generator import _hallucinate
+from vital.paths import Paths
 from vital.seeding import rng_for
+from vital.world import load_truth
 from vital.world.conversation import question_plan, write_planned
 
-ARMS = ("truth", "flawed")
+__all__ = ["ARMS", "arms_from_truth", "control_conversations"]
+
+
+def arms_from_truth(records: list[dict], paths: Paths, seed: int) -> dict[str, list[dict]]:
+    """``bakeoff.control: world``: both arms for ``records``, from the corpus's hidden truth."""
+    truth = load_truth(paths.truth)
+    return {arm: control_conversations(records, truth, arm, seed) for arm in ARMS}
 
 
 def control_conversations(
