@@ -133,7 +133,7 @@ def test_the_evaluate_stage_reports_hallucination_beside_vqa_and_none_turns_it_o
         (tmp_path / "data/vqa/demo" / t["image"]).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "data/vqa/demo" / t["image"]).write_bytes(b"")
     out = run(parse_params(cfg), Paths(tmp_path), answerer=factory)
-    h = out["hallucination"]
+    h = out["_hallucination"]
     assert h["top-s0"]["claim_rate"] == 0.0 and h["base"]["claim_rate"] > 0.3
     assert h["top-s0"]["answers"] == 6
     assert h["top_over_seeds"]["claim_rate"]["mean"] == 0.0
@@ -141,4 +141,4 @@ def test_the_evaluate_stage_reports_hallucination_beside_vqa_and_none_turns_it_o
     assert [r["text"] for r in rows] == [wrong[k] for k in sorted(truth)]
 
     off = run(parse_params({**cfg, "evaluate": {"hallucination": "none"}}), Paths(tmp_path), answerer=factory)
-    assert "hallucination" not in off
+    assert "_hallucination" not in off

@@ -42,7 +42,7 @@ RESERVED = (
     "top_minus_random",
     "top_minus_base",
     "random_minus_base",
-    "hallucination",
+    "_hallucination",
 )
 
 
@@ -123,7 +123,7 @@ def evaluate_models(
     describe: Callable[[Answerer, str], dict | None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Answer and score every set with every model: ``{set: {model: summary, "chance", "data"}}``; with
-    ``describe`` (model, name) -> hallucination rates, also ``{"hallucination": {model: rates}}``.
+    ``describe`` (model, name) -> hallucination rates, also ``{"_hallucination": {model: rates}}`` (not a set: readers skip ``_`` keys).
 
     Models are loaded one at a time and released before the next, so a 13B tuned model and its
     base never share the accelerator.
@@ -147,7 +147,7 @@ def evaluate_models(
             results[s.name][name] = summarize(s.items, preds)
         rates = describe(model, name) if describe is not None else None
         if rates is not None:
-            results.setdefault("hallucination", {})[name] = rates
+            results.setdefault("_hallucination", {})[name] = rates
         del model
         _release_memory()
     return results
@@ -180,9 +180,9 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
     results: dict[str, Any] = _evaluate(models, sets, paths.predictions, ev, answerer, describe)
     for set_name in [s.name for s in sets]:
         results[set_name].update(compare_subsets(results[set_name], params.tune.subsets, params.tune.seeds))
-    if "hallucination" in results:
-        results["hallucination"].update(
-            compare_subsets(results["hallucination"], params.tune.subsets, params.tune.seeds, HALLUCINATION)
+    if "_hallucination" in results:
+        results["_hallucination"].update(
+            compare_subsets(results["_hallucination"], params.tune.subsets, params.tune.seeds, HALLUCINATION)
         )
     results["_stage"] = {
         "wall_s": round(time.perf_counter() - start, 3),
@@ -250,7 +250,7 @@ def _evaluate(
 
 def _load_named_sets(params: Params, paths: Paths) -> list[LoadedSet]:
     sets = load_sets(params.evaluate, paths.root)
-    clash = sorted({s.name for s in sets} & {"_stage", "hallucination"})
+    clash = sorted({s.name for s in sets} & {"_stage", "_hallucination"})
     if clash:
         raise ValueError(f"evaluate.sets: set name {clash[0]!r} is reserved")
     return sets
@@ -258,7 +258,7 @@ def _load_named_sets(params: Params, paths: Paths) -> list[LoadedSet]:
 
 # ------------------------------------------------------------------ several seeds
 CLAIM_METRICS = ("closed_accuracy", "closed_discrimination", "open_recall")
-# metrics/evaluate.json's "hallucination" block: lower is better (vital.vqa.hallucination)
+# metrics/evaluate.json's "_hallucination" block: lower is better (vital.vqa.hallucination)
 HALLUCINATION = ("claim_rate", "answer_rate")
 
 

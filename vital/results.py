@@ -117,7 +117,7 @@ def _over(d: dict | None) -> str:
 def vqa(m: dict, title: str, gains: tuple[str, ...], blind: set[str] = frozenset()) -> list[str]:
     lines = []
     for name, res in m.items():
-        if name.startswith("_") or name == "hallucination" or not isinstance(res, dict):
+        if name.startswith("_") or not isinstance(res, dict):
             continue
         groups = [g for g in ("base_over_seeds", "top_over_seeds", "random_over_seeds") if res.get(g)]
         keys = ("closed_accuracy", "open_recall", "closed_discrimination")
@@ -182,7 +182,7 @@ def bakeoff(m: dict) -> list[str]:
 
 def hallucination(m: dict, blind: set[str] = frozenset()) -> list[str]:
     """metrics/evaluate.json's hallucination block: each model's descriptions of the held-out figures."""
-    h = m.get("hallucination")
+    h = m.get("_hallucination")
     if not isinstance(h, dict):
         return []
     groups = [g for g in ("top_over_seeds", "random_over_seeds") if h.get(g)]
@@ -196,7 +196,7 @@ def hallucination(m: dict, blind: set[str] = frozenset()) -> list[str]:
         )
     lines = [
         "Hallucination rate of each model's descriptions of the held-out VQA figures, every claim checked "
-        "against their hidden truth (`metrics/evaluate.json`, `hallucination`; lower is better):",
+        "against their hidden truth (`metrics/evaluate.json`, `_hallucination`; lower is better):",
         "",
         *_table(["models", "wrong claims / checked", "answers with a wrong claim"], rows),
         "",
