@@ -250,7 +250,8 @@ def _evaluate(
 
 def _load_named_sets(params: Params, paths: Paths) -> list[LoadedSet]:
     sets = load_sets(params.evaluate, paths.root)
-    clash = sorted({s.name for s in sets} & {"_stage", "_hallucination"})
+    # "hallucination": its predictions file would be the descriptions' (predictions/<model>/hallucination.jsonl)
+    clash = sorted({s.name for s in sets} & {"_stage", "_hallucination", "hallucination"})
     if clash:
         raise ValueError(f"evaluate.sets: set name {clash[0]!r} is reserved")
     return sets
