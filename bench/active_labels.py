@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from vital.active import ACTIVE_ORDERS, label_curve, summarise
+from vital.drops import Drops
 from vital.embed.store import load_embeddings
 from vital.params import load_params
 from vital.paths import Paths
@@ -43,6 +44,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--orders", nargs="+", default=list(ACTIVE_ORDERS), choices=ACTIVE_ORDERS)
     ap.add_argument("--human-weight", type=float, default=1.0)
+    ap.add_argument(
+        "--judge-input", choices=["none", "residual"], default=None, help="default: params.yaml's"
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results/active_labels.csv"))
     args = ap.parse_args()
 
@@ -51,8 +55,7 @@ def main() -> None:
     sp = load_params(args.root / "params.yaml").selector
     emb = load_embeddings(paths.embeddings)
     index = emb.index()
-    problems: dict[str, list[str]] = {}
-    by_split = read_pairs(paths.pairs, index, problems)
+    by_split = read_pairs(paths.pairs, index, Drops())
     judge = read_scores_of_judge(paths.judgments)
     rows = label_curve(
         embedding_features(emb),
@@ -65,6 +68,7 @@ def main() -> None:
         args.orders,
         args.seeds,
         args.human_weight,
+        args.judge_input or sp.judge_input,
     )
     held = [p for p in by_split.get("heldout", []) if p.source == "human"]
     judged = [p for p in held if p.winner in judge and p.loser in judge]
@@ -77,6 +81,7 @@ def main() -> None:
                 "heldout_human_pairs": len(held),
                 "judge_agreement_on_them": round(agreement(judge, judged), 4),
                 "human_weight": args.human_weight,
+                "judge_input": args.judge_input or sp.judge_input,
                 "seeds": args.seeds,
                 "summary": summary,
                 "wall_seconds": round(time.perf_counter() - start, 1),

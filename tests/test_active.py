@@ -80,3 +80,21 @@ def test_clinician_labels_revealed_in_rounds_pull_the_head_from_the_judge_to_the
         label_curve(x, ids, figs, no_held, judge, sp, sizes=[5])
     with pytest.raises(ValueError, match="orders"):
         label_curve(x, ids, figs, by_split, judge, sp, sizes=[5], orders=["best"])
+
+
+def test_the_residual_selector_on_a_judge_unrelated_to_clinicians_learns_them_from_labels():
+    x, ids, figs, by_split, judge = _world()
+    sp = SelectorParams(epochs=40, patience=40, hidden=16, dropout=0.0, lr=0.01)
+    rows = label_curve(
+        x, ids, figs, by_split, judge, sp, sizes=[25], orders=["random"], seeds=[0], human_weight=100.0,
+        judge_input="residual",
+    )  # fmt: skip
+    by = {r["labelled_figures"]: r["heldout_agreement"] for r in rows}
+    held = [p for p in by_split["heldout"] if p.source == "human"]
+    judge_alone = sum(judge[p.winner] > judge[p.loser] for p in held) / len(held)
+    assert by[0] < 0.6 and judge_alone < 0.6  # the judge (or near it): unrelated to the clinicians here
+    assert (
+        by[25] > by[0] + 0.2
+    )  # every training figure's clinician pairs: a head on top of the judge learns them
+    with pytest.raises(ValueError, match="judge_input='stacked'"):
+        label_curve(x, ids, figs, by_split, judge, sp, sizes=[5], judge_input="stacked")

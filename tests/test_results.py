@@ -129,3 +129,52 @@ def test_a_bare_figure_is_flagged_and_an_annotated_or_historical_one_is_not():
     assert bare_figures(old) == [(7, "0.766")]
     assert bare_figures("## Measured (historical)\n\nIt agreed 0.741.\n") == [(3, "0.741")]  # no date/command
     assert bare_figures("Version 0.46.1, `lr: 0.001`, 2e-5, 1.5 and arXiv 2410.09335.\n") == []
+
+
+def test_a_metric_the_positive_control_found_blind_makes_no_selection_claim():
+    from vital.results import NO_POWER, control, downstream, powerless
+
+    ctl = {
+        "seeds": [0, 1, 2],
+        "figures": 480,
+        "demo": {
+            "per_seed": {
+                "truth": {
+                    str(s): {"closed_accuracy": 0.5, "hallucination_claim_rate": 0.1} for s in range(3)
+                },
+                "flawed": {
+                    str(s): {"closed_accuracy": 0.5, "hallucination_claim_rate": 0.3} for s in range(3)
+                },
+            },
+            "truth_minus_flawed": {
+                "closed_accuracy": {"mean": 0.0, "ci95": [-0.1, 0.1], "has_power": False},
+                "hallucination_claim_rate": {"mean": -0.2, "ci95": [-0.25, -0.15], "has_power": True},
+            },
+            "no_power": ["closed_accuracy"],
+        },
+    }
+    blind = powerless(ctl)
+    assert blind == {"closed_accuracy"}
+    table = "\n".join(control(ctl))
+    assert "| closed_accuracy | 0.500, 0.500, 0.500 | 0.500, 0.500, 0.500 | +0.000 |" in table
+    assert "no power on the demo" in table and "**has power**" in table
+    # a downstream gain whose interval excludes 0 is a finding, unless its metric has no power
+    gain = {"mean": 0.1, "std": 0.01, "n": 3}
+    over = {
+        "closed_accuracy": {"mean": 0.6, "std": 0.01},
+        "hallucination_claim_rate": {"mean": 0.1, "std": 0.01},
+    }
+    m = {
+        "keep": 40,
+        "seeds": [0, 1, 2],
+        "demo": {
+            "judge": {
+                "over_seeds": over,
+                "minus_random": {"closed_accuracy": gain, "hallucination_claim_rate": {**gain, "mean": -0.1}},
+            }
+        },
+    }
+    rows = [line for line in downstream(m, blind) if line.startswith("| judge")]
+    assert rows[0].startswith("| judge | closed_accuracy") and rows[0].endswith(f"| {NO_POWER} |")
+    assert rows[1].startswith("| judge | hallucination_claim_rate") and "**finding: lower**" in rows[1]
+    assert "**finding: higher**" in downstream(m, set())[4]  # without the control, the same gain is a finding

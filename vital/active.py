@@ -8,7 +8,9 @@ shuffle, the baseline), and the orders ``vital annotate --order`` serves (``unce
 get them from that selector's ``artifacts/scores.jsonl``.
 
 Early stopping uses the validation figures' judge pairs only, so no clinician label reaches a head except
-through the revealed training figures.
+through the revealed training figures; the residual rater (``judge_input="residual"``) validates on the
+validation figures' clinician pairs as well (on the judge's own pairs the judge alone can never be beaten),
+so its curve starts from those figures' labels too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from vital.schema import Pair
 from vital.selector.data import to_pairset
 from vital.selector.evidence import agreement
 from vital.selector.model import FrozenFeatureRater, RatingHead
+from vital.selector.stacking import JudgeResidualRater, judge_tensor, train_on_judge
 from vital.selector.train import rate_all, train_rater
 
 ACTIVE_ORDERS = ("random", "uncertain", "disagree")
@@ -61,13 +64,16 @@ def label_curve(
     orders: Sequence[str] = ACTIVE_ORDERS,
     seeds: Sequence[int] = (0, 1, 2),
     human_weight: float = 10.0,
+    judge_input: str = "none",
 ) -> list[dict[str, Any]]:
     """One row per (order, seed, labelled figures): held-out clinician agreement of a head trained on the
     judge's training pairs plus the clinician pairs of the first ``n`` revealed figures.
 
     ``x`` holds the head's features of ``candidate_ids`` (``figure_of`` their figures); ``by_split`` the
     pairs stage's pairs by split. A seed sets the head's initialisation and batch order and the random
-    order's shuffle; sizes beyond the pool are cut to it.
+    order's shuffle; sizes beyond the pool are cut to it. ``judge_input="residual"`` trains the select
+    stage's residual rater (``a * judge + head``, kept as the judge unless validation says otherwise) instead
+    of a head on features alone.
     """
     bad = [o for o in orders if o not in ACTIVE_ORDERS]
     if bad:
@@ -83,7 +89,9 @@ def label_curve(
         if p.source == "human":
             human[p.pair_id].append(p)
     pool = sorted(human)
-    val = [p for p in by_split.get("val", []) if p.source == "model"]
+    # A residual rater keeps the judge unless an epoch beats it on validation, and on the judge's own pairs
+    # nothing can: it validates on the validation figures' clinician pairs too, as the select stage does.
+    val = [p for p in by_split.get("val", []) if p.source == "model" or judge_input == "residual"]
     held = [p for p in by_split.get("heldout", []) if p.source == "human"]
     if not judge_pairs or not pool or not held:
         raise RecordError(
@@ -91,13 +99,21 @@ def label_curve(
             f"figures ({len(pool)}) and held-out clinician pairs ({len(held)})"
         )
     counts = sorted({min(n, len(pool)) for n in sizes} | {0})
+    if judge_input not in ("none", "residual"):
+        raise ValueError(f"judge_input={judge_input!r}: expected none or residual")
+    on_judge = (
+        judge_tensor(list(candidate_ids), dict(judge), "judge scores") if judge_input == "residual" else None
+    )
 
     def fit(revealed: Sequence[str], seed: int) -> dict[str, float]:
         s = sp.model_copy(update={"seed": seed, "human_weight": human_weight, "finetune_backbone": "none"})
         pairs = judge_pairs + [p for f in revealed for p in human[f]]
         torch.manual_seed(seed)
         rater = FrozenFeatureRater(RatingHead(x.shape[1], s.hidden, s.dropout), x)
-        res = train_rater(
+        trainer = train_rater
+        if judge_input == "residual":
+            rater, trainer = JudgeResidualRater(rater, on_judge), train_on_judge
+        res = trainer(
             rater,
             to_pairset(pairs, index, human_weight),
             to_pairset(val, index, human_weight),

@@ -213,7 +213,7 @@ def stage_spec(stage: Stage, params: Params, root: Path = Path(".")) -> dict:
     """The stage's whole entry in its dvc.yaml, generated from its row in the stage table."""
     body: dict = {}
     if stage.matrix:
-        body["matrix"] = dict(stage.matrix)
+        body["matrix"] = {k: v if isinstance(v, str) else list(v) for k, v in stage.matrix}
     depth = len(Path(stage.pipeline).parent.parts)
     if depth:
         body["wdir"] = "/".join([".."] * depth)  # paths and commands are relative to the repository root

@@ -23,9 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from vital.backends import Backend
 from vital.io import write_jsonl
 from vital.params import EvaluateParams, Params
 from vital.paths import Paths, is_local, repo_relative
+from vital.registry import choose
 from vital.vqa.items import LoadedSet, VQAItem
 from vital.vqa.loaders import read_sets, set_files
 from vital.vqa.metrics import closed_baselines, score_item, summarize
@@ -39,7 +41,22 @@ RESERVED = (
     "top_minus_random",
     "top_minus_base",
     "random_minus_base",
+    "_hallucination",
 )
+
+
+def no_hallucination(
+    params: Params, paths: Paths, answerer, name: str = "", rows_path: Path | None = None
+) -> None:
+    """``evaluate.hallucination: none``: no figure's findings are known, so no description is checked."""
+    return None
+
+
+# evaluate.hallucination: who checks the claims of a model's figure descriptions (vital.registry)
+HALLUCINATION_BACKENDS: dict[str, Backend] = {
+    "world": Backend("vital.vqa.hallucination:world_hallucination", reads=("data/vqa/demo",)),
+    "none": Backend("vital.evaluate:no_hallucination"),
+}
 
 
 class Answerer(Protocol):
@@ -102,8 +119,10 @@ def evaluate_models(
     device: str = "auto",
     dtype: str = "auto",
     answerer: AnswererFactory | None = None,
+    describe: Callable[[Answerer, str], dict | None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Answer and score every set with every model: ``{set: {model: summary, "chance", "data"}}``.
+    """Answer and score every set with every model: ``{set: {model: summary, "chance", "data"}}``; with
+    ``describe`` (model, name) -> hallucination rates, also ``{"_hallucination": {model: rates}}`` (not a set: readers skip ``_`` keys).
 
     Models are loaded one at a time and released before the next, so a 13B tuned model and its
     base never share the accelerator.
@@ -125,6 +144,9 @@ def evaluate_models(
                     _prediction_rows(s.items, preds, str(model.model_id)),
                 )
             results[s.name][name] = summarize(s.items, preds)
+        rates = describe(model, name) if describe is not None else None
+        if rates is not None:
+            results.setdefault("_hallucination", {})[name] = rates
         del model
         _release_memory()
     return results
@@ -147,9 +169,19 @@ def run(params: Params, paths: Paths, answerer: AnswererFactory | None = None) -
     specs = {**ev.models, **tuned_models(params)}
     models = {name: resolve_model(name, spec, paths.root) for name, spec in specs.items()}
     sets = _load_named_sets(params, paths)
-    results: dict[str, Any] = _evaluate(models, sets, paths.predictions, ev, answerer)
+
+    hallucination = choose(HALLUCINATION_BACKENDS, ev.hallucination, "evaluate.hallucination").load()
+
+    def describe(model: Answerer, name: str) -> dict | None:
+        return hallucination(params, paths, model, name, paths.predictions / name / "hallucination.jsonl")
+
+    results: dict[str, Any] = _evaluate(models, sets, paths.predictions, ev, answerer, describe)
     for set_name in [s.name for s in sets]:
         results[set_name].update(compare_subsets(results[set_name], params.tune.subsets, params.tune.seeds))
+    if "_hallucination" in results:
+        results["_hallucination"].update(
+            compare_subsets(results["_hallucination"], params.tune.subsets, params.tune.seeds, HALLUCINATION)
+        )
     results["_stage"] = {
         "models": {k: str(v) for k, v in specs.items()},
         "sets": {s.name: {"format": s.format, "path": str(s.path)} for s in sets},
@@ -194,6 +226,7 @@ def _evaluate(
     predictions_dir: Path,
     ev: EvaluateParams,
     answerer: AnswererFactory | None,
+    describe: Callable[[Answerer, str], dict | None] | None = None,
 ) -> dict[str, Any]:
     return evaluate_models(
         models,
@@ -204,12 +237,14 @@ def _evaluate(
         device=ev.device,
         dtype=ev.dtype,
         answerer=answerer,
+        describe=describe,
     )
 
 
 def _load_named_sets(params: Params, paths: Paths) -> list[LoadedSet]:
     sets = load_sets(params.evaluate, paths.root)
-    clash = sorted({s.name for s in sets} & {"_stage"})
+    # "hallucination": its predictions file would be the descriptions' (predictions/<model>/hallucination.jsonl)
+    clash = sorted({s.name for s in sets} & {"_stage", "_hallucination", "hallucination"})
     if clash:
         raise ValueError(f"evaluate.sets: set name {clash[0]!r} is reserved")
     return sets
@@ -217,6 +252,8 @@ def _load_named_sets(params: Params, paths: Paths) -> list[LoadedSet]:
 
 # ------------------------------------------------------------------ several seeds
 CLAIM_METRICS = ("closed_accuracy", "closed_discrimination", "open_recall")
+# metrics/evaluate.json's "_hallucination" block: lower is better (vital.vqa.hallucination)
+HALLUCINATION = ("claim_rate", "answer_rate")
 
 
 def tuned_models(params: Params) -> dict[str, str]:
@@ -235,7 +272,12 @@ def finetuned_models(params: Params) -> dict[str, str]:
 GAINS = (("top", "random"), ("top", "base"), ("random", "base"))
 
 
-def compare_subsets(per_model: Mapping[str, Any], subsets: Sequence[str], seeds: Sequence[int]) -> dict:
+def compare_subsets(
+    per_model: Mapping[str, Any],
+    subsets: Sequence[str],
+    seeds: Sequence[int],
+    metrics: Sequence[str] = CLAIM_METRICS,
+) -> dict:
     """Mean and spread over seeds per subset, and the per-seed gains (``top`` over ``random``; over
     ``base`` where the base was run once per seed too, as the finetune control is)."""
     runs = {
@@ -243,7 +285,7 @@ def compare_subsets(per_model: Mapping[str, Any], subsets: Sequence[str], seeds:
         for subset in subsets
     }
     out: dict[str, Any] = {
-        f"{subset}_over_seeds": {k: v for k, v in summarize_seeds(r).items() if k in CLAIM_METRICS}
+        f"{subset}_over_seeds": {k: v for k, v in summarize_seeds(r).items() if k in metrics}
         for subset, r in runs.items()
         if r
     }
@@ -251,8 +293,8 @@ def compare_subsets(per_model: Mapping[str, Any], subsets: Sequence[str], seeds:
         if runs.get(a) and runs.get(b):
             out[f"{a}_minus_{b}"] = {
                 key: seed_difference(runs[a], runs[b], key)
-                for key in CLAIM_METRICS
-                if any(key in r for r in runs[a].values())
+                for key in metrics
+                if any(_is_number(r.get(key)) for r in runs[a].values())
             }
     return out
 

@@ -561,6 +561,17 @@ class BakeoffParams(Section):
     downstream_keep: int = Field(
         40, gt=0, le=100, description="bakeoff/dvc.yaml tunes on this size (one of keep)"
     )
+    control: Literal["world", "none"] = Field(
+        "world",
+        description="positive control (bakeoff/dvc.yaml): world writes truth and flawed conversations from the demo "
+        "world's hidden truth | none (no hidden truth: control_data stops naming this parameter)",
+    )
+    control_figures: int = Field(
+        480,
+        ge=1,
+        description="positive control (bakeoff/dvc.yaml): sampled figures with truth-written and flawed "
+        "conversations, each tuned over seeds (480: the size of the demo's top 40%)",
+    )
     downstream_methods: list[BakeoffMethod] = Field(
         default_factory=lambda: ["random", "length", "clip", "judge", "selector", "ifd"],
         description="methods tuned downstream (bakeoff/dvc.yaml), each over seeds",
@@ -700,6 +711,12 @@ class EvaluateParams(Section):
         description="extra models (name -> local dir or hub id); every tune.subsets x tune.seeds model is added",
     )
     max_new_tokens: int = Field(16, ge=1)
+    hallucination: Literal["world", "none"] = Field(
+        "world",
+        description="world: also ask each model to describe the demo world's held-out VQA figures and check "
+        "every claim against their hidden truth (vital/vqa/hallucination.py) | none (no hidden truth)",
+    )
+    describe_max_new_tokens: int = Field(48, ge=1, description="hallucination: tokens per description")
     batch_size: int = Field(32, ge=1)
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU")

@@ -86,7 +86,7 @@ class Stage:
     headline: str = ""  # "module:function": the record's detail -> headline numbers (metrics/<name>.json)
     item: str = ""  # matrix/foreach: the item's name, a format string over the options ("{subset}-s{seed}")
     plots: tuple[Plot, ...] = ()
-    matrix: tuple[tuple[str, str], ...] = ()
+    matrix: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # (key, "${param}" or the values)
     foreach: str = ""
     comment: str = ""
     launcher: str = ""  # dotted param naming the command that runs the script in dvc.yaml's cmd ("" = python)
@@ -327,12 +327,54 @@ STAGES: dict[str, Stage] = {
             "vital.bakeoff.downstream:evaluate_stage",
             "bakeoff_evaluate",
             param_reads=("vital.evaluate:eval_files", "vital.bakeoff.downstream:downstream_models"),
+            backends=(("evaluate.hallucination", "vital.evaluate:HALLUCINATION_BACKENDS"),),
             doc="VQA of every bakeoff-tuned model, over seeds and minus random",
             params=("bakeoff.downstream_methods", "bakeoff.seeds", "evaluate"),
             headline="vital.bakeoff.downstream:headline",
             plots=(
                 Plot("metrics/plots/bakeoff_downstream.csv", "method", "closed_accuracy", "bar_horizontal"),
             ),
+            pipeline="bakeoff/dvc.yaml",
+        ),
+        Stage(
+            "control_data",
+            "vital.bakeoff.control:data_stage",
+            "control_data",
+            reads=("artifacts/sample.jsonl",),
+            backends=(("bakeoff.control", "vital.bakeoff.control:CONTROL_WRITERS"),),
+            doc="positive control: the same sampled figures with truth-written and with flawed conversations",
+            params=("bakeoff.control", "bakeoff.control_figures", "bakeoff.seeds"),
+            outs=("artifacts/control",),
+            pipeline="bakeoff/dvc.yaml",
+        ),
+        Stage(
+            "control_tune",
+            "vital.bakeoff.control:tune_stage",
+            "control_tune",
+            reads=("artifacts/control",),
+            param_reads=("vital.tune:base_model", _IMAGES),
+            options=(
+                Option("arm", str, "truth or flawed", required=True),
+                Option("seed", int, "tune seed", required=True),
+            ),
+            doc="tune the base on one positive-control arm, one seed (the tune section's budget)",
+            args="--arm ${item.arm} --seed ${item.seed}",
+            matrix=(("arm", ("truth", "flawed")), ("seed", "${bakeoff.seeds}")),
+            params=("tune",),
+            outs=("models/control/${item.arm}-s${item.seed}",),
+            item="{arm}-s{seed}",
+            plots=(Plot("metrics/plots/control_tune/${item.arm}-s${item.seed}.csv", "step", "loss"),),
+            pipeline="bakeoff/dvc.yaml",
+        ),
+        Stage(
+            "control_evaluate",
+            "vital.bakeoff.control:evaluate_stage",
+            "control_evaluate",
+            param_reads=("vital.evaluate:eval_files", "vital.bakeoff.control:control_models"),
+            backends=(("evaluate.hallucination", "vital.evaluate:HALLUCINATION_BACKENDS"),),
+            doc="positive control: truth - flawed per downstream metric over seeds, with its 95% t-interval",
+            params=("bakeoff.seeds", "bakeoff.control_figures", "evaluate", "world"),
+            headline="vital.bakeoff.control:headline",
             pipeline="bakeoff/dvc.yaml",
         ),
         Stage(
@@ -401,6 +443,7 @@ STAGES: dict[str, Stage] = {
             reads=("models/tuned",),
             param_reads=("vital.evaluate:eval_files", "vital.evaluate:extra_models"),
             headline="vital.evaluate:headline",
+            backends=(("evaluate.hallucination", "vital.evaluate:HALLUCINATION_BACKENDS"),),
             doc="zero-shot VQA of every tuned model and the base",
             params=("evaluate", "tune.subsets", "tune.seeds"),
             outs=("artifacts/predictions",),

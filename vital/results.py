@@ -2,7 +2,8 @@
 
 `vital report --results` rewrites both; a test renders them again from the committed metrics and fails on any
 difference, so a figure in the docs is always one a metrics file holds. A difference between two methods is
-called a finding only when its 95% interval over seeds (or figures) excludes 0.
+called a finding only when its 95% interval over seeds (or figures) excludes 0, and a downstream metric makes
+no selection claim when the positive control (``metrics/detail/control_evaluate.json``) found it without power.
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ def verdict(ci) -> str:
     if hi < 0:
         return "**finding: lower**"
     return "no finding (interval includes 0)"
+
+
+NO_POWER = "no claim: no power on the demo (positive control)"
+
+
+def powerless(control: dict) -> set[str]:
+    """Downstream metrics the positive control (metrics/detail/control_evaluate.json) found blind: truth - flawed has an
+    interval that does not exclude 0 the right way. No selection claim is made with them."""
+    return {m for b in control.values() if isinstance(b, dict) for m in b.get("no_power") or []}
+
+
+def claim_verdict(ci, metric: str, blind: set[str]) -> str:
+    return NO_POWER if metric in blind else verdict(ci)
 
 
 def _ci(ci) -> str:
@@ -100,7 +114,7 @@ def _over(d: dict | None) -> str:
     return f"{_f(d.get('mean'))} ± {_f(d.get('std'))}" if isinstance(d, dict) else "-"
 
 
-def vqa(m: dict, title: str, gains: tuple[str, ...]) -> list[str]:
+def vqa(m: dict, title: str, gains: tuple[str, ...], blind: set[str] = frozenset()) -> list[str]:
     lines = []
     for name, res in m.items():
         if name.startswith("_") or not isinstance(res, dict):
@@ -123,7 +137,7 @@ def vqa(m: dict, title: str, gains: tuple[str, ...]) -> list[str]:
                         _s(d.get("mean")),
                         _ci(ci),
                         f"{d.get('wins')}/{d.get('n')}",
-                        verdict(ci),
+                        claim_verdict(ci, k, blind),
                     ]
                 )
         if grows:
@@ -166,7 +180,72 @@ def bakeoff(m: dict) -> list[str]:
     ]
 
 
-def downstream(m: dict) -> list[str]:
+def hallucination(m: dict, blind: set[str] = frozenset()) -> list[str]:
+    """metrics/detail/evaluate.json's hallucination block: each model's descriptions of the held-out figures."""
+    h = m.get("_hallucination")
+    if not isinstance(h, dict):
+        return []
+    groups = [g for g in ("top_over_seeds", "random_over_seeds") if h.get(g)]
+    rows = [
+        [g.replace("_over_seeds", ""), *(_over(h[g].get(k)) for k in ("claim_rate", "answer_rate"))]
+        for g in groups
+    ]
+    if isinstance(h.get("base"), dict):
+        rows.insert(
+            0, ["base (one model)", _f(h["base"].get("claim_rate")), _f(h["base"].get("answer_rate"))]
+        )
+    lines = [
+        "Hallucination rate of each model's descriptions of the held-out VQA figures, every claim checked "
+        "against their hidden truth (`metrics/detail/evaluate.json`, `_hallucination`; lower is better):",
+        "",
+        *_table(["models", "wrong claims / checked", "answers with a wrong claim"], rows),
+        "",
+    ]
+    d = (h.get("top_minus_random") or {}).get("claim_rate")
+    if isinstance(d, dict):
+        ci = t_interval(d)
+        lines += [
+            f"- top − random, wrong-claim rate: {_s(d.get('mean'))}, 95% t-interval {_ci(ci)} "
+            f"({d.get('wins')}/{d.get('n')} seeds higher): {claim_verdict(ci, 'hallucination_claim_rate', blind)}",
+            "",
+        ]
+    return lines
+
+
+def control(m: dict) -> list[str]:
+    """metrics/detail/control_evaluate.json: the positive control of every downstream metric."""
+    lines = []
+    for name, block in m.items():
+        if not isinstance(block, dict) or "truth_minus_flawed" not in block:
+            continue
+        per = block.get("per_seed") or {}
+        rows = []
+        for metric, d in block["truth_minus_flawed"].items():
+            arms = [[r.get(metric) for r in (per.get(a) or {}).values()] for a in ("truth", "flawed")]
+            rows.append(
+                [
+                    metric,
+                    *(", ".join(_f(v) for v in vals) for vals in arms),
+                    _s(d.get("mean")),
+                    _ci(d.get("ci95")),
+                    "**has power**" if d.get("has_power") else "no power on the demo",
+                ]
+            )
+        lines += [
+            f"**{name}**: the base tuned on {m.get('figures')} figures with conversations written from the hidden "
+            f"truth or with one wrong finding each, tune's budget, seeds {m.get('seeds')} "
+            "(`metrics/detail/control_evaluate.json`, `make bakeoff`). A metric without power makes no selection claim here:",
+            "",
+            *_table(
+                ["metric", "truth arm (per seed)", "flawed arm", "truth − flawed", "95% t-interval", "power"],
+                rows,
+            ),
+            "",
+        ]
+    return lines
+
+
+def downstream(m: dict, blind: set[str] = frozenset()) -> list[str]:
     lines = []
     for name, row in m.items():
         if not isinstance(row, dict) or name in ("keep", "seeds"):
@@ -174,10 +253,19 @@ def downstream(m: dict) -> list[str]:
         rows = []
         for method, e in row.items():
             o, g = e.get("over_seeds") or {}, e.get("minus_random") or {}
-            for k in ("closed_accuracy", "open_recall"):
+            for k in ("closed_accuracy", "open_recall", "hallucination_claim_rate"):
+                if k not in o:
+                    continue
                 ci = t_interval(g.get(k) or {})
                 rows.append(
-                    [method, k, _over(o.get(k)), _s((g.get(k) or {}).get("mean")), _ci(ci), verdict(ci)]
+                    [
+                        method,
+                        k,
+                        _over(o.get(k)),
+                        _s((g.get(k) or {}).get("mean")),
+                        _ci(ci),
+                        claim_verdict(ci, k, blind),
+                    ]
                 )
         lines += [
             f"**{name}**, {m.get('keep')}% subsets, zero-shot, over seeds {m.get('seeds')} "
@@ -335,6 +423,7 @@ def findings(paths: Paths) -> dict[str, tuple[float | None, list | None, str]]:
 def render(paths: Paths) -> str:
     """The whole of docs/results.md."""
     p = StageMetrics(paths.root).detail
+    blind = powerless(p("control_evaluate"))
     parts = [
         "# Results of the committed run",
         "",
@@ -355,16 +444,20 @@ def render(paths: Paths) -> str:
         *label_value(paths.plots / "label_value.csv"),
         "## VQA, zero-shot (`make demo`)",
         "",
-        *vqa(p("evaluate"), "zero-shot", ("top_minus_random",)),
+        *vqa(p("evaluate"), "zero-shot", ("top_minus_random",), blind),
+        *hallucination(p("evaluate"), blind),
         "## Open answers (chat_eval)",
         "",
         *chat(p("chat_eval")),
         "## VQA after LLaVA-Med's fine-tuning protocol (`make vqa-finetune`)",
         "",
-        *vqa(p("evaluate_finetuned"), "fine-tuned", ("top_minus_random", "top_minus_base")),
+        *vqa(p("evaluate_finetuned"), "fine-tuned", ("top_minus_random", "top_minus_base"), blind),
+        "## Positive control of the downstream instrument (`make bakeoff`)",
+        "",
+        *control(p("control_evaluate")),
         "## Downstream bake-off (`make bakeoff`)",
         "",
-        *downstream(p("bakeoff_evaluate")),
+        *downstream(p("bakeoff_evaluate"), blind),
     ]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(parts)).rstrip() + "\n"
 
@@ -373,7 +466,8 @@ def readme_block(paths: Paths) -> str:
     """The README's short version: the selection and zero-shot headline, pointing at docs/results.md."""
     p = StageMetrics(paths.root).detail
     lines = [BEGIN, "", *selection(p("select"))]
-    lines += vqa(p("evaluate"), "zero-shot", ("top_minus_random",))
+    blind = powerless(p("control_evaluate"))
+    lines += vqa(p("evaluate"), "zero-shot", ("top_minus_random",), blind)
     lines += [
         "Everything else (the bake-off, chat_eval, fine-tuned VQA, downstream bake-off): "
         "[docs/results.md](docs/results.md).",

@@ -4,8 +4,9 @@
 ``artifacts/bakeoff/<method>-<downstream_keep>.json`` (random: the seed's own random subset) with the tune
 section's budget and that seed, into ``models/bakeoff/<method>-s<seed>``. ``bakeoff_evaluate`` asks every
 such model the ``evaluate.sets`` questions zero-shot and reports closed-set accuracy (corrected and
-LLaVA-Med's legacy figure), open-set recall, and the yes/no likelihood accuracy (NOT LLaVA-Med's metric,
-:func:`vital.llava.inference.likelihood_closed_accuracy`), each over seeds and minus random.
+LLaVA-Med's legacy figure), open-set recall, the yes/no likelihood accuracy (NOT LLaVA-Med's metric,
+:func:`vital.llava.inference.likelihood_closed_accuracy`) and, on the demo world, the hallucination rate of
+its descriptions of the held-out figures (``evaluate.hallucination``), each over seeds and minus random.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ from typing import Any
 
 from vital.bakeoff.methods import METHODS
 from vital.bakeoff.stage import subset_name
-from vital.evaluate import _load_named_sets, seed_difference, summarize_seeds
+from vital.evaluate import HALLUCINATION_BACKENDS, _load_named_sets, seed_difference, summarize_seeds
 from vital.io import write_csv
 from vital.params import Params
 from vital.paths import Paths
+from vital.registry import choose
 from vital.vqa.metrics import summarize
 
-MEASURES = ("closed_accuracy", "closed_accuracy_legacy", "open_recall", "yes_no_likelihood_accuracy")
+MEASURES = (
+    "closed_accuracy",
+    "closed_accuracy_legacy",
+    "open_recall",
+    "yes_no_likelihood_accuracy",
+    "hallucination_claim_rate",  # lower is better (evaluate.hallucination; vital/vqa/hallucination.py)
+)
 
 
 def subset_file(p: Params, paths: Paths, method: str, seed: int) -> Path:
@@ -72,15 +80,17 @@ def tune_stage(p: Params, paths: Paths, method: str, seed: int) -> dict[str, Any
 
 
 def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
-    """``metrics/bakeoff_downstream.json`` and ``metrics/plots/bakeoff_downstream.csv``."""
+    """The record (evidence ``metrics/detail/bakeoff_evaluate.json``) and ``metrics/plots/bakeoff_downstream.csv``."""
     from vital.llava.inference import LlavaAnswerer, likelihood_closed_accuracy
 
     bp, ev = p.bakeoff, p.evaluate
     sets = _load_named_sets(p, paths)
+    hallucination = choose(HALLUCINATION_BACKENDS, ev.hallucination, "evaluate.hallucination").load()
     per: dict[str, dict[str, dict[int, dict[str, Any]]]] = {s.name: {} for s in sets}
     for method in bp.downstream_methods:
         for seed in bp.seeds:
             model = LlavaAnswerer(model_dir(paths, method, seed), device=ev.device, dtype=ev.dtype)
+            rates = hallucination(p, paths, model, f"{method}-s{seed}")
             for s in sets:
                 preds = model.answer(s.items, ev.batch_size, ev.max_new_tokens, f"{method}-s{seed}/{s.name}")
                 summary = {
@@ -88,6 +98,8 @@ def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
                 }
                 lik = likelihood_closed_accuracy(s.items, model.yes_no_logprobs(s.items, ev.batch_size))
                 summary["yes_no_likelihood_accuracy"] = lik["accuracy"]
+                if rates is not None:
+                    summary["hallucination_claim_rate"] = rates["claim_rate"]
                 per[s.name].setdefault(method, {})[seed] = summary
             del model
     out: dict[str, Any] = {

@@ -11,9 +11,11 @@ so that count is reported beside the rates, never folded into them).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from vital.demo.claims import FINDING_KEYS, check_claims, extract_claims
-from vital.io import RecordError
+from vital.io import RecordError, write_jsonl
+from vital.vqa.items import VQAItem
 
 
 def hallucination_rate(answers: Iterable[tuple[str, str]], truth: dict[str, dict], source: str = "") -> dict:
@@ -47,3 +49,66 @@ def hallucination_rate(answers: Iterable[tuple[str, str]], truth: dict[str, dict
         "answer_rate": round(wrong_answers / with_claims, 4) if with_claims else None,
         "wrong_share_by_finding": {k: round(w / c, 4) if c else None for k, (w, c) in by_finding.items()},
     }
+
+
+# One of the demo conversations' own "describe" questions (vital.world.conversation), so the tuned model is
+# asked in words its instruction data used: the free-text answer whose claims are checked.
+DESCRIBE_PROMPT = "Describe the image in detail."
+
+
+def describe_items(truth: dict[str, dict], images: Path, prompt: str = DESCRIBE_PROMPT) -> list[VQAItem]:
+    """One open-ended question per figure of ``truth`` (each record has its ``image``, relative to
+    ``images``): what :func:`hallucination_of` asks."""
+    return [
+        VQAItem(
+            question_id=f"{pair_id}_describe",
+            image_path=Path(images) / findings["image"],
+            question=prompt,
+            answer="",
+            answer_type="OPEN",
+            domain=findings.get("domain"),
+            extra={"pair_id": pair_id},
+        )
+        for pair_id, findings in sorted(truth.items())
+    ]
+
+
+def hallucination_of(
+    answerer, truth: dict[str, dict], images: Path, batch_size: int, max_new_tokens: int, desc: str = ""
+) -> tuple[dict, list[dict]]:
+    """Ask ``answerer`` (``vital.llava.inference.LlavaAnswerer`` or alike) to describe every figure of
+    ``truth`` and rate its answers: (:func:`hallucination_rate`, one row per answer with its claims)."""
+    items = describe_items(truth, images)
+    texts = answerer.answer(items, batch_size, max_new_tokens, desc or "describe")
+    pairs = [(item.extra["pair_id"], text) for item, text in zip(items, texts, strict=True)]
+    rows = [{"pair_id": pid, "text": text, "claims": extract_claims(text)} for pid, text in pairs]
+    return hallucination_rate(pairs, truth, source=desc), rows
+
+
+def world_hallucination(
+    params, paths, answerer, name: str = "", rows_path: Path | None = None
+) -> dict | None:
+    """:func:`hallucination_of` on the demo world's held-out VQA test figures (their truth replayed from
+    ``params.world``, :func:`vital.world.vqa_truth`), when ``evaluate.hallucination`` is ``world``;
+    None when it is ``none`` (no hidden truth outside the demo). ``rows_path``: every description and its
+    claims, as JSONL."""
+    ev = params.evaluate
+    if ev.hallucination == "none":
+        return None
+    from vital.world import vqa_truth
+
+    truth = vqa_truth(params.world)
+    images = paths.vqa / "demo"
+    missing = [f["image"] for f in truth.values() if not (images / f["image"]).is_file()]
+    if missing:
+        raise RecordError(
+            f"evaluate.hallucination=world: {images / missing[0]} (and {len(missing) - 1} more of the world's "
+            f"{len(truth)} held-out VQA figures) not found: build the world with these world params "
+            "(`vital world`), or set evaluate.hallucination: none"
+        )
+    rates, rows = hallucination_of(
+        answerer, truth, images, ev.batch_size, ev.describe_max_new_tokens, f"{name}/describe"
+    )
+    if rows_path is not None:
+        write_jsonl(rows_path, rows)
+    return rates

@@ -33,7 +33,7 @@ from vital.world.findings import MODALITIES, STYLES, sample_truth
 from vital.world.render import render
 from vital.world.vqa import questions_for
 
-__all__ = ["DOMAINS", "MODALITIES", "STYLES", "build_world", "load_truth", "stable_seed"]
+__all__ = ["DOMAINS", "MODALITIES", "STYLES", "build_world", "load_truth", "stable_seed", "vqa_truth"]
 
 DEMOS_PER_DOMAIN = 4
 
@@ -102,6 +102,19 @@ def _corpus(out: Path, cfg: WorldParams) -> dict[str, int]:
         "captions_omitting_side": omitted,
         **{f"domain_{d}": domains.count(d) for d in DOMAINS},
     }
+
+
+def vqa_truth(cfg: WorldParams, split: str = "test") -> dict[str, dict]:
+    """vqa figure id -> hidden findings of a VQA split, replayed from the world's params (the world writes
+    no truth file for its VQA figures; the draws are those :func:`_vqa_split` made, without rendering)."""
+    stream = "vqa" if split == "test" else f"vqa_{split}"
+    n = cfg.vqa_figures if split == "test" else cfg.vqa_train_figures
+    truth: dict[str, dict] = {}
+    for i, domain in enumerate(_domains(n, rng_for(cfg.seed, stream))):
+        vid = f"{stream}_{i:05d}"
+        truth[vid] = sample_truth(vid, domain, rng_for(cfg.seed, stream, vid), cfg.lesion_rate)
+        truth[vid]["image"] = f"images/{domain}/{vid}.png"
+    return truth
 
 
 def _vqa_split(root: Path, cfg: WorldParams, split: str, n: int) -> list[dict]:

@@ -1,0 +1,79 @@
+"""The downstream instrument's positive control: truth-written vs flawed conversations, truth - flawed."""
+
+from __future__ import annotations
+
+import pytest
+
+from vital.bakeoff.control import data_stage, difference
+from vital.demo.claims import check_claims, extract_claims
+from vital.io import read_json, write_jsonl
+from vital.params import parse_params
+from vital.paths import Paths
+
+TRUTH = {
+    f"F{i}": {
+        "pair_id": f"F{i}",
+        "domain": d,
+        "modality": m,
+        "lesion": lesion,
+        "side": "left" if lesion and i % 2 else "right" if lesion else None,
+        "count": (1 + i % 3) if lesion else 0,
+        "size": "small" if i % 2 else "large" if lesion else None,
+        "image": f"images/{d}/F{i}.png",
+    }
+    for i, (d, m, lesion) in enumerate(
+        [("ct_scan", "ct", True), ("mri", "mri", True), ("histology", "histology", False)] * 8
+    )
+}
+
+
+def _claims(conv: list[dict], truth: dict) -> tuple[int, int]:
+    ok = checked = 0
+    for turn in conv:
+        if turn["from"] == "gpt":
+            a, b = check_claims(extract_claims(turn["value"]), truth)
+            ok, checked = ok + a, checked + b
+    return ok, checked
+
+
+def test_the_arms_differ_only_in_what_the_answers_assert(tmp_path):
+    paths = Paths(tmp_path)
+    write_jsonl(paths.truth, list(TRUTH.values()))
+    write_jsonl(paths.sample, [{"pair_id": k, "image": v["image"]} for k, v in TRUTH.items()])
+    p = parse_params({"bakeoff": {"control_figures": 20}})
+    assert data_stage(p, paths) == {"figures": 20, "conversations": {"truth": 20, "flawed": 20}}
+    truth_arm = read_json(tmp_path / "artifacts/control/truth.json")
+    flawed_arm = read_json(tmp_path / "artifacts/control/flawed.json")
+    assert (
+        [r["image"] for r in truth_arm]
+        == [r["image"] for r in flawed_arm]
+        == [TRUTH[f"F{i}"]["image"] for i in range(20)]
+    )
+    wrong_flawed = 0
+    for t, f in zip(truth_arm, flawed_arm, strict=True):
+        findings = TRUTH[t["id"].split("#")[0]]
+        ok, checked = _claims(t["conversations"], findings)
+        assert checked > 0 and ok == checked  # written from the truth: every claim holds
+        ok, checked = _claims(f["conversations"], findings)
+        wrong_flawed += ok < checked
+        assert len(t["conversations"]) == len(f["conversations"])  # the same rounds per figure
+        assert t["conversations"][0]["value"].startswith("<image>\n")
+    assert wrong_flawed >= 18  # one planted error per conversation, asked first (a rare one goes unchecked)
+    again = data_stage(p, paths)
+    assert again == {"figures": 20, "conversations": {"truth": 20, "flawed": 20}}
+    assert read_json(tmp_path / "artifacts/control/flawed.json") == flawed_arm  # deterministic
+
+
+def test_truth_minus_flawed_has_power_only_when_its_interval_excludes_zero_the_right_way():
+    sep = difference({0: 0.60, 1: 0.62, 2: 0.58}, {0: 0.50, 1: 0.52, 2: 0.49}, direction=1)
+    assert sep["mean"] == pytest.approx(0.0967, abs=1e-4) and sep["n"] == 3
+    # t(2) = 4.303: 0.0967 +- 4.303 * 0.00577 / sqrt(3)
+    assert sep["ci95"] == pytest.approx([0.0823, 0.1110], abs=1e-4) and sep["has_power"]
+    noisy = difference({0: 0.6, 1: 0.4, 2: 0.55}, {0: 0.5, 1: 0.5, 2: 0.5}, direction=1)
+    assert noisy["ci95"][0] < 0 < noisy["ci95"][1] and not noisy["has_power"]
+    # lower is better (a hallucination rate): power when the whole interval is below 0
+    assert difference({0: 0.10, 1: 0.12, 2: 0.11}, {0: 0.30, 1: 0.25, 2: 0.28}, direction=-1)["has_power"]
+    wrong_way = difference({0: 0.60, 1: 0.62, 2: 0.58}, {0: 0.50, 1: 0.52, 2: 0.49}, direction=-1)
+    assert not wrong_way["has_power"]  # separated, but the truth arm hallucinating more is no power
+    one = difference({0: 0.6}, {0: 0.5}, direction=1)
+    assert one["ci95"] is None and not one["has_power"]
