@@ -16,6 +16,11 @@ from filelock import FileLock
 
 from tests.tiny_pipeline import DONE, FAILED, LOG, build_in_background
 
+# Two workers and the background build share two cores: an OpenMP thread that spins while it waits takes CPU
+# from the others. Waiting passively changes no result (the same bytes, measured on select) and every stage
+# process the suite starts inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Files that take longest, longest first (from `--durations` of a whole run, 2026-12-05), so that the last
 # files handed out are short ones and neither worker idles at the end. Files whose tests use the tiny pipeline
 # go after all others: it is being built in the background meanwhile.

@@ -62,6 +62,7 @@ def _options(name: str, params) -> dict:
         "finetune": {"model": "models/tuned/top-s0", "name": "top-s0", "seed": 0},
         "finetune_base": {"model": params.tune.base, "name": "base", "seed": 0},
         "bakeoff_tune": {"method": (params.bakeoff.downstream_methods or ["random"])[0], "seed": 0},
+        "control_tune": {"arm": "truth", "seed": 0},
     }.get(name, {})
 
 
