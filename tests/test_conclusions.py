@@ -23,9 +23,10 @@ from pathlib import Path
 from test_bakeoff import BAD, GOOD, TRUTH, conv
 from test_selector import synthetic
 
+from vital import stats
 from vital.determinism import KERNEL_PINS
 from vital.embed.store import load_embeddings
-from vital.io import write_json, write_jsonl
+from vital.io import write_jsonl
 from vital.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,9 +82,10 @@ def world(root: Path) -> Paths:
         truth.append({"pair_id": pid, **TRUTH})
     write_jsonl(paths.candidates, cands)
     write_jsonl(paths.truth, truth)
-    write_json(paths.metric("labels"), {"labels": 180, "human_pairs": 900, "wall_s": 1.0})
-    for stage in ("embed", "judge", "pairs"):
-        write_json(paths.metric(stage), {"wall_s": 1.0})
+    # the upstream stages' evidence, whose costs the bakeoff reads (vital.stats's layout)
+    upstream = {"labels": {"labels": 180, "human_pairs": 900}, "embed": {}, "judge": {}, "pairs": {}}
+    for stage, detail in upstream.items():
+        stats.write(paths.root, stats.StageStats.from_record(stage, detail, wall_s=1.0))
     return paths
 
 

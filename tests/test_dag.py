@@ -93,18 +93,24 @@ def test_bakeoff_pipeline_file_is_generated_and_checked_like_the_root_one(tmp_pa
     from vital.pipeline import PIPELINES, in_pipeline
 
     assert PIPELINES == ("dvc.yaml", "bakeoff/dvc.yaml")
-    assert set(in_pipeline("bakeoff/dvc.yaml")) == {"bakeoff_tune", "bakeoff_evaluate"}
+    assert set(in_pipeline("bakeoff/dvc.yaml")) == {
+        "bakeoff_tune",
+        "bakeoff_evaluate",
+        "control_data",
+        "control_tune",
+        "control_evaluate",
+    }
     params = load_params(REPO / "params.yaml")
     assert dag.problems(REPO / "bakeoff/dvc.yaml", params, REPO) == []
     # the root file's check does not ask for the bakeoff's downstream stages, nor the reverse
     assert "bakeoff_tune" not in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert "models/bakeoff/judge-s0" in dag.stage_deps(STAGES["bakeoff_evaluate"], params, REPO).data
     doc = yaml.safe_load((REPO / "bakeoff/dvc.yaml").read_text())
-    doc["stages"]["bakeoff_tune"]["deps"].remove("vital/bakeoff")
+    doc["stages"]["bakeoff_tune"]["deps"].remove("vital/bakeoff/downstream.py")
     (tmp_path / "bakeoff").mkdir()
     (tmp_path / "bakeoff/dvc.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(
-        dag.DagError, match=r"bakeoff/dvc.yaml: stage .bakeoff_tune. runs or reads vital/bakeoff"
+        dag.DagError, match=r"bakeoff/dvc.yaml: stage .bakeoff_tune. runs or reads vital/bakeoff/downstream.py"
     ):
         dag.check_stage("bakeoff_tune", params, tmp_path)
     assert dag.problems(tmp_path / "bakeoff/dvc.yaml", params, tmp_path)[0].startswith("stage 'bakeoff_tune'")
