@@ -110,7 +110,8 @@ def test_bakeoff_pipeline_file_is_generated_and_checked_like_the_root_one(tmp_pa
     (tmp_path / "bakeoff").mkdir()
     (tmp_path / "bakeoff/dvc.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(
-        dag.DagError, match=r"bakeoff/dvc.yaml: stage .bakeoff_tune. runs or reads vital/bakeoff/downstream.py"
+        dag.DagError,
+        match=r"bakeoff/dvc.yaml: stage .bakeoff_tune. runs or reads vital/bakeoff/downstream.py",
     ):
         dag.check_stage("bakeoff_tune", params, tmp_path)
     assert dag.problems(tmp_path / "bakeoff/dvc.yaml", params, tmp_path)[0].startswith("stage 'bakeoff_tune'")
