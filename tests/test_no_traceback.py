@@ -10,8 +10,11 @@ The inputs of each stage are the data deps ``vital dag`` finds for the profile's
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -210,3 +213,23 @@ def test_every_command_ends_in_one_line(offline_repo, server, capsys, profile, a
     assert code in (0, 2), (code, err[-2000:])
     if code:
         assert len([line for line in err.splitlines() if line.strip()]) == 1, err[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("stage", "argv", "named"),
+    [
+        ("control_tune", ["--arm", "bogus", "--seed", "0"], "--arm 'bogus'"),
+        ("bakeoff_tune", ["--method", "bogus", "--seed", "0"], "--method 'bogus'"),
+    ],
+)
+def test_an_unknown_matrix_option_ends_in_one_line_naming_it(stage, argv, named, tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages" / f"{stage}.py"), *argv],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert named in out.stderr.strip().splitlines()[-1]

@@ -72,7 +72,7 @@ def tune_stage(p: Params, paths: Paths, arm: str, seed: int) -> dict[str, Any]:
     from vital.llava import tune
 
     if arm not in ARMS:
-        raise ValueError(f"--arm {arm!r}: expected one of {', '.join(ARMS)}")
+        raise ParamsError(f"control_tune --arm {arm!r}: expected one of {', '.join(ARMS)}")
     tp = p.tune.model_copy(update={"seed": seed})
     name = f"{arm}-s{seed}"
     return tune.run(

@@ -19,7 +19,7 @@ from vital.bakeoff.methods import METHODS
 from vital.bakeoff.stage import subset_name
 from vital.evaluate import HALLUCINATION_BACKENDS, _load_named_sets, seed_difference, summarize_seeds
 from vital.io import write_csv
-from vital.params import Params
+from vital.params import Params, ParamsError
 from vital.paths import Paths
 from vital.registry import choose
 from vital.vqa.metrics import summarize
@@ -65,7 +65,9 @@ def tune_stage(p: Params, paths: Paths, method: str, seed: int) -> dict[str, Any
     from vital.llava import tune
 
     if method not in p.bakeoff.downstream_methods:
-        raise ValueError(f"--method {method!r} is not one of bakeoff.downstream_methods")
+        raise ParamsError(
+            f"bakeoff_tune --method {method!r} is not one of bakeoff.downstream_methods {p.bakeoff.downstream_methods}"
+        )
     tp = p.tune.model_copy(update={"seed": seed})
     name = f"{method}-s{seed}"
     return tune.run(
