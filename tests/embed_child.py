@@ -16,4 +16,8 @@ torch.set_num_threads(1)
 root, batch_size, text_mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 m = run(EmbedParams(batch_size=batch_size, text_mode=text_mode), Paths(root), force=True)
 # the stage's record: rank 0's (with data_parallel) is the one run_stage writes as the evidence
-print(json.dumps({"rank_result_candidates": m["candidates"], "data_parallel": m.get("data_parallel")}))
+# one write of one line, flushed: both ranks share the pipe, and print's text and newline are two writes that
+# the other rank's line can land between
+line = json.dumps({"rank_result_candidates": m["candidates"], "data_parallel": m.get("data_parallel")}) + "\n"
+sys.stdout.write(line)
+sys.stdout.flush()

@@ -132,8 +132,10 @@ def test_human_weight_change_reruns_exactly_downstream(repo):
         out = sh(repo, "dvc", "repro")
         assert_reran_only_downstream_of_selector(ran_stages(out.stdout))
     finally:
-        sh(repo, "git", "checkout", "params.yaml")
+        # the baseline back: params, lock and the uncached metrics from git, the cached outputs from DVC
+        sh(repo, "git", "checkout", "--", ".")
         sh(repo, "dvc", "checkout", "-q")
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == set()
 
 
 def test_bad_param_fails_at_stage_start_naming_the_key(repo):

@@ -282,7 +282,6 @@ STAGES: dict[str, Stage] = {
             "bakeoff",
             reads=(
                 "artifacts/candidates.jsonl",
-                "artifacts/scores.jsonl",
                 "artifacts/scores_by_weight.jsonl",
                 "artifacts/judgments.jsonl",
                 "artifacts/embeddings",

@@ -69,10 +69,10 @@ def data_stage(p: Params, paths: Paths) -> dict[str, Any]:
 
 def tune_stage(p: Params, paths: Paths, arm: str, seed: int) -> dict[str, Any]:
     """``models/control/<arm>-s<seed>``: the base tuned on one arm with the tune section's budget."""
+    if arm not in ARMS:  # before the ML libraries load: a wrong option fails in a second
+        raise ParamsError(f"control_tune --arm {arm!r}: expected one of {', '.join(ARMS)}")
     from vital.llava import tune
 
-    if arm not in ARMS:
-        raise ParamsError(f"control_tune --arm {arm!r}: expected one of {', '.join(ARMS)}")
     tp = p.tune.model_copy(update={"seed": seed})
     name = f"{arm}-s{seed}"
     return tune.run(

@@ -62,12 +62,12 @@ def model_dir(paths: Paths, method: str, seed: int) -> Path:
 
 def tune_stage(p: Params, paths: Paths, method: str, seed: int) -> dict[str, Any]:
     """``models/bakeoff/<method>-s<seed>``: the base tuned on the method's subset, tune's budget."""
-    from vital.llava import tune
-
-    if method not in p.bakeoff.downstream_methods:
+    if method not in p.bakeoff.downstream_methods:  # before the ML libraries load
         raise ParamsError(
             f"bakeoff_tune --method {method!r} is not one of bakeoff.downstream_methods {p.bakeoff.downstream_methods}"
         )
+    from vital.llava import tune
+
     tp = p.tune.model_copy(update={"seed": seed})
     name = f"{method}-s{seed}"
     return tune.run(
