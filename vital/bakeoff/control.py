@@ -54,11 +54,28 @@ def model_dir(paths: Paths, arm: str, seed: int) -> Path:
     return paths.root / "models" / "control" / f"{arm}-s{seed}"
 
 
+def domain_balanced(records: list[dict], n: int) -> list[dict]:
+    """``n`` records taken from each domain in turn, in sample order within a domain. The sample lists its
+    figures domain by domain, so its first ``n`` would hold only the first domains (480 of the demo's:
+    chest X-rays and CTs alone), and a model tuned on them is asked about modalities it never saw."""
+    by_domain: dict[tuple, list[dict]] = {}
+    for rec in records:
+        key = tuple(sorted(k for k, on in (rec.get("domain") or {}).items() if on))
+        by_domain.setdefault(key, []).append(rec)
+    queues = [list(reversed(group)) for group in by_domain.values()]
+    picked: list[dict] = []
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    return picked
+
+
 def data_stage(p: Params, paths: Paths) -> dict[str, Any]:
-    """``artifacts/control/<arm>.json`` for both arms, on the first ``bakeoff.control_figures`` sampled
-    figures (the sample is already a seeded, domain-stratified draw)."""
+    """``artifacts/control/<arm>.json`` for both arms, on ``bakeoff.control_figures`` sampled figures drawn
+    from every domain in turn (:func:`domain_balanced`)."""
     write_arms = choose(CONTROL_WRITERS, p.bakeoff.control, "bakeoff.control").load()
-    records = list(read_jsonl(paths.sample))[: p.bakeoff.control_figures]
+    records = domain_balanced(list(read_jsonl(paths.sample)), p.bakeoff.control_figures)
     out = control_dir(paths)
     counts = {}
     for arm, convs in write_arms(records, paths, p.bakeoff.seeds[0]).items():
