@@ -56,6 +56,7 @@ def differences(per: dict[str, dict]) -> dict:
             direction,
         )
         for m, direction in CONTROL_METRICS.items()
+        if any(m in r for r in per["truth"].values())  # results from before a metric was added lack it
     }
 
 

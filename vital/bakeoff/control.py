@@ -26,8 +26,14 @@ from vital.registry import choose
 
 ARMS = ("truth", "flawed")
 
-# metric -> +1 when the truth arm should score higher, -1 when lower
-CONTROL_METRICS = {"closed_accuracy": 1, "open_recall": 1, "hallucination_claim_rate": -1}
+# metric -> +1 when the truth arm should score higher, -1 when lower; every downstream metric the bake-off
+# reports (vital.bakeoff.downstream), so none is read without its control
+CONTROL_METRICS = {
+    "closed_accuracy": 1,
+    "open_recall": 1,
+    "yes_no_likelihood_accuracy": 1,
+    "hallucination_claim_rate": -1,
+}
 # two-sided 95% Student t quantiles by degrees of freedom; the normal's beyond
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -104,10 +110,11 @@ def tune_stage(p: Params, paths: Paths, arm: str, seed: int) -> dict[str, Any]:
 
 
 def evaluate_model(p: Params, paths: Paths, model: str | Path, name: str) -> dict[str, Any]:
-    """Closed accuracy and open recall on every evaluate set, and the hallucination rate of its
-    descriptions of the world's held-out VQA figures: ``{set: {metric: value}}``."""
+    """Closed accuracy, open recall and the yes/no likelihood accuracy (the bake-off's, not LLaVA-Med's) on
+    every evaluate set, and the hallucination rate of its descriptions of the world's held-out VQA figures:
+    ``{set: {metric: value}}``."""
     from vital.evaluate import HALLUCINATION_BACKENDS, _load_named_sets
-    from vital.llava.inference import LlavaAnswerer
+    from vital.llava.inference import LlavaAnswerer, likelihood_closed_accuracy
     from vital.registry import choose
     from vital.vqa.metrics import summarize
 
@@ -119,6 +126,9 @@ def evaluate_model(p: Params, paths: Paths, model: str | Path, name: str) -> dic
             s.items, answerer.answer(s.items, ev.batch_size, ev.max_new_tokens, f"{name}/{s.name}")
         )
         out[s.name] = {k: summary[k] for k in ("closed_accuracy", "open_recall") if k in summary}
+        lik = likelihood_closed_accuracy(s.items, answerer.yes_no_logprobs(s.items, ev.batch_size))
+        if lik["accuracy"] is not None:
+            out[s.name]["yes_no_likelihood_accuracy"] = lik["accuracy"]
     hallucination = choose(HALLUCINATION_BACKENDS, ev.hallucination, "evaluate.hallucination").load()
     rates = hallucination(p, paths, answerer, name)
     if rates is not None:
