@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vital.bakeoff.control import data_stage, difference
+from vital.bakeoff.control import CONTROL_METRICS, data_stage, difference
+from vital.bakeoff.downstream import MEASURES
 from vital.demo.claims import check_claims, extract_claims
 from vital.io import read_json, write_jsonl
 from vital.params import parse_params
@@ -81,6 +82,13 @@ def test_the_control_figures_come_from_every_domain_of_a_sample_listed_domain_by
     by_domain = {d: [i for i in ids if TRUTH[i]["domain"] == d] for d in set(domains)}
     for d, picked in by_domain.items():  # the sample's own order within a domain
         assert picked == [t["pair_id"] for t in grouped if t["domain"] == d][:3]
+
+
+def test_every_downstream_measure_of_the_bakeoff_has_its_control():
+    # a measure without a control is never listed under no_power, so vital.results would read claims off it
+    assert set(MEASURES) <= set(CONTROL_METRICS)
+    assert CONTROL_METRICS["hallucination_claim_rate"] == -1  # lower is better
+    assert all(CONTROL_METRICS[m] == 1 for m in MEASURES if m != "hallucination_claim_rate")
 
 
 def test_truth_minus_flawed_has_power_only_when_its_interval_excludes_zero_the_right_way():

@@ -30,6 +30,7 @@ ARMS = ("truth", "flawed")
 # reports (vital.bakeoff.downstream), so none is read without its control
 CONTROL_METRICS = {
     "closed_accuracy": 1,
+    "closed_accuracy_legacy": 1,
     "open_recall": 1,
     "yes_no_likelihood_accuracy": 1,
     "hallucination_claim_rate": -1,
@@ -110,9 +111,9 @@ def tune_stage(p: Params, paths: Paths, arm: str, seed: int) -> dict[str, Any]:
 
 
 def evaluate_model(p: Params, paths: Paths, model: str | Path, name: str) -> dict[str, Any]:
-    """Closed accuracy, open recall and the yes/no likelihood accuracy (the bake-off's, not LLaVA-Med's) on
-    every evaluate set, and the hallucination rate of its descriptions of the world's held-out VQA figures:
-    ``{set: {metric: value}}``."""
+    """Closed accuracy (corrected and legacy), open recall and the yes/no likelihood accuracy (the bake-off's,
+    not LLaVA-Med's) on every evaluate set, and the hallucination rate of its descriptions of the world's
+    held-out VQA figures: ``{set: {metric: value}}``."""
     from vital.evaluate import HALLUCINATION_BACKENDS, _load_named_sets
     from vital.llava.inference import LlavaAnswerer, likelihood_closed_accuracy
     from vital.registry import choose
@@ -125,7 +126,11 @@ def evaluate_model(p: Params, paths: Paths, model: str | Path, name: str) -> dic
         summary = summarize(
             s.items, answerer.answer(s.items, ev.batch_size, ev.max_new_tokens, f"{name}/{s.name}")
         )
-        out[s.name] = {k: summary[k] for k in ("closed_accuracy", "open_recall") if k in summary}
+        out[s.name] = {
+            k: summary[k]
+            for k in ("closed_accuracy", "closed_accuracy_legacy", "open_recall")
+            if k in summary
+        }
         lik = likelihood_closed_accuracy(s.items, answerer.yes_no_logprobs(s.items, ev.batch_size))
         if lik["accuracy"] is not None:
             out[s.name]["yes_no_likelihood_accuracy"] = lik["accuracy"]
