@@ -39,7 +39,7 @@ vqa-finetune: install
 	dvc pull --quiet data.dvc
 	dvc repro evaluate_finetuned
 
-# retrain foundation + base from scratch (backend demo, ~2 CPU-minutes) and check the bytes equal data/pretrained
+# retrain foundation + base from scratch (backend demo, ~8 CPU-minutes: foundation ~3, align 3000 steps ~5) and check the bytes equal data/pretrained
 pretrain: install
 	dvc pull --quiet data.dvc
 	OMP_NUM_THREADS=1 vital pretrain

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from vital.bakeoff.control import CONTROL_METRICS, difference, evaluate_model
+from vital.bakeoff.control import CONTROL_METRICS, difference, domain_balanced, evaluate_model
 from vital.demo.positive_control import ARMS, control_conversations
 from vital.io import read_jsonl, write_json
 from vital.params import Params, load_params
@@ -56,6 +56,7 @@ def differences(per: dict[str, dict]) -> dict:
             direction,
         )
         for m, direction in CONTROL_METRICS.items()
+        if any(m in r for r in per["truth"].values())  # results from before a metric was added lack it
     }
 
 
@@ -105,7 +106,7 @@ def main() -> None:
     p = override(load_params(Path("params.yaml")), args.set)
     paths = Paths(Path("."))
     work = args.work / args.tag
-    records = list(read_jsonl(paths.sample))[: args.figures]
+    records = domain_balanced(list(read_jsonl(paths.sample)), args.figures)
     truth = load_truth(paths.truth)
     per: dict[str, dict[int, dict]] = {a: {} for a in ARMS}
     tune_cpu = []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vital.bakeoff.control import data_stage, difference
+from vital.bakeoff.control import CONTROL_METRICS, data_stage, difference
+from vital.bakeoff.downstream import MEASURES
 from vital.demo.claims import check_claims, extract_claims
 from vital.io import read_json, write_jsonl
 from vital.params import parse_params
@@ -62,6 +63,32 @@ def test_the_arms_differ_only_in_what_the_answers_assert(tmp_path):
     again = data_stage(p, paths)
     assert again == {"figures": 20, "conversations": {"truth": 20, "flawed": 20}}
     assert read_json(tmp_path / "artifacts/control/flawed.json") == flawed_arm  # deterministic
+
+
+def test_the_control_figures_come_from_every_domain_of_a_sample_listed_domain_by_domain(tmp_path):
+    # the sample stage writes its figures domain by domain: its first 480 in the demo were chest X-rays and
+    # CTs only, so the control's models were asked to describe MRIs, histology and gross specimens unseen
+    paths = Paths(tmp_path)
+    write_jsonl(paths.truth, list(TRUTH.values()))
+    grouped = sorted(TRUTH.values(), key=lambda t: t["domain"])
+    write_jsonl(
+        paths.sample,
+        [{"pair_id": t["pair_id"], "image": t["image"], "domain": {t["domain"]: True}} for t in grouped],
+    )
+    data_stage(parse_params({"bakeoff": {"control_figures": 9}}), paths)
+    ids = [r["id"].split("#")[0] for r in read_json(tmp_path / "artifacts/control/truth.json")]
+    domains = [TRUTH[i]["domain"] for i in ids]
+    assert sorted(domains) == ["ct_scan"] * 3 + ["histology"] * 3 + ["mri"] * 3
+    by_domain = {d: [i for i in ids if TRUTH[i]["domain"] == d] for d in set(domains)}
+    for d, picked in by_domain.items():  # the sample's own order within a domain
+        assert picked == [t["pair_id"] for t in grouped if t["domain"] == d][:3]
+
+
+def test_every_downstream_measure_of_the_bakeoff_has_its_control():
+    # a measure without a control is never listed under no_power, so vital.results would read claims off it
+    assert set(MEASURES) <= set(CONTROL_METRICS)
+    assert CONTROL_METRICS["hallucination_claim_rate"] == -1  # lower is better
+    assert all(CONTROL_METRICS[m] == 1 for m in MEASURES if m != "hallucination_claim_rate")
 
 
 def test_truth_minus_flawed_has_power_only_when_its_interval_excludes_zero_the_right_way():

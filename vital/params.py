@@ -95,7 +95,7 @@ class AlignParams(Section):
     hidden_size: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
-    steps: int = Field(300, ge=0)
+    steps: int = Field(3000, ge=0)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0)
     seed: int = 0

@@ -392,6 +392,13 @@ def vqa_findings(m: dict, gains: tuple[str, ...], where: str) -> dict[str, tuple
     return out
 
 
+def hallucination_findings(m: dict) -> dict[str, tuple[float | None, list | None]]:
+    """The verdict ``hallucination`` gives (top - random wrong-claim rate, t-interval): name -> (mean, CI)."""
+    h = m.get("_hallucination")
+    f = _t_finding(((h.get("top_minus_random") or {}) if isinstance(h, dict) else {}).get("claim_rate"))
+    return {} if f is None else {"evaluate: top_minus_random hallucination_claim_rate": f}
+
+
 def downstream_findings(m: dict) -> dict[str, tuple[float | None, list | None]]:
     """Every difference ``downstream`` gives a verdict (t-interval): name -> (mean, CI)."""
     out = {}
@@ -414,6 +421,7 @@ def findings(paths: Paths) -> dict[str, tuple[float | None, list | None, str]]:
     blind = powerless(p("control_evaluate"))
     downstream = {
         **vqa_findings(p("evaluate"), ("top_minus_random",), "evaluate"),
+        **hallucination_findings(p("evaluate")),
         **vqa_findings(p("evaluate_finetuned"), ("top_minus_random", "top_minus_base"), "finetuned"),
         **downstream_findings(p("bakeoff_evaluate")),
     }

@@ -26,8 +26,15 @@ from vital.registry import choose
 
 ARMS = ("truth", "flawed")
 
-# metric -> +1 when the truth arm should score higher, -1 when lower
-CONTROL_METRICS = {"closed_accuracy": 1, "open_recall": 1, "hallucination_claim_rate": -1}
+# metric -> +1 when the truth arm should score higher, -1 when lower; every downstream metric the bake-off
+# reports (vital.bakeoff.downstream), so none is read without its control
+CONTROL_METRICS = {
+    "closed_accuracy": 1,
+    "closed_accuracy_legacy": 1,
+    "open_recall": 1,
+    "yes_no_likelihood_accuracy": 1,
+    "hallucination_claim_rate": -1,
+}
 # two-sided 95% Student t quantiles by degrees of freedom; the normal's beyond
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -54,11 +61,28 @@ def model_dir(paths: Paths, arm: str, seed: int) -> Path:
     return paths.root / "models" / "control" / f"{arm}-s{seed}"
 
 
+def domain_balanced(records: list[dict], n: int) -> list[dict]:
+    """``n`` records taken from each domain in turn, in sample order within a domain. The sample lists its
+    figures domain by domain, so its first ``n`` would hold only the first domains (480 of the demo's:
+    chest X-rays and CTs alone), and a model tuned on them is asked about modalities it never saw."""
+    by_domain: dict[tuple, list[dict]] = {}
+    for rec in records:
+        key = tuple(sorted(k for k, on in (rec.get("domain") or {}).items() if on))
+        by_domain.setdefault(key, []).append(rec)
+    queues = [list(reversed(group)) for group in by_domain.values()]
+    picked: list[dict] = []
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    return picked
+
+
 def data_stage(p: Params, paths: Paths) -> dict[str, Any]:
-    """``artifacts/control/<arm>.json`` for both arms, on the first ``bakeoff.control_figures`` sampled
-    figures (the sample is already a seeded, domain-stratified draw)."""
+    """``artifacts/control/<arm>.json`` for both arms, on ``bakeoff.control_figures`` sampled figures drawn
+    from every domain in turn (:func:`domain_balanced`)."""
     write_arms = choose(CONTROL_WRITERS, p.bakeoff.control, "bakeoff.control").load()
-    records = list(read_jsonl(paths.sample))[: p.bakeoff.control_figures]
+    records = domain_balanced(list(read_jsonl(paths.sample)), p.bakeoff.control_figures)
     out = control_dir(paths)
     counts = {}
     for arm, convs in write_arms(records, paths, p.bakeoff.seeds[0]).items():
@@ -87,10 +111,11 @@ def tune_stage(p: Params, paths: Paths, arm: str, seed: int) -> dict[str, Any]:
 
 
 def evaluate_model(p: Params, paths: Paths, model: str | Path, name: str) -> dict[str, Any]:
-    """Closed accuracy and open recall on every evaluate set, and the hallucination rate of its
-    descriptions of the world's held-out VQA figures: ``{set: {metric: value}}``."""
+    """Closed accuracy (corrected and legacy), open recall and the yes/no likelihood accuracy (the bake-off's,
+    not LLaVA-Med's) on every evaluate set, and the hallucination rate of its descriptions of the world's
+    held-out VQA figures: ``{set: {metric: value}}``."""
     from vital.evaluate import HALLUCINATION_BACKENDS, _load_named_sets
-    from vital.llava.inference import LlavaAnswerer
+    from vital.llava.inference import LlavaAnswerer, likelihood_closed_accuracy
     from vital.registry import choose
     from vital.vqa.metrics import summarize
 
@@ -101,7 +126,14 @@ def evaluate_model(p: Params, paths: Paths, model: str | Path, name: str) -> dic
         summary = summarize(
             s.items, answerer.answer(s.items, ev.batch_size, ev.max_new_tokens, f"{name}/{s.name}")
         )
-        out[s.name] = {k: summary[k] for k in ("closed_accuracy", "open_recall") if k in summary}
+        out[s.name] = {
+            k: summary[k]
+            for k in ("closed_accuracy", "closed_accuracy_legacy", "open_recall")
+            if k in summary
+        }
+        lik = likelihood_closed_accuracy(s.items, answerer.yes_no_logprobs(s.items, ev.batch_size))
+        if lik["accuracy"] is not None:
+            out[s.name]["yes_no_likelihood_accuracy"] = lik["accuracy"]
     hallucination = choose(HALLUCINATION_BACKENDS, ev.hallucination, "evaluate.hallucination").load()
     rates = hallucination(p, paths, answerer, name)
     if rates is not None:
