@@ -245,6 +245,10 @@ def control(m: dict) -> list[str]:
     return lines
 
 
+# the downstream bake-off's rows: rendered by downstream(), stated as findings by downstream_findings()
+DOWNSTREAM_METRICS = ("closed_accuracy", "open_recall", "hallucination_claim_rate")
+
+
 def downstream(m: dict, blind: set[str] = frozenset()) -> list[str]:
     lines = []
     for name, row in m.items():
@@ -253,7 +257,7 @@ def downstream(m: dict, blind: set[str] = frozenset()) -> list[str]:
         rows = []
         for method, e in row.items():
             o, g = e.get("over_seeds") or {}, e.get("minus_random") or {}
-            for k in ("closed_accuracy", "open_recall", "hallucination_claim_rate"):
+            for k in DOWNSTREAM_METRICS:
                 if k not in o:
                     continue
                 ci = t_interval(g.get(k) or {})
@@ -406,7 +410,7 @@ def downstream_findings(m: dict) -> dict[str, tuple[float | None, list | None]]:
         if not isinstance(row, dict) or name in ("keep", "seeds"):
             continue
         for method, e in row.items():
-            for k in ("closed_accuracy", "open_recall"):
+            for k in DOWNSTREAM_METRICS:
                 f = _t_finding(((e.get("minus_random") or {}) if isinstance(e, dict) else {}).get(k))
                 if f is not None:
                     out[f"downstream: {name} {method} - random {k}"] = f
