@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from vital.bakeoff.control import CONTROL_METRICS, difference, domain_balanced, evaluate_model
+from vital.bakeoff.control import control_metrics, difference, domain_balanced, evaluate_model
 from vital.demo.positive_control import ARMS, control_conversations
 from vital.io import read_jsonl, write_json
 from vital.params import Params, load_params
@@ -55,7 +55,7 @@ def differences(per: dict[str, dict]) -> dict:
             {s: r[m] for s, r in per["flawed"].items() if r.get(m) is not None},
             direction,
         )
-        for m, direction in CONTROL_METRICS.items()
+        for m, direction in control_metrics(per).items()
         if any(m in r for r in per["truth"].values())  # results from before a metric was added lack it
     }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vital.bakeoff.control import CONTROL_METRICS, data_stage, difference
+from vital.bakeoff.control import CONTROL_METRICS, control_metrics, data_stage, difference
 from vital.bakeoff.downstream import MEASURES
 from vital.demo.claims import check_claims, extract_claims
 from vital.io import read_json, write_jsonl
@@ -89,6 +89,21 @@ def test_every_downstream_measure_of_the_bakeoff_has_its_control():
     assert set(MEASURES) <= set(CONTROL_METRICS)
     assert CONTROL_METRICS["hallucination_claim_rate"] == -1  # lower is better
     assert all(CONTROL_METRICS[m] == 1 for m in MEASURES if m != "hallucination_claim_rate")
+
+
+def test_every_per_kind_metric_the_runs_hold_gets_its_control_higher_is_better():
+    runs = {
+        "truth": {0: {"open_recall": 0.5, "open_recall_modality": 1.0, "closed_discrimination_side": 0.1}},
+        "flawed": {0: {"open_recall": 0.4, "open_recall_modality": 0.5}},
+    }
+    got = control_metrics(runs)
+    assert got["open_recall_modality"] == 1 and got["closed_discrimination_side"] == 1
+    assert got["hallucination_claim_rate"] == -1 and "open_recall" in got
+    # the bake-off reports the same per-kind metrics (vital.bakeoff.downstream), so none is read without its control
+    from vital.results import DOWNSTREAM_METRICS
+
+    kinds = [m for m in DOWNSTREAM_METRICS if m not in CONTROL_METRICS]
+    assert kinds and all(m.startswith(("open_recall_", "closed_discrimination_")) for m in kinds)
 
 
 def test_truth_minus_flawed_has_power_only_when_its_interval_excludes_zero_the_right_way():

@@ -8,6 +8,7 @@ import pytest
 
 from vital.vqa.items import VQAItem
 from vital.vqa.metrics import (
+    by_kind,
     closed_baselines,
     closed_hit,
     exact_match,
@@ -202,6 +203,29 @@ def test_discrimination_ignores_a_constant_lean_that_accuracy_rewards():
     right = summarize(items, ["yes", "yes", "yes", "no"])
     assert right["closed_discrimination"] == 1.0 and right["closed_without_yes_no"] == 0.0
     assert yes_no_conditioning([_item("o", "liver", "OPEN")], ["liver"]) == {}
+
+
+def test_by_kind_reads_each_question_kind_apart():
+    # a model that names the modality but guesses the side: the per-kind figures show it, the overall mean hides it
+    def item(qid, answer, answer_type, kind):
+        return VQAItem(qid, Path("x.png"), "q?", answer, answer_type, question_type=kind)
+
+    items = [
+        item("m1", "ct", "OPEN", "modality"),
+        item("m2", "yes", "CLOSED", "modality"),
+        item("m3", "no", "CLOSED", "modality"),
+        item("s1", "left", "OPEN", "side"),
+        item("s2", "yes", "CLOSED", "side"),
+        item("s3", "no", "CLOSED", "side"),
+    ]
+    got = by_kind(summarize(items, ["ct", "yes", "no", "right", "yes", "yes"], by=("question_type",)))
+    assert got == {
+        "open_recall_modality": 1.0,
+        "closed_discrimination_modality": 1.0,
+        "open_recall_side": 0.0,
+        "closed_discrimination_side": 0.0,
+    }
+    assert by_kind(summarize(items, ["ct"] * 6, by=())) == {}  # no kinds asked for, none reported
 
 
 def test_closed_baselines():

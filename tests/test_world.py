@@ -220,6 +220,30 @@ def test_yes_no_questions_are_answered_yes_or_no_first_and_truthfully():
     assert seen["Is this image a CT scan?"].startswith("Yes. ")
     assert seen["Is this image an MRI scan?"].startswith("No. ")
     assert not seen["Where is the lesion located?"].startswith(("Yes", "No"))
+    assert seen["Is this figure free of lesions?"].startswith("No. ")
+    assert seen["Are there several lesions?"].startswith("Yes. ")
+    assert seen["Is the abnormality on the left of the image?"].startswith("Yes. ")
+    assert seen["Is this figure a CT scan?"].startswith("Yes. ")
+
+
+def test_every_yes_no_wording_has_its_truth():
+    # a yes/no question without a YES_NO entry would be answered without its "Yes."/"No." lead
+    from vital.world.conversation import QUESTIONS, YES_NO
+
+    asked = [q for qs in QUESTIONS.values() for q in qs]
+    yes_no = [q for q in asked if q.split()[0] in ("Is", "Are", "Does", "Do") and " or " not in q]
+    assert set(yes_no) == set(YES_NO)
+
+
+def test_instruction_wordings_leave_the_vqa_wordings_to_generalise_to(tmp_path):
+    # the VQA set asks in its own words: the tuned model must generalise to them, as a real one must
+    from vital.world.conversation import QUESTIONS
+
+    build_world(tmp_path, WorldParams(figures=40, vqa_figures=60))
+    asked = {q["question"] for q in read_jsonl(tmp_path / "vqa" / "demo" / "questions.jsonl")}
+    taught = {q for qs in QUESTIONS.values() for q in qs}
+    assert len(taught) >= 30
+    assert len(asked & taught) <= 1  # "Is there more than one lesion?", in both since the first world
 
 
 def test_vqa_train_split_is_its_own_figures_and_leaves_the_test_split_alone(tmp_path):

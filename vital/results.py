@@ -246,7 +246,14 @@ def control(m: dict) -> list[str]:
 
 
 # the downstream bake-off's rows: rendered by downstream(), stated as findings by downstream_findings()
-DOWNSTREAM_METRICS = ("closed_accuracy", "open_recall", "hallucination_claim_rate")
+# (per kind: the modality questions, the one finding the demo LLM reads from the image; docs/tuning.md)
+DOWNSTREAM_METRICS = (
+    "closed_accuracy",
+    "open_recall",
+    "hallucination_claim_rate",
+    "open_recall_modality",
+    "closed_discrimination_modality",
+)
 
 
 def downstream(m: dict, blind: set[str] = frozenset()) -> list[str]:

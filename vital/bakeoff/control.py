@@ -35,6 +35,25 @@ CONTROL_METRICS = {
     "yes_no_likelihood_accuracy": 1,
     "hallucination_claim_rate": -1,
 }
+# besides these, each metric of vital.vqa.metrics.KIND_METRICS per question kind (open_recall_modality, ...):
+# higher is better
+
+
+def control_metrics(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, int]:
+    """CONTROL_METRICS and the per-kind metrics the truth arm's runs hold, with their direction."""
+    from vital.vqa.metrics import KIND_METRICS
+
+    kinds = sorted(
+        {
+            k
+            for v in runs.get("truth", {}).values()
+            for k in v
+            if k not in CONTROL_METRICS and k.startswith(tuple(f"{m}_" for m in KIND_METRICS))
+        }
+    )
+    return {**CONTROL_METRICS, **dict.fromkeys(kinds, 1)}
+
+
 # two-sided 95% Student t quantiles by degrees of freedom; the normal's beyond
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -117,7 +136,7 @@ def evaluate_model(p: Params, paths: Paths, model: str | Path, name: str) -> dic
     from vital.evaluate import HALLUCINATION_BACKENDS, _load_named_sets
     from vital.llava.inference import LlavaAnswerer, likelihood_closed_accuracy
     from vital.registry import choose
-    from vital.vqa.metrics import summarize
+    from vital.vqa.metrics import by_kind, summarize
 
     ev = p.evaluate
     answerer = LlavaAnswerer(model, device=ev.device, dtype=ev.dtype)
@@ -131,6 +150,7 @@ def evaluate_model(p: Params, paths: Paths, model: str | Path, name: str) -> dic
             for k in ("closed_accuracy", "closed_accuracy_legacy", "open_recall")
             if k in summary
         }
+        out[s.name].update(by_kind(summary))
         lik = likelihood_closed_accuracy(s.items, answerer.yes_no_logprobs(s.items, ev.batch_size))
         if lik["accuracy"] is not None:
             out[s.name]["yes_no_likelihood_accuracy"] = lik["accuracy"]
@@ -180,7 +200,7 @@ def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": p.bakeoff.seeds, "figures": p.bakeoff.control_figures}
     for set_name, arms in per.items():
         block: dict[str, Any] = {"per_seed": arms, "truth_minus_flawed": {}}
-        for metric, direction in CONTROL_METRICS.items():
+        for metric, direction in control_metrics(arms).items():
             runs = {
                 a: {s: v[metric] for s, v in arms.get(a, {}).items() if v.get(metric) is not None}
                 for a in ARMS

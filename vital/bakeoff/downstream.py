@@ -6,7 +6,9 @@ section's budget and that seed, into ``models/bakeoff/<method>-s<seed>``. ``bake
 such model the ``evaluate.sets`` questions zero-shot and reports closed-set accuracy (corrected and
 LLaVA-Med's legacy figure), open-set recall, the yes/no likelihood accuracy (NOT LLaVA-Med's metric,
 :func:`vital.llava.inference.likelihood_closed_accuracy`) and, on the demo world, the hallucination rate of
-its descriptions of the held-out figures (``evaluate.hallucination``), each over seeds and minus random.
+its descriptions of the held-out figures (``evaluate.hallucination``), each over seeds and minus random;
+open recall and closed discrimination per question kind too (``open_recall_modality``, ...), since the
+demo's positive control finds power in the modality questions alone (``control_evaluate``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from vital.io import write_csv
 from vital.params import Params, ParamsError
 from vital.paths import Paths
 from vital.registry import choose
-from vital.vqa.metrics import summarize
+from vital.vqa.metrics import KIND_METRICS, by_kind, summarize
 
 MEASURES = (
     "closed_accuracy",
@@ -95,9 +97,8 @@ def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
             rates = hallucination(p, paths, model, f"{method}-s{seed}")
             for s in sets:
                 preds = model.answer(s.items, ev.batch_size, ev.max_new_tokens, f"{method}-s{seed}/{s.name}")
-                summary = {
-                    k: v for k, v in summarize(s.items, preds, by=()).items() if not isinstance(v, dict)
-                }
+                full = summarize(s.items, preds, by=("question_type",))
+                summary = {k: v for k, v in full.items() if not isinstance(v, dict)} | by_kind(full)
                 lik = likelihood_closed_accuracy(s.items, model.yes_no_logprobs(s.items, ev.batch_size))
                 summary["yes_no_likelihood_accuracy"] = lik["accuracy"]
                 if rates is not None:
@@ -117,12 +118,18 @@ def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
             if method != "random" and "random" in per[s.name]:
                 row[method]["minus_random"] = {
                     m: seed_difference(by_seed, per[s.name]["random"], m)
-                    for m in MEASURES
+                    for m in (*MEASURES, *_kind_measures(by_seed))
                     if any(isinstance(r.get(m), int | float) for r in by_seed.values())
                 }
         out[s.name] = row
     _write_plot(paths.plots / "bakeoff_downstream.csv", out, [s.name for s in sets])
     return out
+
+
+def _kind_measures(by_seed: dict[int, dict[str, Any]]) -> list[str]:
+    """The per-question-kind metrics the runs hold (``open_recall_modality``, ...; vital.vqa.metrics.by_kind)."""
+    prefixes = tuple(f"{m}_" for m in KIND_METRICS)
+    return sorted({k for r in by_seed.values() for k in r if k.startswith(prefixes) and k not in MEASURES})
 
 
 def _write_plot(path: Path, out: dict[str, Any], sets: list[str]) -> None:

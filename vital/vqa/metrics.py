@@ -273,6 +273,23 @@ def summarize(
     return out
 
 
+# per question kind (the set's question_type): what a model can read from the image differs by kind (the demo
+# LLM names a figure's modality but reads no lesion side), so a difference in one kind is diluted by the others
+KIND_METRICS = ("open_recall", "closed_discrimination")
+
+
+def by_kind(summary: dict, metrics: Sequence[str] = KIND_METRICS) -> dict[str, float]:
+    """``{f"{metric}_{kind}": value}`` for every question kind ``summarize(..., by=("question_type",))``
+    found (``open_recall_modality``, ``closed_discrimination_side``, ...); a kind without the metric's
+    questions has no entry."""
+    return {
+        f"{m}_{kind}": block[m]
+        for kind, block in (summary.get("by_question_type") or {}).items()
+        for m in metrics
+        if isinstance(block.get(m), int | float)
+    }
+
+
 def closed_baselines(items: Sequence[VQAItem]) -> dict[str, float | int]:
     """What guessing scores on the closed questions of a set.
 

@@ -12,39 +12,78 @@ import numpy as np
 from vital.world.findings import STYLES
 from vital.world.language import be, findings_sentence, lesion_np, pronoun, side_phrase
 
+# Several wordings per kind, as GPT-written instruction data has: with two to four, whether the demo's 2-layer
+# LLM answered the VQA set's own wordings ("What imaging modality is this?") depended on the tune's seed
+# (docs/tuning.md, "Making the instrument see"). Of the VQA set's wordings only "Is there more than one
+# lesion?" is here verbatim.
 QUESTIONS: dict[str, tuple[str, ...]] = {
     "modality": (
         "What imaging modality is used in this image?",
         "What type of image is this?",
         "Can you identify the imaging technique shown?",
         "Is this image {modality}?",
+        "Which imaging modality does this figure show?",
+        "What kind of scan or image is shown here?",
+        "How was this image acquired?",
+        "Name the imaging modality of this figure.",
+        "Is this figure {modality}?",
     ),
     "findings": (
         "What are the key findings in this image?",
         "Is there any abnormality visible?",
         "Are there any lesions present?",
         "Does the image appear normal?",
+        "Is anything abnormal in this image?",
+        "Is a lesion visible in this figure?",
+        "Is this figure free of lesions?",
+        "What abnormality, if any, does the image show?",
     ),
     "side": (
         "Where is the lesion located?",
         "On which side of the image is the abnormality?",
         "Is the lesion in the {side} half of the image?",
         "Does the abnormality lie on the {side} side of the image?",
+        "In which half of the image is the lesion?",
+        "Where in the image is the abnormality?",
+        "Is the abnormality on the {side} of the image?",
     ),
-    "count": ("How many lesions can you see?", "Is there more than one lesion?", "Is there only one lesion?"),
-    "size": ("How large does the lesion appear?", "Would you describe the lesion as small or large?"),
-    "describe": ("Describe the image in detail.", "What can you observe in this figure?"),
+    "count": (
+        "How many lesions can you see?",
+        "Is there more than one lesion?",
+        "Is there only one lesion?",
+        "How many lesions are visible?",
+        "What is the number of lesions?",
+        "Are there several lesions?",
+    ),
+    "size": (
+        "How large does the lesion appear?",
+        "Would you describe the lesion as small or large?",
+        "How big is the lesion?",
+        "Does the lesion look small or large?",
+    ),
+    "describe": (
+        "Describe the image in detail.",
+        "What can you observe in this figure?",
+        "Please describe this figure.",
+        "Give a detailed description of the image.",
+    ),
 }
 # the truth of each yes/no question, given the figure's findings and the value put in its slot
 YES_NO: dict[str, object] = {
     "Is this image {modality}?": lambda t, slot: slot == t["modality"],
+    "Is this figure {modality}?": lambda t, slot: slot == t["modality"],
     "Is there any abnormality visible?": lambda t, slot: t["lesion"],
     "Are there any lesions present?": lambda t, slot: t["lesion"],
     "Does the image appear normal?": lambda t, slot: not t["lesion"],
+    "Is anything abnormal in this image?": lambda t, slot: t["lesion"],
+    "Is a lesion visible in this figure?": lambda t, slot: t["lesion"],
+    "Is this figure free of lesions?": lambda t, slot: not t["lesion"],
     "Is the lesion in the {side} half of the image?": lambda t, slot: slot == t["side"],
     "Does the abnormality lie on the {side} side of the image?": lambda t, slot: slot == t["side"],
+    "Is the abnormality on the {side} of the image?": lambda t, slot: slot == t["side"],
     "Is there more than one lesion?": lambda t, slot: t["count"] > 1,
     "Is there only one lesion?": lambda t, slot: t["count"] == 1,
+    "Are there several lesions?": lambda t, slot: t["count"] > 1,
 }
 MODALITY_ASKED = {
     "x-ray": "an X-ray",
