@@ -8,11 +8,11 @@ export PATH := $(BIN):$(PATH)
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e '.[dev]'
 	@# pip compiles the 25,000 modules to bytecode on one core (half of the install's time); compileall uses
 	@# every core. Like pip, it skips files written for newer Pythons (torch ships a few), hence the || true.
 	$(BIN)/python -m compileall -q -q -j 0 $(VENV)/lib || true

@@ -30,7 +30,7 @@ from vital.paths import Paths, is_local, repo_relative
 from vital.registry import choose
 from vital.vqa.items import LoadedSet, VQAItem
 from vital.vqa.loaders import read_sets, set_files
-from vital.vqa.metrics import closed_baselines, score_item, summarize
+from vital.vqa.metrics import by_kind, closed_baselines, score_item, summarize
 
 RESERVED = (
     "chance",
@@ -143,7 +143,8 @@ def evaluate_models(
                     Path(predictions_dir) / name / f"{s.name}.jsonl",
                     _prediction_rows(s.items, preds, str(model.model_id)),
                 )
-            results[s.name][name] = summarize(s.items, preds)
+            summary = summarize(s.items, preds)
+            results[s.name][name] = summary | by_kind(summary)
         rates = describe(model, name) if describe is not None else None
         if rates is not None:
             results.setdefault("_hallucination", {})[name] = rates
@@ -251,7 +252,14 @@ def _load_named_sets(params: Params, paths: Paths) -> list[LoadedSet]:
 
 
 # ------------------------------------------------------------------ several seeds
-CLAIM_METRICS = ("closed_accuracy", "closed_discrimination", "open_recall")
+# (per kind: the modality questions, on which the demo's positive control has power; docs/tuning.md)
+CLAIM_METRICS = (
+    "closed_accuracy",
+    "closed_discrimination",
+    "open_recall",
+    "open_recall_modality",
+    "closed_discrimination_modality",
+)
 # metrics/evaluate.json's "_hallucination" block: lower is better (vital.vqa.hallucination)
 HALLUCINATION = ("claim_rate", "answer_rate")
 

@@ -120,7 +120,12 @@ def vqa(m: dict, title: str, gains: tuple[str, ...], blind: set[str] = frozenset
         if name.startswith("_") or not isinstance(res, dict):
             continue
         groups = [g for g in ("base_over_seeds", "top_over_seeds", "random_over_seeds") if res.get(g)]
-        keys = ("closed_accuracy", "open_recall", "closed_discrimination")
+        keys = [
+            k
+            for k in ("closed_accuracy", "open_recall", "closed_discrimination", "open_recall_modality")
+            if k in ("closed_accuracy", "open_recall", "closed_discrimination")
+            or any(isinstance((res.get(g) or {}).get(k), dict) for g in groups)
+        ]
         rows = [[g.replace("_over_seeds", ""), *(_over(res[g].get(k)) for k in keys)] for g in groups]
         if "base" in res and "base_over_seeds" not in res:
             rows.insert(0, ["base (one model)", *(_f(res["base"].get(k)) for k in keys)])
