@@ -112,9 +112,11 @@ def test_generator_rounds_range(world):
             lengths.add(len(questions))
             assert len(set(questions)) == len(questions)  # never the same question twice
     assert lengths == {6, 7, 8}
-    # figures without a lesion have 10 distinct questions: a longer minimum is refused up front
-    with pytest.raises(ValueError, match="min_rounds"):
-        TemplateGenerator(truth, min_rounds=11, max_rounds=12)
+    # figures without a lesion have 21 distinct questions (modality 9, findings 8, describe 4): a longer
+    # minimum is refused up front
+    TemplateGenerator(truth, min_rounds=21, max_rounds=21)
+    with pytest.raises(ValueError, match="min_rounds 22 exceeds the 21 distinct"):
+        TemplateGenerator(truth, min_rounds=22, max_rounds=22)
     with pytest.raises(ValueError, match="min_rounds"):
         TemplateGenerator(truth, min_rounds=4, max_rounds=3)
 
