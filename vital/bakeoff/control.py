@@ -30,6 +30,7 @@ ARMS = ("truth", "flawed")
 # reports (vital.bakeoff.downstream), so none is read without its control
 CONTROL_METRICS = {
     "closed_accuracy": 1,
+    "closed_discrimination": 1,
     "closed_accuracy_legacy": 1,
     "open_recall": 1,
     "yes_no_likelihood_accuracy": 1,
@@ -147,7 +148,7 @@ def evaluate_model(p: Params, paths: Paths, model: str | Path, name: str) -> dic
         )
         out[s.name] = {
             k: summary[k]
-            for k in ("closed_accuracy", "closed_accuracy_legacy", "open_recall")
+            for k in ("closed_accuracy", "closed_accuracy_legacy", "closed_discrimination", "open_recall")
             if k in summary
         }
         out[s.name].update(by_kind(summary))
@@ -213,10 +214,15 @@ def evaluate_stage(p: Params, paths: Paths) -> dict[str, Any]:
 
 
 def headline(detail: dict) -> dict:
-    """truth - flawed on the demo set, per metric: the positive control's mean difference."""
+    """truth - flawed on the demo set, per metric that gates a claim (CONTROL_METRICS and the per-kind ones
+    the evaluate stage compares): the positive control's mean difference. Every other kind stays in the
+    evidence file."""
+    from vital.evaluate import CLAIM_METRICS
+
     block = detail.get("demo") or next((v for v in detail.values() if isinstance(v, dict)), {})
     diffs = block.get("truth_minus_flawed") or {}
-    return {f"{m}_truth_minus_flawed": d.get("mean") for m, d in diffs.items()}
+    gating = set(CONTROL_METRICS) | set(CLAIM_METRICS)
+    return {f"{m}_truth_minus_flawed": d.get("mean") for m, d in diffs.items() if m in gating}
 
 
 def control_models(p: Params, root: Path) -> list[str]:
