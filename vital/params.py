@@ -674,9 +674,10 @@ class TuneParams(TrainParams):
         "'accelerate launch --config_file configs/accelerate/zero3.yaml'; null = python (one process)",
     )
     epochs: float = Field(
-        5,
+        6,
         gt=0,
-        description="passes over the curated subset (the demo's: 16 and 8 gave the same picture, README)",
+        description="passes over the curated subset (the demo's: the budget at which the positive control "
+        "separates, docs/tuning.md)",
     )
 
     def model_names(self) -> list[str]:
