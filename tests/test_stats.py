@@ -22,7 +22,9 @@ from vital.stage import call
 
 REPO = Path(__file__).resolve().parents[1]
 # the headline columns of `dvc exp show` over both dvc.yaml files, measured on the committed run
-HEADLINE_LEAVES = 48  # the positive control's eight: every metric that gates a claim (vital.bakeoff.control.headline)
+HEADLINE_LEAVES = (
+    48  # the positive control's eight: every metric that gates a claim (vital.bakeoff.control.headline)
+)
 
 
 @pytest.fixture
